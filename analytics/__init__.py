@@ -1,0 +1,1 @@
+"""promobot's analytics: the conversion funnel, timelines and cohorts over the event store, with DuckDB."""

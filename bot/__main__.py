@@ -1,0 +1,41 @@
+"""Command line: `python -m bot serve | compact | run-local`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the webhook service under uvicorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
+    compact = commands.add_parser("compact", help="merge each closed day's event files into one")
+    compact.add_argument("--data", help="store to compact (default: PROMOBOT_DATA)")
+    compact.add_argument("--day", help="only this UTC day, YYYY-MM-DD (default: every closed day)")
+
+    commands.add_parser("run-local", help="seed sample data, start the bot and the dashboard (make run)")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        from bot.app import serve as run_server
+
+        return run_server(host=args.host, port=args.port)
+    if args.command == "compact":
+        from bot.store import compact_command
+
+        return compact_command(data=args.data, day=args.day)
+    if args.command == "run-local":
+        from bot.local import run_local
+
+        return run_local()
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

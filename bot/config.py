@@ -1,0 +1,113 @@
+"""Settings: read once from the environment at start-up, validated, then passed around frozen."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting that is missing, malformed or inconsistent; the message names the variable."""
+
+
+# Without these three the bot runs in local mode, against its built-in Messenger simulator.
+_PLATFORM_SECRETS = ("PROMOBOT_APP_SECRET", "PROMOBOT_VERIFY_TOKEN", "PROMOBOT_PAGE_TOKEN")
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_secret: str | None = None
+    verify_token: str | None = None
+    page_token: str | None = None
+    graph_url: str = "https://graph.facebook.com"
+    graph_version: str = "v25.0"
+    data: str = "./data"
+    campaign: Path = Path("data/campaign.toml")
+    public_url: str = "http://127.0.0.1:8000"
+    # Where the write-ahead log lives. It must be a local disk; by default it sits in the data
+    # directory, or, when events go to object storage, in `.promobot-wal` (on Lambda: /tmp).
+    wal_dir: Path | None = None
+    # A reply owed for an acknowledged click is still sent after a restart if it is younger than this;
+    # older ones are recorded as `send_failed` (a coupon an hour late only confuses).
+    reply_max_age_s: float = 3600.0
+    log_level: str = "INFO"
+
+    @property
+    def local_mode(self) -> bool:
+        """True when no Meta app is configured: the bot talks to its built-in simulator."""
+        return self.app_secret is None
+
+    @property
+    def data_is_s3(self) -> bool:
+        return self.data.startswith("s3://")
+
+    @property
+    def wal_path(self) -> Path:
+        if self.wal_dir is not None:
+            return self.wal_dir
+        if self.data_is_s3:
+            return Path(".promobot-wal")
+        return Path(self.data) / "wal"
+
+    def __repr__(self) -> str:
+        # Never print secrets, not even in a traceback.
+        hidden = {"app_secret", "verify_token", "page_token"}
+        shown = ", ".join(
+            f"{name}={'***' if name in hidden and getattr(self, name) else getattr(self, name)!r}"
+            for name in (f.name for f in fields(self))
+        )
+        return f"Settings({shown})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        secrets = {name: get(name) for name in _PLATFORM_SECRETS}
+        given = [name for name, value in secrets.items() if value]
+        if given and len(given) != len(secrets):
+            missing = [name for name in _PLATFORM_SECRETS if name not in given]
+            raise ConfigError(
+                f"{', '.join(given)} set but {', '.join(missing)} not: set all three to talk to Messenger, "
+                "or none for local mode"
+            )
+
+        graph_url = (get("PROMOBOT_GRAPH_URL") or cls.graph_url).rstrip("/")
+        public_url = (get("PROMOBOT_PUBLIC_URL") or cls.public_url).rstrip("/")
+        for name, url in (("PROMOBOT_GRAPH_URL", graph_url), ("PROMOBOT_PUBLIC_URL", public_url)):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(f"{name}={url!r} is not an http(s) URL")
+
+        data = get("PROMOBOT_DATA") or cls.data
+        if data.startswith("s3://") and not urlsplit(data).netloc:
+            raise ConfigError(f"PROMOBOT_DATA={data!r} names no bucket (expected s3://bucket/prefix)")
+
+        max_age = get("PROMOBOT_REPLY_MAX_AGE")
+        try:
+            reply_max_age_s = float(max_age) if max_age else cls.reply_max_age_s
+        except ValueError:
+            raise ConfigError(f"PROMOBOT_REPLY_MAX_AGE={max_age!r} is not a number of seconds") from None
+        if reply_max_age_s < 0:
+            raise ConfigError("PROMOBOT_REPLY_MAX_AGE must not be negative")
+
+        wal = get("PROMOBOT_WAL")
+        return cls(
+            app_secret=secrets["PROMOBOT_APP_SECRET"],
+            verify_token=secrets["PROMOBOT_VERIFY_TOKEN"],
+            page_token=secrets["PROMOBOT_PAGE_TOKEN"],
+            graph_url=graph_url,
+            graph_version=get("PROMOBOT_GRAPH_VERSION") or cls.graph_version,
+            data=data,
+            campaign=Path(get("PROMOBOT_CAMPAIGN") or cls.campaign),
+            public_url=public_url,
+            wal_dir=Path(wal) if wal else None,
+            reply_max_age_s=reply_max_age_s,
+            log_level=(get("PROMOBOT_LOG_LEVEL") or cls.log_level).upper(),
+        )

@@ -1,0 +1,146 @@
+"""The event record: the one contract between the bot, which writes events, and analytics, which reads them.
+
+Every column, every event name and the Arrow schema are defined here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+import pyarrow as pa
+
+
+class EventError(ValueError):
+    """An event that does not fit the schema."""
+
+
+class EventName(StrEnum):
+    CONVERSATION_STARTED = "conversation_started"
+    WELCOME_SENT = "welcome_sent"
+    COUPON_REQUESTED = "coupon_requested"  # clicked "Yes! Show me coupon"
+    DECLINED = "declined"  # clicked "No, thanks"
+    COUPON_SENT = "coupon_sent"
+    COUPON_REVEALED = "coupon_revealed"  # clicked "Reveal the coupon": a redemption
+    THANKS_SENT = "thanks_sent"
+    MESSAGE_DELIVERED = "message_delivered"
+    MESSAGE_READ = "message_read"
+    TEXT_RECEIVED = "text_received"
+    SEND_FAILED = "send_failed"
+
+
+# The columns as stored. `event_date` is the Hive partition key: it lives in the directory name
+# (`event_date=YYYY-MM-DD`), so the Parquet files themselves carry FILE_SCHEMA, without it.
+SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("event_date", pa.date32(), nullable=False),
+        pa.field("page_id", pa.string(), nullable=False),
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("campaign_id", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=True),
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("button", pa.string(), nullable=True),
+        pa.field("message_id", pa.string(), nullable=True),
+        pa.field("detail", pa.string(), nullable=True),
+    ]
+)
+PARTITION_COLUMN = "event_date"
+FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name != PARTITION_COLUMN])
+
+_REQUIRED = ("event_id", "ts", "page_id", "customer_id", "campaign_id", "event")
+_OPTIONAL = ("variant", "button", "message_id", "detail")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened: a step of the conversation, a click, a receipt, a failure."""
+
+    event_id: str
+    ts: datetime
+    page_id: str
+    customer_id: str
+    campaign_id: str
+    event: EventName
+    variant: str | None = None
+    button: str | None = None
+    message_id: str | None = None
+    detail: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        for key in _REQUIRED:
+            value = getattr(self, key)
+            if value is None or (isinstance(value, str) and not value):
+                raise EventError(f"event is missing required key {key!r}")
+        for key in ("event_id", "page_id", "customer_id", "campaign_id"):
+            if not isinstance(getattr(self, key), str):
+                kind = type(getattr(self, key)).__name__
+                raise EventError(f"event key {key!r} must be a string, got {kind}")
+        for key in _OPTIONAL:
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise EventError(f"event key {key!r} must be a string or None, got {type(value).__name__}")
+        try:
+            name = EventName(self.event)
+        except ValueError:
+            raise EventError(
+                f"unknown event name {self.event!r}; expected one of {', '.join(EventName)}"
+            ) from None
+        object.__setattr__(self, "event", name)
+        if not isinstance(self.ts, datetime):
+            raise EventError(f"event key 'ts' must be a datetime, got {type(self.ts).__name__}")
+        if self.ts.tzinfo is None or self.ts.utcoffset() is None:
+            raise EventError(f"event timestamp must be timezone-aware (UTC), got naive {self.ts.isoformat()}")
+        object.__setattr__(self, "ts", self.ts.astimezone(UTC))
+
+    @property
+    def event_date(self) -> date:
+        """The UTC date of `ts`: the partition the event is stored in."""
+        return self.ts.date()
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Event:
+        """Build an event from a mapping (a decoded row or a log record); unknown keys are an error."""
+        missing = [key for key in _REQUIRED if key not in record]
+        if missing:
+            raise EventError(f"event is missing required key {missing[0]!r}")
+        unknown = set(record) - set(_REQUIRED) - set(_OPTIONAL) - {PARTITION_COLUMN}
+        if unknown:
+            raise EventError(f"event has unknown key {sorted(unknown)[0]!r}")
+        values = {key: record.get(key) for key in (*_REQUIRED, *_OPTIONAL)}
+        ts = values["ts"]
+        if isinstance(ts, str):
+            try:
+                values["ts"] = datetime.fromisoformat(ts)
+            except ValueError:
+                raise EventError(f"event timestamp {ts!r} is not an ISO 8601 date-time") from None
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as plain values, `event_date` included (the inverse of `from_dict`)."""
+        record = asdict(self)
+        record["event"] = str(self.event)
+        record[PARTITION_COLUMN] = self.event_date
+        return record
+
+
+def detail_json(**fields: Any) -> str:
+    """The `detail` column's JSON: compact, keys sorted, so equal details are equal strings."""
+    return json.dumps(fields, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def to_table(events: Iterable[Event], schema: pa.Schema = SCHEMA) -> pa.Table:
+    """Events as an Arrow table with `schema` (SCHEMA, or FILE_SCHEMA for a partition's file)."""
+    rows = [e.to_dict() for e in events]
+    return pa.Table.from_pydict({name: [row[name] for row in rows] for name in schema.names}, schema=schema)
+
+
+def from_table(table: pa.Table) -> list[Event]:
+    """Events back from an Arrow table that carries at least the required columns."""
+    rows = table.drop_columns([PARTITION_COLUMN]) if PARTITION_COLUMN in table.column_names else table
+    return [Event.from_dict(row) for row in rows.to_pylist()]

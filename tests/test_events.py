@@ -1,0 +1,67 @@
+from datetime import UTC, datetime, timedelta, timezone
+
+import pyarrow as pa
+import pytest
+
+from bot.events import FILE_SCHEMA, SCHEMA, Event, EventError, EventName, from_table, to_table
+
+T0 = datetime(2026, 3, 1, 23, 59, 59, 999_999, tzinfo=UTC)
+
+
+def make(**overrides):
+    values = dict(
+        event_id="e1", ts=T0, page_id="p", customer_id="c", campaign_id="spring-sale", event="welcome_sent"
+    )
+    values.update(overrides)
+    return Event(**values)
+
+
+def test_event_names_are_the_designed_ones():
+    assert {str(n) for n in EventName} == {
+        "conversation_started", "welcome_sent", "coupon_requested", "declined", "coupon_sent",
+        "coupon_revealed", "thanks_sent", "message_delivered", "message_read", "text_received", "send_failed",
+    }
+
+
+def test_unknown_event_name_is_refused():
+    with pytest.raises(EventError, match="unknown event name 'coupon_clicked'"):
+        make(event="coupon_clicked")
+
+
+def test_naive_timestamp_is_refused():
+    with pytest.raises(EventError, match="timezone-aware"):
+        make(ts=datetime(2026, 3, 1, 12, 0))
+
+
+def test_missing_key_is_named():
+    record = make().to_dict()
+    del record["customer_id"]
+    with pytest.raises(EventError, match="missing required key 'customer_id'"):
+        Event.from_dict(record)
+
+
+def test_empty_required_value_is_refused():
+    with pytest.raises(EventError, match="'page_id'"):
+        make(page_id="")
+
+
+def test_timestamp_is_normalised_to_utc_and_dates_the_partition():
+    # 01:30 in UTC+2 on March 2 is 23:30 UTC on March 1.
+    event = make(ts=datetime(2026, 3, 2, 1, 30, tzinfo=timezone(timedelta(hours=2))))
+    assert event.ts.tzinfo is UTC
+    assert event.event_date.isoformat() == "2026-03-01"
+
+
+def test_round_trip_through_arrow_keeps_every_value():
+    events = [make(), make(event_id="e2", event="send_failed", detail='{"code":551}', button="YES")]
+    table = to_table(events)
+    assert table.schema == SCHEMA
+    assert from_table(table) == events
+    assert to_table(events, FILE_SCHEMA).schema == FILE_SCHEMA
+    assert "event_date" not in FILE_SCHEMA.names
+
+
+def test_schema_stores_microseconds_in_utc():
+    assert SCHEMA.field("ts").type == pa.timestamp("us", tz="UTC")
+    table = to_table([make()])
+    assert table.column("ts")[0].as_py() == T0

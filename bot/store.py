@@ -1,0 +1,519 @@
+"""The event store: a write-ahead log on local disk, flushed as immutable Parquet partitions.
+
+`EventLog.append` returns once the events are durable in the write-ahead log (bot.wal). A flusher thread turns
+each closed log segment into one Parquet file per day, `events/event_date=YYYY-MM-DD/<writer>-<seq>.parquet`,
+in a local directory or an `s3://bucket/prefix`, and deletes the segment only once the files are visible.
+A file's name is fixed by its segment, so replaying a segment after a crash rewrites the same file with the
+same rows: nothing acknowledged is lost, nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from bot.events import FILE_SCHEMA, PARTITION_COLUMN, Event, EventName, from_table
+from bot.wal import (
+    DirectoryLock,
+    Segment,
+    WALError,
+    WriteAheadLog,
+    decode_rows,
+    encode_rows,
+    fsync_directory,
+    list_segments,
+    read_records,
+)
+
+log = logging.getLogger(__name__)
+
+EVENTS_DIR = "events"
+# Rows sorted so that one customer's journey sits together: the funnel queries read them that way, and
+# neighbouring rows that share ids and timestamps compress to almost nothing.
+SORT_KEYS = [("campaign_id", "ascending"), ("customer_id", "ascending"), ("ts", "ascending")]
+_DICTIONARY_COLUMNS = ["page_id", "customer_id", "campaign_id", "variant", "event", "button", "detail"]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class StoreError(RuntimeError):
+    """The store cannot take events (unwritable or full disk, closed log); the events were not recorded."""
+
+
+# -- where the files live ----------------------------------------------------------------------------------
+
+
+def open_filesystem(data: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and root path of a store: a local directory or `s3://bucket/prefix`.
+
+    S3 credentials and region come from the standard AWS environment variables; `AWS_ENDPOINT_URL` (or
+    `AWS_ENDPOINT_URL_S3`) points at an S3-compatible store instead of AWS.
+    """
+    if data.startswith("s3://"):
+        parts = urlsplit(data)
+        options: dict = {}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            endpoint_parts = urlsplit(endpoint)
+            options["endpoint_override"] = endpoint_parts.netloc or endpoint
+            options["scheme"] = endpoint_parts.scheme or "https"
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            options["region"] = region
+        root = f"{parts.netloc}/{parts.path.strip('/')}".rstrip("/")
+        return pafs.S3FileSystem(**options), root
+    return pafs.LocalFileSystem(), str(Path(data).resolve())
+
+
+class FileStore:
+    """Immutable files under a root, made visible whole: the one way events reach their partitions."""
+
+    def __init__(self, data: str) -> None:
+        self.data = data
+        self.fs, self.root = open_filesystem(data)
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+    def put(self, relative: str, body: bytes) -> None:
+        """Write a file so that readers see all of it or none of it."""
+        target = self.path(relative)
+        if not self.is_local:
+            # An S3 object appears whole when its single PUT (or multipart completion) succeeds.
+            with self.fs.open_output_stream(target) as out:
+                out.write(body)
+            return
+        # Locally: a temporary name outside the `*.parquet` glob, fsync, rename, fsync the directory.
+        final = Path(target)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temporary = final.parent / f".{final.name}.{secrets.token_hex(4)}.tmp"
+        with open(temporary, "wb") as file:
+            file.write(body)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, final)
+        fsync_directory(final.parent)
+
+    def list(self, relative: str) -> list[str]:
+        """Relative paths of the visible `.parquet` files below a folder (none if it does not exist)."""
+        selector = pafs.FileSelector(self.path(relative), recursive=True, allow_not_found=True)
+        prefix = len(self.root) + 1
+        return sorted(
+            info.path[prefix:]
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+            and not info.base_name.startswith(".")
+        )
+
+    def read_table(self, relative: str) -> pa.Table:
+        return pq.read_table(self.path(relative), filesystem=self.fs, schema=None)
+
+    def delete(self, relative: str) -> None:
+        self.fs.delete_file(self.path(relative))
+
+    def check_writable(self) -> None:
+        probe = f"{EVENTS_DIR}/.probe-{secrets.token_hex(4)}"
+        self.put(probe, b"")
+        self.delete(probe)
+
+
+def partition_dir(day: date) -> str:
+    return f"{EVENTS_DIR}/{PARTITION_COLUMN}={day.isoformat()}"
+
+
+# -- rows, tables, Parquet ---------------------------------------------------------------------------------
+
+_FIELDS = FILE_SCHEMA.names  # event_id, ts, page_id, customer_id, campaign_id, variant, event, button, ...
+_TS = _FIELDS.index("ts")
+
+
+def event_row(event: Event) -> list:
+    """An event as the write-ahead log stores it: FILE_SCHEMA's columns in order, ts in µs since the epoch."""
+    micros = (event.ts - _EPOCH) // timedelta(microseconds=1)
+    return [
+        event.event_id, micros, event.page_id, event.customer_id, event.campaign_id,
+        event.variant, str(event.event), event.button, event.message_id, event.detail,
+    ]
+
+
+def rows_to_table(rows: Sequence[Sequence]) -> pa.Table:
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in _FIELDS]
+    arrays = {}
+    for name, values in zip(_FIELDS, columns, strict=True):
+        field = FILE_SCHEMA.field(name)
+        arrays[name] = pa.array(values, type=pa.int64()).cast(field.type) if name == "ts" else pa.array(
+            values, type=field.type
+        )
+    return pa.Table.from_pydict(arrays, schema=FILE_SCHEMA)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A partition file: rows sorted for the readers, zstd, dictionaries for the repetitive columns."""
+    table = table.sort_by(SORT_KEYS)
+    sink = io.BytesIO()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        compression_level=9,
+        use_dictionary=_DICTIONARY_COLUMNS,
+        # Ids share long prefixes with their neighbours once rows are sorted; store only what differs.
+        column_encoding={"event_id": "DELTA_BYTE_ARRAY", "message_id": "DELTA_BYTE_ARRAY"},
+        coerce_timestamps="us",
+        write_statistics=True,
+    )
+    return sink.getvalue()
+
+
+def split_by_day(table: pa.Table) -> dict[date, pa.Table]:
+    days = pc.cast(table.column("ts"), pa.date32())
+    parts = {}
+    for day in pc.unique(days).to_pylist():
+        parts[day] = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+    return parts
+
+
+def deduplicate(table: pa.Table) -> pa.Table:
+    """Keep the first row of each event_id."""
+    if table.num_rows == 0:
+        return table
+    indexed = table.append_column("__row", pa.array(range(table.num_rows), pa.int64()))
+    first = indexed.group_by("event_id", use_threads=False).aggregate([("__row", "min")])
+    keep = pc.sort_indices(first.column("__row_min"))
+    return table.take(pc.take(first.column("__row_min"), keep))
+
+
+# -- the event log -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """When the write-ahead log's current segment becomes Parquet: whichever comes first."""
+
+    max_bytes: int = 8 * 1024 * 1024
+    max_age_s: float = 60.0
+
+
+class EventLog:
+    """Appends events durably, flushes them to Parquet partitions, replays what a crash left."""
+
+    def __init__(self, files: FileStore, wal_dir: Path, policy: FlushPolicy, writer_id: str | None) -> None:
+        self.files = files
+        self.wal_dir = wal_dir
+        self.policy = policy
+        try:
+            wal_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = DirectoryLock(wal_dir)
+        except OSError as exc:
+            raise StoreError(f"cannot use write-ahead log directory {wal_dir}: {exc}") from exc
+        self.writer_id = writer_id or self._load_writer_id()
+        self._flush_queue: list[Segment] = []
+        self._flush_cond = threading.Condition()
+        self._flushing = threading.Lock()  # the flusher thread and flush_blocking never flush at once
+        self._flush_errors = 0
+        self._stopping = False
+        self._closed = False
+        self.last_flush_error: BaseException | None = None
+
+        leftovers = list_segments(wal_dir)
+        for segment in leftovers:
+            # Anything left is from a previous run that stopped before flushing it.
+            list(read_records(segment.path, repair=True))
+        self._flush_queue.extend(leftovers)
+        self._drain_flush_queue(raise_errors=False)
+        first_seq = (leftovers[-1].seq + 1) if leftovers else self._next_seq_after_flushed()
+        self._wal = WriteAheadLog(
+            wal_dir,
+            first_seq=first_seq,
+            on_segment_closed=self._segment_closed,
+            segment_bytes=policy.max_bytes,
+            segment_age_s=policy.max_age_s,
+        )
+        self._flusher = threading.Thread(target=self._flush_loop, name="promobot-flusher", daemon=True)
+        self._flusher.start()
+
+    @classmethod
+    def open(
+        cls,
+        data: str = "./data",
+        wal_dir: Path | str = Path("data/wal"),
+        *,
+        flush_bytes: int = FlushPolicy.max_bytes,
+        flush_age_s: float = FlushPolicy.max_age_s,
+        writer_id: str | None = None,
+    ) -> EventLog:
+        """Open the log, replaying what a previous run left, and start flushing in the background."""
+        return cls(FileStore(data), Path(wal_dir), FlushPolicy(flush_bytes, flush_age_s), writer_id)
+
+    def _load_writer_id(self) -> str:
+        # Stable for this log directory across restarts (so replays rewrite the same file names),
+        # different for every other log directory (so writers sharing a bucket never collide).
+        path = self.wal_dir / "writer-id"
+        if path.exists():
+            return path.read_text().strip()
+        writer_id = uuid.uuid4().hex[:12]
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(writer_id)
+        os.replace(temporary, path)
+        fsync_directory(self.wal_dir)
+        return writer_id
+
+    def _next_seq_after_flushed(self) -> int:
+        # Segment numbers name the Parquet files, so they must never repeat for this writer, even after
+        # every segment has been flushed and deleted.
+        path = self.wal_dir / "next-seq"
+        return int(path.read_text()) if path.exists() else 1
+
+    # -- appending -----------------------------------------------------------------------------------------
+
+    def _submit(self, events: Sequence[Event]):
+        if self._closed:
+            raise StoreError("the event log is closed")
+        for event in events:
+            if not isinstance(event, Event):
+                raise TypeError(f"append takes Event records, got {type(event).__name__}")
+        try:
+            return self._wal.submit(encode_rows([event_row(e) for e in events]))
+        except WALError as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def append(self, events: Sequence[Event]) -> None:
+        """Record events; returns once they are durable on disk. Raises StoreError if they are not."""
+        if not events:
+            return
+        future = asyncio.wrap_future(self._submit(events))
+        try:
+            await future
+        except WALError as exc:
+            raise StoreError(f"events not recorded: {exc}") from exc
+
+    def append_blocking(self, events: Sequence[Event]) -> None:
+        """`append` for synchronous code."""
+        if not events:
+            return
+        try:
+            self._submit(events).result()
+        except WALError as exc:
+            raise StoreError(f"events not recorded: {exc}") from exc
+
+    # -- flushing ------------------------------------------------------------------------------------------
+
+    def _segment_closed(self, segment: Segment) -> None:
+        with self._flush_cond:
+            self._flush_queue.append(segment)
+            self._flush_cond.notify_all()
+
+    def _flush_loop(self) -> None:
+        backoff = 1.0
+        while True:
+            with self._flush_cond:
+                while not self._flush_queue and not self._stopping:
+                    self._flush_cond.wait()
+                if not self._flush_queue and self._stopping:
+                    return
+            if self._drain_flush_queue(raise_errors=False):
+                backoff = 1.0
+            else:
+                # The store is unreachable (S3 down, disk full): the events are safe in the log; try again.
+                with self._flush_cond:
+                    if self._stopping:
+                        return
+                    self._flush_cond.wait(timeout=backoff)
+                backoff = min(backoff * 2, 60.0)
+
+    def _drain_flush_queue(self, *, raise_errors: bool) -> bool:
+        with self._flushing:
+            while True:
+                with self._flush_cond:
+                    if not self._flush_queue:
+                        return True
+                    segment = self._flush_queue[0]
+                try:
+                    self._flush_segment(segment)
+                except Exception as exc:
+                    self.last_flush_error = exc
+                    log.error("flushing events from log segment %s failed: %s", segment.seq, exc)
+                    if raise_errors:
+                        raise StoreError(f"flushing events to {self.files.data} failed: {exc}") from exc
+                    return False
+                with self._flush_cond:
+                    self._flush_queue.remove(segment)
+                    self.last_flush_error = None
+
+    def _flush_segment(self, segment: Segment) -> None:
+        started = time.perf_counter()
+        rows = [row for record in read_records(segment.path) for row in decode_rows(record)]
+        table = deduplicate(rows_to_table(rows))
+        for day, part in split_by_day(table).items():
+            name = f"{self.writer_id}-{segment.seq:08d}.parquet"
+            self.files.put(f"{partition_dir(day)}/{name}", parquet_bytes(part))
+        next_seq = self.wal_dir / "next-seq"
+        if not next_seq.exists() or int(next_seq.read_text()) <= segment.seq:
+            temporary = next_seq.with_suffix(".tmp")
+            temporary.write_text(str(segment.seq + 1))
+            os.replace(temporary, next_seq)
+        segment.path.unlink()
+        fsync_directory(self.wal_dir)
+        log.debug(
+            "flushed %d events from segment %d in %.1f ms", table.num_rows, segment.seq,
+            (time.perf_counter() - started) * 1e3,
+        )
+
+    def flush_blocking(self) -> None:
+        """Write everything appended so far to Parquet now; raises StoreError if the store refuses."""
+        self._wal.rotate().result()
+        self._drain_flush_queue(raise_errors=True)
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(self.flush_blocking)
+
+    def close(self) -> None:
+        """Flush and stop. Events that cannot be flushed stay in the log for the next start."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wal.close()
+        with self._flush_cond:
+            self._stopping = True
+            self._flush_cond.notify_all()
+        self._flusher.join()
+        try:
+            self._drain_flush_queue(raise_errors=True)
+        finally:
+            self._lock.release()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- reading back and health ---------------------------------------------------------------------------
+
+    def recent(self, since: datetime) -> list[Event]:
+        """This writer's events at or after `since`: from the log and from its own Parquet files."""
+        since_us = (since - _EPOCH) // timedelta(microseconds=1)
+        rows = []
+        for segment in list_segments(self.wal_dir):
+            if segment.path.exists():
+                for record in read_records(segment.path):
+                    rows.extend(row for row in decode_rows(record) if row[_TS] >= since_us)
+        tables = [rows_to_table(rows)]
+        day = since.astimezone(UTC).date()
+        while day <= datetime.now(UTC).date() + timedelta(days=1):
+            for relative in self.files.list(partition_dir(day)):
+                if PurePosixPath(relative).name.startswith(f"{self.writer_id}-"):
+                    tables.append(self.files.read_table(relative).select(FILE_SCHEMA.names).cast(FILE_SCHEMA))
+            day += timedelta(days=1)
+        table = deduplicate(pa.concat_tables(tables))
+        since_scalar = pa.scalar(since, FILE_SCHEMA.field("ts").type)
+        table = table.filter(pc.greater_equal(table.column("ts"), since_scalar))
+        return sorted(from_table(table), key=lambda e: e.ts)
+
+    def check(self) -> None:
+        """Raise StoreError unless new events can be logged and flushed."""
+        if self._closed:
+            raise StoreError("the event log is closed")
+        try:
+            probe = self.wal_dir / f".probe-{secrets.token_hex(4)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(f"write-ahead log directory {self.wal_dir} is not writable: {exc}") from exc
+        if self.last_flush_error is not None:
+            raise StoreError(f"flushing to {self.files.data} fails: {self.last_flush_error}")
+
+
+# -- compaction --------------------------------------------------------------------------------------------
+
+
+def compact_day(files: FileStore, day: date) -> int:
+    """Merge one day's files into one, sorted; returns how many files it replaced (0: nothing to do).
+
+    The merged file becomes visible before the originals are deleted, so a reader sees every event
+    throughout (and, between the two steps, some twice: readers deduplicate by event_id).
+    """
+    inputs = files.list(partition_dir(day))
+    if len(inputs) < 2:
+        return 0
+    tables = [files.read_table(relative).select(FILE_SCHEMA.names).cast(FILE_SCHEMA) for relative in inputs]
+    merged = deduplicate(pa.concat_tables(tables))
+    name = f"compacted-{uuid.uuid4().hex[:12]}.parquet"
+    files.put(f"{partition_dir(day)}/{name}", parquet_bytes(merged))
+    for relative in inputs:
+        files.delete(relative)
+    log.info("compacted %d files of %s into %s (%d events)", len(inputs), day, name, merged.num_rows)
+    return len(inputs)
+
+
+def closed_days(files: FileStore, today: date | None = None) -> list[date]:
+    """Days with events that are over in UTC: no writer will add to them in the normal course."""
+    today = today or datetime.now(UTC).date()
+    days = set()
+    for relative in files.list(EVENTS_DIR):
+        folder = PurePosixPath(relative).parent.name
+        if folder.startswith(f"{PARTITION_COLUMN}="):
+            try:
+                days.add(date.fromisoformat(folder.split("=", 1)[1]))
+            except ValueError:
+                continue
+    return sorted(d for d in days if d < today)
+
+
+def compact(data: str, days: Iterable[date] | None = None) -> dict[date, int]:
+    files = FileStore(data)
+    return {day: compact_day(files, day) for day in (closed_days(files) if days is None else days)}
+
+
+def compact_command(data: str | None, day: str | None) -> int:
+    """`python -m bot compact`: merge each closed day's files (or one day's) into one file."""
+    from bot.config import ConfigError, Settings
+
+    try:
+        data = data or Settings.from_env().data
+    except ConfigError as exc:
+        print(f"promobot: {exc}", flush=True)
+        return 2
+    try:
+        days = None if day is None else [date.fromisoformat(day)]
+    except ValueError:
+        print(f"promobot: --day {day!r} is not a date (YYYY-MM-DD)", flush=True)
+        return 2
+    results = compact(data, days)
+    merged = {d: n for d, n in results.items() if n}
+    for d, n in merged.items():
+        print(f"{d}: {n} files merged into one")
+    if not merged:
+        print("nothing to compact")
+    return 0
+
+
+__all__ = [
+    "EventLog",
+    "EventName",
+    "FileStore",
+    "FlushPolicy",
+    "StoreError",
+    "compact",
+    "compact_command",
+    "open_filesystem",
+]

@@ -1,0 +1,273 @@
+"""The write-ahead log: events are durable on local disk before anyone is told they were recorded.
+
+A log is a directory of numbered segment files. Each record is one appended batch, framed as
+`<length:u32><crc32:u32><payload>`, so a record torn by a crash is recognised and dropped on recovery (it was
+never acknowledged: acknowledgement waits for the fsync that covers it). Appends from many callers are
+written and fsynced together by one committer thread (group commit): a hundred concurrent appenders share
+one fsync instead of queueing for a hundred.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<II")
+_SEGMENT_SUFFIX = ".wal"
+
+
+class WALError(OSError):
+    """The log cannot take or keep records (unwritable or full disk, closed log, locked directory)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    seq: int
+    path: Path
+
+
+def segment_name(seq: int) -> str:
+    return f"{seq:012d}{_SEGMENT_SUFFIX}"
+
+
+def list_segments(directory: Path) -> list[Segment]:
+    segments = []
+    for path in directory.glob(f"*{_SEGMENT_SUFFIX}"):
+        try:
+            segments.append(Segment(int(path.stem), path))
+        except ValueError:
+            continue
+    return sorted(segments, key=lambda s: s.seq)
+
+
+def read_records(path: Path, *, repair: bool = False) -> Iterator[bytes]:
+    """The intact records of a segment, in order. With `repair`, a torn tail is cut off the file."""
+    with open(path, "rb") as file:
+        data = file.read()
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, offset)
+        start, end = offset + _HEADER.size, offset + _HEADER.size + length
+        if end > len(data) or zlib.crc32(data[start:end]) != crc:
+            break
+        yield data[start:end]
+        offset = end
+    if offset != len(data):
+        log.warning("write-ahead log segment %s has a torn tail of %d bytes", path.name, len(data) - offset)
+        if repair:
+            with open(path, "r+b") as file:
+                file.truncate(offset)
+                os.fsync(file.fileno())
+
+
+def encode_records(payloads: list[bytes]) -> bytes:
+    return b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Pending:
+    payload: bytes
+    future: Future[None]
+
+
+class WriteAheadLog:
+    """Durable, group-committed appends into rotating segments; closed segments go to `on_segment_closed`.
+
+    A segment is closed when it reaches `segment_bytes`, when its first record is older than `segment_age_s`,
+    or on `rotate()`. The callback owns a closed segment from then on and deletes it when its contents are
+    safe elsewhere.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        first_seq: int,
+        on_segment_closed: Callable[[Segment], None],
+        segment_bytes: int,
+        segment_age_s: float,
+    ) -> None:
+        self.directory = directory
+        self._on_closed = on_segment_closed
+        self._segment_bytes = segment_bytes
+        self._segment_age_s = segment_age_s
+        self._lock = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._closing = False
+        self._rotate_requested: list[Future[None]] = []
+        self._seq = first_seq
+        self._file = self._open_segment(first_seq)
+        self._size = 0
+        self._opened_at: float | None = None  # monotonic time of the current segment's first record
+        self._thread = threading.Thread(target=self._run, name="promobot-wal-committer", daemon=True)
+        self._thread.start()
+
+    # -- the callers' side ---------------------------------------------------------------------------------
+
+    def submit(self, payload: bytes) -> Future[None]:
+        """Queue one record; the future completes when it is on disk, or fails with WALError."""
+        future: Future[None] = Future()
+        with self._lock:
+            if self._closing:
+                raise WALError("the event log is closed")
+            self._queue.append(_Pending(payload, future))
+            self._lock.notify()
+        return future
+
+    def rotate(self) -> Future[None]:
+        """Close the current segment (if it holds anything) after everything queued so far is durable."""
+        future: Future[None] = Future()
+        with self._lock:
+            self._rotate_requested.append(future)
+            self._lock.notify()
+        return future
+
+    def current_segment(self) -> Segment:
+        with self._lock:
+            return Segment(self._seq, self.directory / segment_name(self._seq))
+
+    def close(self) -> None:
+        """Commit what is queued, close the last segment (handing it over) and stop."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self._lock.notify()
+        self._thread.join()
+
+    # -- the committer thread ------------------------------------------------------------------------------
+
+    def _open_segment(self, seq: int):
+        path = self.directory / segment_name(seq)
+        file = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for the segment's life
+        fsync_directory(self.directory)
+        return file
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._queue or self._closing or self._rotate_requested or self._due_for_age()):
+                    self._lock.wait(timeout=self._wait_timeout())
+                batch, self._queue = self._queue, []
+                rotations, self._rotate_requested = self._rotate_requested, []
+                closing = self._closing
+            if batch:
+                self._commit(batch)
+            if rotations or closing or self._due_for_age() or self._size >= self._segment_bytes:
+                error = self._close_segment(reopen=not closing)
+                for future in rotations:
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
+            if closing:
+                with self._lock:
+                    leftover, self._queue = self._queue, []
+                for pending in leftover:
+                    pending.future.set_exception(WALError("the event log is closed"))
+                return
+
+    def _wait_timeout(self) -> float | None:
+        if self._opened_at is None:
+            return None
+        return max(0.0, self._opened_at + self._segment_age_s - time.monotonic())
+
+    def _due_for_age(self) -> bool:
+        return self._opened_at is not None and time.monotonic() - self._opened_at >= self._segment_age_s
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        data = encode_records([p.payload for p in batch])
+        try:
+            self._file.write(data)
+            os.fdatasync(self._file.fileno())
+        except OSError as exc:
+            error = WALError(exc.errno, f"write-ahead log write failed in {self.directory}: {exc.strerror}")
+            self._undo_partial_write()
+            for pending in batch:
+                pending.future.set_exception(error)
+            return
+        self._size += len(data)
+        if self._opened_at is None:
+            self._opened_at = time.monotonic()
+        for pending in batch:
+            pending.future.set_result(None)
+
+    def _undo_partial_write(self) -> None:
+        # The failed batch was never acknowledged; cut it off so the segment ends on a whole record.
+        try:
+            self._file.truncate(self._size)
+            os.fsync(self._file.fileno())
+        except OSError:
+            log.exception("could not truncate write-ahead log segment %s", self._seq)
+
+    def _close_segment(self, *, reopen: bool) -> WALError | None:
+        if self._size == 0:
+            if not reopen:
+                self._file.close()
+                (self.directory / segment_name(self._seq)).unlink(missing_ok=True)
+            return None
+        self._file.close()
+        closed = Segment(self._seq, self.directory / segment_name(self._seq))
+        error = None
+        if reopen:
+            try:
+                self._file = self._open_segment(self._seq + 1)
+            except OSError as exc:
+                error = WALError(exc.errno, f"cannot open a new write-ahead log segment: {exc.strerror}")
+                # Keep appending to the old segment: better a large segment than refused events.
+                self._file = open(closed.path, "ab", buffering=0)  # noqa: SIM115
+                return error
+            self._seq += 1
+        self._size = 0
+        self._opened_at = None
+        self._on_closed(closed)
+        return error
+
+
+def encode_rows(rows: list[list]) -> bytes:
+    """One record's payload: a batch of event rows as compact JSON."""
+    return json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_rows(payload: bytes) -> list[list]:
+    return json.loads(payload)
+
+
+class DirectoryLock:
+    """An exclusive lock on a write-ahead log directory: one process per log."""
+
+    def __init__(self, directory: Path) -> None:
+        self._file = open(directory / "LOCK", "a+")  # noqa: SIM115 - held for the log's life
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise WALError(
+                f"write-ahead log {directory} is in use by another process; give each process its own "
+                "PROMOBOT_WAL directory"
+            ) from None
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()

@@ -38,6 +38,7 @@ from bot.wal import (
     encode_rows,
     fsync_directory,
     list_segments,
+    next_sequence,
     read_records,
 )
 
@@ -237,7 +238,7 @@ class EventLog:
             list(read_records(segment.path, repair=True))
         self._flush_queue.extend(leftovers)
         self._drain_flush_queue(raise_errors=False)
-        first_seq = (leftovers[-1].seq + 1) if leftovers else self._next_seq_after_flushed()
+        first_seq = next_sequence(wal_dir)
         self._wal = WriteAheadLog(
             wal_dir,
             first_seq=first_seq,
@@ -273,12 +274,6 @@ class EventLog:
         os.replace(temporary, path)
         fsync_directory(self.wal_dir)
         return writer_id
-
-    def _next_seq_after_flushed(self) -> int:
-        # Segment numbers name the Parquet files, so they must never repeat for this writer, even after
-        # every segment has been flushed and deleted.
-        path = self.wal_dir / "next-seq"
-        return int(path.read_text()) if path.exists() else 1
 
     # -- appending -----------------------------------------------------------------------------------------
 
@@ -363,11 +358,6 @@ class EventLog:
         for day, part in split_by_day(table).items():
             name = f"{self.writer_id}-{segment.seq:08d}.parquet"
             self.files.put(f"{partition_dir(day)}/{name}", parquet_bytes(part))
-        next_seq = self.wal_dir / "next-seq"
-        if not next_seq.exists() or int(next_seq.read_text()) <= segment.seq:
-            temporary = next_seq.with_suffix(".tmp")
-            temporary.write_text(str(segment.seq + 1))
-            os.replace(temporary, next_seq)
         segment.path.unlink()
         fsync_directory(self.wal_dir)
         log.debug(

@@ -158,6 +158,12 @@ class WriteAheadLog:
     # -- the committer thread ------------------------------------------------------------------------------
 
     def _open_segment(self, seq: int):
+        # Segment numbers name the Parquet files flushed from them, so they must never repeat, even once
+        # every segment has been flushed and deleted: the next number is kept beside them.
+        next_seq = self.directory / "next-seq"
+        temporary = next_seq.with_suffix(".tmp")
+        temporary.write_text(str(seq + 1))
+        os.replace(temporary, next_seq)
         path = self.directory / segment_name(seq)
         file = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for the segment's life
         fsync_directory(self.directory)
@@ -198,7 +204,7 @@ class WriteAheadLog:
     def _commit(self, batch: list[_Pending]) -> None:
         data = encode_records([p.payload for p in batch])
         try:
-            self._file.write(data)
+            _write_all(self._file.fileno(), data)
             os.fdatasync(self._file.fileno())
         except OSError as exc:
             error = WALError(exc.errno, f"write-ahead log write failed in {self.directory}: {exc.strerror}")
@@ -242,6 +248,21 @@ class WriteAheadLog:
         self._opened_at = None
         self._on_closed(closed)
         return error
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # An unbuffered write may be short (a filling disk writes what fits): only all of it, or an error, counts.
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def next_sequence(directory: Path) -> int:
+    """The number for a new segment: after every segment this log directory has ever had."""
+    path = directory / "next-seq"
+    recorded = int(path.read_text()) if path.exists() else 1
+    existing = list_segments(directory)
+    return max(recorded, existing[-1].seq + 1 if existing else 1)
 
 
 def encode_rows(rows: list[list]) -> bytes:

@@ -1,0 +1,291 @@
+"""The event store: durable appends, atomic Parquet partitions, crash replay, shared stores, bad disks."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from bot.events import FILE_SCHEMA, Event
+from bot.store import EventLog, StoreError
+from bot.wal import list_segments
+from tests.conftest import REPO
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def event(n: int, ts: datetime = T0, **overrides) -> Event:
+    values = dict(
+        event_id=f"e{n}", ts=ts + timedelta(seconds=n), page_id="page", customer_id=f"c{n % 7}",
+        campaign_id="spring-sale", event="welcome_sent",
+    )
+    values.update(overrides)
+    return Event(**values)
+
+
+def stored(data: Path) -> list[tuple]:
+    """(event_id, rows) for every stored event, read the way analytics reads them."""
+    files = f"{data}/events/*/*.parquet"
+    if not list(data.glob("events/*/*.parquet")):
+        return []
+    query = f"select event_id, count(*) from read_parquet('{files}') group by 1 order by 1"
+    return duckdb.execute(query).fetchall()
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def open_log(data: Path, wal: str = "wal", **options) -> EventLog:
+    return EventLog.open(str(data), data.parent / wal, **options)
+
+
+def test_appended_events_are_readable_after_close(data):
+    with open_log(data) as log:
+        log.append_blocking([event(n) for n in range(100)])
+    assert stored(data) == sorted((f"e{n}", 1) for n in range(100))
+
+
+def test_files_carry_the_schema_zstd_and_utc_microseconds(data):
+    with open_log(data) as log:
+        log.append_blocking([event(1)])
+    [path] = data.glob("events/event_date=2026-03-01/*.parquet")
+    parquet = pq.ParquetFile(path)
+    assert parquet.schema_arrow == FILE_SCHEMA
+    assert parquet.metadata.row_group(0).column(0).compression == "ZSTD"
+    query = f"select ts, event_date from read_parquet('{path}', hive_partitioning=true)"
+    row = duckdb.execute(query).fetchone()
+    assert row[0] == T0 + timedelta(seconds=1)
+    assert row[1] == date(2026, 3, 1)
+
+
+def test_append_returns_only_once_the_events_are_in_the_log(data):
+    log = open_log(data, flush_age_s=3600)
+    asyncio.run(log.append([event(1), event(2)]))
+    # Not flushed yet, but already durable: a copy of the log directory taken now replays them.
+    copy = data.parent / "wal-copy"
+    shutil.copytree(data.parent / "wal", copy, ignore=shutil.ignore_patterns("LOCK"))
+    assert stored(data) == []
+    with EventLog.open(str(data.parent / "other"), copy) as replayed:
+        assert [e.event_id for e in replayed.recent(T0)] == ["e1", "e2"]
+    log.close()
+
+
+def test_flush_happens_when_the_age_threshold_is_reached(data):
+    with open_log(data, flush_age_s=0.1) as log:
+        log.append_blocking([event(1)])
+        deadline = datetime.now(UTC) + timedelta(seconds=10)
+        while not stored(data) and datetime.now(UTC) < deadline:
+            asyncio.run(asyncio.sleep(0.02))
+        assert stored(data) == [("e1", 1)]
+
+
+def test_flush_happens_when_the_size_threshold_is_reached(data):
+    with open_log(data, flush_bytes=2048, flush_age_s=3600) as log:
+        for n in range(60):
+            log.append_blocking([event(n)])
+        deadline = datetime.now(UTC) + timedelta(seconds=10)
+        while not stored(data) and datetime.now(UTC) < deadline:
+            asyncio.run(asyncio.sleep(0.02))
+        assert stored(data), "no file was flushed although the segment outgrew flush_bytes"
+
+
+def test_concurrent_appends_are_all_recorded(data):
+    async def run(log: EventLog) -> None:
+        await asyncio.gather(*(log.append([event(n)]) for n in range(500)))
+
+    with open_log(data) as log:
+        asyncio.run(run(log))
+    assert len(stored(data)) == 500
+
+
+def test_a_duplicate_id_in_one_flush_is_stored_once(data):
+    with open_log(data) as log:
+        log.append_blocking([event(1), event(2)])
+        log.append_blocking([event(1)])  # a redelivered webhook
+    assert stored(data) == [("e1", 1), ("e2", 1)]
+
+
+def test_a_duplicate_id_in_two_flushes_is_read_once(data):
+    with open_log(data) as log:
+        log.append_blocking([event(1)])
+        log.flush_blocking()
+        log.append_blocking([event(1)])
+    rows = duckdb.execute(
+        f"select count(distinct event_id), count(*) from read_parquet('{data}/events/*/*.parquet')"
+    ).fetchone()
+    assert rows == (1, 2)  # the store never rewrites a visible file; readers deduplicate by event_id
+
+
+def test_events_around_utc_midnight_land_in_their_own_days(data):
+    midnight = datetime(2026, 3, 2, tzinfo=UTC)
+    late = event(1, ts=midnight - timedelta(microseconds=1) - timedelta(seconds=1))
+    early = event(2, ts=midnight - timedelta(seconds=2))  # 00:00:00 exactly, after + n seconds
+    local = event(3, ts=datetime.fromisoformat("2026-03-02T00:29:57+01:00"))  # 23:29:57 UTC on March 1
+    with open_log(data) as log:
+        log.append_blocking([late, early, local])
+    rows = duckdb.execute(
+        "select event_id, event_date, ts "
+        f"from read_parquet('{data}/events/*/*.parquet', hive_partitioning=true) order by event_id"
+    ).fetchall()
+    assert [(r[0], r[1]) for r in rows] == [
+        ("e1", date(2026, 3, 1)), ("e2", date(2026, 3, 2)), ("e3", date(2026, 3, 1)),
+    ]
+    assert rows[0][2] == midnight - timedelta(microseconds=1)
+    assert rows[1][2] == midnight
+
+
+def test_two_writers_share_one_store_without_colliding(data):
+    with open_log(data, "wal-a") as a, open_log(data, "wal-b") as b:
+        assert a.writer_id != b.writer_id
+        for n in range(0, 200, 2):
+            a.append_blocking([event(n)])
+            b.append_blocking([event(n + 1)])
+            if n % 50 == 0:
+                a.flush_blocking()
+                b.flush_blocking()
+    assert stored(data) == sorted((f"e{n}", 1) for n in range(200))
+    names = [p.name for p in data.glob("events/*/*.parquet")]
+    assert len(names) == len(set(names))
+    assert {name.split("-")[0] for name in names} == {a.writer_id, b.writer_id}
+
+
+def test_one_log_directory_refuses_a_second_process(data):
+    with open_log(data), pytest.raises(StoreError, match="in use by another process"):
+        open_log(data)
+
+
+def test_writer_id_is_stable_across_restarts_of_one_log(data):
+    with open_log(data) as log:
+        first = log.writer_id
+    with open_log(data) as log:
+        assert log.writer_id == first
+
+
+def test_replay_after_a_crash_between_rename_and_segment_deletion_writes_nothing_twice(data):
+    wal = data.parent / "wal"
+    log = open_log(data, flush_age_s=3600)
+    log.append_blocking([event(n) for n in range(10)])
+    [segment] = list_segments(wal)
+    saved = segment.path.read_bytes()
+    log.close()  # flushes the segment, then deletes it
+    # As if the process had died after the Parquet file became visible but before the segment was deleted:
+    segment.path.write_bytes(saved)
+    with open_log(data) as log:
+        log.append_blocking([event(10)])
+    assert stored(data) == sorted((f"e{n}", 1) for n in range(11))
+
+
+def test_kill_9_in_the_middle_of_appends_loses_and_doubles_nothing(data):
+    wal = data.parent / "wal"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "tests.store_writer", str(data), str(wal)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    acknowledged = []
+    for line in writer.stdout:
+        acknowledged.append(line.strip())
+        if len(acknowledged) == 3000:
+            break
+    writer.send_signal(signal.SIGKILL)
+    # Whatever it printed after our last read was acknowledged too.
+    acknowledged.extend(line.strip() for line in writer.stdout)
+    writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+
+    with open_log(data):  # start-up replays what the crash left
+        pass
+    counts = dict(stored(data))
+    missing = [event_id for event_id in acknowledged if event_id not in counts]
+    assert missing == []
+    assert all(n == 1 for n in counts.values()), "an event was stored twice"
+
+
+def _mount_tmpfs(path: Path, options: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {result.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    mount = tmp_path / "small"
+    _mount_tmpfs(mount, "size=64k")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_refuses_appends_with_a_clear_error_and_keeps_what_was_acknowledged(small_disk, data):
+    log = EventLog.open(str(data), small_disk / "wal", flush_age_s=3600)
+    acknowledged = []
+    big = "x" * 2000
+    refusal = None
+    for n in range(1000):
+        try:
+            log.append_blocking([event(n, detail=big)])
+        except StoreError as exc:
+            refusal = exc
+            break
+        acknowledged.append(f"e{n}")
+    assert "No space left on device" in str(refusal)
+    assert acknowledged, "the disk was full before the first append"
+    with pytest.raises(StoreError, match="No space left on device"):
+        log.append_blocking([event(5000, detail=big)])  # still refused, never silently dropped
+    log.close()  # the acknowledged ones reach the store
+    assert [event_id for event_id, _ in stored(data)] == sorted(acknowledged)
+
+
+def test_an_unwritable_store_keeps_events_in_the_log_until_it_is_writable_again(tmp_path):
+    data = tmp_path / "store"
+    _mount_tmpfs(data, "size=1m")
+    try:
+        log = EventLog.open(str(data), tmp_path / "wal", flush_age_s=3600)
+        log.append_blocking([event(1)])
+        subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)
+        with pytest.raises(StoreError, match="Read-only file system"):
+            log.flush_blocking()
+        with pytest.raises(StoreError):
+            log.check()
+        subprocess.run(["mount", "-o", "remount,rw", str(data)], check=True)
+        log.close()
+        assert stored(data) == [("e1", 1)]
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def test_an_unwritable_log_directory_refuses_to_open(tmp_path):
+    wal = tmp_path / "wal"
+    _mount_tmpfs(wal, "size=64k,ro")
+    try:
+        with pytest.raises(StoreError, match="write-ahead log directory"):
+            EventLog.open(str(tmp_path / "data"), wal)
+    finally:
+        subprocess.run(["umount", "-l", str(wal)], check=False)
+
+
+def test_recent_returns_this_writers_events_from_log_and_files(data):
+    with open_log(data) as other:
+        other.append_blocking([event(99)])
+    with open_log(data, "wal-2") as log:
+        log.append_blocking([event(1), event(2)])
+        log.flush_blocking()
+        log.append_blocking([event(3)])
+        assert [e.event_id for e in log.recent(T0 + timedelta(seconds=2))] == ["e2", "e3"]
+
+
+def test_appending_to_a_closed_log_is_refused(data):
+    log = open_log(data)
+    log.close()
+    with pytest.raises(StoreError, match="closed"):
+        log.append_blocking([event(1)])
+

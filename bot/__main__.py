@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     compact = commands.add_parser("compact", help="merge each closed day's event files into one")
     compact.add_argument("--data", help="store to compact (default: PROMOBOT_DATA)")
     compact.add_argument("--day", help="only this UTC day, YYYY-MM-DD (default: every closed day)")
+    compact.add_argument(
+        "--grace", type=float, default=600.0, metavar="SECONDS",
+        help="keep replaced files this long for readers already listing them (default 600)",
+    )
 
     commands.add_parser("run-local", help="seed sample data, start the bot and the dashboard (make run)")
 
@@ -28,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compact":
         from bot.store import compact_command
 
-        return compact_command(data=args.data, day=args.day)
+        return compact_command(data=args.data, day=args.day, grace_s=args.grace)
     if args.command == "run-local":
         from bot.local import run_local
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
 import secrets
@@ -122,11 +123,28 @@ class FileStore:
             and not info.base_name.startswith(".")
         )
 
-    def read_table(self, relative: str) -> pa.Table:
-        return pq.read_table(self.path(relative), filesystem=self.fs, schema=None)
+    def list_manifests(self, relative: str) -> list[str]:
+        selector = pafs.FileSelector(self.path(relative), allow_not_found=True)
+        prefix = len(self.root) + 1
+        return sorted(
+            info.path[prefix:]
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.base_name.startswith("_compaction-")
+        )
 
-    def delete(self, relative: str) -> None:
-        self.fs.delete_file(self.path(relative))
+    def read_table(self, relative: str) -> pa.Table:
+        return pq.read_table(self.path(relative), filesystem=self.fs)
+
+    def read_bytes(self, relative: str) -> bytes:
+        with self.fs.open_input_file(self.path(relative)) as file:
+            return file.read()
+
+    def delete(self, relative: str, *, missing_ok: bool = False) -> None:
+        try:
+            self.fs.delete_file(self.path(relative))
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
 
     def check_writable(self) -> None:
         probe = f"{EVENTS_DIR}/.probe-{secrets.token_hex(4)}"
@@ -436,21 +454,39 @@ class EventLog:
 # -- compaction --------------------------------------------------------------------------------------------
 
 
-def compact_day(files: FileStore, day: date) -> int:
-    """Merge one day's files into one, sorted; returns how many files it replaced (0: nothing to do).
+# Readers list a day's files, then open them: a file deleted in between fails their query. So compaction
+# only records which files its merged file replaces (in a manifest outside the `*.parquet` glob) and deletes
+# them on a later run, once every reader that could have listed them is long done. Until then a reader sees
+# those events twice, and deduplicates them by event_id as every reader must.
+DEFAULT_GRACE_S = 600.0
 
-    The merged file becomes visible before the originals are deleted, so a reader sees every event
-    throughout (and, between the two steps, some twice: readers deduplicate by event_id).
-    """
-    inputs = files.list(partition_dir(day))
+
+def compact_day(files: FileStore, day: date, *, grace_s: float = DEFAULT_GRACE_S) -> int:
+    """Merge one day's files into one, sorted; returns how many files the new one replaces (0: none)."""
+    folder = partition_dir(day)
+    superseded: set[str] = set()
+    for manifest in files.list_manifests(folder):
+        record = json.loads(files.read_bytes(manifest))
+        inputs = [f"{folder}/{name}" for name in record["replaced"]]
+        if time.time() - record["at"] >= grace_s:
+            for relative in inputs:
+                files.delete(relative, missing_ok=True)
+            files.delete(manifest, missing_ok=True)
+        else:
+            superseded.update(inputs)
+    inputs = [relative for relative in files.list(folder) if relative not in superseded]
     if len(inputs) < 2:
         return 0
     tables = [files.read_table(relative).select(FILE_SCHEMA.names).cast(FILE_SCHEMA) for relative in inputs]
     merged = deduplicate(pa.concat_tables(tables))
-    name = f"compacted-{uuid.uuid4().hex[:12]}.parquet"
-    files.put(f"{partition_dir(day)}/{name}", parquet_bytes(merged))
-    for relative in inputs:
-        files.delete(relative)
+    token = uuid.uuid4().hex[:12]
+    name = f"compacted-{token}.parquet"
+    files.put(f"{folder}/{name}", parquet_bytes(merged))
+    replaced = [PurePosixPath(relative).name for relative in inputs]
+    manifest = json.dumps({"merged": name, "replaced": replaced, "at": time.time()}).encode()
+    files.put(f"{folder}/_compaction-{token}.json", manifest)
+    if grace_s <= 0:
+        compact_day(files, day, grace_s=0)  # nothing to wait for: delete the replaced files now
     log.info("compacted %d files of %s into %s (%d events)", len(inputs), day, name, merged.num_rows)
     return len(inputs)
 
@@ -469,12 +505,16 @@ def closed_days(files: FileStore, today: date | None = None) -> list[date]:
     return sorted(d for d in days if d < today)
 
 
-def compact(data: str, days: Iterable[date] | None = None) -> dict[date, int]:
+def compact(
+    data: str, days: Iterable[date] | None = None, *, grace_s: float = DEFAULT_GRACE_S
+) -> dict[date, int]:
+    """Compact the given days (default: every closed day); returns files replaced per day."""
     files = FileStore(data)
-    return {day: compact_day(files, day) for day in (closed_days(files) if days is None else days)}
+    chosen = closed_days(files) if days is None else days
+    return {day: compact_day(files, day, grace_s=grace_s) for day in chosen}
 
 
-def compact_command(data: str | None, day: str | None) -> int:
+def compact_command(data: str | None, day: str | None, grace_s: float = DEFAULT_GRACE_S) -> int:
     """`python -m bot compact`: merge each closed day's files (or one day's) into one file."""
     from bot.config import ConfigError, Settings
 
@@ -488,7 +528,7 @@ def compact_command(data: str | None, day: str | None) -> int:
     except ValueError:
         print(f"promobot: --day {day!r} is not a date (YYYY-MM-DD)", flush=True)
         return 2
-    results = compact(data, days)
+    results = compact(data, days, grace_s=grace_s)
     merged = {d: n for d, n in results.items() if n}
     for d, n in merged.items():
         print(f"{d}: {n} files merged into one")

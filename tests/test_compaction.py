@@ -1,0 +1,129 @@
+"""Compaction: a closed day's files become one, and no reader ever misses or double-counts an event."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from bot.events import Event, from_table
+from bot.store import EventLog, compact
+from tests.conftest import REPO
+
+DAY = date(2026, 3, 1)
+
+
+def write_day(data: Path, files: int, per_file: int) -> None:
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    with EventLog.open(str(data), data.parent / "wal") as log:
+        for f in range(files):
+            log.append_blocking([
+                Event(
+                    event_id=f"e{f}-{n}", ts=start + timedelta(minutes=f * per_file + n), page_id="page",
+                    customer_id=f"c{n % 9}", campaign_id=("a", "b")[n % 2], event="welcome_sent",
+                )
+                for n in range(per_file)
+            ])
+            log.flush_blocking()
+        # A redelivered event, stored again in a later file.
+        log.append_blocking([Event.from_dict(_first(data))])
+
+
+def _first(data: Path) -> dict:
+    files = f"{data}/events/*/*.parquet"
+    query = f"select * from read_parquet('{files}') where event_id = 'e0-0' limit 1"
+    table = duckdb.sql(query).to_arrow_table()
+    return from_table(table)[0].to_dict()
+
+
+def distinct_and_total(data: Path) -> tuple[int, int]:
+    return duckdb.execute(
+        f"select count(distinct event_id), count(*) from read_parquet('{data}/events/*/*.parquet')"
+    ).fetchone()
+
+
+def test_compaction_merges_a_day_into_one_sorted_file(tmp_path):
+    data = tmp_path / "data"
+    write_day(data, files=5, per_file=40)
+    assert len(list(data.glob("events/*/*.parquet"))) == 6
+    assert distinct_and_total(data) == (200, 201)
+
+    assert compact(str(data), grace_s=0) == {DAY: 6}
+
+    [merged] = data.glob("events/*/*.parquet")
+    assert merged.name.startswith("compacted-")
+    assert distinct_and_total(data) == (200, 200)  # the duplicate is gone too
+    table = pq.read_table(merged)
+    columns = (table.column(c).to_pylist() for c in ("campaign_id", "customer_id", "ts"))
+    keys = list(zip(*columns, strict=True))
+    assert keys == sorted(keys)
+
+
+def test_a_reader_during_compaction_always_sees_every_event_once(tmp_path):
+    data = tmp_path / "data"
+    write_day(data, files=8, per_file=300)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        connection = duckdb.connect()
+        while not done.is_set():
+            # Readers deduplicate by event_id, as analytics does.
+            files = f"{data}/events/*/*.parquet"
+            query = f"select count(*) from (select distinct event_id from read_parquet('{files}'))"
+            [(count,)] = connection.execute(query).fetchall()
+            seen.append(count)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(3):
+            compact(str(data))
+            write_day(data, files=2, per_file=300)  # new files arrive; the next run merges them in
+    finally:
+        done.set()
+        thread.join()
+    assert len(seen) > 3
+    assert set(seen) == {2400}
+    # The replaced files go once no reader can still be listing them.
+    compact(str(data), grace_s=0)
+    assert len(list(data.glob("events/*/*.parquet"))) == 2  # one per day
+    assert distinct_and_total(data) == (2400, 2400)
+
+
+def test_replaced_files_stay_for_the_grace_period(tmp_path):
+    data = tmp_path / "data"
+    write_day(data, files=3, per_file=10)
+    assert compact(str(data)) == {DAY: 4}
+    assert len(list(data.glob("events/*/*.parquet"))) == 5  # merged + the four it replaces
+    assert compact(str(data)) == {DAY: 0}  # already merged: nothing new to do
+    assert distinct_and_total(data)[0] == 30
+
+
+def test_today_is_not_compacted(tmp_path):
+    data = tmp_path / "data"
+    now = datetime.now(UTC)
+    with EventLog.open(str(data), tmp_path / "wal") as log:
+        for n in range(2):
+            log.append_blocking([Event(event_id=f"t{n}", ts=now, page_id="p", customer_id="c",
+                                       campaign_id="a", event="welcome_sent")])
+            log.flush_blocking()
+    assert compact(str(data), grace_s=0) == {}
+    assert len(list(data.glob("events/*/*.parquet"))) == 2
+
+
+def test_compact_command_merges_closed_days(tmp_path):
+    data = tmp_path / "data"
+    write_day(data, files=3, per_file=10)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "compact", "--data", str(data), "--grace", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2026-03-01: 4 files merged into one" in result.stdout
+    assert len(list(data.glob("events/*/*.parquet"))) == 1

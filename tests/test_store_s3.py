@@ -1,0 +1,114 @@
+"""The event store on S3: a real S3-compatible server (moto) on loopback, reached through pyarrow.fs."""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, date, datetime, timedelta
+
+import boto3
+import pyarrow.dataset as ds
+import pytest
+from moto.server import ThreadedMotoServer
+
+from bot.events import Event
+from bot.store import EventLog, compact, open_filesystem
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, monkeypatch, request):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    name = request.node.name.replace("_", "-")[:50].lower()
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+def event(n: int, ts: datetime = T0) -> Event:
+    return Event(
+        event_id=f"e{n}", ts=ts + timedelta(seconds=n), page_id="page", customer_id=f"c{n % 5}",
+        campaign_id="spring-sale", event="coupon_revealed",
+    )
+
+
+def objects(bucket: str, endpoint: str) -> list[str]:
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    listing = client.list_objects_v2(Bucket=bucket)
+    # pyarrow keeps an empty "folder/" marker object when it deletes a folder's last file: not a file.
+    return sorted(item["Key"] for item in listing.get("Contents", []) if not item["Key"].endswith("/"))
+
+
+def stored_ids(data: str) -> list[str]:
+    filesystem, root = open_filesystem(data)
+    dataset = ds.dataset(f"{root}/events", filesystem=filesystem, format="parquet", partitioning="hive")
+    return sorted(dataset.to_table(columns=["event_id"]).column("event_id").to_pylist())
+
+
+def test_events_reach_s3_as_hive_partitioned_parquet(bucket, s3_endpoint, tmp_path):
+    data = f"s3://{bucket}/shop"
+    with EventLog.open(data, tmp_path / "wal") as log:
+        log.append_blocking([event(n) for n in range(50)])
+        log.append_blocking([event(100, ts=datetime(2026, 3, 2, tzinfo=UTC))])
+    keys = objects(bucket, s3_endpoint)
+    assert [k.rsplit("/", 1)[0] for k in keys] == ["shop/events/event_date=2026-03-01",
+                                                   "shop/events/event_date=2026-03-02"]
+    assert all(k.endswith(".parquet") and f"/{log.writer_id}-" in k for k in keys)
+    assert stored_ids(data) == sorted([f"e{n}" for n in range(50)] + ["e100"])
+
+
+def test_two_writers_share_one_bucket(bucket, tmp_path):
+    data = f"s3://{bucket}/shop"
+    with EventLog.open(data, tmp_path / "a") as a, EventLog.open(data, tmp_path / "b") as b:
+        a.append_blocking([event(n) for n in range(0, 20, 2)])
+        b.append_blocking([event(n) for n in range(1, 20, 2)])
+    assert stored_ids(data) == sorted(f"e{n}" for n in range(20))
+
+
+def test_an_unreachable_bucket_keeps_events_in_the_log(tmp_path, monkeypatch, s3_endpoint):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    log = EventLog.open("s3://no-such-bucket/x", tmp_path / "wal", flush_age_s=3600)
+    log.append_blocking([event(1)])
+    with pytest.raises(Exception, match="flushing events"):
+        log.flush_blocking()
+    with pytest.raises(Exception, match="flushing events"):
+        log.close()
+    # The acknowledged event is still in the log and goes out once the bucket exists.
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="no-such-bucket")
+    with EventLog.open("s3://no-such-bucket/x", tmp_path / "wal"):
+        pass
+    assert stored_ids("s3://no-such-bucket/x") == ["e1"]
+
+
+def test_compaction_on_s3_leaves_one_file_per_day(bucket, s3_endpoint, tmp_path):
+    data = f"s3://{bucket}/shop"
+    with EventLog.open(data, tmp_path / "wal") as log:
+        for n in range(0, 30, 10):
+            log.append_blocking([event(k) for k in range(n, n + 10)])
+            log.flush_blocking()
+    assert len(objects(bucket, s3_endpoint)) == 3
+    assert compact(data, grace_s=0) == {date(2026, 3, 1): 3}
+    [key] = objects(bucket, s3_endpoint)
+    assert "/compacted-" in key
+    assert stored_ids(data) == sorted(f"e{n}" for n in range(30))

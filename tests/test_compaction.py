@@ -37,12 +37,12 @@ def write_day(data: Path, files: int, per_file: int) -> None:
 def _first(data: Path) -> dict:
     files = f"{data}/events/*/*.parquet"
     query = f"select * from read_parquet('{files}') where event_id = 'e0-0' limit 1"
-    table = duckdb.sql(query).to_arrow_table()
+    table = duckdb.connect().sql(query).to_arrow_table()
     return from_table(table)[0].to_dict()
 
 
 def distinct_and_total(data: Path) -> tuple[int, int]:
-    return duckdb.execute(
+    return duckdb.connect().execute(
         f"select count(distinct event_id), count(*) from read_parquet('{data}/events/*/*.parquet')"
     ).fetchone()
 

@@ -37,7 +37,7 @@ def stored(data: Path) -> list[tuple]:
     if not list(data.glob("events/*/*.parquet")):
         return []
     query = f"select event_id, count(*) from read_parquet('{files}') group by 1 order by 1"
-    return duckdb.execute(query).fetchall()
+    return duckdb.connect().execute(query).fetchall()
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_files_carry_the_schema_zstd_and_utc_microseconds(data):
     assert parquet.schema_arrow == FILE_SCHEMA
     assert parquet.metadata.row_group(0).column(0).compression == "ZSTD"
     query = f"select ts, event_date from read_parquet('{path}', hive_partitioning=true)"
-    row = duckdb.execute(query).fetchone()
+    row = duckdb.connect().execute(query).fetchone()
     assert row[0] == T0 + timedelta(seconds=1)
     assert row[1] == date(2026, 3, 1)
 
@@ -120,7 +120,7 @@ def test_a_duplicate_id_in_two_flushes_is_read_once(data):
         log.append_blocking([event(1)])
         log.flush_blocking()
         log.append_blocking([event(1)])
-    rows = duckdb.execute(
+    rows = duckdb.connect().execute(
         f"select count(distinct event_id), count(*) from read_parquet('{data}/events/*/*.parquet')"
     ).fetchone()
     assert rows == (1, 2)  # the store never rewrites a visible file; readers deduplicate by event_id
@@ -133,7 +133,7 @@ def test_events_around_utc_midnight_land_in_their_own_days(data):
     local = event(3, ts=datetime.fromisoformat("2026-03-02T00:29:57+01:00"))  # 23:29:57 UTC on March 1
     with open_log(data) as log:
         log.append_blocking([late, early, local])
-    rows = duckdb.execute(
+    rows = duckdb.connect().execute(
         "select event_id, event_date, ts "
         f"from read_parquet('{data}/events/*/*.parquet', hive_partitioning=true) order by event_id"
     ).fetchall()

@@ -10,6 +10,7 @@ same rows: nothing acknowledged is lost, nothing is stored twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -248,6 +250,7 @@ class EventLog:
         self._flush_errors = 0
         self._stopping = False
         self._closed = False
+        self._loop_batches: dict[asyncio.AbstractEventLoop, tuple[list, list[asyncio.Future[None]]]] = {}
         self.last_flush_error: BaseException | None = None
 
         leftovers = list_segments(wal_dir)
@@ -307,14 +310,57 @@ class EventLog:
             raise StoreError(str(exc)) from exc
 
     async def append(self, events: Sequence[Event]) -> None:
-        """Record events; returns once they are durable on disk. Raises StoreError if they are not."""
+        """Record events; returns once they are durable on disk. Raises StoreError if they are not.
+
+        Appends made by the tasks of one event loop in the same turn of the loop travel to the committer as
+        one record: one hand-over between threads and one wake-up of the loop for all of them, on top of
+        the committer's own group commit.
+        """
         if not events:
             return
-        future = asyncio.wrap_future(self._submit(events))
+        if self._closed:
+            raise StoreError("the event log is closed")
+        rows = []
+        for event in events:
+            if not isinstance(event, Event):
+                raise TypeError(f"append takes Event records, got {type(event).__name__}")
+            rows.append(event_row(event))
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        batch = self._loop_batches.get(loop)
+        if batch is None:
+            batch = self._loop_batches[loop] = ([], [])
+            loop.call_soon(self._submit_loop_batch, loop)
+        batch[0].extend(rows)
+        batch[1].append(waiter)
+        await waiter
+
+    def _submit_loop_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        rows, waiters = self._loop_batches.pop(loop)
+
+        def settle(error: BaseException | None) -> None:
+            for waiter in waiters:
+                if waiter.done():
+                    continue  # its caller was cancelled; the events are durable (or not) all the same
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+
         try:
-            await future
+            future = self._wal.submit(encode_rows(rows))
         except WALError as exc:
-            raise StoreError(f"events not recorded: {exc}") from exc
+            settle(StoreError(str(exc)))
+            return
+
+        def done(future: Future[None]) -> None:
+            error = future.exception()
+            if error is not None:
+                error = StoreError(f"events not recorded: {error}")
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting any more
+                loop.call_soon_threadsafe(settle, error)
+
+        future.add_done_callback(done)
 
     def append_blocking(self, events: Sequence[Event]) -> None:
         """`append` for synchronous code."""

@@ -26,6 +26,7 @@ class EventName(StrEnum):
     DECLINED = "declined"  # clicked "No, thanks"
     COUPON_SENT = "coupon_sent"
     COUPON_REVEALED = "coupon_revealed"  # clicked "Reveal the coupon": a redemption
+    CODE_SENT = "code_sent"  # the code shown in answer to the reveal
     THANKS_SENT = "thanks_sent"
     MESSAGE_DELIVERED = "message_delivered"
     MESSAGE_READ = "message_read"

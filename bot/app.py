@@ -1,0 +1,288 @@
+"""Wiring: the HTTP routes, and the lifespan that opens the campaign, the event log and the Graph client.
+
+A webhook POST is checked (size, signature, shape), turned into events by the flow, made durable in the
+event log, and only then acknowledged; the replies go out after the acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import sys
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from bot import flow
+from bot.campaign import Campaign, CampaignError, load_campaign
+from bot.config import ConfigError, Settings
+from bot.events import Event
+from bot.graph import GraphClient, RetryPolicy
+from bot.messenger import SIGNATURE_HEADER, MalformedBody, parse_body, verify_signature
+from bot.replies import Replier, owed_replies, utc_now
+from bot.simulator import GraphStandIn
+from bot.store import EventLog, StoreError
+
+log = logging.getLogger("promobot")
+
+# Real webhook bodies reach hundreds of KB (batched entries); anything past this is not the platform.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+SHUTDOWN_REPLY_GRACE_S = 10.0
+SEEN_IDS = 100_000
+
+
+@dataclass
+class Runtime:
+    """What the routes share, built by the lifespan."""
+
+    settings: Settings
+    campaign: Campaign
+    events: EventLog
+    graph: GraphClient
+    replier: Replier
+    app_secret: str
+    verify_token: str
+    image_path: Path | None
+    stand_in: GraphStandIn | None
+    inline_replies: bool
+    seen: OrderedDict[str, None]
+
+    def first_time(self, event_id: str) -> bool:
+        if event_id in self.seen:
+            return False
+        self.seen[event_id] = None
+        if len(self.seen) > SEEN_IDS:
+            self.seen.popitem(last=False)
+        return True
+
+
+def image_url(settings: Settings, campaign: Campaign) -> str:
+    if campaign.image_is_local:
+        return f"{settings.public_url}/media/{campaign.thanks_image}"
+    return campaign.thanks_image
+
+
+def create_app(
+    settings: Settings,
+    *,
+    graph_transport: httpx.AsyncBaseTransport | None = None,
+    inline_replies: bool = False,
+    retry: RetryPolicy | None = None,
+) -> Starlette:
+    """The bot. `graph_transport` replaces the network under the Graph client (tests, the simulator)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        campaign_dir = settings.campaign.parent
+        campaign = load_campaign(settings.campaign, data_dir=campaign_dir)
+        stand_in = None
+        if settings.local_mode:
+            # No Meta app: sign and verify with secrets of this process, talk to the built-in stand-in.
+            app_secret, verify_token, page_token = (secrets.token_hex(16) for _ in range(3))
+            stand_in = GraphStandIn()
+            transport = graph_transport or stand_in
+            log.warning(
+                "local mode: no PROMOBOT_APP_SECRET/VERIFY_TOKEN/PAGE_TOKEN set, so promobot talks to its "
+                "built-in Messenger simulator at %s/ instead of Facebook",
+                settings.public_url,
+            )
+        else:
+            app_secret, verify_token, page_token = (
+                settings.app_secret,
+                settings.verify_token,
+                settings.page_token,
+            )
+            transport = graph_transport
+            if campaign.image_is_local and not settings.public_url.startswith("https://"):
+                log.warning(
+                    "the thank-you image is served at %s, but Messenger only fetches https URLs: set "
+                    "PROMOBOT_PUBLIC_URL to the bot's public https address",
+                    settings.public_url,
+                )
+        events = await asyncio.to_thread(EventLog.open, settings.data, settings.wal_path)
+        graph = GraphClient(
+            base_url=settings.graph_url,
+            version=settings.graph_version,
+            page_token=page_token,
+            app_secret=app_secret,
+            retry=retry,
+            transport=transport,
+        )
+        replier = Replier(
+            campaign,
+            graph,
+            events,
+            image_url=image_url(settings, campaign),
+            max_age_s=settings.reply_max_age_s,
+        )
+        runtime = Runtime(
+            settings=settings,
+            campaign=campaign,
+            events=events,
+            graph=graph,
+            replier=replier,
+            app_secret=app_secret,
+            verify_token=verify_token,
+            image_path=campaign_dir / campaign.thanks_image if campaign.image_is_local else None,
+            stand_in=stand_in,
+            inline_replies=inline_replies,
+            seen=OrderedDict(),
+        )
+        app.state.runtime = runtime
+        try:
+            # Clicks acknowledged by a previous run that died before answering them.
+            horizon = utc_now() - timedelta(seconds=settings.reply_max_age_s) - timedelta(days=1)
+            recent = await asyncio.to_thread(events.recent, horizon)
+            for event in recent:
+                runtime.first_time(event.event_id)
+            owed = owed_replies(recent)
+            if owed:
+                log.info("%d replies owed from before the last stop; sending them now", len(owed))
+                replier.start(owed)
+            log.info("promobot ready: campaign %r, events in %s", campaign.id, settings.data)
+            yield
+        finally:
+            await replier.drain(SHUTDOWN_REPLY_GRACE_S)
+            await graph.aclose()
+            await asyncio.to_thread(events.close)
+            log.info("promobot stopped; events flushed")
+
+    app = Starlette(
+        routes=[
+            Route("/webhook", verify, methods=["GET"]),
+            Route("/webhook", receive, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/media/{name:path}", media, methods=["GET", "HEAD"]),
+        ],
+        lifespan=lifespan,
+    )
+    return app
+
+
+# -- routes --------------------------------------------------------------------------------------------------
+
+
+async def verify(request: Request) -> Response:
+    """The subscription handshake: echo the challenge when the verify token matches."""
+    runtime: Runtime = request.app.state.runtime
+    params = request.query_params
+    token = params.get("hub.verify_token", "")
+    if params.get("hub.mode") == "subscribe" and hmac.compare_digest(
+        token.encode(), runtime.verify_token.encode()
+    ):
+        return PlainTextResponse(params.get("hub.challenge", ""))
+    return PlainTextResponse("verification failed", status_code=403)
+
+
+async def receive(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        return PlainTextResponse("body too large", status_code=413)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return PlainTextResponse("body too large", status_code=413)
+    except ClientDisconnect:
+        return PlainTextResponse("client went away", status_code=400)
+    body = bytes(body)
+    if not verify_signature(runtime.app_secret, body, request.headers.get(SIGNATURE_HEADER)):
+        return PlainTextResponse("bad or missing signature", status_code=403)
+    try:
+        inbound = parse_body(body)
+    except MalformedBody as exc:
+        return PlainTextResponse(f"malformed notification: {exc}", status_code=400)
+
+    new: list[Event] = []
+    for action in inbound:
+        for event in flow.record(runtime.campaign, action):
+            if runtime.first_time(event.event_id):  # a redelivered webhook is recorded and answered once
+                new.append(event)
+    if new:
+        try:
+            await runtime.events.append(new)
+        except StoreError as exc:
+            for event in new:
+                runtime.seen.pop(event.event_id, None)
+            log.error("webhook not acknowledged, events could not be recorded: %s", exc)
+            # The platform redelivers what is not acknowledged: nothing is lost while the store recovers.
+            return PlainTextResponse(
+                "events could not be recorded", status_code=503, headers={"Retry-After": "5"}
+            )
+    replies = [reply for event in new for reply in flow.plan_replies(event)]
+    if runtime.inline_replies:
+        await runtime.replier.send(replies)
+    else:
+        runtime.replier.start(replies)
+    return PlainTextResponse("EVENT_RECEIVED")
+
+
+async def healthz(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    try:
+        await asyncio.to_thread(runtime.events.check)
+    except StoreError as exc:
+        return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
+    return JSONResponse(
+        {"status": "ok", "campaign": runtime.campaign.id, "replies_in_flight": runtime.replier.pending}
+    )
+
+
+async def media(request: Request) -> Response:
+    """The campaign's local thank-you image, and nothing else from the data directory."""
+    runtime: Runtime = request.app.state.runtime
+    if runtime.image_path is None or request.path_params["name"] != runtime.campaign.thanks_image:
+        return PlainTextResponse("not found", status_code=404)
+    return FileResponse(runtime.image_path, headers={"Cache-Control": "public, max-age=3600"})
+
+
+# -- running it ----------------------------------------------------------------------------------------------
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs request URLs at INFO, and Graph URLs carry the page token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def load_settings() -> tuple[Settings, Campaign]:
+    """Settings and campaign, checked before the server starts; exits with the reason when they are wrong."""
+    try:
+        settings = Settings.from_env()
+        campaign = load_campaign(settings.campaign, data_dir=settings.campaign.parent)
+    except (ConfigError, CampaignError) as exc:
+        sys.exit(f"promobot cannot start: {exc}")
+    return settings, campaign
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """`python -m bot serve`: the bot under uvicorn until SIGINT/SIGTERM, then flush and exit 0."""
+    import uvicorn
+
+    settings, _ = load_settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_REPLY_GRACE_S,
+        # Heroku and most load balancers terminate TLS in front of the bot.
+        proxy_headers=True,
+        access_log=False,
+    )

@@ -1,0 +1,235 @@
+"""The promo conversation, as pure functions: no I/O, no clock, no session.
+
+Two steps, both deterministic:
+
+- `record(campaign, inbound)`: what a customer's action means, as the events to log before acknowledging;
+- `plan_replies(campaign, event)`: the messages an event calls for. Because replies are planned from logged
+  events, a restarted bot re-plans the replies it still owes from its log, with the same ids.
+
+What a button means travels in its payload (`campaign|variant|step`), so any instance answers any click.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from bot.campaign import FIRST_NAME_ROOM, Campaign
+from bot.events import Event, EventName, detail_json
+from bot.messenger import (
+    Delivery,
+    Inbound,
+    Postback,
+    Read,
+    ReferralEvent,
+    TextMessage,
+    button_template,
+    image_message,
+    text_message,
+)
+
+NEUTRAL_NAME_GREETING = "there"  # "Hi there!" when the first name is unknown
+
+
+class Step(StrEnum):
+    YES = "yes"
+    NO = "no"
+    REVEAL = "reveal"
+
+
+def button_payload(campaign: Campaign, step: Step) -> str:
+    return f"{campaign.id}|{campaign.variant or ''}|{step}"
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    campaign_id: str
+    variant: str | None
+    step: Step
+
+
+def parse_payload(payload: str) -> Button | None:
+    """The button a payload names, or None for anything else (Get Started, a menu item, foreign payloads)."""
+    parts = payload.split("|")
+    if len(parts) != 3 or parts[2] not in Step._value2member_map_:
+        return None
+    return Button(parts[0], parts[1] or None, Step(parts[2]))
+
+
+class ReplyKind(StrEnum):
+    WELCOME = "welcome"
+    COUPON = "coupon"
+    CODE = "code"
+    THANKS_TEXT = "thanks_text"
+    THANKS_IMAGE = "thanks_image"
+
+
+# What each reply records when it is sent, and the suffix of that event's id.
+_SENT = {
+    ReplyKind.WELCOME: (EventName.WELCOME_SENT, "w"),
+    ReplyKind.COUPON: (EventName.COUPON_SENT, "c"),
+    ReplyKind.CODE: (EventName.CODE_SENT, "k"),
+    ReplyKind.THANKS_TEXT: (EventName.THANKS_SENT, "t"),
+    ReplyKind.THANKS_IMAGE: (EventName.THANKS_SENT, "i"),
+}
+_ANSWERS = {
+    EventName.CONVERSATION_STARTED: (ReplyKind.WELCOME,),
+    EventName.COUPON_REQUESTED: (ReplyKind.COUPON,),
+    EventName.COUPON_REVEALED: (ReplyKind.CODE,),
+    EventName.DECLINED: (ReplyKind.THANKS_TEXT, ReplyKind.THANKS_IMAGE),
+}
+_CLICKS = {
+    Step.YES: EventName.COUPON_REQUESTED,
+    Step.NO: EventName.DECLINED,
+    Step.REVEAL: EventName.COUPON_REVEALED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One message owed to a customer, answering the logged event `answers`."""
+
+    kind: ReplyKind
+    answers: Event
+
+    @property
+    def customer_id(self) -> str:
+        return self.answers.customer_id
+
+    @property
+    def sent_id(self) -> str:
+        return f"{self.answers.event_id}.{_SENT[self.kind][1]}"
+
+    @property
+    def failed_id(self) -> str:
+        return f"{self.sent_id}.f"
+
+    @property
+    def needs_first_name(self) -> bool:
+        return self.kind is ReplyKind.WELCOME
+
+    def sent(self, message_id: str | None, at: datetime) -> Event:
+        name, _ = _SENT[self.kind]
+        detail = detail_json(part="image") if self.kind is ReplyKind.THANKS_IMAGE else None
+        return self._outcome(self.sent_id, name, at, message_id=message_id, detail=detail)
+
+    def failed(self, at: datetime, *, code: int | None, subcode: int | None, reason: str) -> Event:
+        detail = detail_json(reply=str(self.kind), code=code, subcode=subcode, reason=reason)
+        return self._outcome(self.failed_id, EventName.SEND_FAILED, at, detail=detail)
+
+    def _outcome(self, event_id: str, name: EventName, at: datetime, **columns: str | None) -> Event:
+        source = self.answers
+        return Event(
+            event_id=event_id,
+            ts=max(at, source.ts),
+            page_id=source.page_id,
+            customer_id=source.customer_id,
+            campaign_id=source.campaign_id,
+            variant=source.variant,
+            event=name,
+            **columns,
+        )
+
+
+# -- step 1: what happened ---------------------------------------------------------------------------------
+
+
+def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
+    """The events a customer's action becomes, in order."""
+
+    def event(
+        name: EventName,
+        *,
+        event_id: str | None = None,
+        variant: str | None = campaign.variant,
+        **columns: str | None,
+    ) -> Event:
+        return Event(
+            event_id=event_id or inbound.event_id,
+            ts=datetime.fromtimestamp(inbound.ts_ms / 1000, UTC),
+            page_id=inbound.page_id,
+            customer_id=inbound.customer_id,
+            campaign_id=campaign.id,
+            variant=variant,
+            event=name,
+            **columns,
+        )
+
+    match inbound:
+        case Postback(payload=payload, mid=mid, referral=referral):
+            button = parse_payload(payload)
+            if button is not None and button.campaign_id == campaign.id:
+                return [event(_CLICKS[button.step], variant=button.variant, button=payload, message_id=mid)]
+            # Get Started, a menu item, or a button of a campaign that has ended: the conversation (re)starts.
+            fields = {"trigger": "postback"}
+            if referral is not None:
+                fields.update(ref=referral.ref, source=referral.source)
+            return [
+                event(
+                    EventName.CONVERSATION_STARTED,
+                    button=payload or None,
+                    message_id=mid,
+                    detail=detail_json(**fields),
+                )
+            ]
+        case ReferralEvent(referral=referral):
+            detail = detail_json(trigger="referral", ref=referral.ref, source=referral.source)
+            return [event(EventName.CONVERSATION_STARTED, detail=detail)]
+        case TextMessage(mid=mid):
+            return [
+                event(EventName.TEXT_RECEIVED, message_id=mid),
+                event(
+                    EventName.CONVERSATION_STARTED,
+                    event_id=f"{inbound.event_id}.s",
+                    detail=detail_json(trigger="text"),
+                ),
+            ]
+        case Delivery(watermark=watermark, mids=mids):
+            return [
+                event(
+                    EventName.MESSAGE_DELIVERED,
+                    message_id=mids[-1] if mids else None,
+                    detail=detail_json(watermark=watermark),
+                )
+            ]
+        case Read(watermark=watermark):
+            return [event(EventName.MESSAGE_READ, detail=detail_json(watermark=watermark))]
+    raise TypeError(f"not a customer action: {inbound!r}")
+
+
+# -- step 2: what to answer --------------------------------------------------------------------------------
+
+
+def plan_replies(event: Event) -> list[Reply]:
+    """The messages an event calls for (none for receipts, texts received, and replies themselves)."""
+    return [Reply(kind, event) for kind in _ANSWERS.get(EventName(event.event), ())]
+
+
+def render(campaign: Campaign, reply: Reply, *, first_name: str | None, image_url: str) -> dict:
+    """The Send API `message` object for a reply."""
+    match reply.kind:
+        case ReplyKind.WELCOME:
+            return button_template(
+                render_welcome_text(campaign, first_name),
+                [
+                    (campaign.yes, button_payload(campaign, Step.YES)),
+                    (campaign.no, button_payload(campaign, Step.NO)),
+                ],
+            )
+        case ReplyKind.COUPON:
+            return button_template(
+                campaign.coupon_text, [(campaign.reveal, button_payload(campaign, Step.REVEAL))]
+            )
+        case ReplyKind.CODE:
+            return text_message(campaign.code)
+        case ReplyKind.THANKS_TEXT:
+            return text_message(campaign.thanks_text)
+        case ReplyKind.THANKS_IMAGE:
+            return image_message(image_url)
+    raise ValueError(f"unknown reply {reply.kind}")
+
+
+def render_welcome_text(campaign: Campaign, first_name: str | None) -> str:
+    name = " ".join((first_name or "").split())[:FIRST_NAME_ROOM] or NEUTRAL_NAME_GREETING
+    return campaign.welcome_text.format(first_name=name)

@@ -1,0 +1,61 @@
+"""The built-in stand-in for the Graph API, used in local mode so the whole bot runs with no Facebook app.
+
+It answers the Send and User Profile calls the way the platform does and keeps each customer's messages, so
+the simulator page can show them. The bot's own Graph client talks to it through an httpx transport: the
+production code path, minus the network.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class SimulatedCustomer:
+    first_name: str | None = None
+    messages: list[dict] = field(default_factory=list)  # {"message_id", "message"} in the order sent
+
+
+class GraphStandIn(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._customers: dict[str, SimulatedCustomer] = defaultdict(SimulatedCustomer)
+        self._ids = itertools.count(1)
+
+    def set_first_name(self, customer_id: str, first_name: str | None) -> None:
+        with self._lock:
+            self._customers[customer_id].first_name = first_name
+
+    def messages(self, customer_id: str, after: int = 0) -> list[dict]:
+        """Messages sent to a customer, from index `after` on."""
+        with self._lock:
+            return list(self._customers[customer_id].messages[after:])
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.strip("/").split("/")
+        if request.method == "POST" and path[-2:] == ["me", "messages"]:
+            body = json.loads(await request.aread())
+            customer_id = str(body.get("recipient", {}).get("id", ""))
+            message_id = f"m_local{next(self._ids):08d}"
+            with self._lock:
+                self._customers[customer_id].messages.append(
+                    {"message_id": message_id, "message": body.get("message")}
+                )
+            return httpx.Response(200, json={"recipient_id": customer_id, "message_id": message_id})
+        if request.method == "GET" and len(path) == 2:
+            customer_id = path[1]
+            with self._lock:
+                name = self._customers[customer_id].first_name if customer_id in self._customers else None
+            body = {"id": customer_id}
+            if name:
+                body["first_name"] = name
+            return httpx.Response(200, json=body)
+        return httpx.Response(
+            400, json={"error": {"message": "unsupported call", "type": "OAuthException", "code": 100}}
+        )

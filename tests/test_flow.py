@@ -1,0 +1,178 @@
+"""The conversation as pure functions: customer actions in, events and replies out."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot.campaign import Campaign, load_campaign
+from bot.events import EventName
+from bot.flow import ReplyKind, Step, button_payload, parse_payload, plan_replies, record, render
+from bot.messenger import parse_body
+from bot.replies import owed_replies
+from tests import payloads
+from tests.conftest import REPO
+
+CAMPAIGN = load_campaign(REPO / "data" / "campaign.toml", data_dir=REPO / "data")
+IMAGE = "https://bot.example.com/media/thanks.png"
+
+
+def act(*messaging: dict, campaign: Campaign = CAMPAIGN):
+    """Events and replies for a webhook body, as the bot computes them."""
+    events = [e for action in parse_body(payloads.envelope(*messaging)) for e in record(campaign, action)]
+    return events, [reply for event in events for reply in plan_replies(event)]
+
+
+def names(events) -> list[str]:
+    return [str(e.event) for e in events]
+
+
+def buttons(message: dict) -> list[tuple[str, str]]:
+    return [(b["title"], b["payload"]) for b in message["attachment"]["payload"]["buttons"]]
+
+
+def test_get_started_is_welcomed_by_first_name_with_two_buttons():
+    events, [reply] = act(payloads.postback("42", "GET_STARTED"))
+
+    message = render(CAMPAIGN, reply, first_name="Ada", image_url=IMAGE)
+
+    assert names(events) == ["conversation_started"]
+    assert reply.kind is ReplyKind.WELCOME
+    assert message["attachment"]["payload"]["text"].startswith("Hi Ada! ")
+    assert buttons(message) == [
+        ("Yes! Show me coupon", button_payload(CAMPAIGN, Step.YES)),
+        ("No, thanks", button_payload(CAMPAIGN, Step.NO)),
+    ]
+
+
+def test_without_a_first_name_the_greeting_is_neutral():
+    _, [reply] = act(payloads.postback("42", "GET_STARTED"))
+
+    message = render(CAMPAIGN, reply, first_name=None, image_url=IMAGE)
+
+    assert message["attachment"]["payload"]["text"].startswith("Hi there! ")
+
+
+def test_a_very_long_first_name_keeps_the_text_within_the_platform_limit():
+    _, [reply] = act(payloads.postback("42", "GET_STARTED"))
+
+    message = render(CAMPAIGN, reply, first_name="A" * 500, image_url=IMAGE)
+
+    assert len(message["attachment"]["payload"]["text"]) <= 640
+
+
+def test_yes_sends_the_coupon_with_a_reveal_button():
+    events, [reply] = act(payloads.postback("42", button_payload(CAMPAIGN, Step.YES), mid="m_yes"))
+
+    message = render(CAMPAIGN, reply, first_name=None, image_url=IMAGE)
+
+    assert names(events) == ["coupon_requested"]
+    assert events[0].button == "spring-sale||yes"
+    assert events[0].message_id == "m_yes"
+    assert message["attachment"]["payload"]["text"] == CAMPAIGN.coupon_text
+    assert buttons(message) == [("Reveal the coupon", button_payload(CAMPAIGN, Step.REVEAL))]
+
+
+def test_reveal_click_shows_the_code_and_counts_as_a_redemption():
+    events, [reply] = act(payloads.postback("42", button_payload(CAMPAIGN, Step.REVEAL)))
+
+    assert names(events) == ["coupon_revealed"]
+    assert render(CAMPAIGN, reply, first_name=None, image_url=IMAGE) == {"text": "SPRING20"}
+    assert reply.sent("m_code", datetime.now(UTC)).event == EventName.CODE_SENT
+
+
+def test_no_thanks_sends_the_thank_you_text_then_the_image():
+    events, replies = act(payloads.postback("42", button_payload(CAMPAIGN, Step.NO)))
+
+    messages = [render(CAMPAIGN, r, first_name=None, image_url=IMAGE) for r in replies]
+
+    assert names(events) == ["declined"]
+    assert messages == [
+        {"text": CAMPAIGN.thanks_text},
+        {"attachment": {"type": "image", "payload": {"url": IMAGE, "is_reusable": True}}},
+    ]
+
+
+def test_a_referral_starts_the_conversation_and_records_the_ref():
+    for item in (payloads.postback("42", "GET_STARTED", ref="till-qr"), payloads.referral("42", "till-qr")):
+        events, [reply] = act(item)
+
+        assert names(events) == ["conversation_started"]
+        assert json.loads(events[0].detail)["ref"] == "till-qr"
+        assert json.loads(events[0].detail)["source"] == "SHORTLINK"
+        assert reply.kind is ReplyKind.WELCOME
+
+
+def test_free_text_starts_the_conversation():
+    events, [reply] = act(payloads.text("42", "do you have coupons?"))
+
+    assert names(events) == ["text_received", "conversation_started"]
+    assert "coupons" not in repr(events)  # what customers write is not kept
+    assert reply.kind is ReplyKind.WELCOME
+
+
+@pytest.mark.parametrize("payload", ["SOMETHING_ELSE", "old-sale||yes", "spring-sale||dance", "a|b|c|d", ""])
+def test_a_button_the_bot_no_longer_knows_starts_over(payload):
+    events, [reply] = act(payloads.postback("42", payload))
+
+    assert names(events) == ["conversation_started"]
+    assert reply.kind is ReplyKind.WELCOME
+
+
+def test_receipts_are_recorded_and_never_answered():
+    events, replies = act(
+        payloads.delivery("42", ["m_1"], 1_700_000_000_000), payloads.read("42", 1_700_000_000_500)
+    )
+
+    assert names(events) == ["message_delivered", "message_read"]
+    assert events[0].message_id == "m_1"
+    assert json.loads(events[1].detail) == {"watermark": 1_700_000_000_500}
+    assert replies == []
+
+
+def test_the_payload_carries_campaign_variant_and_step():
+    variant = Campaign(**{**CAMPAIGN.__dict__, "variant": "B"})
+
+    events, _ = act(payloads.postback("42", button_payload(variant, Step.YES)), campaign=variant)
+
+    assert parse_payload(button_payload(variant, Step.YES)).variant == "B"
+    assert (events[0].campaign_id, events[0].variant) == ("spring-sale", "B")
+
+
+def test_payloads_and_titles_fit_the_platform_limits():
+    for step in Step:
+        assert len(button_payload(CAMPAIGN, step)) <= 1000
+    for title in (CAMPAIGN.yes, CAMPAIGN.no, CAMPAIGN.reveal):
+        assert len(title) <= 20
+
+
+def test_outcomes_extend_the_id_of_the_event_they_answer():
+    events, [reply] = act(payloads.postback("42", "GET_STARTED"))
+    later = events[0].ts + timedelta(seconds=1)
+
+    sent = reply.sent("m_w", later)
+    failed = reply.failed(later, code=551, subcode=1545041, reason="unavailable")
+
+    assert sent.event_id == f"{events[0].event_id}.w"
+    assert sent.message_id == "m_w"
+    assert failed.event == EventName.SEND_FAILED
+    assert json.loads(failed.detail) == {
+        "reply": "welcome",
+        "code": 551,
+        "subcode": 1545041,
+        "reason": "unavailable",
+    }
+
+
+def test_a_reply_is_owed_until_its_outcome_is_logged():
+    events, [_reply] = act(payloads.postback("42", "GET_STARTED"))
+    answered, _ = act(payloads.postback("43", "GET_STARTED"))
+    answered.append(plan_replies(answered[0])[0].sent("m_1", datetime.now(UTC)))
+    failed, _ = act(payloads.postback("44", "GET_STARTED"))
+    failed.append(plan_replies(failed[0])[0].failed(datetime.now(UTC), code=551, subcode=None, reason="x"))
+
+    owed = owed_replies(events + answered + failed)
+
+    assert [r.customer_id for r in owed] == ["42"]

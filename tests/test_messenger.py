@@ -1,0 +1,245 @@
+"""The platform's wire format: signatures, webhook bodies as they arrive, Send API bodies as expected."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bot.messenger import (
+    Delivery,
+    MalformedBody,
+    Postback,
+    Read,
+    ReferralEvent,
+    TextMessage,
+    button_template,
+    image_message,
+    parse_body,
+    send_body,
+    sign,
+    text_message,
+    verify_signature,
+)
+from tests import payloads
+from tests.conftest import MESSENGER_FIXTURES
+
+SEND = MESSENGER_FIXTURES / "send"
+VECTOR = "sha256=bcc5bd9f45ededb77ddccb00da4b5f17db1469378185692ca58b6240c6efa167"
+
+
+def fixture(name: str) -> bytes:
+    return (MESSENGER_FIXTURES / name).read_bytes()
+
+
+# -- signatures --------------------------------------------------------------------------------------------
+
+
+def test_the_published_signature_vector_verifies():
+    body = fixture("botman-driver-facebook__message_text.json")
+
+    assert sign("Bar", body) == VECTOR
+    assert verify_signature("Bar", body, VECTOR)
+    assert verify_signature("Bar", body, VECTOR.upper().replace("SHA256=", "sha256="))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "", VECTOR[:-1] + "0", VECTOR.replace("sha256=", "sha1="), "sha256=", "sha256=zz", "sha256=é"],
+)
+def test_a_wrong_or_missing_signature_is_rejected(header):
+    body = fixture("botman-driver-facebook__message_text.json")
+
+    assert not verify_signature("Bar", body, header)
+
+
+def test_a_signature_covers_every_byte_of_the_body():
+    body = fixture("botman-driver-facebook__message_text.json")
+
+    assert not verify_signature("Bar", body + b" ", VECTOR)
+    assert not verify_signature("Baz", body, VECTOR)
+
+
+# -- parsing real webhook bodies ---------------------------------------------------------------------------
+
+
+def test_a_text_message_is_parsed_without_keeping_its_words():
+    [message] = parse_body(fixture("botman-driver-facebook__message_text.json"))
+
+    assert isinstance(message, TextMessage)
+    assert (message.page_id, message.customer_id, message.ts_ms) == (
+        "111899832631525",
+        "1433960459967306",
+        1480279487147,
+    )
+    assert "Hi" not in repr(message)
+
+
+def test_a_batched_body_yields_every_entry_with_distinct_ids():
+    actions = parse_body(fixture("yoctol-bottender__batched_2entries.json"))
+
+    assert [type(a) for a in actions] == [TextMessage, TextMessage]
+    assert actions[0].ts_ms == actions[1].ts_ms  # same customer, same millisecond ...
+    assert actions[0].event_id != actions[1].event_id  # ... still two events
+
+
+def test_a_redelivered_body_yields_the_same_ids():
+    body = fixture("botman-driver-facebook__postback.json")
+
+    assert [a.event_id for a in parse_body(body)] == [a.event_id for a in parse_body(body)]
+
+
+def test_a_postback_carries_its_payload():
+    [click] = parse_body(fixture("botman-driver-facebook__postback.json"))
+
+    assert isinstance(click, Postback)
+    assert click.payload == "MY_PAYLOAD"
+    assert click.referral is None
+
+
+def test_a_quick_reply_is_a_click():
+    [click] = parse_body(fixture("meta-docs__quick_reply.json"))
+
+    assert isinstance(click, Postback)
+    assert click.payload == "DEVELOPER_DEFINED_PAYLOAD_FOR_PICKING_GREEN"
+    assert click.customer_id == "1254459154682919"
+
+
+def test_a_referral_in_an_existing_thread():
+    [action] = parse_body(fixture("botman-driver-facebook__referral.json"))
+
+    assert isinstance(action, ReferralEvent)
+    assert action.referral.ref == "MY_REF"
+
+
+def test_get_started_from_an_m_me_link_carries_the_ref():
+    body = payloads.envelope(payloads.postback("42", "GET_STARTED", ref="till-qr"))
+
+    [click] = parse_body(body)
+
+    assert click.referral.ref == "till-qr"
+    assert click.referral.source == "SHORTLINK"
+
+
+def test_echoes_and_optins_without_a_sender_are_not_customer_actions():
+    assert parse_body(fixture("botman-driver-facebook__message_echo.json")) == []
+    assert parse_body(fixture("botman-driver-facebook__optin_user_ref_no_sender.json")) == []
+
+
+def test_unknown_keys_are_tolerated():
+    [message] = parse_body(fixture("botman-driver-facebook__message_with_nlp.json"))
+
+    assert isinstance(message, TextMessage)
+
+
+def test_standby_changes_and_unknown_kinds_are_skipped():
+    body = json.dumps(
+        {
+            "object": "page",
+            "entry": [
+                {"id": "1", "time": 1, "standby": [payloads.text("7")]},
+                {"id": "1", "time": 1, "changes": [{"field": "feed", "value": {}}]},
+                {
+                    "id": "1",
+                    "time": 1,
+                    "messaging": [
+                        {**payloads.text("7"), "message": None, "reaction": {"reaction": "love"}},
+                        "not an object",
+                        {
+                            "sender": {"id": "7"},
+                            "recipient": {"id": "1"},
+                            "timestamp": "soon",
+                            "message": {"text": "x"},
+                        },
+                        payloads.text("8"),
+                    ],
+                },
+            ],
+        }
+    ).encode()
+
+    actions = parse_body(body)
+
+    assert [a.customer_id for a in actions] == ["8"]
+
+
+def test_receipts_carry_their_watermarks():
+    body = payloads.envelope(
+        payloads.delivery("5", ["m_a", "m_b"], 1_700_000_000_123), payloads.read("5", 1_700_000_000_456)
+    )
+
+    delivered, read = parse_body(body)
+
+    assert isinstance(delivered, Delivery)
+    assert delivered.watermark == 1_700_000_000_123
+    assert delivered.mids == ("m_a", "m_b")
+    assert isinstance(read, Read)
+    assert read.watermark == 1_700_000_000_456
+
+
+def test_timestamps_in_seconds_or_strings_become_milliseconds():
+    item = payloads.text("5")
+    item["timestamp"] = "1527459824"
+
+    [message] = parse_body(payloads.envelope(item))
+
+    assert message.ts_ms == 1_527_459_824_000
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"not json", b"[]", b'{"object": "page"}', b'{"entry": 3}', b"\xff\xfe"]
+)
+def test_a_body_that_is_not_a_notification_is_malformed(body):
+    with pytest.raises(MalformedBody):
+        parse_body(body)
+
+
+# -- rendering: compared with real Send API bodies ---------------------------------------------------------
+
+
+def shape(value):
+    """The keys and types of a JSON value, recursively: what the platform parses."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(item) for item in value[:1]]
+    return type(value).__name__
+
+
+def send_fixture(name: str) -> dict:
+    return json.loads((SEND / name).read_text())
+
+
+def test_a_button_template_of_postbacks_is_shaped_like_the_platforms():
+    real = send_fixture("meta-docs__button_template_three_postbacks_private_reply.json")["message"]
+
+    ours = button_template("Want to see it?", [("Yes! Show me coupon", "a|b|yes"), ("No, thanks", "a|b|no")])
+
+    assert shape(ours) == shape(real)
+
+
+def test_a_text_message_is_shaped_like_the_platforms():
+    real = send_fixture("fbsamples-messenger-platform-samples__text.json")
+
+    ours = send_body("123", text_message("Hello!"))
+
+    assert ours["message"] == real["message"]
+    assert shape(ours["recipient"]) == shape(real["recipient"])
+    assert ours["messaging_type"] == "RESPONSE"
+
+
+def test_an_image_by_url_is_shaped_like_the_platforms():
+    real = send_fixture("fbsamples-messenger-platform-samples__image_attachment_url.json")["message"]
+
+    ours = image_message("https://example.com/thanks.png")
+
+    assert shape(ours) == shape(real)
+    assert ours["attachment"]["payload"]["url"] == "https://example.com/thanks.png"
+
+
+def test_every_body_sets_messaging_type_like_the_platforms_own_clients():
+    real = send_fixture("botman-driver-facebook__text_response_body.json")
+
+    ours = send_body("1234567890", text_message("Test"))
+
+    assert {k: v for k, v in real.items() if k != "access_token"} == ours

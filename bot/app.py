@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import logging
 import secrets
+import signal
 import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -110,13 +111,18 @@ def create_app(
                     "PROMOBOT_PUBLIC_URL to the bot's public https address",
                     settings.public_url,
                 )
-        events = await asyncio.to_thread(EventLog.open, settings.data, settings.wal_path)
+        events = await asyncio.to_thread(
+            EventLog.open, settings.data, settings.wal_path, flush_age_s=settings.flush_seconds
+        )
         graph = GraphClient(
             base_url=settings.graph_url,
             version=settings.graph_version,
             page_token=page_token,
             app_secret=app_secret,
-            retry=retry,
+            retry=retry
+            or RetryPolicy(
+                request_timeout_s=settings.graph_timeout_s, deadline_s=4 * settings.graph_timeout_s
+            ),
             transport=transport,
         )
         replier = Replier(
@@ -275,6 +281,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
 
     settings, _ = load_settings()
     configure_logging(settings.log_level)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again with the handlers it
+    # found at start. Finding these, it returns instead: a stop that flushed every event exits with 0.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda signum, frame: None)
     uvicorn.run(
         create_app(settings),
         host=host,

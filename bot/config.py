@@ -33,6 +33,11 @@ class Settings:
     # A reply owed for an acknowledged click is still sent after a restart if it is younger than this;
     # older ones are recorded as `send_failed` (a coupon an hour late only confuses).
     reply_max_age_s: float = 3600.0
+    # One Graph API attempt (connect to last byte); retries of transient failures come on top, for up to
+    # four times this long in all.
+    graph_timeout_s: float = 5.0
+    # How old buffered events may grow before they are written as Parquet: how fresh the dashboard is.
+    flush_seconds: float = 60.0
     log_level: str = "INFO"
 
     @property
@@ -97,6 +102,18 @@ class Settings:
         if reply_max_age_s < 0:
             raise ConfigError("PROMOBOT_REPLY_MAX_AGE must not be negative")
 
+        def seconds(name: str, default: float, *, minimum: float) -> float:
+            raw = get(name)
+            try:
+                value = float(raw) if raw else default
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+            if not value >= minimum:  # also refuses NaN
+                raise ConfigError(f"{name} must be at least {minimum:g} seconds")
+            return value
+
+        graph_timeout_s = seconds("PROMOBOT_GRAPH_TIMEOUT", cls.graph_timeout_s, minimum=0.1)
+        flush_seconds = seconds("PROMOBOT_FLUSH_SECONDS", cls.flush_seconds, minimum=0.1)
         wal = get("PROMOBOT_WAL")
         return cls(
             app_secret=secrets["PROMOBOT_APP_SECRET"],
@@ -109,5 +126,7 @@ class Settings:
             public_url=public_url,
             wal_dir=Path(wal) if wal else None,
             reply_max_age_s=reply_max_age_s,
+            graph_timeout_s=graph_timeout_s,
+            flush_seconds=flush_seconds,
             log_level=(get("PROMOBOT_LOG_LEVEL") or cls.log_level).upper(),
         )

@@ -47,3 +47,15 @@ def test_s3_store_keeps_its_wal_on_local_disk():
 def test_malformed_settings_are_refused_by_name(env, name):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env(env)
+
+
+def test_graph_timeout_and_flush_interval_are_seconds():
+    settings = Settings.from_env({"PROMOBOT_GRAPH_TIMEOUT": "0.5", "PROMOBOT_FLUSH_SECONDS": "2"})
+
+    assert (settings.graph_timeout_s, settings.flush_seconds) == (0.5, 2.0)
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan"])
+def test_a_bad_number_of_seconds_is_refused_naming_the_variable(value):
+    with pytest.raises(ConfigError, match="PROMOBOT_GRAPH_TIMEOUT"):
+        Settings.from_env({"PROMOBOT_GRAPH_TIMEOUT": value})

@@ -1,0 +1,126 @@
+"""The bot as users run it: `python -m bot serve` in its own process, on a real port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+
+from bot.messenger import sign
+from tests.conftest import REPO
+
+APP_SECRET = "test-app-secret"
+VERIFY_TOKEN = "test-verify-token"
+PAGE_TOKEN = "test-page-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_home(root: Path) -> Path:
+    """A data directory with the example campaign and its thank-you image."""
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name in ("campaign.toml", "thanks.png"):
+        shutil.copy(REPO / "data" / name, data / name)
+    return data
+
+
+class BotProcess:
+    def __init__(self, data: Path, graph_url: str, **env: str) -> None:
+        self.data = data
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "PROMOBOT_APP_SECRET": APP_SECRET,
+            "PROMOBOT_VERIFY_TOKEN": VERIFY_TOKEN,
+            "PROMOBOT_PAGE_TOKEN": PAGE_TOKEN,
+            "PROMOBOT_GRAPH_URL": graph_url,
+            "PROMOBOT_DATA": str(data),
+            "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
+            "PROMOBOT_PUBLIC_URL": self.url,
+            "PROMOBOT_GRAPH_TIMEOUT": "0.5",
+            **env,
+        }
+        self.log_path = data.parent / f"bot-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+
+    def start(self) -> BotProcess:
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bot", "serve", "--port", str(self.port)],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the bot exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if self.client.get("/healthz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"the bot did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def post(self, body: bytes, *, signature: str | None = "auto", **headers: str) -> httpx.Response:
+        if signature == "auto":
+            signature = sign(APP_SECRET, body)
+        if signature is not None:
+            headers["X-Hub-Signature-256"] = signature
+        return self.client.post(
+            "/webhook", content=body, headers={"Content-Type": "application/json", **headers}
+        )
+
+    def stop(self) -> int:
+        """SIGTERM, as a container runtime or a PaaS sends it; returns the exit status."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        status = self.process.wait(timeout=30)
+        self.client.close()
+        return status
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self.client.close()
+
+    def __enter__(self) -> BotProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
+
+def stored_events(data: Path) -> list[dict]:
+    """Every stored row, duplicates included, read with DuckDB as analytics does."""
+    files = list((data / "events").glob("*/*.parquet"))
+    if not files:
+        return []
+    connection = duckdb.connect()
+    relation = connection.execute(
+        f"select * from read_parquet('{data}/events/*/*.parquet', hive_partitioning = true) order by ts"
+    )
+    columns = [c[0] for c in relation.description]
+    return [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]

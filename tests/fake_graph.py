@@ -1,0 +1,151 @@
+"""A fake Graph API: a real HTTP server on loopback that answers Send and User Profile calls.
+
+Tests script how it answers each customer (errors, slowness, rate limits) and read what it received.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int = 200
+    body: dict | None = None  # None: the platform's success body
+    delay_s: float = 0.0
+
+
+def graph_error(
+    code: int, subcode: int | None = None, *, status: int = 400, transient: bool = False
+) -> Answer:
+    error = {"message": f"(#{code}) fake error", "type": "OAuthException", "code": code, "fbtrace_id": "AbC"}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    if transient:
+        error["is_transient"] = True
+    return Answer(status, {"error": error})
+
+
+class FakeGraph:
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.sent: list[dict] = []  # {"recipient", "body", "message_id"} for each accepted send
+        self.attempts: dict[str, int] = {}
+        self.profile_calls: list[str] = []
+        self.names: dict[str, str] = {}
+        self._sends: dict[str, list[Answer]] = {}
+        self._profiles: dict[str, list[Answer]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FakeGraph:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def script_sends(self, customer: str, *answers: Answer) -> None:
+        """The next sends to `customer` get these answers, in order; later ones succeed."""
+        with self._lock:
+            self._sends[customer] = list(answers)
+
+    def script_profile(self, customer: str, *answers: Answer) -> None:
+        with self._lock:
+            self._profiles[customer] = list(answers)
+
+    def messages_to(self, customer: str) -> list[dict]:
+        with self._lock:
+            return [s["body"]["message"] for s in self.sent if s["recipient"] == customer]
+
+    def wait_for(self, customer: str, count: int, timeout_s: float = 15.0) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            messages = self.messages_to(customer)
+            if len(messages) >= count:
+                return messages
+            time.sleep(0.02)
+        raise AssertionError(f"{customer} got {self.messages_to(customer)}, expected {count} messages")
+
+    def _next(self, scripts: dict[str, list[Answer]], customer: str) -> Answer:
+        with self._lock:
+            queue = scripts.get(customer)
+            return queue.pop(0) if queue else Answer()
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _reply(self, answer: Answer, default: dict) -> None:
+                if answer.delay_s:
+                    time.sleep(answer.delay_s)
+                payload = json.dumps(answer.body if answer.body is not None else default).encode()
+                try:
+                    self.send_response(answer.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting, as it should
+
+            def _authorized(self, query: dict) -> bool:
+                if query.get("access_token") == [fake.token]:
+                    return True
+                self._reply(graph_error(190, 463), {})
+                return False
+
+            def do_POST(self) -> None:
+                parts = urlsplit(self.path)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self._authorized(parse_qs(parts.query)):
+                    return
+                if not parts.path.endswith("/me/messages"):
+                    self._reply(graph_error(100), {})
+                    return
+                customer = body["recipient"]["id"]
+                with fake._lock:
+                    fake.attempts[customer] = fake.attempts.get(customer, 0) + 1
+                answer = fake._next(fake._sends, customer)
+                message_id = f"m_fake{next(fake._ids):06d}"
+                if answer.delay_s:
+                    # A hung platform: the client gives up first, and the message is not sent.
+                    time.sleep(answer.delay_s)
+                    return
+                if answer.status == 200 and answer.body is None:
+                    with fake._lock:
+                        fake.sent.append({"recipient": customer, "body": body, "message_id": message_id})
+                self._reply(answer, {"recipient_id": customer, "message_id": message_id})
+
+            def do_GET(self) -> None:
+                parts = urlsplit(self.path)
+                query = parse_qs(parts.query)
+                if not self._authorized(query):
+                    return
+                customer = parts.path.rstrip("/").rsplit("/", 1)[-1]
+                with fake._lock:
+                    fake.profile_calls.append(customer)
+                answer = fake._next(fake._profiles, customer)
+                profile = {"id": customer}
+                if customer in fake.names:
+                    profile["first_name"] = fake.names[customer]
+                self._reply(answer, profile)
+
+        return Handler

@@ -1,0 +1,341 @@
+"""The bot end to end: `python -m bot serve` on a real port, signed webhooks over HTTP, a fake Graph API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import payloads
+from tests.bot_process import PAGE_TOKEN, VERIFY_TOKEN, BotProcess, make_home, stored_events
+from tests.conftest import MESSENGER_FIXTURES, REPO
+from tests.fake_graph import Answer, FakeGraph, graph_error
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def graph():
+    with FakeGraph(PAGE_TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_home(tmp_path)
+
+
+@pytest.fixture
+def bot(data, graph):
+    with BotProcess(data, graph.url) as running:
+        yield running
+
+
+def postbacks(message: dict) -> dict[str, str]:
+    """title -> payload of a button template's buttons."""
+    return {b["title"]: b["payload"] for b in message["attachment"]["payload"]["buttons"]}
+
+
+def by_customer(events: list[dict], customer: str) -> list[str]:
+    return [e["event"] for e in events if e["customer_id"] == customer]
+
+
+# -- handshake and bad input -------------------------------------------------------------------------------
+
+
+def test_the_handshake_echoes_the_challenge_only_for_the_right_token(bot):
+    ok = bot.client.get(
+        "/webhook",
+        params={"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"},
+    )
+    wrong = bot.client.get(
+        "/webhook", params={"hub.mode": "subscribe", "hub.verify_token": "guess", "hub.challenge": "1"}
+    )
+    mode = bot.client.get(
+        "/webhook", params={"hub.mode": "unsubscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1"}
+    )
+
+    assert (ok.status_code, ok.text) == (200, "1158201444")
+    assert ok.headers["content-type"].startswith("text/plain")
+    assert wrong.status_code == 403
+    assert mode.status_code == 403
+    assert bot.client.get("/webhook").status_code == 403
+
+
+def test_bad_input_is_refused_with_a_4xx_and_records_nothing(bot, graph, data):
+    body = payloads.envelope(payloads.postback("9001", "GET_STARTED"))
+
+    answers = {
+        "missing signature": bot.post(body, signature=None).status_code,
+        "bad signature": bot.post(body, signature="sha256=" + "0" * 64).status_code,
+        "signature of another body": bot.post(body + b" ", signature=bot_signature(body)).status_code,
+        "not json": bot.post(b"{not json").status_code,
+        "not a notification": bot.post(b'{"object": "page"}').status_code,
+        "oversized": bot.post(b"x" * (5 * 1024 * 1024)).status_code,
+        "oversized, unsigned": bot.post(b"x" * (5 * 1024 * 1024), signature=None).status_code,
+    }
+
+    assert answers == {
+        "missing signature": 403,
+        "bad signature": 403,
+        "signature of another body": 403,
+        "not json": 400,
+        "not a notification": 400,
+        "oversized": 413,
+        "oversized, unsigned": 413,
+    }
+    assert bot.client.get("/healthz").status_code == 200
+    assert bot.stop() == 0
+    assert stored_events(data) == []
+    assert graph.sent == []
+
+
+def bot_signature(body: bytes) -> str:
+    from bot.messenger import sign
+    from tests.bot_process import APP_SECRET
+
+    return sign(APP_SECRET, body)
+
+
+def test_a_bad_campaign_stops_start_up_naming_file_and_key(data, graph):
+    campaign = data / "campaign.toml"
+    campaign.write_text(
+        campaign.read_text().replace('reveal = "Reveal the coupon"', 'reveal = "Reveal the coupon, please"')
+    )
+    bot = BotProcess(data, graph.url)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "serve", "--port", str(bot.port)],
+        cwd=REPO,
+        env=bot.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert f"{campaign}: coupon.reveal: 25 characters, Messenger allows 20" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- the conversation --------------------------------------------------------------------------------------
+
+
+def test_every_step_of_the_conversation(bot, graph, data):
+    graph.names["1001"] = "Ada"
+
+    # Ada comes from the QR code at the till, asks for the coupon and reveals it.
+    assert (
+        bot.post(payloads.envelope(payloads.postback("1001", "GET_STARTED", ref="till-qr"))).status_code
+        == 200
+    )
+    [welcome] = graph.wait_for("1001", 1)
+    assert welcome["attachment"]["payload"]["text"].startswith("Hi Ada! ")
+    buttons = postbacks(welcome)
+    assert list(buttons) == ["Yes! Show me coupon", "No, thanks"]
+
+    bot.post(payloads.envelope(payloads.postback("1001", buttons["Yes! Show me coupon"], mid="m_click1")))
+    coupon = graph.wait_for("1001", 2)[1]
+    assert coupon["attachment"]["payload"]["text"] == "20% off anything in store until Sunday."
+    coupon_sent_at = payloads.now_ms()
+    bot.post(
+        payloads.envelope(
+            payloads.delivery("1001", [graph.sent[1]["message_id"]], coupon_sent_at),
+            payloads.read("1001", coupon_sent_at + 1),
+        )
+    )
+
+    bot.post(
+        payloads.envelope(payloads.postback("1001", postbacks(coupon)["Reveal the coupon"], mid="m_click2"))
+    )
+    assert graph.wait_for("1001", 3)[2] == {"text": "SPRING20"}
+
+    # Bob writes first, then declines: thank-you text and the image the bot serves itself.
+    bot.post(payloads.envelope(payloads.text("1002", "hi")))
+    no = postbacks(graph.wait_for("1002", 1)[0])["No, thanks"]
+    bot.post(payloads.envelope(payloads.postback("1002", no)))
+    thanks_text, thanks_image = graph.wait_for("1002", 3)[1:]
+    assert thanks_text == {"text": "No problem, thanks for stopping by!"}
+    image_url = thanks_image["attachment"]["payload"]["url"]
+    assert image_url == f"{bot.url}/media/thanks.png"
+    image = httpx.get(image_url)
+    assert image.headers["content-type"] == "image/png"
+    assert image.content == (data / "thanks.png").read_bytes()
+    assert bot.client.get("/media/campaign.toml").status_code == 404
+
+    assert all(s["body"]["messaging_type"] == "RESPONSE" for s in graph.sent)
+    wait_until_idle(bot)
+    assert bot.stop() == 0  # SIGTERM: events flushed, clean exit
+
+    events = stored_events(data)
+    # Sorted: inbound events carry the platform's clock, replies the bot's, so their order may differ.
+    assert sorted(by_customer(events, "1001")) == sorted(
+        [
+            "conversation_started",
+            "welcome_sent",
+            "coupon_requested",
+            "coupon_sent",
+            "message_delivered",
+            "message_read",
+            "coupon_revealed",
+            "code_sent",
+        ]
+    )
+    assert sorted(by_customer(events, "1002")) == sorted(
+        [
+            "text_received",
+            "conversation_started",
+            "welcome_sent",
+            "declined",
+            "thanks_sent",
+            "thanks_sent",
+        ]
+    )
+    started = events[0]
+    assert json.loads(started["detail"])["ref"] == "till-qr"
+    sent_ids = {s["message_id"] for s in graph.sent}
+    assert {e["message_id"] for e in events if e["event"].endswith("_sent")} == sent_ids
+    read = next(e for e in events if e["event"] == "message_read")
+    assert json.loads(read["detail"]) == {"watermark": coupon_sent_at + 1}
+    assert len({e["event_id"] for e in events}) == len(events)
+    assert "Ada" not in bot.log()  # customers' names never reach the logs
+
+
+def wait_until_idle(bot: BotProcess, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while bot.client.get("/healthz").json()["replies_in_flight"]:
+        assert time.monotonic() < deadline, "replies still in flight"
+        time.sleep(0.02)
+
+
+def test_a_batched_body_answers_every_entry(bot, graph, data):
+    batched = json.loads((MESSENGER_FIXTURES / "yoctol-bottender__batched_2entries.json").read_text())
+    for entry in batched["entry"]:  # the real body, from 2017: made recent, or its replies are long expired
+        for item in entry["messaging"]:
+            item["timestamp"] = payloads.now_ms()
+    body = json.dumps(batched).encode()
+
+    assert bot.post(body).status_code == 200
+
+    assert len(graph.wait_for("1412611362105802", 2)) == 2
+    wait_until_idle(bot)
+    assert bot.stop() == 0
+    assert by_customer(stored_events(data), "1412611362105802").count("text_received") == 2
+
+
+def test_a_redelivered_webhook_is_stored_and_answered_once(bot, graph, data):
+    body = payloads.envelope(payloads.postback("1003", "GET_STARTED", mid="m_once"))
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda _: bot.post(body).status_code, range(4)))
+    statuses.append(bot.post(body).status_code)
+
+    assert statuses == [200] * 5
+    graph.wait_for("1003", 1)
+    wait_until_idle(bot)
+    assert bot.stop() == 0
+    events = stored_events(data)
+    assert by_customer(events, "1003") == ["conversation_started", "welcome_sent"]
+    assert len(graph.messages_to("1003")) == 1
+
+
+def test_receipts_optins_echoes_and_standby_are_acknowledged_never_answered(bot, graph, data):
+    for name in (
+        "botman-driver-facebook__message_echo.json",
+        "botman-driver-facebook__optin_user_ref_no_sender.json",
+    ):
+        assert bot.post((MESSENGER_FIXTURES / name).read_bytes()).status_code == 200
+    standby = json.dumps(
+        {"object": "page", "entry": [{"id": "1", "time": 1, "standby": [payloads.text("1004")]}]}
+    )
+    assert bot.post(standby.encode()).status_code == 200
+
+    wait_until_idle(bot)
+    assert bot.stop() == 0
+    assert graph.sent == []
+    assert stored_events(data) == []
+
+
+# -- a failing, slow or rate-limiting Graph API ------------------------------------------------------------
+
+
+def test_transient_graph_failures_are_retried(bot, graph, data):
+    graph.script_sends("2001", Answer(status=500, body={}), graph_error(2, status=503, transient=True))
+    graph.script_sends("2002", Answer(status=429, body={"error": {"message": "slow down"}}), graph_error(613))
+    graph.script_sends("2003", Answer(delay_s=1.5))  # longer than PROMOBOT_GRAPH_TIMEOUT: times out, retried
+
+    for customer in ("2001", "2002", "2003"):
+        bot.post(payloads.envelope(payloads.postback(customer, "GET_STARTED")))
+
+    for customer in ("2001", "2002", "2003"):
+        graph.wait_for(customer, 1)
+    assert graph.attempts["2001"] == 3
+    assert graph.attempts["2002"] == 3
+    assert graph.attempts["2003"] >= 2
+    wait_until_idle(bot)
+    assert bot.stop() == 0
+    events = stored_events(data)
+    for customer in ("2001", "2002"):
+        assert by_customer(events, customer) == ["conversation_started", "welcome_sent"]
+
+
+def test_a_permanent_failure_is_recorded_with_code_and_subcode(bot, graph, data):
+    graph.script_sends("2004", graph_error(551, 1545041))
+
+    bot.post(payloads.envelope(payloads.postback("2004", "GET_STARTED")))
+
+    wait_until_idle(bot)
+    assert bot.stop() == 0
+    assert graph.attempts["2004"] == 1
+    [_started, failed] = [e for e in stored_events(data) if e["customer_id"] == "2004"]
+    assert failed["event"] == "send_failed"
+    assert json.loads(failed["detail"])["code"] == 551
+    assert json.loads(failed["detail"])["subcode"] == 1545041
+
+
+def test_a_failing_profile_falls_back_to_a_neutral_greeting(bot, graph):
+    graph.names.update({"2005": "Grace", "2006": "Alan", "2007": "Edsger"})
+    graph.script_profile("2005", *[Answer(status=500, body={})] * 100)  # down for good
+    graph.script_profile("2006", *[Answer(delay_s=5)] * 100)  # hangs every time
+    graph.script_profile("2007", Answer(body={"id": "2007"}))  # answers with no name
+
+    bot.post(payloads.envelope(*(payloads.postback(c, "GET_STARTED") for c in ("2005", "2006", "2007"))))
+
+    for customer in ("2005", "2006", "2007"):
+        [welcome] = graph.wait_for(customer, 1)
+        assert welcome["attachment"]["payload"]["text"].startswith("Hi there! ")
+
+
+# -- crashes -----------------------------------------------------------------------------------------------
+
+
+def test_a_reply_owed_when_the_bot_died_is_sent_after_restart(data, graph):
+    # The Graph API hangs, so the clicks are acknowledged but not answered when the bot is killed.
+    graph.script_sends("3001", Answer(delay_s=20))
+    graph.script_sends("3002", Answer(delay_s=20))
+    with BotProcess(data, graph.url, PROMOBOT_GRAPH_TIMEOUT="15") as first:
+        assert first.post(payloads.envelope(payloads.postback("3001", "GET_STARTED"))).status_code == 200
+        old = payloads.now_ms() - 30_000
+        assert (
+            first.post(payloads.envelope(payloads.postback("3002", "GET_STARTED", ts=old))).status_code == 200
+        )
+        first.kill()
+
+    # Restarted with a 10-second limit: 3001's click is fresh and answered, 3002's is too old now.
+    with BotProcess(data, graph.url, PROMOBOT_REPLY_MAX_AGE="10") as second:
+        graph.wait_for("3001", 1)
+        wait_until_idle(second)
+        assert second.stop() == 0
+
+    events = stored_events(data)
+    assert by_customer(events, "3001") == ["conversation_started", "welcome_sent"]
+    assert by_customer(events, "3002") == ["conversation_started", "send_failed"]
+    failed = next(e for e in events if e["customer_id"] == "3002" and e["event"] == "send_failed")
+    assert "expired" in json.loads(failed["detail"])["reason"]
+    assert graph.messages_to("3002") == []

@@ -30,6 +30,7 @@ test: $(STAMP) chromium
 
 bench: $(STAMP)
 	$(PY) benchmarks/store.py
+	$(PY) benchmarks/webhook.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

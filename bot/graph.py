@@ -82,7 +82,7 @@ class GraphClient:
         app_secret: str | None = None,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        max_connections: int = 100,
+        max_connections: int = 16,
         profile_cache_size: int = 10_000,
     ) -> None:
         self.retry = retry or RetryPolicy()

@@ -36,7 +36,7 @@ class Replier:
         *,
         image_url: str,
         max_age_s: float,
-        concurrency: int = 64,
+        concurrency: int = 16,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.campaign = campaign

@@ -1,0 +1,369 @@
+"""Webhook benchmark: signed webhook requests per second and acknowledgement latency of the bot.
+
+    python benchmarks/webhook.py [--seconds 5] [--rate 1000]
+
+The baseline, run in the same session on the same machine, is a bare Starlette endpoint under the same
+uvicorn that only checks the signature and answers 200. The bot does everything it does in production:
+parses, records the events durably (fsync), acknowledges, and sends the replies to a fake Graph API.
+Load comes from a separate process over loopback, keep-alive connections, with realistic bodies (half of
+them clicks that call for replies, half delivery and read receipts), each one distinct.
+
+Two measurements per server:
+- throughput: 64 connections sending as fast as answers come back;
+- latency at a fixed rate (default 1,000 requests/s, open loop: latency counts from when a request was due,
+  so a stalled server cannot hide its queue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SECRET = "benchmark-app-secret"
+TOKEN = "benchmark-page-token"
+PAGE = "111899832631525"
+
+
+# -- the servers ---------------------------------------------------------------------------------------------
+
+
+def bare_app():
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from bot.messenger import verify_signature
+
+    async def webhook(request):
+        body = await request.body()
+        if not verify_signature(SECRET, body, request.headers.get("x-hub-signature-256")):
+            return PlainTextResponse("bad signature", status_code=403)
+        return PlainTextResponse("EVENT_RECEIVED")
+
+    return Starlette(routes=[Route("/webhook", webhook, methods=["POST"])])
+
+
+async def fake_graph(port: int) -> None:
+    """The Send and User Profile APIs answering at once, as cheaply as possible."""
+    counter = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal counter
+        try:
+            while True:
+                request_line = await reader.readline()
+                if not request_line:
+                    return
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                if length:
+                    await reader.readexactly(length)
+                counter += 1
+                if request_line.startswith(b"POST"):
+                    body = b'{"recipient_id":"1","message_id":"m_%d"}' % counter
+                else:
+                    body = b'{"first_name":"Ada","id":"1"}'
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(body), body)
+                )
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+# -- the load ------------------------------------------------------------------------------------------------
+
+
+def bodies(count: int) -> list[tuple[bytes, bytes]]:
+    """Distinct signed webhook bodies: clicks and receipts of many customers."""
+    from bot.messenger import sign
+
+    now = int(time.time() * 1000)
+    out = []
+    for i in range(count):
+        customer = str(10**15 + i)
+        base = {"sender": {"id": customer}, "recipient": {"id": PAGE}, "timestamp": now + i}
+        match i % 4:
+            case 0:
+                item = {
+                    **base,
+                    "postback": {"title": "Get Started", "payload": "GET_STARTED", "mid": f"m_{i}"},
+                }
+            case 1:
+                item = {**base, "postback": {"title": "Yes!", "payload": "spring-sale||yes", "mid": f"m_{i}"}}
+            case 2:
+                item = {**base, "delivery": {"mids": [f"m_out{i}"], "watermark": now + i}}
+            case _:
+                item = {**base, "read": {"watermark": now + i}}
+        body = json.dumps(
+            {"object": "page", "entry": [{"id": PAGE, "time": now, "messaging": [item]}]}
+        ).encode()
+        out.append((body, sign(SECRET, body).encode()))
+    return out
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def post(self, body: bytes, signature: bytes) -> int:
+        self.writer.write(
+            b"POST /webhook HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"X-Hub-Signature-256: %s\r\nContent-Length: %d\r\n\r\n%s" % (signature, len(body), body)
+        )
+        status = int((await self.reader.readline()).split()[1])
+        length = 0
+        while (line := await self.reader.readline()) != b"\r\n":
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await self.reader.readexactly(length)
+        return status
+
+
+async def connect(port: int, count: int) -> list[Connection]:
+    return [Connection(*await asyncio.open_connection("127.0.0.1", port)) for _ in range(count)]
+
+
+async def throughput(port: int, work: list[tuple[bytes, bytes]], seconds: float) -> dict:
+    connections = await connect(port, 64)
+    done = 0
+    errors = 0
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+    started = time.perf_counter()
+    feed = iter(work)
+
+    async def worker(connection: Connection) -> None:
+        nonlocal done, errors
+        for body, signature in feed:
+            if time.perf_counter() > stop:
+                return
+            sent = time.perf_counter()
+            status = await connection.post(body, signature)
+            latencies.append(time.perf_counter() - sent)
+            done += 1
+            errors += status != 200
+
+    await asyncio.gather(*(worker(c) for c in connections))
+    elapsed = time.perf_counter() - started
+    return {"requests_per_s": done / elapsed, "errors": errors, **percentiles(latencies)}
+
+
+async def at_rate(port: int, work: list[tuple[bytes, bytes]], rate: float, seconds: float) -> dict:
+    connections = await connect(port, 64)
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for connection in connections:
+        idle.put_nowait(connection)
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(due: float, body: bytes, signature: bytes) -> None:
+        nonlocal errors
+        connection = await idle.get()
+        status = await connection.post(body, signature)
+        latencies.append(time.perf_counter() - due)  # from when it was due: open loop
+        errors += status != 200
+        idle.put_nowait(connection)
+
+    tasks = []
+    start = time.perf_counter()
+    total = int(rate * seconds)
+    for index in range(total):
+        due = start + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        body, signature = work[index % len(work)]
+        tasks.append(asyncio.create_task(one(due, body, signature)))
+    await asyncio.gather(*tasks)
+    return {"rate": rate, "errors": errors, **percentiles(latencies)}
+
+
+def percentiles(latencies: list[float]) -> dict:
+    if not latencies:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
+    ordered = sorted(latencies)
+    return {
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+    }
+
+
+def load_main(port: int, phase: str, seconds: float, rate: float) -> None:
+    work = bodies(60_000)
+    # Distinct bodies per phase: a body seen before is a redelivery, which the bot answers without work.
+    half = len(work) // 2
+    if phase == "rate":
+        result = asyncio.run(at_rate(port, work[:half], rate, seconds))
+    else:
+        result = asyncio.run(throughput(port, work[half:], seconds))
+    print(json.dumps(result))
+
+
+# -- orchestration -------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server on port {port} exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"server on port {port} did not start")
+
+
+def run_load(port: int, phase: str, seconds: float, rate: float) -> dict:
+    output = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "load",
+            "--port",
+            str(port),
+            "--phase",
+            phase,
+            "--seconds",
+            str(seconds),
+            "--rate",
+            str(rate),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def wait_idle(port: int | None, timeout_s: float = 120) -> None:
+    """Wait until the bot has sent every reply, so one phase's replies do not weigh on the next."""
+    if port is None:
+        return
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(f"http://127.0.0.1:{port}/healthz").json()["replies_in_flight"] == 0:
+            return
+        time.sleep(0.2)
+
+
+def measure(port: int, args: argparse.Namespace, *, bot: bool) -> dict:
+    health_port = port if bot else None
+    at_rate_figures = run_load(port, "rate", args.seconds, args.rate)
+    wait_idle(health_port)
+    figures = run_load(port, "throughput", args.seconds, args.rate)
+    wait_idle(health_port)
+    return {**figures, "at_rate": at_rate_figures}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("role", nargs="?", default="run", choices=["run", "bare", "graph", "load"])
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--phase", choices=["rate", "throughput"], default="rate")
+    args = parser.parse_args()
+
+    if args.role == "bare":
+        import uvicorn
+
+        uvicorn.run(bare_app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+        return
+    if args.role == "graph":
+        asyncio.run(fake_graph(args.port))
+        return
+    if args.role == "load":
+        load_main(args.port, args.phase, args.seconds, args.rate)
+        return
+
+    workdir = Path(tempfile.mkdtemp(prefix="promobot-webhook-bench-"))
+    processes: list[subprocess.Popen] = []
+    try:
+        data = workdir / "data"
+        data.mkdir()
+        for name in ("campaign.toml", "thanks.png"):
+            shutil.copy(REPO / "data" / name, data / name)
+        graph_port, bare_port, bot_port = free_port(), free_port(), free_port()
+        graph = subprocess.Popen([sys.executable, __file__, "graph", "--port", str(graph_port)])
+        processes.append(graph)
+        wait_ready(graph_port, graph)
+
+        bare = subprocess.Popen([sys.executable, __file__, "bare", "--port", str(bare_port)])
+        processes.append(bare)
+        wait_ready(bare_port, bare)
+        baseline = measure(bare_port, args, bot=False)
+        bare.send_signal(signal.SIGTERM)
+        bare.wait()
+
+        env = {
+            **os.environ,
+            "PROMOBOT_APP_SECRET": SECRET,
+            "PROMOBOT_VERIFY_TOKEN": "v",
+            "PROMOBOT_PAGE_TOKEN": TOKEN,
+            "PROMOBOT_GRAPH_URL": f"http://127.0.0.1:{graph_port}",
+            "PROMOBOT_DATA": str(data),
+            "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
+            "PROMOBOT_LOG_LEVEL": "WARNING",
+        }
+        bot = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve", "--port", str(bot_port)], cwd=REPO, env=env
+        )
+        processes.append(bot)
+        wait_ready(bot_port, bot)
+        measured = measure(bot_port, args, bot=True)
+        bot.send_signal(signal.SIGTERM)
+        bot.wait(timeout=60)
+
+        print(f"{'':<34}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}   at {args.rate:,.0f}/s: p50 ms, p99 ms")
+        for label, figures in (("bare endpoint (signature only)", baseline), ("promobot webhook", measured)):
+            rate = figures["at_rate"]
+            errors = figures["errors"] + rate["errors"]
+            print(
+                f"{label:<34}{figures['requests_per_s']:>12,.0f}{figures['p50_ms']:>9.1f}"
+                f"{figures['p99_ms']:>9.1f}   {rate['p50_ms']:>15.1f}, {rate['p99_ms']:.1f}"
+                + (f"  errors: {errors}" if errors else "")
+            )
+        ratio = measured["requests_per_s"] / baseline["requests_per_s"]
+        print(f"promobot / bare endpoint throughput: {ratio:.2f}x")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import secrets
 import signal
@@ -22,7 +23,7 @@ from pathlib import Path
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bot import flow
@@ -41,6 +42,7 @@ log = logging.getLogger("promobot")
 MAX_BODY_BYTES = 4 * 1024 * 1024
 SHUTDOWN_REPLY_GRACE_S = 10.0
 SEEN_IDS = 100_000
+LOCAL_PAGE_ID = "100000000000001"  # the simulated business page in local mode
 
 
 @dataclass
@@ -170,6 +172,9 @@ def create_app(
             Route("/webhook", receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/media/{name:path}", media, methods=["GET", "HEAD"]),
+            Route("/", simulator_page, methods=["GET"]),
+            Route("/simulator/messages", simulator_messages, methods=["GET"]),
+            Route("/simulator/customers", simulator_customer, methods=["POST"]),
         ],
         lifespan=lifespan,
     )
@@ -253,6 +258,46 @@ async def media(request: Request) -> Response:
     if runtime.image_path is None or request.path_params["name"] != runtime.campaign.thanks_image:
         return PlainTextResponse("not found", status_code=404)
     return FileResponse(runtime.image_path, headers={"Cache-Control": "public, max-age=3600"})
+
+
+# -- the Messenger simulator (local mode only) ------------------------------------------------------------
+
+SIMULATOR_PAGE = Path(__file__).with_name("simulator.html")
+
+
+async def simulator_page(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    if runtime.stand_in is None:
+        return PlainTextResponse("promobot is running; its webhook is at /webhook", status_code=200)
+    # The page signs its webhooks like the platform does, with this process's throwaway local-mode secret.
+    config = json.dumps({"secret": runtime.app_secret, "page": LOCAL_PAGE_ID}).replace("</", "<\\/")
+    html = SIMULATOR_PAGE.read_text(encoding="utf-8").replace("__CONFIG__", config)
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+async def simulator_messages(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    if runtime.stand_in is None:
+        return PlainTextResponse("not found", status_code=404)
+    try:
+        after = int(request.query_params.get("after", "0"))
+    except ValueError:
+        return PlainTextResponse("`after` must be a number", status_code=400)
+    customer = request.query_params.get("customer", "")
+    return JSONResponse(runtime.stand_in.messages(customer, after=max(0, after)))
+
+
+async def simulator_customer(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    if runtime.stand_in is None:
+        return PlainTextResponse("not found", status_code=404)
+    try:
+        body = await request.json()
+        customer, first_name = str(body["id"]), body.get("first_name")
+    except (ValueError, KeyError, TypeError):
+        return PlainTextResponse('expected {"id": …, "first_name": …}', status_code=400)
+    runtime.stand_in.set_first_name(customer, first_name if isinstance(first_name, str) else None)
+    return JSONResponse({"id": customer})
 
 
 # -- running it ----------------------------------------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""The Messenger simulator in real Chromium: customers click through the conversation in local mode."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.bot_process import BotProcess, make_home, stored_events
+from tests.browser import ARTIFACTS, chromium_page
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+LOCAL_MODE = {"PROMOBOT_APP_SECRET": "", "PROMOBOT_VERIFY_TOKEN": "", "PROMOBOT_PAGE_TOKEN": ""}
+
+
+def test_three_customers_play_the_conversation_in_the_simulator(tmp_path):
+    data = make_home(tmp_path)
+    with BotProcess(data, "https://graph.invalid", **LOCAL_MODE) as bot:
+        assert "local mode" in bot.log()
+        with chromium_page(offline_except=bot.url) as page:
+            page.goto(bot.url + "/")
+
+            # Ada: asks for the coupon and reveals it.
+            page.fill("#name", "Ada")
+            page.click("#get-started")
+            page.get_by_text(re.compile("^Hi Ada! ")).wait_for()
+            page.get_by_role("button", name="Yes! Show me coupon").click()
+            page.get_by_role("button", name="Reveal the coupon").click()
+            page.get_by_text("SPRING20", exact=True).wait_for()
+
+            # Bob: comes from the QR code at the till, says no thanks, gets the thank-you image.
+            page.fill("#name", "Bob")
+            page.fill("#ref", "till-qr")
+            page.click("#open-ref")
+            page.get_by_text(re.compile("^Hi Bob! ")).wait_for()
+            page.get_by_role("button", name="No, thanks").click()
+            page.get_by_text("No problem, thanks for stopping by!").wait_for()
+            image = page.locator("img.photo")
+            image.wait_for()
+            page.wait_for_function("document.querySelector('img.photo').naturalWidth > 0")
+
+            # Cy: gets the welcome and never answers.
+            page.fill("#name", "Cy")
+            page.click("#get-started")
+            page.get_by_text(re.compile("^Hi Cy! ")).wait_for()
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "simulator.png"))
+            customers = {
+                name: page.locator("#customers li", has_text=name).get_attribute("data-customer")
+                for name in ("Ada", "Bob", "Cy")
+            }
+            assert page.outside_requests == []
+            page.wait_for_function("window.simulatorIdle()")  # the last receipts acknowledged
+        assert bot.stop() == 0
+
+    events = stored_events(data)
+    journeys = {
+        name: sorted({e["event"] for e in events if e["customer_id"] == cid})
+        for name, cid in customers.items()
+    }
+    assert journeys["Ada"] == sorted(
+        {
+            "conversation_started",
+            "welcome_sent",
+            "coupon_requested",
+            "coupon_sent",
+            "coupon_revealed",
+            "code_sent",
+            "message_delivered",
+            "message_read",
+        }
+    )
+    assert journeys["Bob"] == sorted(
+        {
+            "conversation_started",
+            "welcome_sent",
+            "declined",
+            "thanks_sent",
+            "message_delivered",
+            "message_read",
+        }
+    )
+    assert journeys["Cy"] == sorted(
+        {"conversation_started", "welcome_sent", "message_delivered", "message_read"}
+    )
+    bob_start = next(
+        e for e in events if e["customer_id"] == customers["Bob"] and e["event"] == "conversation_started"
+    )
+    assert json.loads(bob_start["detail"])["ref"] == "till-qr"

@@ -82,8 +82,14 @@ def create_app(
     graph_transport: httpx.AsyncBaseTransport | None = None,
     inline_replies: bool = False,
     retry: RetryPolicy | None = None,
+    owed_from_store: bool = True,
 ) -> Starlette:
-    """The bot. `graph_transport` replaces the network under the Graph client (tests, the simulator)."""
+    """The bot. `graph_transport` replaces the network under the Graph client (tests, the simulator).
+
+    `inline_replies` sends replies before answering the webhook, for hosts that freeze the process once the
+    response is out (AWS Lambda). `owed_from_store=False` looks for replies owed after a crash only among the
+    events the write-ahead log replayed, not in the store: right where every run flushes before it ends.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -150,8 +156,11 @@ def create_app(
         app.state.runtime = runtime
         try:
             # Clicks acknowledged by a previous run that died before answering them.
-            horizon = utc_now() - timedelta(seconds=settings.reply_max_age_s) - timedelta(days=1)
-            recent = await asyncio.to_thread(events.recent, horizon)
+            if owed_from_store:
+                horizon = utc_now() - timedelta(seconds=settings.reply_max_age_s) - timedelta(days=1)
+                recent = await asyncio.to_thread(events.recent, horizon)
+            else:
+                recent = events.replayed
             for event in recent:
                 runtime.first_time(event.event_id)
             owed = owed_replies(recent)

@@ -254,9 +254,15 @@ class EventLog:
         self.last_flush_error: BaseException | None = None
 
         leftovers = list_segments(wal_dir)
+        replayed_rows: list = []
         for segment in leftovers:
             # Anything left is from a previous run that stopped before flushing it.
-            list(read_records(segment.path, repair=True))
+            for record in read_records(segment.path, repair=True):
+                replayed_rows.extend(decode_rows(record))
+        # What a previous run left unflushed: the events it may have died handling.
+        self.replayed: list[Event] = (
+            from_table(deduplicate(rows_to_table(replayed_rows))) if replayed_rows else []
+        )
         self._flush_queue.extend(leftovers)
         self._drain_flush_queue(raise_errors=False)
         first_seq = next_sequence(wal_dir)

@@ -1,0 +1,67 @@
+"""Command line: `python -m analytics sample | report | dashboard`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analytics", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sample = commands.add_parser("sample", help="write realistic sample journeys with the bot's event writer")
+    sample.add_argument("--customers", type=int, default=1000)
+    sample.add_argument("--days", type=int, default=28)
+    sample.add_argument("--out", type=Path, default=Path("data/sample"))
+    sample.add_argument("--seed", type=int, default=7)
+
+    report = commands.add_parser("report", help="one self-contained HTML report, and/or CSV of every table")
+    report.add_argument("--data", default="data", help="a directory or s3://bucket/prefix (default: data)")
+    report.add_argument("--out", type=Path, help="the HTML file to write")
+    report.add_argument("--csv", type=Path, metavar="DIR", help="write every metric table as CSV here")
+    report.add_argument("--campaign")
+    report.add_argument("--start", type=date.fromisoformat, help="first day, YYYY-MM-DD (UTC)")
+    report.add_argument("--end", type=date.fromisoformat, help="last day, YYYY-MM-DD (UTC)")
+
+    dashboard = commands.add_parser("dashboard", help="serve the Voilà dashboard")
+    dashboard.add_argument("--data", default=None, help="store to show (default: PROMOBOT_DATA or data)")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8866)
+
+    args = parser.parse_args(argv)
+    if args.command == "sample":
+        from analytics.sample import write_sample
+
+        if args.customers < 1 or args.days < 1:
+            parser.error("--customers and --days must be at least 1")
+        count = write_sample(args.out, args.customers, args.days, seed=args.seed)
+        print(f"wrote {count:,} events of {args.customers:,} customers to {args.out}/events")
+        return 0
+    if args.command == "report":
+        import analytics
+        from analytics.report import metric_tables, render_report, write_csv
+
+        if args.out is None and args.csv is None:
+            parser.error("give --out FILE.html, --csv DIR, or both")
+        events = analytics.open(args.data)
+        filters = {"campaign": args.campaign, "start": args.start, "end": args.end}
+        if args.out:
+            args.out.write_text(render_report(events, **filters), encoding="utf-8")
+            print(f"wrote {args.out}")
+        if args.csv:
+            for path in write_csv(metric_tables(events, **filters), args.csv):
+                print(f"wrote {path}")
+        return 0
+    if args.command == "dashboard":
+        from analytics.dashboard import serve
+
+        return serve(data=args.data, host=args.host, port=args.port)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Altair charts of the metrics: funnel, timeline, cohort heatmap, buttons. They only ever receive aggregates.
+
+Every chart renders with no internet: Altair's default HTML renderer loads Vega from a CDN and shows nothing
+offline, so charts go out as SVG or PNG made by vl-convert, or as HTML with the JavaScript inlined.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import pyarrow as pa
+import vl_convert
+
+from analytics.query import STEPS
+
+# One colour per step, in every chart.
+STEP_COLORS = {
+    "reached": "#4c78a8",
+    "responded": "#72b7b2",
+    "coupon_requested": "#54a24b",
+    "coupon_seen": "#eeca3b",
+    "coupon_revealed": "#f58518",
+    "declined": "#b279a2",
+    "conversation_started": "#9d755d",
+}
+STEP_LABELS = {
+    "reached": "Reached",
+    "responded": "Responded",
+    "coupon_requested": "Asked for the coupon",
+    "coupon_seen": "Saw the coupon",
+    "coupon_revealed": "Revealed the code",
+    "declined": "Declined",
+    "conversation_started": "Get Started",
+}
+_ORDER = [*STEPS, "conversation_started"]
+_FONT = "system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
+
+
+def _step_color(field: str = "step", *, legend: bool = True) -> alt.Color:
+    domain = [s for s in _ORDER if s in STEP_COLORS]
+    return alt.Color(
+        f"{field}:N",
+        scale=alt.Scale(domain=domain, range=[STEP_COLORS[s] for s in domain]),
+        legend=alt.Legend(title=None, labelExpr=_label_expr(), orient="bottom") if legend else None,
+    )
+
+
+def _label_expr() -> str:
+    cases = " : ".join(f"datum.label == '{step}' ? '{label}'" for step, label in STEP_LABELS.items())
+    return f"{cases} : datum.label"
+
+
+def _records(table: pa.Table) -> list[dict]:
+    rows = table.to_pylist()
+    for row in rows:
+        for key, value in row.items():
+            if hasattr(value, "isoformat"):
+                row[key] = value.isoformat()
+        if "step" in row:
+            row["label"] = STEP_LABELS.get(row["step"], row["step"])
+    return rows
+
+
+def _style(chart: alt.Chart, title: str, width: int = 560) -> alt.Chart:
+    return (
+        chart.properties(title=title, width=width)
+        .configure(font=_FONT)
+        .configure_title(fontSize=15, anchor="start")
+        .configure_axis(labelFontSize=12, titleFontSize=12, grid=False)
+        .configure_view(stroke=None)
+    )
+
+
+def funnel_chart(funnel: pa.Table) -> alt.Chart:
+    """Customers at each step, with the share of those reached."""
+    rows = _records(funnel)
+    for row in rows:
+        pct = row.get("pct_of_reached")
+        row["text"] = f"{row['customers']:,}" + (f" ({pct:.0f}%)" if pct is not None else "")
+    base = alt.Chart(alt.Data(values=rows)).encode(
+        y=alt.Y("label:N", sort=[STEP_LABELS[s] for s in STEPS], title=None),
+        x=alt.X("customers:Q", title="Customers"),
+    )
+    bars = base.mark_bar(cornerRadiusEnd=3).encode(
+        color=_step_color(legend=False),
+        tooltip=[
+            alt.Tooltip("label:N", title="Step"),
+            "customers:Q",
+            "pct_of_reached:Q",
+            "pct_of_previous:Q",
+        ],
+    )
+    text = base.mark_text(align="left", dx=4, fontSize=12).encode(text="text:N")
+    return _style(alt.layer(bars, text), "Funnel")
+
+
+def timeline_chart(timeline: pa.Table) -> alt.Chart:
+    """Each step per day."""
+    chart = (
+        alt.Chart(alt.Data(values=_records(timeline)))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("day:T", title=None, axis=alt.Axis(format="%b %d")),
+            y=alt.Y("customers:Q", title="Customers"),
+            color=_step_color(),
+            tooltip=["day:T", alt.Tooltip("label:N", title="Step"), "customers:Q"],
+        )
+    )
+    return _style(chart, "By day")
+
+
+def cohort_heatmap(cohorts: pa.Table) -> alt.Chart:
+    """Share of each cohort who revealed the code, period by period; incomplete periods are faded."""
+    rows = _records(cohorts)
+    for row in rows:
+        row["text"] = f"{row['share'] * 100:.0f}%"
+    base = alt.Chart(alt.Data(values=rows)).encode(
+        x=alt.X("period:O", title="Periods after first reach"),
+        y=alt.Y("cohort:O", title="Cohort (first reached)", sort="ascending"),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color(
+            "share:Q",
+            title="Revealed",
+            scale=alt.Scale(scheme="oranges", domain=[0, 1]),
+            legend=alt.Legend(format="%", orient="bottom"),
+        ),
+        opacity=alt.condition("datum.complete", alt.value(1.0), alt.value(0.45)),
+        tooltip=["cohort:O", "period:O", "customers:Q", alt.Tooltip("share:Q", format=".1%"), "complete:N"],
+    )
+    text = base.mark_text(fontSize=11).encode(text="text:N")
+    return _style(alt.layer(cells, text), "Cohorts: share who revealed the code", width=420)
+
+
+def buttons_chart(buttons: pa.Table) -> alt.Chart:
+    """Clicks per button."""
+    rows = _records(buttons)
+    for row in rows:
+        row["label"] = STEP_LABELS.get(row.get("step"), row["button"])
+    chart = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_bar(cornerRadiusEnd=3)
+        .encode(
+            y=alt.Y("label:N", title=None, sort="-x"),
+            x=alt.X("clicks:Q", title="Clicks"),
+            color=_step_color(legend=False),
+            tooltip=["button:N", "clicks:Q", "customers:Q", alt.Tooltip("share:Q", format=".1%")],
+        )
+    )
+    return _style(chart, "Buttons")
+
+
+# -- output, all offline -----------------------------------------------------------------------------------
+
+
+def to_svg(chart: alt.Chart) -> str:
+    return vl_convert.vegalite_to_svg(chart.to_dict())
+
+
+def to_png(chart: alt.Chart, scale: float = 2.0) -> bytes:
+    return vl_convert.vegalite_to_png(chart.to_dict(), scale=scale)
+
+
+def to_html(chart: alt.Chart) -> str:
+    """A whole HTML page with Vega's JavaScript inlined: interactive, and no CDN."""
+    return chart.to_html(inline=True)
+
+
+def save(chart: alt.Chart, path: str | Path) -> Path:
+    """Write a chart as .svg, .png or .html, by the file's suffix."""
+    path = Path(path)
+    match path.suffix.lower():
+        case ".svg":
+            path.write_text(to_svg(chart), encoding="utf-8")
+        case ".png":
+            path.write_bytes(to_png(chart))
+        case ".html":
+            path.write_text(to_html(chart), encoding="utf-8")
+        case _:
+            raise ValueError(f"cannot save a chart as {path.suffix!r}: use .svg, .png or .html")
+    return path
+
+
+def use_offline_renderer() -> None:
+    """Make notebooks show charts as SVG drawn by vl-convert, so they render with no internet."""
+    alt.renderers.enable("svg")

@@ -1,0 +1,108 @@
+"""A self-contained HTML report (KPIs, charts as inline SVG, tables) and CSV exports of every metric table."""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from analytics import charts
+from analytics.query import Events
+
+
+def kpis(funnel: pa.Table) -> dict[str, float | int]:
+    """reached, and the share of them who responded, saw the coupon, revealed it, declined (in %)."""
+    counts = dict(zip(funnel.column("step").to_pylist(), funnel.column("customers").to_pylist(), strict=True))
+    reached = counts.get("reached", 0)
+
+    def pct(step: str) -> float:
+        return round(100.0 * counts.get(step, 0) / reached, 1) if reached else 0.0
+
+    return {
+        "reached": reached,
+        "responded_pct": pct("responded"),
+        "saw_coupon_pct": pct("coupon_seen"),
+        "revealed_pct": pct("coupon_revealed"),
+        "declined_pct": pct("declined"),
+    }
+
+
+def metric_tables(events: Events, **filters) -> dict[str, pa.Table]:
+    return {
+        "funnel": events.funnel(**filters),
+        "timeline": events.timeline(**filters),
+        "cohorts": events.cohorts(campaign=filters.get("campaign")),
+        "buttons": events.buttons(**{k: v for k, v in filters.items() if k != "window"}),
+        "campaigns": events.campaigns(),
+    }
+
+
+def write_csv(tables: dict[str, pa.Table], directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in tables.items():
+        path = directory / f"{name}.csv"
+        pacsv.write_csv(table, path)
+        written.append(path)
+    return written
+
+
+def _table_html(table: pa.Table) -> str:
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in table.column_names)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row.values())
+        + "</tr>"
+        for row in table.to_pylist()
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_report(events: Events, **filters) -> str:
+    tables = metric_tables(events, **filters)
+    figures = kpis(tables["funnel"])
+    tiles = [
+        ("Reached", f"{figures['reached']:,}"),
+        ("Responded", f"{figures['responded_pct']}%"),
+        ("Saw the coupon", f"{figures['saw_coupon_pct']}%"),
+        ("Revealed the code", f"{figures['revealed_pct']}%"),
+        ("Declined", f"{figures['declined_pct']}%"),
+    ]
+    chart_svgs = [
+        charts.to_svg(charts.funnel_chart(tables["funnel"])),
+        charts.to_svg(charts.timeline_chart(tables["timeline"])),
+        charts.to_svg(charts.cohort_heatmap(tables["cohorts"])) if tables["cohorts"].num_rows else "",
+        charts.to_svg(charts.buttons_chart(tables["buttons"])) if tables["buttons"].num_rows else "",
+    ]
+    scope = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None) or "all campaigns, all dates"
+    sections = "".join(
+        f"<h2>{html.escape(name.title())}</h2>{_table_html(table)}" for name, table in tables.items()
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>promobot report</title>
+<style>
+body {{ font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 32px;
+       color: #1c1e21; }}
+.tiles {{ display: flex; gap: 12px; flex-wrap: wrap; margin: 16px 0 24px; }}
+.tile {{ background: #f0f2f5; border-radius: 12px; padding: 14px 18px; min-width: 150px; }}
+.tile .value {{ font-size: 26px; font-weight: 700; }}
+.tile .name {{ color: #65676b; }}
+.charts {{ display: flex; flex-wrap: wrap; gap: 24px; }}
+table {{ border-collapse: collapse; margin-bottom: 16px; }}
+td, th {{ border-bottom: 1px solid #e4e6eb; padding: 4px 10px; text-align: left; }}
+</style></head><body>
+<h1>promobot report</h1>
+<p>{html.escape(scope)} · generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>
+<div class="tiles">{
+        "".join(
+            f'<div class="tile"><div class="value">{v}</div><div class="name">{n}</div></div>'
+            for n, v in tiles
+        )
+    }</div>
+<div class="charts">{"".join(chart_svgs)}</div>
+{sections}
+</body></html>
+"""

@@ -1,0 +1,370 @@
+"""The metrics over real Parquet files read by DuckDB: hand-built journeys with known answers, and random
+datasets checked against a plain-Python computation of every metric."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import analytics
+from analytics import AnalyticsError
+from bot.events import Event, detail_json
+from bot.store import EventLog, event_row, parquet_bytes, partition_dir, rows_to_table, split_by_day
+from tests import reference_metrics as reference
+
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday
+SPRING = "spring-sale"
+
+
+class Journey:
+    """Builds one customer's events: `j.at(seconds, name)`."""
+
+    def __init__(self, customer: str, campaign: str = SPRING, start: datetime = T0) -> None:
+        self.customer, self.campaign, self.start = customer, campaign, start
+        self.events: list[Event] = []
+
+    def at(self, seconds: float, name: str, **columns) -> Journey:
+        ts = self.start + timedelta(seconds=seconds)
+        self.events.append(
+            Event(
+                event_id=f"{self.customer}.{self.campaign}.{self.start:%s}.{len(self.events)}.{name}",
+                ts=ts,
+                page_id="p",
+                customer_id=self.customer,
+                campaign_id=self.campaign,
+                event=name,
+                **columns,
+            )
+        )
+        return self
+
+    def read(self, seconds: float, watermark_seconds: float) -> Journey:
+        watermark = int((self.start + timedelta(seconds=watermark_seconds)).timestamp() * 1000)
+        return self.at(seconds, "message_read", detail=detail_json(watermark=watermark))
+
+
+def store(root: Path, *batches: list[Event]) -> analytics.Events:
+    """Each batch through the bot's event log, closed in between: one set of Parquet files per batch."""
+    for batch in batches:
+        with EventLog.open(str(root), root / "wal") as log:
+            log.append_blocking(batch)
+    return analytics.open(root)
+
+
+def counts(table) -> dict[str, int]:
+    return dict(zip(table.column("step").to_pylist(), table.column("customers").to_pylist(), strict=True))
+
+
+def known_journeys() -> list[Event]:
+    journeys = [
+        # a: the whole way: asks, reads the coupon, reveals.
+        Journey("a")
+        .at(0, "welcome_sent")
+        .at(60, "coupon_requested", button="spring-sale||yes")
+        .at(61, "coupon_sent")
+        .read(90, 62)
+        .at(120, "coupon_revealed", button="spring-sale||reveal"),
+        # b: declines.
+        Journey("b").at(0, "welcome_sent").at(30, "declined", button="spring-sale||no").at(31, "thanks_sent"),
+        # c: never answers.
+        Journey("c").at(0, "welcome_sent").read(5, 1),
+        # d: asks, no read receipt, no reveal: the coupon was not seen.
+        Journey("d").at(0, "welcome_sent").at(40, "coupon_requested").at(41, "coupon_sent"),
+        # e: a read whose watermark is before the coupon was sent does not count.
+        Journey("e").at(0, "welcome_sent").read(30, 20).at(40, "coupon_requested").at(41, "coupon_sent"),
+        # f: reveals with no read receipt: the reveal proves it was seen.
+        Journey("f")
+        .at(0, "welcome_sent")
+        .at(40, "coupon_requested")
+        .at(41, "coupon_sent")
+        .at(100, "coupon_revealed"),
+        # g: answers eight days later, outside the 7-day window.
+        Journey("g").at(0, "welcome_sent").at(8 * 86400, "coupon_requested"),
+        # h: a reveal logged before the request (clock skew, replay) does not complete the funnel.
+        Journey("h").at(0, "welcome_sent").at(10, "coupon_revealed").at(50, "coupon_requested"),
+    ]
+    return [e for j in journeys for e in j.events]
+
+
+def test_the_funnel_follows_the_designed_definitions(tmp_path):
+    events = store(tmp_path, known_journeys())
+
+    funnel = events.funnel()
+
+    assert funnel.column_names == [
+        "step",
+        "customers",
+        "pct_of_reached",
+        "pct_of_previous",
+        "median_seconds",
+        "p90_seconds",
+    ]
+    assert counts(funnel) == {
+        "reached": 8,
+        "responded": 6,
+        "coupon_requested": 5,
+        "coupon_seen": 2,
+        "coupon_revealed": 2,
+        "declined": 1,
+    }
+    rows = {row["step"]: row for row in funnel.to_pylist()}
+    assert rows["responded"]["pct_of_reached"] == 75.0
+    assert rows["coupon_revealed"]["pct_of_previous"] == 100.0  # of those who saw it
+    assert rows["declined"]["pct_of_previous"] == pytest.approx(100 / 6, abs=0.01)  # of those who responded
+    assert rows["coupon_revealed"]["median_seconds"] == pytest.approx(110.0)  # a at 120 s, f at 100 s
+    assert rows["reached"]["median_seconds"] is None
+
+
+def test_out_of_order_files_and_duplicates_change_nothing(tmp_path):
+    events = known_journeys()
+    later_first = sorted(events, key=lambda e: e.ts, reverse=True)
+
+    stored = store(tmp_path, later_first[:10], later_first[10:], events[:7], events)
+
+    assert counts(stored.funnel()) == counts(store(tmp_path / "once", events).funnel())
+    assert stored.sql("select count(*) as n from events").column("n")[0].as_py() == len(events)
+    assert stored.sql("select count(*) as n from raw_events").column("n")[0].as_py() > len(events)
+
+
+def test_the_range_is_inclusive_utc_days_and_the_window_may_cross_its_end(tmp_path):
+    midnight = datetime(2026, 3, 2, tzinfo=UTC)
+    before = (
+        Journey("before", start=midnight - timedelta(seconds=1)).at(0, "welcome_sent").at(120, "declined")
+    )
+    after = Journey("after", start=midnight).at(0, "welcome_sent")
+    events = store(tmp_path, before.events + after.events)
+
+    march_1 = counts(events.funnel(start=date(2026, 3, 1), end=date(2026, 3, 1)))
+    march_2 = counts(events.funnel(start=date(2026, 3, 2), end=date(2026, 3, 2)))
+    in_new_york = counts(events.funnel(start=date(2026, 3, 1), end=date(2026, 3, 1), tz="America/New_York"))
+
+    assert (march_1["reached"], march_1["declined"]) == (1, 1)  # answered after midnight, inside the window
+    assert march_2["reached"] == 1
+    assert in_new_york["reached"] == 2  # 23:59:59 and 00:00:00 UTC are both March 1 in New York
+
+
+def test_a_campaign_filter_and_customers_in_several_campaigns(tmp_path):
+    spring = Journey("x").at(0, "welcome_sent").at(10, "coupon_requested")
+    summer = Journey("x", campaign="summer-sale").at(50, "welcome_sent").at(70, "declined")
+    events = store(tmp_path, spring.events + summer.events)
+
+    assert counts(events.funnel(campaign=SPRING))["coupon_requested"] == 1
+    assert counts(events.funnel(campaign="summer-sale"))["declined"] == 1
+    assert counts(events.funnel())["reached"] == 2  # one journey per campaign
+    assert [r["campaign_id"] for r in events.campaigns().to_pylist()] == [SPRING, "summer-sale"]
+
+
+def test_a_second_journey_enters_when_the_range_starts_after_the_first(tmp_path):
+    first = Journey("y").at(0, "welcome_sent")
+    second = Journey("y", start=T0 + timedelta(days=20)).at(0, "welcome_sent").at(30, "coupon_requested")
+    events = store(tmp_path, first.events + second.events)
+
+    assert counts(events.funnel())["coupon_requested"] == 0  # the request is 20 days after the first entry
+    later = counts(events.funnel(start=(T0 + timedelta(days=20)).date()))
+    assert later["coupon_requested"] == 1
+
+
+def test_the_timeline_counts_each_step_on_the_day_it_was_reached(tmp_path):
+    j = Journey("t", start=datetime(2026, 3, 2, 23, 59, tzinfo=UTC)).at(0, "welcome_sent").at(120, "declined")
+    events = store(tmp_path, j.events)
+
+    rows = {(r["day"], r["step"]): r["customers"] for r in events.timeline().to_pylist()}
+
+    assert rows == {
+        (date(2026, 3, 2), "reached"): 1,
+        (date(2026, 3, 3), "responded"): 1,
+        (date(2026, 3, 3), "declined"): 1,
+    }
+
+
+def test_weekly_cohorts_share_and_completeness(tmp_path):
+    week1 = [Journey(c).at(0, "welcome_sent") for c in ("p", "q", "r", "s")]
+    week1[0].at(100, "coupon_revealed")
+    week1[1].at(8 * 86400, "coupon_revealed")  # revealed in the next week
+    week2 = [Journey("u", start=T0 + timedelta(days=7)).at(0, "welcome_sent").at(60, "coupon_revealed")]
+    events = store(tmp_path, [e for j in week1 + week2 for e in j.events])
+
+    rows = {(r["cohort"], r["period"]): r for r in events.cohorts(period="week").to_pylist()}
+
+    monday = date(2026, 3, 2)
+    assert rows[(monday, 0)]["share"] == 0.25
+    assert rows[(monday, 0)]["complete"] is True
+    assert rows[(monday, 1)]["share"] == 0.25
+    assert rows[(monday, 1)]["complete"] is False  # the data ends inside that week
+    assert rows[(monday + timedelta(days=7), 0)]["share"] == 1.0
+    with pytest.raises(AnalyticsError, match="period"):
+        events.cohorts(period="year")
+
+
+def test_buttons_count_clicks_and_customers(tmp_path):
+    a = Journey("a").at(0, "conversation_started", button="GET_STARTED").at(1, "welcome_sent")
+    a.at(5, "coupon_requested", button="spring-sale||yes").at(
+        9, "coupon_requested", button="spring-sale||yes"
+    )
+    b = Journey("b").at(0, "conversation_started", button="GET_STARTED").at(1, "welcome_sent")
+    events = store(tmp_path, a.events + b.events)
+
+    rows = {r["button"]: r for r in events.buttons().to_pylist()}
+
+    assert rows["GET_STARTED"]["clicks"] == 2
+    assert rows["spring-sale||yes"] == {
+        "button": "spring-sale||yes",
+        "clicks": 2,
+        "customers": 1,
+        "share": 0.5,
+        "step": "coupon_requested",
+    }
+
+
+def test_files_with_different_columns_are_read_together(tmp_path):
+    j = Journey("old").at(0, "welcome_sent").at(10, "declined")
+    store(tmp_path, j.events[:1])
+    # A file from an older writer, without the `variant` and `detail` columns.
+    old = pa.table(
+        {
+            "event_id": ["old.2"],
+            "ts": pa.array([T0 + timedelta(seconds=10)], pa.timestamp("us", tz="UTC")),
+            "page_id": ["p"],
+            "customer_id": ["old"],
+            "campaign_id": [SPRING],
+            "event": ["declined"],
+            "button": [None],
+            "message_id": [None],
+        }
+    )
+    day = tmp_path / "events" / f"event_date={T0.date()}"
+    pq.write_table(old, day / "older-writer-00000001.parquet")
+
+    assert counts(analytics.open(tmp_path).funnel())["declined"] == 1
+
+
+def test_an_empty_store_gives_empty_answers_then_sees_new_files(tmp_path):
+    events = analytics.open(tmp_path)
+
+    assert counts(events.funnel())["reached"] == 0
+    assert events.campaigns().num_rows == 0
+    assert events.timeline().num_rows == 0
+
+    with EventLog.open(str(tmp_path), tmp_path / "wal") as log:
+        log.append_blocking(Journey("n").at(0, "welcome_sent").events)
+
+    assert counts(events.funnel())["reached"] == 1  # no reopening needed
+
+
+def test_bad_questions_get_clear_errors(tmp_path):
+    events = analytics.open(tmp_path)
+    with pytest.raises(AnalyticsError, match="time zone"):
+        events.funnel(tz="Mars/Olympus")
+    with pytest.raises(AnalyticsError, match="after end"):
+        events.funnel(start=date(2026, 3, 5), end=date(2026, 3, 1))
+    with pytest.raises(AnalyticsError, match="window"):
+        events.funnel(window=timedelta(0))
+
+
+# -- every metric against a plain-Python computation ---------------------------------------------------------
+
+NAMES = [
+    "welcome_sent",
+    "coupon_requested",
+    "declined",
+    "coupon_sent",
+    "message_read",
+    "coupon_revealed",
+    "conversation_started",
+]
+
+
+@st.composite
+def datasets(draw) -> list[Event]:
+    events = []
+    for index in range(draw(st.integers(1, 40))):
+        name = draw(st.sampled_from(NAMES))
+        ts = T0 + timedelta(
+            seconds=draw(st.integers(0, 12 * 86400)), microseconds=draw(st.integers(0, 999_999))
+        )
+        detail = None
+        if name == "message_read":
+            detail = detail_json(watermark=int(ts.timestamp() * 1000) - draw(st.integers(-5000, 200_000)))
+        button = (
+            draw(st.sampled_from([None, "GET_STARTED", "spring-sale||yes"]))
+            if name != "welcome_sent"
+            else None
+        )
+        events.append(
+            Event(
+                event_id=f"e{index}",
+                ts=ts,
+                page_id="p",
+                customer_id=draw(st.sampled_from(["c1", "c2", "c3", "c4"])),
+                campaign_id=draw(st.sampled_from([SPRING, "summer-sale"])),
+                event=name,
+                button=button,
+                detail=detail,
+            )
+        )
+    # Redeliveries and replays: exact copies of earlier events.
+    copies = draw(st.lists(st.integers(0, len(events) - 1), max_size=8))
+    return events + [events[i] for i in copies]
+
+
+def write_files(root: Path, events: list[Event]) -> None:
+    """Two Parquet files per day, as two writers would leave them, written the way the flusher writes."""
+    for part, chunk in enumerate((events[::2], events[1::2])):
+        if not chunk:
+            continue
+        for day, table in split_by_day(rows_to_table([event_row(e) for e in chunk])).items():
+            directory = root / partition_dir(day)
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / f"writer{part}-00000001.parquet").write_bytes(parquet_bytes(table))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    events=datasets(),
+    campaign=st.sampled_from([None, SPRING]),
+    start=st.sampled_from([None, date(2026, 3, 4)]),
+    end=st.sampled_from([None, date(2026, 3, 9)]),
+    window_days=st.sampled_from([1, 7]),
+    tz=st.sampled_from(["UTC", "Asia/Tokyo"]),
+)
+def test_every_metric_matches_a_plain_python_computation(
+    tmp_path_factory, events, campaign, start, end, window_days, tz
+):
+    root = tmp_path_factory.mktemp("random")
+    write_files(root, events)
+    stored = analytics.open(root)
+    filters = {
+        "campaign": campaign,
+        "start": start,
+        "end": end,
+        "window": timedelta(days=window_days),
+        "tz": tz,
+    }
+
+    expected = reference.funnel(events, **filters)
+    for row in stored.funnel(**filters).to_pylist():
+        assert row["customers"] == expected[row["step"]]["customers"], row["step"]
+        for key in ("median_seconds", "p90_seconds"):
+            assert row[key] == pytest.approx(expected[row["step"]][key], abs=1e-3), (row["step"], key)
+
+    timeline = {(r["day"], r["step"]): r["customers"] for r in stored.timeline(**filters).to_pylist()}
+    assert timeline == reference.timeline(events, **filters)
+
+    for period in ("day", "week", "month"):
+        cohorts = {
+            (r["cohort"], r["period"]): {k: r[k] for k in ("customers", "share", "complete")}
+            for r in stored.cohorts(period=period, campaign=campaign, tz=tz).to_pylist()
+        }
+        assert cohorts == reference.cohorts(events, period=period, campaign=campaign, tz=tz), period
+
+    buttons = {
+        r["button"]: {k: r[k] for k in ("clicks", "customers", "share")}
+        for r in stored.buttons(campaign=campaign, start=start, end=end, tz=tz).to_pylist()
+    }
+    assert buttons == reference.buttons(events, campaign=campaign, start=start, end=end, tz=tz)

@@ -1,0 +1,129 @@
+"""The Voilà dashboard in real headless Chromium, with no internet: KPIs equal the analytics API's."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import analytics
+from analytics.report import kpis
+from analytics.sample import write_sample
+from tests.bot_process import free_port
+from tests.browser import ARTIFACTS, chromium_page
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    data = tmp_path_factory.mktemp("dashboard") / "data"
+    write_sample(data, customers=1500, days=45, seed=3, progress=False)
+    port = free_port()
+    env = {**os.environ, "PROMOBOT_DASHBOARD_TOKEN": ""}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "analytics", "dashboard", "--data", str(data), "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    if not listening(port, process):
+        process.kill()
+        raise AssertionError(process.stdout.read().decode(errors="replace"))
+    yield url, data
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def listening(port: int, process: subprocess.Popen, timeout_s: float = 60) -> bool:
+    # Only a connection: every page request makes Voilà start a kernel.
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def tile(page, key: str) -> str:
+    return page.locator(f'.pb-tile[data-kpi="{key}"] .pb-value').inner_text()
+
+
+def wait_for_reached(page, value: str) -> None:
+    page.wait_for_function(
+        "value => document.querySelector('.pb-tile[data-kpi=reached] .pb-value').textContent === value",
+        arg=value,
+    )
+
+
+def shown(figures: dict) -> dict[str, str]:
+    return {
+        "reached": f"{figures['reached']:,}",
+        "responded": f"{figures['responded_pct']}%",
+        "saw": f"{figures['saw_coupon_pct']}%",
+        "revealed": f"{figures['revealed_pct']}%",
+        "declined": f"{figures['declined_pct']}%",
+    }
+
+
+def test_the_dashboard_shows_the_apis_numbers_and_follows_the_filters(dashboard):
+    url, data = dashboard
+    events = analytics.open(data)
+    today = datetime.now(UTC).date()
+    last_30 = shown(kpis(events.funnel(start=today - timedelta(days=29), end=today)))
+    all_time = shown(kpis(events.funnel()))
+    spring = shown(kpis(events.funnel(campaign="spring-sale")))
+    assert last_30 != all_time
+
+    with chromium_page(offline_except=url) as page:
+        started = time.perf_counter()
+        page.goto(url + "/", timeout=60_000)
+        page.locator(".pb-tile").first.wait_for(timeout=60_000)
+        page.locator("svg").first.wait_for(timeout=60_000)
+        print(f"charts shown {time.perf_counter() - started:.2f} s after opening the page")
+
+        assert {key: tile(page, key) for key in last_30} == last_30  # the default: last 30 days
+        assert page.locator("svg.marks").count() >= 4  # funnel, buttons, timeline, cohorts
+        assert page.locator("text=import analytics").count() == 0  # no code on the page
+
+        page.get_by_role("button", name="All time").click()
+        wait_for_reached(page, all_time["reached"])
+        assert {key: tile(page, key) for key in all_time} == all_time
+
+        page.locator("select").first.select_option(label="spring-sale")
+        wait_for_reached(page, spring["reached"])
+        assert {key: tile(page, key) for key in spring} == spring
+        assert page.locator('a[download="funnel.csv"]').count() == 1
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        assert page.outside_requests == []
+
+
+def test_an_empty_store_shows_a_friendly_message(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "analytics", "dashboard", "--data", str(tmp_path), "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert listening(port, process)
+        with chromium_page(offline_except=url) as page:
+            page.goto(url + "/", timeout=60_000)
+            page.get_by_text("No customers reached yet").wait_for(timeout=60_000)
+            assert tile(page, "reached") == "0"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

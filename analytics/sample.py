@@ -7,6 +7,8 @@ for a second journey; two campaigns overlap; referrals come from a QR code, a fl
 from __future__ import annotations
 
 import random
+import shutil
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,7 +122,10 @@ def write_sample(out: Path, customers: int, days: int, *, seed: int = 7, progres
     """Write sample events into the store at `out` with the bot's event log; returns how many."""
     written = 0
     batch: list[Event] = []
-    with EventLog.open(str(out), Path(out) / "wal", flush_age_s=3600, flush_bytes=64 * 1024 * 1024) as log:
+    # A write-ahead log of its own: the sample is a writer apart from any bot sharing the store, so no bot
+    # takes the sample's conversations for its own (and answers them).
+    wal = Path(tempfile.mkdtemp(prefix="promobot-sample-wal-"))
+    with EventLog.open(str(out), wal, flush_age_s=3600, flush_bytes=64 * 1024 * 1024) as log:
         bar = tqdm(total=customers, unit="customer", disable=not progress or customers < 5000)
         last_customer = None
         for event in generate(customers, days, seed=seed):
@@ -136,4 +141,5 @@ def write_sample(out: Path, customers: int, days: int, *, seed: int = 7, progres
             log.append_blocking(batch)
             written += len(batch)
         bar.close()
+    shutil.rmtree(wal, ignore_errors=True)
     return written

@@ -21,7 +21,14 @@ BOT_URL = "http://127.0.0.1:8000"
 DASHBOARD_URL = "http://127.0.0.1:8866"
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_local() -> int:
+    # Ctrl-C in the terminal, or SIGTERM from a supervisor: both stop the two servers cleanly.
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     env = {
         **os.environ,
         "PROMOBOT_DATA": str(DEMO),

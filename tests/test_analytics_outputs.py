@@ -1,0 +1,150 @@
+"""What analysts and the business take away: the CLI's sample and report, charts offline, the notebooks."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+import analytics
+from analytics import charts
+from analytics.sample import write_sample
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    data = tmp_path_factory.mktemp("sample")
+    write_sample(data, customers=400, days=21, seed=11, progress=False)
+    return data
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "analytics", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_sample_writes_realistic_journeys_through_the_bots_writer(tmp_path):
+    result = run("sample", "--customers", "300", "--days", "10", "--out", str(tmp_path), "--seed", "5")
+
+    assert result.returncode == 0, result.stderr
+    events = analytics.open(tmp_path)
+    names = set(events.sql("select distinct event from events").column("event").to_pylist())
+    assert {"welcome_sent", "coupon_requested", "declined", "coupon_revealed", "message_read"} <= names
+    funnel = {r["step"]: r["customers"] for r in events.funnel().to_pylist()}
+    assert (
+        0 < funnel["coupon_revealed"] < funnel["coupon_requested"] < funnel["responded"] < funnel["reached"]
+    )
+    repeat = (
+        events.sql("""select count(*) as n from (select customer_id from events where event = 'welcome_sent'
+                           group by customer_id having count(*) > 1)""")
+        .column("n")[0]
+        .as_py()
+    )
+    assert repeat > 0  # a few come back
+    assert not (tmp_path / "wal").exists()  # the sample's log is its own, gone once flushed
+
+
+def test_the_same_seed_gives_the_same_sample(tmp_path):
+    for name in ("a", "b"):
+        assert (
+            run(
+                "sample", "--customers", "50", "--days", "5", "--out", str(tmp_path / name), "--seed", "3"
+            ).returncode
+            == 0
+        )
+    first, second = (
+        analytics.open(tmp_path / n).funnel().column("customers").to_pylist() for n in ("a", "b")
+    )
+    assert first == second
+
+
+def test_the_report_is_one_self_contained_file_and_csv_holds_every_table(sample, tmp_path):
+    out = tmp_path / "report.html"
+
+    result = run("report", "--data", str(sample), "--out", str(out), "--csv", str(tmp_path / "csv"))
+
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert "<svg" in page
+    assert not re.search(r"""<(script|link|img)[^>]+(src|href)=["']https?://""", page)
+    reached = analytics.open(sample).funnel().column("customers")[0].as_py()
+    assert f"{reached:,}" in page
+    tables = sorted(p.name for p in (tmp_path / "csv").iterdir())
+    assert tables == ["buttons.csv", "campaigns.csv", "cohorts.csv", "funnel.csv", "timeline.csv"]
+    with open(tmp_path / "csv" / "funnel.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert rows[0]["step"] == "reached"
+    assert int(rows[0]["customers"]) == reached
+
+
+def test_the_report_command_explains_what_it_needs():
+    result = run("report", "--data", "data")
+
+    assert result.returncode == 2
+    assert "--out" in result.stderr
+
+
+def test_charts_render_offline_to_svg_png_and_html(sample, tmp_path):
+    events = analytics.open(sample)
+    made = [
+        charts.funnel_chart(events.funnel()),
+        charts.timeline_chart(events.timeline()),
+        charts.cohort_heatmap(events.cohorts()),
+        charts.buttons_chart(events.buttons()),
+    ]
+
+    for index, chart in enumerate(made):
+        svg = charts.save(chart, tmp_path / f"c{index}.svg").read_text()
+        assert svg.startswith("<svg")
+        png = charts.save(chart, tmp_path / f"c{index}.png").read_bytes()
+        assert png.startswith(b"\x89PNG")
+    page = charts.to_html(made[0])
+    assert not re.search(r"""<script[^>]+src=["']https?://""", page)
+    with pytest.raises(ValueError, match=r"use \.svg"):
+        charts.save(made[0], tmp_path / "chart.pdf")
+
+
+def test_one_colour_per_step_in_every_chart(sample):
+    events = analytics.open(sample)
+    specs = [
+        charts.funnel_chart(events.funnel()).to_dict(),
+        charts.timeline_chart(events.timeline()).to_dict(),
+        charts.buttons_chart(events.buttons()).to_dict(),
+    ]
+
+    for spec in specs:
+        text = str(spec)
+        for step, colour in charts.STEP_COLORS.items():
+            if f"'{step}'" in text:
+                assert colour in text
+
+
+@pytest.mark.parametrize("name", ["dashboard.ipynb", "explore.ipynb"])
+def test_the_notebooks_run_top_to_bottom_on_sample_data(sample, name, monkeypatch):
+    monkeypatch.setenv("PROMOBOT_DATA", str(sample))
+    notebook = nbformat.read(REPO / "notebooks" / name, as_version=4)
+
+    NotebookClient(
+        notebook,
+        timeout=240,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(REPO / "notebooks")}},
+    ).execute()
+
+    errors = [
+        o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"
+    ]
+    assert errors == []
+    assert any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")

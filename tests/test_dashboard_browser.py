@@ -127,3 +127,26 @@ def test_an_empty_store_shows_a_friendly_message(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_token_protects_the_dashboard(tmp_path):
+    port = free_port()
+    env = {**os.environ, "PROMOBOT_DASHBOARD_TOKEN": "s3cret-token"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "analytics", "dashboard", "--data", str(tmp_path), "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        assert listening(port, process)
+        import httpx
+
+        assert httpx.get(url, timeout=120).status_code in (302, 403)
+        assert httpx.get(url, params={"token": "wrong"}, timeout=120).status_code in (302, 403)
+        assert httpx.get(url, params={"token": "s3cret-token"}, timeout=120).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

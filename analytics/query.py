@@ -56,6 +56,7 @@ class Events:
         self._connection = duckdb.connect()
         self._connection.execute("set TimeZone = 'UTC'")
         self._has_data = False
+        self._signature: tuple | None = None
         self._define()
 
     # -- the `events` view -----------------------------------------------------------------------------------
@@ -86,6 +87,29 @@ class Events:
             ) where _copy = 1
             """
         )
+        # The metrics read only these columns: deduplicated once, kept in memory until the files change.
+        con.execute(
+            """
+            create or replace table metric_events as
+            select event_id, ts, customer_id, campaign_id, event, button,
+                   case when event = 'message_read'
+                        then try_cast(json_extract(detail, '$.watermark') as bigint) end as watermark
+            from events
+            """
+        )
+        self._signature = self._files_signature()
+
+    def _files_signature(self) -> tuple | None:
+        if self.source.startswith("s3://"):
+            return None  # object stores are read again on refresh() only
+        signature = []
+        for path in Path(self.source, "events").glob("*/*.parquet"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue  # replaced by compaction while listing
+            signature.append((path.name, path.parent.name, stat.st_size, stat.st_mtime_ns))
+        return tuple(sorted(signature))
 
     def _define_from_s3(self) -> None:
         # Read with pyarrow's S3 filesystem: DuckDB's httpfs would download an extension at run time.
@@ -119,12 +143,9 @@ class Events:
 
     def _query(self, sql: str, params: list | None = None) -> pa.Table:
         with self._lock:
-            # The first files may have appeared since: an empty dashboard fills up without a restart.
-            if (
-                not self._has_data
-                and not self.source.startswith("s3://")
-                and any(Path(self.source, "events").glob("*/*.parquet"))
-            ):
+            # Files written (or compacted) since the last query: read them. An empty dashboard fills up, a
+            # notebook sees today's events, with no reopening.
+            if self._signature is not None and self._files_signature() != self._signature:
                 self._define()
             return self._connection.sql(sql, params=params or None).to_arrow_table()
 
@@ -156,12 +177,12 @@ class Events:
         Parameters: campaign, campaign, tz, start, end, window_seconds.
         """
         return """
-        with ev as (
-            select * from events where (? is null or campaign_id = ?)
+        with ev as materialized (
+            select * from metric_events where (? is null or campaign_id = ?)
         ),
         params as (select ?::varchar as tz, ?::date as start_day, ?::date as end_day,
                           to_seconds(?::bigint) as window),
-        entry as (  -- reached: the first welcome_sent inside the range is the entry
+        entry as materialized (  -- reached: the first welcome_sent inside the range is the entry
             select campaign_id, customer_id, min(ts) as entry_ts
             from ev, params
             where event = 'welcome_sent'
@@ -169,7 +190,7 @@ class Events:
               and (end_day is null or (ts at time zone tz)::date <= end_day)
             group by all
         ),
-        after_entry as (  -- each customer's events inside the conversion window after entry
+        after_entry as materialized (  -- each customer's events inside the conversion window after entry
             select ev.*, entry.entry_ts
             from entry join ev using (campaign_id, customer_id), params
             where ev.ts >= entry.entry_ts and ev.ts <= entry.entry_ts + params.window
@@ -191,7 +212,7 @@ class Events:
             select s.campaign_id, s.customer_id, min(a.ts) as ts
             from coupon_sent s join after_entry a using (campaign_id, customer_id)
             where a.event = 'message_read'
-              and try_cast(json_extract(a.detail, '$.watermark') as bigint) >= epoch_ms(s.ts)
+              and a.watermark >= epoch_ms(s.ts)
             group by all
         ),
         revealed as (
@@ -240,7 +261,7 @@ class Events:
         previous = " ".join(f"when '{step}' then '{before}'" for step, before in PREVIOUS.items())
         steps = ", ".join(f"('{step}', {index})" for index, step in enumerate(STEPS))
         sql = f"""
-        with journeys as ({self._journeys_sql()}),
+        with journeys as materialized ({self._journeys_sql()}),
         reached_steps as ({unpivot}),
         counted as (
             select s.step, s.position, count(r.customer_id) as customers,
@@ -271,7 +292,7 @@ class Events:
             for index, step in enumerate(STEPS)
         )
         sql = f"""
-        with journeys as ({self._journeys_sql()}),
+        with journeys as materialized ({self._journeys_sql()}),
         steps as ({unpivot})
         select (ts at time zone ?)::date as day, step, count(*) as customers
         from steps group by day, step, position order by day, position
@@ -289,7 +310,9 @@ class Events:
             raise AnalyticsError(f"period must be one of {', '.join(PERIODS)}, not {period!r}")
         r = self._range(campaign, None, None, DEFAULT_WINDOW, tz)
         sql = f"""
-        with ev as (select *, ts at time zone ? as local_ts from events where (? is null or campaign_id = ?)),
+        with ev as materialized (
+            select *, ts at time zone ? as local_ts from metric_events where (? is null or campaign_id = ?)
+        ),
         first_reach as (
             select customer_id, date_trunc('{period}', min(local_ts)) as cohort
             from ev where event = 'welcome_sent' group by all
@@ -322,7 +345,7 @@ class Events:
         r = self._range(campaign, start, end, DEFAULT_WINDOW, tz)
         sql = """
         with clicks as (
-            select * from events
+            select * from metric_events
             where button is not null and (? is null or campaign_id = ?)
               and (?::date is null or (ts at time zone ?)::date >= ?::date)
               and (?::date is null or (ts at time zone ?)::date <= ?::date)
@@ -341,7 +364,7 @@ class Events:
             """
             select campaign_id, min(ts) as first_seen, max(ts) as last_seen,
                    count(distinct customer_id) as customers
-            from events group by campaign_id order by first_seen
+            from metric_events group by campaign_id order by first_seen
             """
         )
 

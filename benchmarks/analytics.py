@@ -56,7 +56,7 @@ def dataset(size: int) -> Path:
                 pc.binary_join_element_wise(table.column("event_id"), suffix, ""),
             )
             for day in pc.unique(shifted.column("event_date")).to_pylist():
-                part = shifted.filter(pc.equal(shifted.column("event_date"), pa.scalar(day, pa.date32())))
+                part = shifted.filter(pc.equal(shifted.column("event_date"), day))
                 directory = target / "events" / f"event_date={day}"
                 directory.mkdir(parents=True, exist_ok=True)
                 pq.write_table(

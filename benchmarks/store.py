@@ -49,10 +49,19 @@ def journey(rng: random.Random, customer: str, start: datetime, campaign: str) -
             event_id = f"{customer}.{int(t.timestamp() * 1000)}.{inbound_id}"
         else:
             event_id = f"{events[-1].event_id}.{name[0]}"
-        events.append(Event(
-            event_id=event_id, ts=t, page_id=PAGE, customer_id=customer, campaign_id=campaign, event=name,
-            button=button, message_id=mid, detail=detail,
-        ))
+        events.append(
+            Event(
+                event_id=event_id,
+                ts=t,
+                page_id=PAGE,
+                customer_id=customer,
+                campaign_id=campaign,
+                event=name,
+                button=button,
+                message_id=mid,
+                detail=detail,
+            )
+        )
 
     add("conversation_started", inbound_id="p", detail=detail_json(ref="till-qr", source="SHORTLINK"))
     welcome = message_id(rng)
@@ -103,9 +112,9 @@ async def concurrent_appends_per_s(log: EventLog, events: list[Event], appenders
     per_appender = len(events) // appenders
 
     async def appender(index: int) -> None:
-        mine = events[index * per_appender:(index + 1) * per_appender]
+        mine = events[index * per_appender : (index + 1) * per_appender]
         for start in range(0, len(mine), batch):
-            await log.append(mine[start:start + batch])
+            await log.append(mine[start : start + batch])
 
     started = time.perf_counter()
     await asyncio.gather(*(appender(i) for i in range(appenders)))
@@ -124,8 +133,10 @@ def main() -> None:
         naive = naive_appends_per_s(workdir, events)
         print(f"baseline, one fsync per append:          {naive:>12,.0f} events/s")
         for appenders, batch in ((1, 1), (100, 1), (1, 100), (100, 100)):
-            label = (f"{appenders} appender{'s' if appenders > 1 else ''}, "
-                     f"{batch} event{'s' if batch > 1 else ''}/append")
+            label = (
+                f"{appenders} appender{'s' if appenders > 1 else ''}, "
+                f"{batch} event{'s' if batch > 1 else ''}/append"
+            )
             wal = workdir / f"wal-{appenders}-{batch}"
             log = EventLog.open(str(workdir / "data"), wal, flush_age_s=3600, flush_bytes=1 << 40)
             sample = events[: min(len(events), 20_000 if batch == 1 and appenders == 1 else len(events))]
@@ -136,8 +147,10 @@ def main() -> None:
         # Bytes per event: the Parquet file of a realistic day, as the flusher writes it.
         table = rows_to_table([event_row(e) for e in events])
         body = parquet_bytes(table)
-        print(f"bytes per event on disk (realistic):     {len(body) / len(events):>12.1f}  "
-              f"({len(events):,} events, {len(body):,} bytes)")
+        print(
+            f"bytes per event on disk (realistic):     {len(body) / len(events):>12.1f}  "
+            f"({len(events):,} events, {len(body):,} bytes)"
+        )
         sizes = column_sizes(body)
         share = ", ".join(f"{name} {size / len(events):.1f}" for name, size in sizes)
         print(f"  by column (bytes/event):               {share}")

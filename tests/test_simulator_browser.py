@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+import analytics
 from tests.bot_process import BotProcess, make_home, stored_events
 from tests.browser import ARTIFACTS, chromium_page
 
@@ -86,6 +87,25 @@ def test_three_customers_play_the_conversation_in_the_simulator(tmp_path):
     assert journeys["Cy"] == sorted(
         {"conversation_started", "welcome_sent", "message_delivered", "message_read"}
     )
+    # The analytics API sees exactly these journeys.
+    journeys = {r["customer_id"]: r for r in analytics.open(data).journeys().to_pylist()}
+    assert set(journeys) == set(customers.values())
+    ada, bob, cy = (journeys[customers[name]] for name in ("Ada", "Bob", "Cy"))
+    assert ada["coupon_revealed"] is not None
+    assert ada["coupon_seen"] is not None
+    assert ada["declined"] is None
+    assert bob["declined"] is not None
+    assert bob["coupon_requested"] is None
+    assert cy["responded"] is None
+    funnel = {r["step"]: r["customers"] for r in analytics.open(data).funnel().to_pylist()}
+    assert funnel == {
+        "reached": 3,
+        "responded": 2,
+        "coupon_requested": 1,
+        "coupon_seen": 1,
+        "coupon_revealed": 1,
+        "declined": 1,
+    }
     bob_start = next(
         e for e in events if e["customer_id"] == customers["Bob"] and e["event"] == "conversation_started"
     )

@@ -240,6 +240,15 @@ class Events:
         """
 
     @staticmethod
+    def _steps_sql(value: str) -> str:
+        """One row per journey and step reached (step, position, customer_id, campaign_id, `value`)."""
+        return " union all ".join(
+            f"select '{step}' as step, {index} as position, customer_id, campaign_id, "
+            f"{value.format(step=step)} from journeys where {step} is not null"
+            for index, step in enumerate(STEPS)
+        )
+
+    @staticmethod
     def _journey_params(r: Range) -> list:
         return [r.campaign, r.campaign, r.tz, r.start, r.end, int(r.window.total_seconds())]
 
@@ -253,11 +262,7 @@ class Events:
     def funnel(self, campaign=None, start=None, end=None, window=DEFAULT_WINDOW, tz=None) -> pa.Table:
         """step, customers, pct_of_reached, pct_of_previous, median_seconds, p90_seconds."""
         r = self._range(campaign, start, end, window, tz)
-        unpivot = " union all ".join(
-            f"select '{step}' as step, {index} as position, customer_id, campaign_id, "
-            f"epoch({step}) - epoch(entry_ts) as seconds from journeys where {step} is not null"
-            for index, step in enumerate(STEPS)
-        )
+        unpivot = self._steps_sql("epoch({step}) - epoch(entry_ts) as seconds")
         previous = " ".join(f"when '{step}' then '{before}'" for step, before in PREVIOUS.items())
         steps = ", ".join(f"('{step}', {index})" for index, step in enumerate(STEPS))
         sql = f"""
@@ -286,11 +291,7 @@ class Events:
     def timeline(self, campaign=None, start=None, end=None, window=DEFAULT_WINDOW, tz=None) -> pa.Table:
         """day, step, customers: how many customers reached each step on each day (the funnel's own times)."""
         r = self._range(campaign, start, end, window, tz)
-        unpivot = " union all ".join(
-            f"select '{step}' as step, {index} as position, customer_id, campaign_id, {step} as ts "
-            f"from journeys where {step} is not null"
-            for index, step in enumerate(STEPS)
-        )
+        unpivot = self._steps_sql("{step} as ts")
         sql = f"""
         with journeys as materialized ({self._journeys_sql()}),
         steps as ({unpivot})

@@ -7,8 +7,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 
 import analytics
@@ -21,26 +25,33 @@ from tests.conftest import REPO
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 
+@contextmanager
+def running_dashboard(data: Path, token: str = "") -> Iterator[str]:
+    """`python -m analytics dashboard` on a free port; yields its URL once it listens."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "analytics", "dashboard", "--data", str(data), "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, "PROMOBOT_DASHBOARD_TOKEN": token},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        if not listening(port, process):
+            process.kill()
+            raise AssertionError(process.stdout.read().decode(errors="replace"))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
     data = tmp_path_factory.mktemp("dashboard") / "data"
     write_sample(data, customers=1500, days=45, seed=3, progress=False)
-    port = free_port()
-    env = {**os.environ, "PROMOBOT_DASHBOARD_TOKEN": ""}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "analytics", "dashboard", "--data", str(data), "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    if not listening(port, process):
-        process.kill()
-        raise AssertionError(process.stdout.read().decode(errors="replace"))
-    yield url, data
-    process.terminate()
-    process.wait(timeout=30)
+    with running_dashboard(data) as url:
+        yield url, data
 
 
 def listening(port: int, process: subprocess.Popen, timeout_s: float = 60) -> bool:
@@ -110,43 +121,14 @@ def test_the_dashboard_shows_the_apis_numbers_and_follows_the_filters(dashboard)
 
 
 def test_an_empty_store_shows_a_friendly_message(tmp_path):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "analytics", "dashboard", "--data", str(tmp_path), "--port", str(port)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert listening(port, process)
-        with chromium_page(offline_except=url) as page:
-            page.goto(url + "/", timeout=60_000)
-            page.get_by_text("No customers reached yet").wait_for(timeout=60_000)
-            assert tile(page, "reached") == "0"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with running_dashboard(tmp_path) as url, chromium_page(offline_except=url) as page:
+        page.goto(url + "/", timeout=60_000)
+        page.get_by_text("No customers reached yet").wait_for(timeout=60_000)
+        assert tile(page, "reached") == "0"
 
 
 def test_a_token_protects_the_dashboard(tmp_path):
-    port = free_port()
-    env = {**os.environ, "PROMOBOT_DASHBOARD_TOKEN": "s3cret-token"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "analytics", "dashboard", "--data", str(tmp_path), "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        assert listening(port, process)
-        import httpx
-
-        assert httpx.get(url, timeout=120).status_code in (302, 403)
-        assert httpx.get(url, params={"token": "wrong"}, timeout=120).status_code in (302, 403)
-        assert httpx.get(url, params={"token": "s3cret-token"}, timeout=120).status_code == 200
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with running_dashboard(tmp_path, token="s3cret-token") as url:
+        assert httpx.get(url + "/", timeout=120).status_code in (302, 403)
+        assert httpx.get(url + "/", params={"token": "wrong"}, timeout=120).status_code in (302, 403)
+        assert httpx.get(url + "/", params={"token": "s3cret-token"}, timeout=120).status_code == 200

@@ -92,6 +92,8 @@ class Events:
             """
             create or replace table metric_events as
             select event_id, ts, customer_id, campaign_id, event, button,
+                   hash(campaign_id, customer_id) as journey,  -- one integer key per campaign and customer
+                   (ts at time zone 'UTC')::date as utc_day,
                    case when event = 'message_read'
                         then try_cast(json_extract(detail, '$.watermark') as bigint) end as watermark
             from events
@@ -177,66 +179,60 @@ class Events:
         Parameters: campaign, campaign, tz, start, end, window_seconds.
         """
         return """
-        with ev as materialized (
+        with ev as (
             select * from metric_events where (? is null or campaign_id = ?)
         ),
         params as (select ?::varchar as tz, ?::date as start_day, ?::date as end_day,
                           to_seconds(?::bigint) as window),
         entry as materialized (  -- reached: the first welcome_sent inside the range is the entry
-            select campaign_id, customer_id, min(ts) as entry_ts
+            select journey, any_value(campaign_id) as campaign_id, any_value(customer_id) as customer_id,
+                   min(ts) as entry_ts
             from ev, params
             where event = 'welcome_sent'
-              and (start_day is null or (ts at time zone tz)::date >= start_day)
-              and (end_day is null or (ts at time zone tz)::date <= end_day)
-            group by all
+              and (start_day is null
+                   or (case when tz = 'UTC' then utc_day else (ts at time zone tz)::date end) >= start_day)
+              and (end_day is null
+                   or (case when tz = 'UTC' then utc_day else (ts at time zone tz)::date end) <= end_day)
+            group by journey
         ),
-        after_entry as materialized (  -- each customer's events inside the conversion window after entry
-            select ev.*, entry.entry_ts
-            from entry join ev using (campaign_id, customer_id), params
-            where ev.ts >= entry.entry_ts and ev.ts <= entry.entry_ts + params.window
+        after_entry as materialized (  -- the journey's answers and receipts inside the window after entry
+            select ev.journey, ev.event, ev.ts, ev.watermark
+            from entry join ev using (journey), params
+            where ev.event in ('coupon_requested', 'declined', 'coupon_sent', 'message_read',
+                               'coupon_revealed')
+              and ev.ts >= entry.entry_ts and ev.ts <= entry.entry_ts + params.window
         ),
-        responded as (
-            select campaign_id, customer_id, min(ts) as ts from after_entry
-            where event in ('coupon_requested', 'declined') group by all
+        answers as materialized (  -- steps that need nothing before them but the entry
+            select journey,
+                   min(ts) filter (where event in ('coupon_requested', 'declined')) as responded,
+                   min(ts) filter (where event = 'coupon_requested') as coupon_requested,
+                   min(ts) filter (where event = 'declined') as declined
+            from after_entry group by journey
         ),
-        requested as (
-            select campaign_id, customer_id, min(ts) as ts from after_entry
-            where event = 'coupon_requested' group by all
+        after_request as materialized (  -- the coupon sent in answer to the request, and the reveal
+            select a.journey,
+                   min(e.ts) filter (where e.event = 'coupon_sent') as coupon_sent,
+                   min(e.ts) filter (where e.event = 'coupon_revealed') as coupon_revealed
+            from answers a join after_entry e using (journey)
+            where a.coupon_requested is not null and e.ts >= a.coupon_requested
+              and e.event in ('coupon_sent', 'coupon_revealed')
+            group by a.journey
         ),
-        coupon_sent as (  -- the coupon sent in answer to that request
-            select r.campaign_id, r.customer_id, min(a.ts) as ts
-            from requested r join after_entry a using (campaign_id, customer_id)
-            where a.event = 'coupon_sent' and a.ts >= r.ts group by all
-        ),
-        read_after_coupon as (  -- a read receipt whose watermark covers the coupon
-            select s.campaign_id, s.customer_id, min(a.ts) as ts
-            from coupon_sent s join after_entry a using (campaign_id, customer_id)
-            where a.event = 'message_read'
-              and a.watermark >= epoch_ms(s.ts)
-            group by all
-        ),
-        revealed as (
-            select r.campaign_id, r.customer_id, min(a.ts) as ts
-            from requested r join after_entry a using (campaign_id, customer_id)
-            where a.event = 'coupon_revealed' and a.ts >= r.ts group by all
-        ),
-        seen as (  -- a reveal proves the coupon was seen
-            select campaign_id, customer_id, min(ts) as ts
-            from (select * from read_after_coupon union all select * from revealed) group by all
-        ),
-        declined as (
-            select campaign_id, customer_id, min(ts) as ts from after_entry
-            where event = 'declined' group by all
+        read_coupon as (  -- a read receipt whose watermark covers the coupon
+            select r.journey, min(e.ts) as read_ts
+            from after_request r join after_entry e using (journey)
+            where e.event = 'message_read' and e.watermark >= epoch_ms(r.coupon_sent)
+            group by r.journey
         )
         select entry.campaign_id, entry.customer_id, entry.entry_ts,
-               entry.entry_ts as reached, responded.ts as responded, requested.ts as coupon_requested,
-               seen.ts as coupon_seen, revealed.ts as coupon_revealed, declined.ts as declined
+               entry.entry_ts as reached, answers.responded, answers.coupon_requested,
+               -- a reveal proves the coupon was seen
+               least(read_coupon.read_ts, after_request.coupon_revealed) as coupon_seen,
+               after_request.coupon_revealed, answers.declined
         from entry
-        left join responded using (campaign_id, customer_id)
-        left join requested using (campaign_id, customer_id)
-        left join seen using (campaign_id, customer_id)
-        left join revealed using (campaign_id, customer_id)
-        left join declined using (campaign_id, customer_id)
+        left join answers using (journey)
+        left join after_request using (journey)
+        left join read_coupon using (journey)
         """
 
     @staticmethod

@@ -140,7 +140,8 @@ class Dashboard:
         for control in (self.campaign, self.start, self.end):
             control.observe(lambda _change: self._quiet or self.update(), names="value")
         self.refresh_button.on_click(lambda _button: self.refresh())
-        self.refresh()
+        self._list_campaigns()
+        self.update()
 
     def _preset_changed(self, change) -> None:
         custom = change["new"] == "Custom"
@@ -154,8 +155,12 @@ class Dashboard:
         self.update()
 
     def refresh(self) -> None:
-        """Look for new event files, then redraw (once, not once per changed control)."""
+        """Read the store again (new files, a new campaign), then redraw once."""
         self.events.refresh()
+        self._list_campaigns()
+        self.update()
+
+    def _list_campaigns(self) -> None:
         campaigns = self.events.campaigns().column("campaign_id").to_pylist()
         current = self.campaign.value
         self._quiet = True
@@ -164,7 +169,6 @@ class Dashboard:
             self.campaign.value = current if current in campaigns else None
         finally:
             self._quiet = False
-        self.update()
 
     def filters(self) -> dict:
         start, end = date_range(self.preset.value, self.start.value, self.end.value)

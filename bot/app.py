@@ -33,6 +33,7 @@ from bot.events import Event
 from bot.graph import GraphClient, RetryPolicy
 from bot.messenger import SIGNATURE_HEADER, MalformedBody, parse_body, verify_signature
 from bot.replies import Replier, owed_replies, utc_now
+from bot.reply_worker import ReplyProcess
 from bot.simulator import GraphStandIn
 from bot.store import EventLog, StoreError
 
@@ -54,6 +55,7 @@ class Runtime:
     events: EventLog
     graph: GraphClient
     replier: Replier
+    outbox: Replier | ReplyProcess  # where replies go after the acknowledgement
     app_secret: str
     verify_token: str
     image_path: Path | None
@@ -83,12 +85,15 @@ def create_app(
     inline_replies: bool = False,
     retry: RetryPolicy | None = None,
     owed_from_store: bool = True,
+    reply_process: bool = False,
 ) -> Starlette:
     """The bot. `graph_transport` replaces the network under the Graph client (tests, the simulator).
 
     `inline_replies` sends replies before answering the webhook, for hosts that freeze the process once the
     response is out (AWS Lambda). `owed_from_store=False` looks for replies owed after a crash only among the
     events the write-ahead log replayed, not in the store: right where every run flushes before it ends.
+    `reply_process` sends replies from a worker process (`python -m bot serve` does), so that the Graph
+    API's cost never slows acknowledgements; local mode keeps them in-process, for its built-in stand-in.
     """
 
     @contextlib.asynccontextmanager
@@ -140,12 +145,17 @@ def create_app(
             image_url=image_url(settings, campaign),
             max_age_s=settings.reply_max_age_s,
         )
+        use_worker = reply_process and not inline_replies and not settings.local_mode
+        outbox = ReplyProcess(events, replier) if use_worker else replier
+        if isinstance(outbox, ReplyProcess):
+            await outbox.start_worker()
         runtime = Runtime(
             settings=settings,
             campaign=campaign,
             events=events,
             graph=graph,
             replier=replier,
+            outbox=outbox,
             app_secret=app_secret,
             verify_token=verify_token,
             image_path=campaign_dir / campaign.thanks_image if campaign.image_is_local else None,
@@ -166,11 +176,14 @@ def create_app(
             owed = owed_replies(recent)
             if owed:
                 log.info("%d replies owed from before the last stop; sending them now", len(owed))
-                replier.start(owed)
+                outbox.start(owed)
             log.info("promobot ready: campaign %r, events in %s", campaign.id, settings.data)
             yield
         finally:
-            await replier.drain(SHUTDOWN_REPLY_GRACE_S)
+            if isinstance(outbox, ReplyProcess):
+                await outbox.close(SHUTDOWN_REPLY_GRACE_S)
+            else:
+                await replier.drain(SHUTDOWN_REPLY_GRACE_S)
             await graph.aclose()
             await asyncio.to_thread(events.close)
             log.info("promobot stopped; events flushed")
@@ -246,7 +259,7 @@ async def receive(request: Request) -> Response:
     if runtime.inline_replies:
         await runtime.replier.send(replies)
     else:
-        runtime.replier.start(replies)
+        runtime.outbox.start(replies)
     return PlainTextResponse("EVENT_RECEIVED")
 
 
@@ -257,7 +270,7 @@ async def healthz(request: Request) -> Response:
     except StoreError as exc:
         return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
     return JSONResponse(
-        {"status": "ok", "campaign": runtime.campaign.id, "replies_in_flight": runtime.replier.pending}
+        {"status": "ok", "campaign": runtime.campaign.id, "replies_in_flight": runtime.outbox.pending}
     )
 
 
@@ -340,7 +353,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda signum, frame: None)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, reply_process=True),
         host=host,
         port=port,
         log_level=settings.log_level.lower(),

@@ -32,7 +32,7 @@ class Replier:
         self,
         campaign: Campaign,
         graph: GraphClient,
-        events: EventLog,
+        events: EventLog | None,
         *,
         image_url: str,
         max_age_s: float,
@@ -66,13 +66,14 @@ class Replier:
         """Send now, one after the other, recording each outcome."""
         for reply in replies:
             async with self._slots:
-                outcome = await self._attempt(reply)
+                outcome = await self.outcome(reply)
             try:
                 await self.events.append([outcome])
             except StoreError as exc:
                 log.error("could not record the outcome of a %s reply: %s", reply.kind, exc)
 
-    async def _attempt(self, reply: Reply) -> Event:
+    async def outcome(self, reply: Reply) -> Event:
+        """Send one reply; its outcome as an event (`*_sent`, or `send_failed`)."""
         if self.clock() - reply.answers.ts > self.max_age:
             # A coupon hours after the click only confuses; the platform's 24-hour window may be closed too.
             return reply.failed(

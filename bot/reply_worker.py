@@ -1,0 +1,200 @@
+"""Replies sent from a process of their own: the Graph API's cost and slowness never touch the webhook.
+
+The bot hands each reply to the worker as a line of JSON on its stdin; the worker sends it (with the Graph
+client's timeouts, retries and backoff) and writes the outcome event back as a line on its stdout; the bot
+records it. The bot's event log stays the only writer of the store. A reply with no outcome when the worker
+stops is owed, and sent at the next start.
+
+    python -m bot.reply_worker      (started by the bot; configured by the same environment)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable
+
+from bot.campaign import Campaign, load_campaign
+from bot.config import Settings
+from bot.events import Event
+from bot.flow import Reply, ReplyKind
+from bot.graph import GraphClient, RetryPolicy
+from bot.replies import Replier
+from bot.store import EventLog, StoreError
+
+log = logging.getLogger(__name__)
+RESTART_LIMIT = 5  # worker deaths in a row before the bot sends replies itself
+
+
+def encode_reply(reply: Reply) -> bytes:
+    return (
+        json.dumps({"kind": str(reply.kind), "answers": reply.answers.to_dict()}, default=str).encode()
+        + b"\n"
+    )
+
+
+def decode_reply(line: bytes) -> Reply:
+    record = json.loads(line)
+    return Reply(ReplyKind(record["kind"]), Event.from_dict(record["answers"]))
+
+
+def encode_outcome(reply: Reply, outcome: Event) -> bytes:
+    return json.dumps({"reply": reply.sent_id, "outcome": outcome.to_dict()}, default=str).encode() + b"\n"
+
+
+class ReplyProcess:
+    """The bot's side: hands replies to the worker, records their outcomes, restarts a worker that dies."""
+
+    def __init__(self, events: EventLog, fallback: Replier) -> None:
+        self.events = events
+        self.fallback = fallback  # sends in-process if the worker cannot be kept running
+        self._pending: dict[str, Reply] = {}
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
+        self._deaths = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + self.fallback.pending
+
+    async def start_worker(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot.reply_worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=os.environ.copy(),
+            # Its own session: Ctrl-C in a terminal reaches the bot only, which then lets the worker finish.
+            start_new_session=True,
+        )
+        self._reader = asyncio.create_task(self._read_outcomes(self._process))
+
+    def start(self, replies: Iterable[Reply]) -> None:
+        replies = list(replies)
+        if not replies:
+            return
+        if self._process is None or self._process.stdin is None or self._process.stdin.is_closing():
+            self.fallback.start(replies)
+            return
+        for reply in replies:
+            self._pending[reply.sent_id] = reply
+            self._process.stdin.write(encode_reply(reply))
+
+    async def _read_outcomes(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            try:
+                record = json.loads(line)
+                outcome = Event.from_dict(record["outcome"])
+            except (ValueError, KeyError) as exc:
+                log.error("unreadable line from the reply worker: %s", exc)
+                continue
+            try:
+                await self.events.append([outcome])
+            except StoreError as exc:
+                log.error("could not record the outcome of a reply: %s", exc)
+            self._pending.pop(record.get("reply"), None)
+            self._deaths = 0
+        status = await process.wait()
+        if self._closing:
+            return
+        # The worker died: start another and hand it what had no outcome yet.
+        self._deaths += 1
+        log.error("the reply worker stopped (status %s); %d replies to resend", status, len(self._pending))
+        owed = list(self._pending.values())
+        self._pending.clear()
+        if self._deaths > RESTART_LIMIT:
+            log.error("the reply worker keeps stopping; sending replies from the bot's own process")
+            self._process = None
+            self.fallback.start(owed)
+            return
+        await self.start_worker()
+        self.start(owed)
+
+    async def close(self, timeout_s: float) -> None:
+        """Let the worker finish what it has (up to `timeout_s`), record the outcomes, stop it."""
+        self._closing = True
+        process, reader = self._process, self._reader
+        if process is not None and process.stdin is not None:
+            process.stdin.close()  # end of input: the worker finishes and exits
+            try:
+                await asyncio.wait_for(asyncio.shield(reader), timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "%d replies still in flight at shutdown; they will be sent at the next start",
+                    len(self._pending),
+                )
+                process.kill()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        await self.fallback.drain(timeout_s)
+
+
+# -- the worker -----------------------------------------------------------------------------------------
+
+
+async def work(replier: Replier) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def send(reply: Reply) -> None:
+        outcome = await replier.outcome(reply)
+        writer.write(encode_outcome(reply, outcome))
+        await writer.drain()
+
+    while line := await reader.readline():
+        try:
+            reply = decode_reply(line)
+        except (ValueError, KeyError) as exc:
+            log.error("unreadable reply from the bot: %s", exc)
+            continue
+        task = asyncio.create_task(send(reply))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks)
+    await replier.graph.aclose()
+
+
+def main() -> None:
+    from bot.app import configure_logging, image_url
+
+    # Acknowledging webhooks comes first: on a busy machine the replies wait for the CPU, not the webhook.
+    with contextlib.suppress(OSError):
+        os.nice(5)
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    campaign: Campaign = load_campaign(settings.campaign, data_dir=settings.campaign.parent)
+    graph = GraphClient(
+        base_url=settings.graph_url,
+        version=settings.graph_version,
+        page_token=settings.page_token or "",
+        app_secret=settings.app_secret,
+        retry=RetryPolicy(
+            request_timeout_s=settings.graph_timeout_s, deadline_s=4 * settings.graph_timeout_s
+        ),
+    )
+    replier = Replier(
+        campaign, graph, None, image_url=image_url(settings, campaign), max_age_s=settings.reply_max_age_s
+    )
+    try:
+        import uvloop
+
+        uvloop.run(work(replier))
+    except ImportError:
+        asyncio.run(work(replier))
+
+
+if __name__ == "__main__":
+    main()

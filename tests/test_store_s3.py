@@ -44,8 +44,12 @@ def bucket(s3_endpoint, monkeypatch, request):
 
 def event(n: int, ts: datetime = T0) -> Event:
     return Event(
-        event_id=f"e{n}", ts=ts + timedelta(seconds=n), page_id="page", customer_id=f"c{n % 5}",
-        campaign_id="spring-sale", event="coupon_revealed",
+        event_id=f"e{n}",
+        ts=ts + timedelta(seconds=n),
+        page_id="page",
+        customer_id=f"c{n % 5}",
+        campaign_id="spring-sale",
+        event="coupon_revealed",
     )
 
 
@@ -68,8 +72,10 @@ def test_events_reach_s3_as_hive_partitioned_parquet(bucket, s3_endpoint, tmp_pa
         log.append_blocking([event(n) for n in range(50)])
         log.append_blocking([event(100, ts=datetime(2026, 3, 2, tzinfo=UTC))])
     keys = objects(bucket, s3_endpoint)
-    assert [k.rsplit("/", 1)[0] for k in keys] == ["shop/events/event_date=2026-03-01",
-                                                   "shop/events/event_date=2026-03-02"]
+    assert [k.rsplit("/", 1)[0] for k in keys] == [
+        "shop/events/event_date=2026-03-01",
+        "shop/events/event_date=2026-03-02",
+    ]
     assert all(k.endswith(".parquet") and f"/{log.writer_id}-" in k for k in keys)
     assert stored_ids(data) == sorted([f"e{n}" for n in range(50)] + ["e100"])
 
@@ -112,3 +118,25 @@ def test_compaction_on_s3_leaves_one_file_per_day(bucket, s3_endpoint, tmp_path)
     [key] = objects(bucket, s3_endpoint)
     assert "/compacted-" in key
     assert stored_ids(data) == sorted(f"e{n}" for n in range(30))
+
+
+def test_analytics_reads_an_s3_store_without_duckdb_extensions(bucket, tmp_path):
+    import analytics
+    from analytics.sample import write_sample
+
+    data = f"s3://{bucket}/promobot"
+    write_sample(data, customers=60, days=5, seed=2, progress=False)
+    local = tmp_path / "local"
+    write_sample(local, customers=60, days=5, seed=2, progress=False)
+
+    from_s3 = analytics.open(data)
+
+    # The same journeys (written a moment apart, so the times differ by that moment only).
+    steps = [(r["step"], r["customers"]) for r in from_s3.funnel().to_pylist()]
+    assert steps == [(r["step"], r["customers"]) for r in analytics.open(local).funnel().to_pylist()]
+    assert steps[0][1] > 0
+    installed = from_s3.sql(
+        "select extension_name from duckdb_extensions() where installed and "
+        "install_mode not in ('STATICALLY_LINKED', 'NOT_INSTALLED')"
+    )
+    assert installed.column("extension_name").to_pylist() == []  # nothing downloaded to read S3

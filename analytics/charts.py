@@ -64,7 +64,8 @@ def _records(table: pa.Table) -> list[dict]:
 
 def _style(chart: alt.Chart, title: str, width: int = 560) -> alt.Chart:
     return (
-        chart.properties(title=title, width=width)
+        # Room for long step names on the left and the counts printed past the longest bar.
+        chart.properties(title=title, width=width, padding={"left": 12, "right": 60, "top": 8, "bottom": 8})
         .configure(font=_FONT)
         .configure_title(fontSize=15, anchor="start")
         .configure_axis(labelFontSize=12, titleFontSize=12, grid=False)
@@ -79,7 +80,7 @@ def funnel_chart(funnel: pa.Table) -> alt.Chart:
         pct = row.get("pct_of_reached")
         row["text"] = f"{row['customers']:,}" + (f" ({pct:.0f}%)" if pct is not None else "")
     base = alt.Chart(alt.Data(values=rows)).encode(
-        y=alt.Y("label:N", sort=[STEP_LABELS[s] for s in STEPS], title=None),
+        y=alt.Y("label:N", sort=[STEP_LABELS[s] for s in STEPS], title=None, axis=alt.Axis(labelLimit=220)),
         x=alt.X("customers:Q", title="Customers"),
     )
     bars = base.mark_bar(cornerRadiusEnd=3).encode(
@@ -142,10 +143,11 @@ def buttons_chart(buttons: pa.Table) -> alt.Chart:
         alt.Chart(alt.Data(values=rows))
         .mark_bar(cornerRadiusEnd=3)
         .encode(
-            y=alt.Y("label:N", title=None, sort="-x"),
-            x=alt.X("clicks:Q", title="Clicks"),
+            y=alt.Y("label:N", title=None, sort="-x", axis=alt.Axis(labelLimit=220)),
+            # Buttons of several campaigns that stand for the same step make one bar.
+            x=alt.X("sum(clicks):Q", title="Clicks"),
             color=_step_color(legend=False),
-            tooltip=["button:N", "clicks:Q", "customers:Q", alt.Tooltip("share:Q", format=".1%")],
+            tooltip=[alt.Tooltip("label:N", title="Button"), alt.Tooltip("sum(clicks):Q", title="Clicks")],
         )
     )
     return _style(chart, "Buttons")

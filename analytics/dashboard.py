@@ -177,16 +177,17 @@ class Dashboard:
         return {"campaign": self.campaign.value, "start": start, "end": end}
 
     def update(self) -> None:
+        """Compute everything first, then show it all at once: tiles and charts never disagree on screen."""
         chosen = self.filters()
         funnel = self.events.funnel(**chosen)
         figures = kpis(funnel)
-        self.kpis.value = kpi_tiles_html(figures)
         scope = "all time" if chosen["start"] is None else f"{chosen['start']} to {chosen['end']} (UTC)"
-        self.status.value = (
+        status = (
             f"<span data-scope>Showing {html.escape(chosen['campaign'] or 'all campaigns')}, "
             f"{scope}. Updated {datetime.now(UTC):%H:%M:%S} UTC.</span>"
         )
         if figures["reached"] == 0:
+            self.kpis.value, self.status.value = kpi_tiles_html(figures), status
             self.empty.value = (
                 '<div class="pb-empty"><b>No customers reached yet in this selection.</b><br>Once customers '
                 "press Get Started (try the Messenger simulator in local mode), their journeys show up here; "
@@ -194,17 +195,10 @@ class Dashboard:
             )
             self.body.layout.display = "none"
             return
-        self.empty.value = ""
-        self.body.layout.display = None
         timeline = self.events.timeline(**chosen)
         cohorts = self.events.cohorts(period="week", campaign=chosen["campaign"])
         buttons = self.events.buttons(**chosen)
         comparison = self._comparison(chosen)
-        self.funnel.value = charts.to_svg(charts.funnel_chart(funnel))
-        self.timeline.value = charts.to_svg(charts.timeline_chart(timeline))
-        self.cohorts.value = charts.to_svg(charts.cohort_heatmap(cohorts)) if cohorts.num_rows else ""
-        self.buttons.value = charts.to_svg(charts.buttons_chart(buttons)) if buttons.num_rows else ""
-        self.comparison.value = "<h3>Campaigns</h3>" + table_html(comparison)
         tables = {
             "funnel": funnel,
             "timeline": timeline,
@@ -212,11 +206,22 @@ class Dashboard:
             "buttons": buttons,
             "campaigns": comparison,
         }
-        self.downloads.value = (
-            '<div class="pb-downloads">Download: '
+        shown = {
+            self.funnel: charts.to_svg(charts.funnel_chart(funnel)),
+            self.timeline: charts.to_svg(charts.timeline_chart(timeline)),
+            self.cohorts: charts.to_svg(charts.cohort_heatmap(cohorts)) if cohorts.num_rows else "",
+            self.buttons: charts.to_svg(charts.buttons_chart(buttons)) if buttons.num_rows else "",
+            self.comparison: "<h3>Campaigns</h3>" + table_html(comparison),
+            self.downloads: '<div class="pb-downloads">Download: '
             + " ".join(csv_link(name, table) for name, table in tables.items())
-            + "</div>"
-        )
+            + "</div>",
+            self.status: status,
+            self.kpis: kpi_tiles_html(figures),  # last: tests and people read the tiles as "done"
+        }
+        self.empty.value = ""
+        self.body.layout.display = None
+        for widget, value in shown.items():
+            widget.value = value
 
     def _comparison(self, chosen: dict) -> pa.Table:
         """Reached and the share revealing, per campaign, for the chosen dates."""

@@ -18,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     compact.add_argument("--data", help="store to compact (default: PROMOBOT_DATA)")
     compact.add_argument("--day", help="only this UTC day, YYYY-MM-DD (default: every closed day)")
     compact.add_argument(
-        "--grace", type=float, default=600.0, metavar="SECONDS",
+        "--grace",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
         help="keep replaced files this long for readers already listing them (default 600)",
     )
 

@@ -121,7 +121,8 @@ class FileStore:
         return sorted(
             info.path[prefix:]
             for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
             and not info.base_name.startswith(".")
         )
 
@@ -168,8 +169,16 @@ def event_row(event: Event) -> list:
     """An event as the write-ahead log stores it: FILE_SCHEMA's columns in order, ts in µs since the epoch."""
     micros = (event.ts - _EPOCH) // timedelta(microseconds=1)
     return [
-        event.event_id, micros, event.page_id, event.customer_id, event.campaign_id,
-        event.variant, str(event.event), event.button, event.message_id, event.detail,
+        event.event_id,
+        micros,
+        event.page_id,
+        event.customer_id,
+        event.campaign_id,
+        event.variant,
+        str(event.event),
+        event.button,
+        event.message_id,
+        event.detail,
     ]
 
 
@@ -178,8 +187,10 @@ def rows_to_table(rows: Sequence[Sequence]) -> pa.Table:
     arrays = {}
     for name, values in zip(_FIELDS, columns, strict=True):
         field = FILE_SCHEMA.field(name)
-        arrays[name] = pa.array(values, type=pa.int64()).cast(field.type) if name == "ts" else pa.array(
-            values, type=field.type
+        arrays[name] = (
+            pa.array(values, type=pa.int64()).cast(field.type)
+            if name == "ts"
+            else pa.array(values, type=field.type)
         )
     return pa.Table.from_pydict(arrays, schema=FILE_SCHEMA)
 
@@ -431,7 +442,9 @@ class EventLog:
         segment.path.unlink()
         fsync_directory(self.wal_dir)
         log.debug(
-            "flushed %d events from segment %d in %.1f ms", table.num_rows, segment.seq,
+            "flushed %d events from segment %d in %.1f ms",
+            table.num_rows,
+            segment.seq,
             (time.perf_counter() - started) * 1e3,
         )
 

@@ -254,7 +254,7 @@ def _write_all(fd: int, data: bytes) -> None:
     # An unbuffered write may be short (a filling disk writes what fits): only all of it, or an error, counts.
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def next_sequence(directory: Path) -> int:

@@ -13,8 +13,12 @@ async def appender(log: EventLog, task: int) -> None:
     for n in range(1_000_000):
         event_id = f"t{task}-{n}"
         event = Event(
-            event_id=event_id, ts=datetime.now(UTC), page_id="page", customer_id=f"c{task}",
-            campaign_id="crash", event="welcome_sent",
+            event_id=event_id,
+            ts=datetime.now(UTC),
+            page_id="page",
+            customer_id=f"c{task}",
+            campaign_id="crash",
+            event="welcome_sent",
         )
         await log.append([event])
         print(event_id, flush=True)

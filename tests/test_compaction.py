@@ -22,13 +22,19 @@ def write_day(data: Path, files: int, per_file: int) -> None:
     start = datetime(2026, 3, 1, tzinfo=UTC)
     with EventLog.open(str(data), data.parent / "wal") as log:
         for f in range(files):
-            log.append_blocking([
-                Event(
-                    event_id=f"e{f}-{n}", ts=start + timedelta(minutes=f * per_file + n), page_id="page",
-                    customer_id=f"c{n % 9}", campaign_id=("a", "b")[n % 2], event="welcome_sent",
-                )
-                for n in range(per_file)
-            ])
+            log.append_blocking(
+                [
+                    Event(
+                        event_id=f"e{f}-{n}",
+                        ts=start + timedelta(minutes=f * per_file + n),
+                        page_id="page",
+                        customer_id=f"c{n % 9}",
+                        campaign_id=("a", "b")[n % 2],
+                        event="welcome_sent",
+                    )
+                    for n in range(per_file)
+                ]
+            )
             log.flush_blocking()
         # A redelivered event, stored again in a later file.
         log.append_blocking([Event.from_dict(_first(data))])
@@ -42,9 +48,11 @@ def _first(data: Path) -> dict:
 
 
 def distinct_and_total(data: Path) -> tuple[int, int]:
-    return duckdb.connect().execute(
-        f"select count(distinct event_id), count(*) from read_parquet('{data}/events/*/*.parquet')"
-    ).fetchone()
+    return (
+        duckdb.connect()
+        .execute(f"select count(distinct event_id), count(*) from read_parquet('{data}/events/*/*.parquet')")
+        .fetchone()
+    )
 
 
 def test_compaction_merges_a_day_into_one_sorted_file(tmp_path):
@@ -110,8 +118,18 @@ def test_today_is_not_compacted(tmp_path):
     now = datetime.now(UTC)
     with EventLog.open(str(data), tmp_path / "wal") as log:
         for n in range(2):
-            log.append_blocking([Event(event_id=f"t{n}", ts=now, page_id="p", customer_id="c",
-                                       campaign_id="a", event="welcome_sent")])
+            log.append_blocking(
+                [
+                    Event(
+                        event_id=f"t{n}",
+                        ts=now,
+                        page_id="p",
+                        customer_id="c",
+                        campaign_id="a",
+                        event="welcome_sent",
+                    )
+                ]
+            )
             log.flush_blocking()
     assert compact(str(data), grace_s=0) == {}
     assert len(list(data.glob("events/*/*.parquet"))) == 2
@@ -122,7 +140,10 @@ def test_compact_command_merges_closed_days(tmp_path):
     write_day(data, files=3, per_file=10)
     result = subprocess.run(
         [sys.executable, "-m", "bot", "compact", "--data", str(data), "--grace", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "2026-03-01: 4 files merged into one" in result.stdout

@@ -20,8 +20,17 @@ def test_event_names_are_the_designed_ones():
     # DESIGN.md's eleven, plus `code_sent`: the code shown after a reveal is a reply like the others, and
     # every reply ends in an event (which is how replies owed after a crash are found).
     assert {str(n) for n in EventName} == {
-        "conversation_started", "welcome_sent", "coupon_requested", "declined", "coupon_sent",
-        "coupon_revealed", "code_sent", "thanks_sent", "message_delivered", "message_read", "text_received",
+        "conversation_started",
+        "welcome_sent",
+        "coupon_requested",
+        "declined",
+        "coupon_sent",
+        "coupon_revealed",
+        "code_sent",
+        "thanks_sent",
+        "message_delivered",
+        "message_read",
+        "text_received",
         "send_failed",
     }
 

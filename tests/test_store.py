@@ -24,8 +24,12 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 def event(n: int, ts: datetime = T0, **overrides) -> Event:
     values = dict(
-        event_id=f"e{n}", ts=ts + timedelta(seconds=n), page_id="page", customer_id=f"c{n % 7}",
-        campaign_id="spring-sale", event="welcome_sent",
+        event_id=f"e{n}",
+        ts=ts + timedelta(seconds=n),
+        page_id="page",
+        customer_id=f"c{n % 7}",
+        campaign_id="spring-sale",
+        event="welcome_sent",
     )
     values.update(overrides)
     return Event(**values)
@@ -120,9 +124,11 @@ def test_a_duplicate_id_in_two_flushes_is_read_once(data):
         log.append_blocking([event(1)])
         log.flush_blocking()
         log.append_blocking([event(1)])
-    rows = duckdb.connect().execute(
-        f"select count(distinct event_id), count(*) from read_parquet('{data}/events/*/*.parquet')"
-    ).fetchone()
+    rows = (
+        duckdb.connect()
+        .execute(f"select count(distinct event_id), count(*) from read_parquet('{data}/events/*/*.parquet')")
+        .fetchone()
+    )
     assert rows == (1, 2)  # the store never rewrites a visible file; readers deduplicate by event_id
 
 
@@ -133,12 +139,18 @@ def test_events_around_utc_midnight_land_in_their_own_days(data):
     local = event(3, ts=datetime.fromisoformat("2026-03-02T00:29:57+01:00"))  # 23:29:57 UTC on March 1
     with open_log(data) as log:
         log.append_blocking([late, early, local])
-    rows = duckdb.connect().execute(
-        "select event_id, event_date, ts "
-        f"from read_parquet('{data}/events/*/*.parquet', hive_partitioning=true) order by event_id"
-    ).fetchall()
+    rows = (
+        duckdb.connect()
+        .execute(
+            "select event_id, event_date, ts "
+            f"from read_parquet('{data}/events/*/*.parquet', hive_partitioning=true) order by event_id"
+        )
+        .fetchall()
+    )
     assert [(r[0], r[1]) for r in rows] == [
-        ("e1", date(2026, 3, 1)), ("e2", date(2026, 3, 2)), ("e3", date(2026, 3, 1)),
+        ("e1", date(2026, 3, 1)),
+        ("e2", date(2026, 3, 2)),
+        ("e3", date(2026, 3, 1)),
     ]
     assert rows[0][2] == midnight - timedelta(microseconds=1)
     assert rows[1][2] == midnight
@@ -189,7 +201,9 @@ def test_kill_9_in_the_middle_of_appends_loses_and_doubles_nothing(data):
     wal = data.parent / "wal"
     writer = subprocess.Popen(
         [sys.executable, "-m", "tests.store_writer", str(data), str(wal)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     acknowledged = []
     for line in writer.stdout:
@@ -288,4 +302,3 @@ def test_appending_to_a_closed_log_is_refused(data):
     log.close()
     with pytest.raises(StoreError, match="closed"):
         log.append_blocking([event(1)])
-

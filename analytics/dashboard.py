@@ -8,10 +8,13 @@ so the page needs no internet. Only the analytics API is used: no SQL of its own
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import os
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -35,8 +38,15 @@ STYLE = """
 .pb-downloads a { margin-right: 14px; }
 .pb-table table { border-collapse: collapse; font-size: 13px; }
 .pb-table td, .pb-table th { border-bottom: 1px solid #e4e6eb; padding: 3px 10px; text-align: left; }
+.pb-row { display: flex; flex-flow: row wrap; }
+.pb-first-paint { padding: 0 16px; }
+.pb-first-paint .pb-note { color: #65676b; font-size: 13px; }
 </style>
 """
+# Shown by the live widgets once they are drawn: the page's first paint (its figures, as plain HTML that the
+# browser draws before any script has loaded) steps aside for them.
+LIVE = "<style>.pb-first-paint { display: none; }</style>"
+FIRST_PAINT = {"promobot": {"first_paint": True}}  # output metadata: the Voilà template shows it at once
 
 
 def warm_up() -> None:
@@ -60,7 +70,7 @@ def date_range(
     return None, None
 
 
-def kpi_tiles_html(figures: dict) -> str:
+def kpi_tiles_html(figures: dict, attribute: str = "data-kpi") -> str:
     tiles = [
         ("reached", "Customers reached", f"{figures['reached']:,}"),
         ("responded", "Responded", f"{figures['responded_pct']}%"),
@@ -71,7 +81,7 @@ def kpi_tiles_html(figures: dict) -> str:
     return (
         '<div class="pb-tiles">'
         + "".join(
-            f'<div class="pb-tile" data-kpi="{key}"><div class="pb-value">{value}</div>'
+            f'<div class="pb-tile" {attribute}="{key}"><div class="pb-value">{value}</div>'
             f'<div class="pb-name">{name}</div></div>'
             for key, name, value in tiles
         )
@@ -98,7 +108,11 @@ def table_html(table: pa.Table, limit: int = 50) -> str:
 
 
 class Dashboard:
-    """The widgets; `Dashboard(events).widget` is what the notebook shows."""
+    """The widgets; `Dashboard(events).show()` is what the notebook displays.
+
+    Built ahead of time by Voilà's waiting kernel (`follow()` keeps it current until the page is opened),
+    it is shown at once when someone opens the page.
+    """
 
     def __init__(self, events: Events) -> None:
         import ipywidgets as w
@@ -132,43 +146,120 @@ class Dashboard:
             layout=w.Layout(flex_flow="row wrap", align_items="center"),
         )
         self.widget = w.VBox(
-            [w.HTML(STYLE + "<h2>Promotion dashboard</h2>"), filters, self.status, self.empty, self.body]
+            [
+                w.HTML(STYLE + "<h2>Promotion dashboard</h2>"),
+                filters,
+                self.status,
+                self.empty,
+                self.body,
+                w.HTML(LIVE),  # last: the first paint stays until everything above is drawn
+            ]
         )
+        # Updates run one at a time (filters on the kernel's thread, a refresh behind it); `_shown` guards
+        # what the widgets show, so a first paint never mixes two updates.
+        self._updating = threading.RLock()
+        self._shown_lock = threading.Lock()
+        self._figures: dict = {}
+        self._shown: dict | None = None  # the filters the widgets show figures for
+        self._opened = threading.Event()
+        self._quiet_in: int | None = None  # the thread setting controls itself: no update per control
 
         self.preset.observe(self._preset_changed, names="value")
-        self._quiet = False
         for control in (self.campaign, self.start, self.end):
-            control.observe(lambda _change: self._quiet or self.update(), names="value")
+            control.observe(lambda _change: self._quiet() or self.update(), names="value")
         self.refresh_button.on_click(lambda _button: self.refresh())
         self._list_campaigns()
         self.update()
+
+    def _quiet(self) -> bool:
+        return self._quiet_in == threading.get_ident()
+
+    @contextlib.contextmanager
+    def _setting_controls(self) -> Iterator[None]:
+        self._quiet_in = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._quiet_in = None
 
     def _preset_changed(self, change) -> None:
         custom = change["new"] == "Custom"
         self.start.disabled = self.end.disabled = not custom
         if custom and self.start.value is None:
-            self._quiet = True
-            try:
+            with self._setting_controls():
                 self.start.value, self.end.value = date_range("Last 30 days", None, None)
-            finally:
-                self._quiet = False
         self.update()
 
     def refresh(self) -> None:
         """Read the store again (new files, a new campaign), then redraw once."""
-        self.events.refresh()
-        self._list_campaigns()
-        self.update()
+        with self._updating:
+            self.events.refresh()
+            self._list_campaigns()
+            self.update()
 
     def _list_campaigns(self) -> None:
         campaigns = self.events.campaigns().column("campaign_id").to_pylist()
         current = self.campaign.value
-        self._quiet = True
-        try:
+        with self._setting_controls():
             self.campaign.options = [("All campaigns", None), *((c, c) for c in campaigns)]
             self.campaign.value = current if current in campaigns else None
-        finally:
-            self._quiet = False
+
+    def is_current(self) -> bool:
+        """Whether the figures on show are those of the store's files and of today's date presets."""
+        return not self.events.changed() and self.filters() == self._shown
+
+    def current(self) -> Dashboard:
+        """Bring the figures up to date (files written since, a new day for the presets); a dashboard that
+        is current is not computed again."""
+        with self._updating:
+            if self.events.changed():
+                self.refresh()
+            elif self.filters() != self._shown:
+                self.update()
+        return self
+
+    def follow(self, every_s: float = 10.0) -> None:
+        """Until the page is shown, keep the figures current in the background, checking the store every
+        `every_s` seconds: the waiting kernel of a busy store has today's figures ready when someone comes."""
+
+        def run() -> None:
+            while not self._opened.wait(every_s):
+                self.current()
+
+        threading.Thread(target=run, name="dashboard-follow", daemon=True).start()
+
+    def show(self) -> None:
+        """Display the dashboard: its figures as plain HTML first, which the page draws before its scripts
+        have loaded (Voilà's template shows outputs marked FIRST_PAINT at once), then the live widgets,
+        which take their place when they are drawn. Figures found out of date are shown as they are,
+        marked so, and updated in the background: the widgets connect meanwhile."""
+        from IPython.display import HTML, display
+
+        self._opened.set()
+        stale = not self.is_current()
+        display(HTML(self.first_paint_html(stale=stale)), metadata=FIRST_PAINT)
+        display(self.widget)
+        if stale:
+            threading.Thread(target=self.current, name="dashboard-refresh", daemon=True).start()
+
+    def first_paint_html(self, stale: bool = False) -> str:
+        """The figures on show, laid out as the widgets lay them out, without the controls."""
+        with self._shown_lock:
+            if self._figures.get("reached", 0) == 0:
+                figures = self.empty.value
+            else:
+                figures = (
+                    kpi_tiles_html(self._figures, attribute="data-first-paint-kpi")
+                    + f'<div class="pb-row">{self.funnel.value}{self.buttons.value}</div>'
+                    + self.timeline.value
+                    + f'<div class="pb-row">{self.cohorts.value}{self.comparison.value}</div>'
+                )
+            status = self.status.value
+        note = "Newer events are being read; the figures update in a moment." if stale else ""
+        return (
+            f'<div class="pb-first-paint">{STYLE}<h2>Promotion dashboard</h2>'
+            f'<p class="pb-note">{status} {note} The filters appear in a moment.</p>{figures}</div>'
+        )
 
     def filters(self) -> dict:
         start, end = date_range(self.preset.value, self.start.value, self.end.value)
@@ -178,6 +269,20 @@ class Dashboard:
 
     def update(self) -> None:
         """Compute everything first, then show it all at once: tiles and charts never disagree on screen."""
+        with self._updating:
+            shown, figures, chosen = self._compute()
+            with self._shown_lock:
+                if figures["reached"] == 0:
+                    self.body.layout.display = "none"
+                else:
+                    self.empty.value = ""
+                    self.body.layout.display = None
+                for widget, value in shown.items():
+                    widget.value = value
+                self._figures, self._shown = figures, chosen
+
+    def _compute(self) -> tuple[dict, dict, dict]:
+        """New values for the widgets, the KPI figures and the filters they are for."""
         chosen = self.filters()
         funnel = self.events.funnel(**chosen)
         figures = kpis(funnel)
@@ -187,14 +292,16 @@ class Dashboard:
             f"{scope}. Updated {datetime.now(UTC):%H:%M:%S} UTC.</span>"
         )
         if figures["reached"] == 0:
-            self.kpis.value, self.status.value = kpi_tiles_html(figures), status
-            self.empty.value = (
+            empty = (
                 '<div class="pb-empty"><b>No customers reached yet in this selection.</b><br>Once customers '
                 "press Get Started (try the Messenger simulator in local mode), their journeys show up here; "
                 "press Refresh, or widen the dates.</div>"
             )
-            self.body.layout.display = "none"
-            return
+            return (
+                {self.empty: empty, self.status: status, self.kpis: kpi_tiles_html(figures)},
+                figures,
+                chosen,
+            )
         timeline = self.events.timeline(**chosen)
         cohorts = self.events.cohorts(period="week", campaign=chosen["campaign"])
         buttons = self.events.buttons(**chosen)
@@ -218,10 +325,7 @@ class Dashboard:
             self.status: status,
             self.kpis: kpi_tiles_html(figures),  # last: tests and people read the tiles as "done"
         }
-        self.empty.value = ""
-        self.body.layout.display = None
-        for widget, value in shown.items():
-            widget.value = value
+        return shown, figures, chosen
 
     def _comparison(self, chosen: dict) -> pa.Table:
         """Reached and the share revealing, per campaign, for the chosen dates."""
@@ -263,6 +367,7 @@ def serve(data: str | None = None, host: str = "127.0.0.1", port: int = 8866) ->
         # A kernel that has already run the notebook waits for the next visitor: the page opens at once.
         "--preheat_kernel=True",
         "--pool_size=1",
+        "--VoilaKernelManager.fill_delay=5",
         "--theme=light",
         f"--token={token}",
         # Each open page holds a kernel: stop the ones nobody looks at.

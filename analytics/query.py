@@ -406,6 +406,12 @@ class Events:
         except (FileNotFoundError, OSError):
             return SCHEMA.empty_table()
 
+    def changed(self) -> bool:
+        """Whether files were written, compacted or removed since the store was read (object stores: only
+        `refresh()` reads them again, so never)."""
+        with self._lock:
+            return self._signature is not None and self._files_signature() != self._signature
+
     def refresh(self) -> Events:
         """See files written since the store was opened (a new day, the first events)."""
         with self._lock:

@@ -115,9 +115,34 @@ def test_the_dashboard_shows_the_apis_numbers_and_follows_the_filters(dashboard)
         assert {key: tile(page, key) for key in spring} == spring
         assert page.locator('a[download="funnel.csv"]').count() == 1
 
+        assert page.locator(".pb-first-paint").is_hidden()  # the live widgets took its place
+
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         assert page.outside_requests == []
+
+
+def test_the_figures_are_drawn_before_voilas_scripts_load(dashboard):
+    url, data = dashboard
+    events = analytics.open(data)
+    today = datetime.now(UTC).date()
+    last_30 = shown(kpis(events.funnel(start=today - timedelta(days=29), end=today)))
+
+    with chromium_page(offline_except=url) as page:
+        blocked = []
+        page.route("**/voila/static/**", lambda route: blocked.append(route.request.url) or route.abort())
+        page.goto(url + "/", wait_until="commit", timeout=60_000)
+        page.locator(".pb-first-paint svg.marks").first.wait_for(state="visible", timeout=60_000)
+
+        assert page.locator(".pb-first-paint svg.marks").count() == 4
+        first_paint = {
+            key: page.locator(f'[data-first-paint-kpi="{key}"] .pb-value').inner_text() for key in last_30
+        }
+        assert first_paint == last_30
+        assert page.locator(".widget-dropdown").count() == 0
+        assert page.locator("#loading").count() == 0  # the spinner made way for the figures
+        page.wait_for_load_state("load")
+        assert any(u.endswith("/voila.js") for u in blocked)  # the Voilà app never ran
 
 
 def test_an_empty_store_shows_a_friendly_message(tmp_path):

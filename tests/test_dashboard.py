@@ -1,4 +1,4 @@
-"""The dashboard's widgets in-process: figures from the analytics API, shown first as plain HTML, kept current."""
+"""The dashboard's widgets in-process: API figures, shown first as plain HTML, kept current."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -57,8 +58,12 @@ def bare_app():
     return Starlette(routes=[Route("/webhook", webhook, methods=["POST"])])
 
 
+SENT = b'{"recipient_id":"1","message_id":"m_%d"}'
+PROFILE = b'{"first_name":"Ada","id":"1"}'
+
+
 async def fake_graph(port: int) -> None:
-    """The Send and User Profile APIs answering at once, as cheaply as possible."""
+    """The Send and User Profile APIs, alone or in batch requests, answering at once, as cheaply as can be."""
     counter = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -72,13 +77,21 @@ async def fake_graph(port: int) -> None:
                 while (line := await reader.readline()) not in (b"\r\n", b""):
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
-                if length:
-                    await reader.readexactly(length)
+                content = await reader.readexactly(length) if length else b""
                 counter += 1
-                if request_line.startswith(b"POST"):
-                    body = b'{"recipient_id":"1","message_id":"m_%d"}' % counter
+                if request_line.startswith(b"POST /v") and b"/me/messages" not in request_line:
+                    # A batch request: one answer per call, as the platform gives them.
+                    calls = json.loads(parse_qs(content.decode())["batch"][0])
+                    answers = []
+                    for call in calls:
+                        counter += 1
+                        answer = SENT % counter if call["method"] == "POST" else PROFILE
+                        answers.append({"code": 200, "body": answer.decode()})
+                    body = json.dumps(answers).encode()
+                elif request_line.startswith(b"POST"):
+                    body = SENT % counter
                 else:
-                    body = b'{"first_name":"Ada","id":"1"}'
+                    body = PROFILE
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                     % (len(body), body)

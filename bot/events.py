@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
@@ -56,6 +56,7 @@ FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name != PARTITION_COLUMN])
 
 _REQUIRED = ("event_id", "ts", "page_id", "customer_id", "campaign_id", "event")
 _OPTIONAL = ("variant", "button", "message_id", "detail")
+_FIELDS = (*_REQUIRED, *_OPTIONAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,8 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The event as plain values, `event_date` included (the inverse of `from_dict`)."""
-        record = asdict(self)
+        # Every value is immutable (strings, an aware datetime): no copies needed, unlike dataclasses.asdict.
+        record = {key: getattr(self, key) for key in _FIELDS}
         record["event"] = str(self.event)
         record[PARTITION_COLUMN] = self.event_date
         return record

@@ -3,6 +3,13 @@
 One `httpx.AsyncClient` is shared by every call. Transient failures (timeouts, connection errors, 5xx, 429,
 and the platform's transient codes) are retried with exponential backoff and full jitter until a deadline;
 permanent ones fail at once with the platform's code and subcode.
+
+Calls wait in one queue and go out with at most `max_connections` HTTP requests under way. A call that finds
+the way clear goes alone, as a plain request; calls that queue up together while the client is busy go out
+as one of the platform's batch requests (up to 50 calls in one HTTP request, each answered on its own:
+https://developers.facebook.com/docs/graph-api/batch-requests). Under load that is one HTTP request where
+there were dozens, for the bot's CPU and for the rate of requests the platform sees; every call in a batch
+still gets its own outcome, retries and deadline.
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import random
 import re
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 
@@ -39,6 +48,7 @@ logging.getLogger("httpx").addFilter(_RedactCredentials())
 # Graph API error codes worth retrying: 1 unknown, 2 service unavailable, 4 / 17 / 32 / 613 rate limits.
 TRANSIENT_CODES = frozenset({1, 2, 4, 17, 32, 613})
 TOKEN_INVALID = 190
+BATCH_LIMIT = 50  # the platform's most calls in one batch request
 
 
 class SendError(Exception):
@@ -62,12 +72,79 @@ class TransientSendError(SendError):
         super().__init__(reason, code=code, subcode=subcode, transient=True)
 
 
+class _TurnTooLate(TransientSendError):
+    """A call whose deadline passed while it waited in the client's queue: it was not sent."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     deadline_s: float = 20.0  # give up on a message after this long, all attempts together
     first_backoff_s: float = 0.25
     max_backoff_s: float = 4.0
     request_timeout_s: float = 5.0  # one attempt, connect to last byte
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._*")
+_FORM_BYTES = ["+" if b == 0x20 else chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in range(256)]
+
+
+def form_quote(text: str) -> str:
+    """`text` encoded for an application/x-www-form-urlencoded body, as urllib's quote_plus does.
+
+    Byte by byte in C (str.translate): quote_plus walks the bytes in Python, and a batch request's form is
+    long enough for that to cost more than everything else about its calls.
+    """
+    return text.encode().decode("latin-1").translate(_FORM_BYTES)
+
+
+@dataclass
+class _Call:
+    """One Graph API call waiting for its turn; `outcome` gets the response body or a SendError."""
+
+    method: str
+    path: str
+    params: dict | None
+    body: dict | None
+    deadline: float
+    outcome: asyncio.Future = field(repr=False)
+
+    def batch_entry(self) -> dict:
+        """The call as an entry of a batch request: a relative URL, and a POST's fields form-encoded."""
+        entry: dict = {"method": self.method, "relative_url": self.path}
+        if self.params:
+            entry["relative_url"] += "?" + urlencode(self.params)
+        if self.body is not None:
+            fields = {
+                k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+                for k, v in self.body.items()
+            }
+            entry["body"] = "&".join(f"{key}={form_quote(value)}" for key, value in fields.items())
+        return entry
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """A call read back from a batch request (the fakes of the platform use this)."""
+
+    method: str
+    path: str
+    params: dict[str, str]
+    body: dict
+
+
+def read_batch(form: dict[str, str]) -> list[BatchEntry]:
+    """The calls of a batch request's form fields, with each POST's fields decoded as the platform does."""
+    entries = []
+    for entry in json.loads(form["batch"]):
+        url = urlsplit(entry["relative_url"])
+        body = {}
+        for key, value in parse_qsl(entry.get("body", "")):
+            try:
+                body[key] = json.loads(value)
+            except ValueError:
+                body[key] = value
+        entries.append(BatchEntry(entry["method"].upper(), url.path, dict(parse_qsl(url.query)), body))
+    return entries
 
 
 class GraphClient:
@@ -83,9 +160,19 @@ class GraphClient:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 16,
+        batch_size: int = BATCH_LIMIT,
+        batch_window_s: float = 0.05,
         profile_cache_size: int = 10_000,
     ) -> None:
         self.retry = retry or RetryPolicy()
+        self._batch_size = max(1, min(batch_size, BATCH_LIMIT))
+        self._max_requests = max_connections
+        self._waiting: deque[_Call] = deque()
+        self._requests = 0  # HTTP requests under way
+        self._window_s = batch_window_s
+        self._pump_due = False
+        self._last_dispatch = float("-inf")
+        self._dispatches: set[asyncio.Task[None]] = set()
         params = {"access_token": page_token}
         if app_secret:
             # Accepted always, required when the app enables "Require App Secret".
@@ -109,7 +196,7 @@ class GraphClient:
 
     async def send(self, recipient_id: str, body: dict) -> str | None:
         """POST a Send API body; returns the platform's message id. Raises SendError."""
-        payload = await self._call("POST", "me/messages", json=body)
+        payload = await self._call("POST", "me/messages", body=body)
         message_id = payload.get("message_id") if isinstance(payload, dict) else None
         return message_id if isinstance(message_id, str) else None
 
@@ -131,24 +218,33 @@ class GraphClient:
             self._names.popitem(last=False)
         return name
 
-    async def _call(self, method: str, path: str, *, deadline_s: float | None = None, **kwargs) -> object:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        body: dict | None = None,
+        deadline_s: float | None = None,
+    ) -> object:
         policy = self.retry
         deadline = time.monotonic() + (deadline_s or policy.deadline_s)
         backoff = policy.first_backoff_s
         attempt = 0
+        error: SendError | None = None
         while True:
             attempt += 1
-            remaining = deadline - time.monotonic()
             try:
-                timeout = httpx.Timeout(max(0.05, min(policy.request_timeout_s, remaining)))
-                response = await self._client.request(method, path, timeout=timeout, **kwargs)
-                return self._check(response)
+                return await self._attempt(method, path, params, body, deadline)
+            except _TurnTooLate as exc:
+                # The deadline passed while the call waited for its turn: the failure worth telling is the
+                # one that made it wait (when it was a retry).
+                if error is None:
+                    raise
+                error.reason = f"{error.reason} (gave up after {attempt - 1} attempts)"
+                raise error from exc
             except TransientSendError as exc:
-                error: SendError = exc
-            except httpx.TimeoutException:
-                error = TransientSendError("timed out")
-            except httpx.TransportError as exc:
-                error = TransientSendError(f"connection failed: {type(exc).__name__}")
+                error = exc
             except PermanentSendError as exc:
                 if exc.code == TOKEN_INVALID and not self._token_warned:
                     self._token_warned = True
@@ -167,28 +263,153 @@ class GraphClient:
             await asyncio.sleep(pause)
             backoff = min(backoff * 2, policy.max_backoff_s)
 
-    @staticmethod
-    def _check(response: httpx.Response) -> object:
+    # -- the queue: each call alone when the way is clear, batched when calls wait together ------------------
+
+    def _attempt(self, method: str, path: str, params: dict | None, body: dict | None, deadline: float):
+        loop = asyncio.get_running_loop()
+        call = _Call(method, path, params, body, deadline, loop.create_future())
+        self._waiting.append(call)
+        self._schedule()
+        return call.outcome
+
+    def _schedule(self) -> None:
+        """Send what waits: at once when the client is idle or a batch is full; else after a short window.
+
+        A customer who writes while nothing else is going on gets an answer with no delay; under steady
+        traffic, calls wait up to `batch_window_s` for company, so they go out as fewer, fuller batches.
+        """
+        if self._pump_due or not self._waiting:
+            return
+        self._pump_due = True
+        loop = asyncio.get_running_loop()
+        idle = self._requests == 0 and time.monotonic() - self._last_dispatch > self._window_s
+        if idle or len(self._waiting) >= self._batch_size:
+            loop.call_soon(self._pump)
+        else:
+            loop.call_later(self._window_s, self._pump)
+
+    def _pump(self) -> None:
+        self._pump_due = False
+        now = time.monotonic()
+        while self._waiting and self._requests < self._max_requests:
+            calls: list[_Call] = []
+            while self._waiting and len(calls) < self._batch_size:
+                call = self._waiting.popleft()
+                if call.outcome.done():
+                    continue  # its caller stopped waiting
+                if call.deadline <= now:
+                    call.outcome.set_exception(_TurnTooLate("waited past its deadline for its turn"))
+                    continue
+                calls.append(call)
+            if not calls:
+                return
+            self._requests += 1
+            self._last_dispatch = now
+            task = asyncio.create_task(self._dispatch(calls))
+            self._dispatches.add(task)
+            task.add_done_callback(self._dispatches.discard)
+
+    async def _dispatch(self, calls: list[_Call]) -> None:
+        try:
+            outcomes = await (self._alone(calls[0]) if len(calls) == 1 else self._batch(calls))
+        except Exception as exc:  # a bug must still answer every caller
+            outcomes = [exc] * len(calls)
+        finally:
+            self._requests -= 1
+            self._schedule()
+        for call, outcome in zip(calls, outcomes, strict=True):
+            if call.outcome.done():
+                continue
+            if isinstance(outcome, BaseException):
+                call.outcome.set_exception(outcome)
+            else:
+                call.outcome.set_result(outcome)
+
+    def _timeout(self, deadline: float) -> httpx.Timeout:
+        return httpx.Timeout(max(0.05, min(self.retry.request_timeout_s, deadline - time.monotonic())))
+
+    async def _alone(self, call: _Call) -> list[object]:
+        try:
+            response = await self._client.request(
+                call.method,
+                call.path,
+                params=call.params,
+                json=call.body,
+                timeout=self._timeout(call.deadline),
+            )
+        except httpx.HTTPError as exc:
+            return [_transport_error(exc)]
+        try:
+            return [self._check(response)]
+        except SendError as exc:
+            return [exc]
+
+    async def _batch(self, calls: list[_Call]) -> list[object]:
+        batch = json.dumps([call.batch_entry() for call in calls], separators=(",", ":"))
+        try:
+            response = await self._client.post(
+                "",
+                content=f"include_headers=false&batch={form_quote(batch)}".encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                timeout=self._timeout(max(call.deadline for call in calls)),
+            )
+            answers = self._check(response)
+        except (httpx.HTTPError, SendError) as exc:
+            # The batch as a whole failed (bad token, rate limit, 5xx, timeout): so did each call in it.
+            return [_transport_error(exc) if isinstance(exc, httpx.HTTPError) else _copy(exc) for _ in calls]
+        if not isinstance(answers, list) or len(answers) != len(calls):
+            return [TransientSendError("a batch answer that does not match its calls") for _ in calls]
+        outcomes: list[object] = []
+        for answer in answers:
+            if not isinstance(answer, dict) or not isinstance(answer.get("code"), int):
+                # The platform answers null for calls it did not get to (a batch that ran out of time).
+                outcomes.append(TransientSendError("not done within its batch request"))
+                continue
+            try:
+                payload = json.loads(answer["body"]) if isinstance(answer.get("body"), str) else None
+            except ValueError:
+                payload = None
+            try:
+                outcomes.append(self._classify(answer["code"], payload, f"code {answer['code']}"))
+            except SendError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    @classmethod
+    def _check(cls, response: httpx.Response) -> object:
         try:
             payload = response.json()
         except ValueError:
             payload = None
-        if response.is_success:
+        return cls._classify(response.status_code, payload, response.reason_phrase)
+
+    @staticmethod
+    def _classify(status: int, payload: object, phrase: str) -> object:
+        """The body of a successful answer; raises SendError for any other."""
+        if 200 <= status < 300:
             if payload is None:
-                raise TransientSendError(f"HTTP {response.status_code} with a body that is not JSON")
+                raise TransientSendError(f"HTTP {status} with a body that is not JSON")
             return payload
         error = payload.get("error") if isinstance(payload, dict) else None
         error = error if isinstance(error, dict) else {}
         code = error.get("code") if isinstance(error.get("code"), int) else None
         subcode = error.get("error_subcode") if isinstance(error.get("error_subcode"), int) else None
-        message = error.get("message") if isinstance(error.get("message"), str) else response.reason_phrase
-        reason = f"HTTP {response.status_code}: {message}"
+        message = error.get("message") if isinstance(error.get("message"), str) else phrase
+        reason = f"HTTP {status}: {message}"
         transient = (
-            error.get("is_transient") is True
-            or code in TRANSIENT_CODES
-            or response.status_code == 429
-            or response.status_code >= 500
+            error.get("is_transient") is True or code in TRANSIENT_CODES or status == 429 or status >= 500
         )
         if transient:
             raise TransientSendError(reason, code=code, subcode=subcode)
         raise PermanentSendError(reason, code=code, subcode=subcode)
+
+
+def _transport_error(exc: httpx.HTTPError) -> TransientSendError:
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientSendError("timed out")
+    return TransientSendError(f"connection failed: {type(exc).__name__}")
+
+
+def _copy(exc: SendError) -> SendError:
+    """A SendError of its own for each call of a failed batch (the retry loop amends its reason)."""
+    return type(exc)(exc.reason, code=exc.code, subcode=exc.subcode)

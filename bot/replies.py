@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from bot.campaign import Campaign
@@ -21,6 +21,8 @@ from bot.messenger import send_body
 from bot.store import EventLog, StoreError
 
 log = logging.getLogger(__name__)
+
+Record = Callable[[Reply, Event], Awaitable[None]]
 
 
 def utc_now() -> datetime:
@@ -36,7 +38,7 @@ class Replier:
         *,
         image_url: str,
         max_age_s: float,
-        concurrency: int = 16,
+        concurrency: int = 256,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.campaign = campaign
@@ -52,25 +54,29 @@ class Replier:
     def pending(self) -> int:
         return len(self._tasks)
 
-    def start(self, replies: Iterable[Reply]) -> None:
+    def start(self, replies: Iterable[Reply], record: Record | None = None) -> None:
         """Send in the background. Replies to one event go out in order (thank-you text, then image)."""
-        by_event: dict[str, list[Reply]] = {}
-        for reply in replies:
-            by_event.setdefault(reply.answers.event_id, []).append(reply)
-        for group in by_event.values():
-            task = asyncio.create_task(self.send(group))
+        for group in by_event(replies):
+            task = asyncio.create_task(self.send(group, record))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def send(self, replies: Iterable[Reply]) -> None:
-        """Send now, one after the other, recording each outcome."""
+    async def send(self, replies: Iterable[Reply], record: Record | None = None) -> None:
+        """Send now, one after the other, each outcome to `record` (by default: the event log).
+
+        At most `concurrency` replies are with the Graph API at once, however many are waiting: a backlog
+        waits here, not in the HTTP client's connection pool (whose queue costs more the longer it is).
+        """
         for reply in replies:
             async with self._slots:
                 outcome = await self.outcome(reply)
-            try:
-                await self.events.append([outcome])
-            except StoreError as exc:
-                log.error("could not record the outcome of a %s reply: %s", reply.kind, exc)
+            await (record or self._record)(reply, outcome)
+
+    async def _record(self, reply: Reply, outcome: Event) -> None:
+        try:
+            await self.events.append([outcome])
+        except StoreError as exc:
+            log.error("could not record the outcome of a %s reply: %s", reply.kind, exc)
 
     async def outcome(self, reply: Reply) -> Event:
         """Send one reply; its outcome as an event (`*_sent`, or `send_failed`)."""
@@ -102,6 +108,14 @@ class Replier:
                 "%d replies still in flight at shutdown; they will be sent at the next start", len(pending)
             )
             await asyncio.wait(pending)
+
+
+def by_event(replies: Iterable[Reply]) -> list[list[Reply]]:
+    """Replies grouped by the event they answer, in order: each group is sent one reply after the other."""
+    groups: dict[str, list[Reply]] = {}
+    for reply in replies:
+        groups.setdefault(reply.answers.event_id, []).append(reply)
+    return list(groups.values())
 
 
 def owed_replies(recent: Iterable[Event]) -> list[Reply]:

@@ -23,23 +23,22 @@ from bot.config import Settings
 from bot.events import Event
 from bot.flow import Reply, ReplyKind
 from bot.graph import GraphClient, RetryPolicy
-from bot.replies import Replier
+from bot.replies import Replier, by_event
 from bot.store import EventLog, StoreError
 
 log = logging.getLogger(__name__)
 RESTART_LIMIT = 5  # worker deaths in a row before the bot sends replies itself
 
 
-def encode_reply(reply: Reply) -> bytes:
-    return (
-        json.dumps({"kind": str(reply.kind), "answers": reply.answers.to_dict()}, default=str).encode()
-        + b"\n"
-    )
+def encode_replies(group: list[Reply]) -> bytes:
+    """One line: the replies to one event, sent in this order."""
+    records = [{"kind": str(reply.kind), "answers": reply.answers.to_dict()} for reply in group]
+    return json.dumps(records, default=str).encode() + b"\n"
 
 
-def decode_reply(line: bytes) -> Reply:
-    record = json.loads(line)
-    return Reply(ReplyKind(record["kind"]), Event.from_dict(record["answers"]))
+def decode_replies(line: bytes) -> list[Reply]:
+    records = json.loads(line)
+    return [Reply(ReplyKind(record["kind"]), Event.from_dict(record["answers"])) for record in records]
 
 
 def encode_outcome(reply: Reply, outcome: Event) -> bytes:
@@ -82,24 +81,32 @@ class ReplyProcess:
         if self._process is None or self._process.stdin is None or self._process.stdin.is_closing():
             self.fallback.start(replies)
             return
-        for reply in replies:
-            self._pending[reply.sent_id] = reply
-            self._process.stdin.write(encode_reply(reply))
+        for group in by_event(replies):
+            for reply in group:
+                self._pending[reply.sent_id] = reply
+            self._process.stdin.write(encode_replies(group))
 
     async def _read_outcomes(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
-        while line := await process.stdout.readline():
+        rest = b""
+        while chunk := await process.stdout.read(1 << 16):
+            *lines, rest = (rest + chunk).split(b"\n")
+            # Every outcome that has arrived is recorded with one append: one fsync for all of them.
+            outcomes: list[Event] = []
+            answered: list[str] = []
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                    outcomes.append(Event.from_dict(record["outcome"]))
+                    answered.append(record.get("reply"))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("unreadable line from the reply worker: %s", exc)
             try:
-                record = json.loads(line)
-                outcome = Event.from_dict(record["outcome"])
-            except (ValueError, KeyError) as exc:
-                log.error("unreadable line from the reply worker: %s", exc)
-                continue
-            try:
-                await self.events.append([outcome])
+                await self.events.append(outcomes)
             except StoreError as exc:
-                log.error("could not record the outcome of a reply: %s", exc)
-            self._pending.pop(record.get("reply"), None)
+                log.error("could not record the outcome of %d replies: %s", len(outcomes), exc)
+            for reply_id in answered:
+                self._pending.pop(reply_id, None)
             self._deaths = 0
         status = await process.wait()
         if self._closing:
@@ -147,18 +154,17 @@ async def work(replier: Replier) -> None:
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     tasks: set[asyncio.Task[None]] = set()
 
-    async def send(reply: Reply) -> None:
-        outcome = await replier.outcome(reply)
+    async def record(reply: Reply, outcome: Event) -> None:
         writer.write(encode_outcome(reply, outcome))
         await writer.drain()
 
     while line := await reader.readline():
         try:
-            reply = decode_reply(line)
-        except (ValueError, KeyError) as exc:
-            log.error("unreadable reply from the bot: %s", exc)
+            group = decode_replies(line)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable replies from the bot: %s", exc)
             continue
-        task = asyncio.create_task(send(reply))
+        task = asyncio.create_task(replier.send(group, record))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
@@ -197,4 +203,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if os.environ.get("WPROF"):
+        import cProfile
+
+        cProfile.run("main()", os.environ["WPROF"])
+    else:
+        main()

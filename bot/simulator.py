@@ -12,8 +12,11 @@ import json
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 import httpx
+
+from bot.graph import read_batch
 
 
 @dataclass
@@ -39,23 +42,39 @@ class GraphStandIn(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.strip("/").split("/")
+        content = await request.aread()
         if request.method == "POST" and path[-2:] == ["me", "messages"]:
-            body = json.loads(await request.aread())
-            customer_id = str(body.get("recipient", {}).get("id", ""))
-            message_id = f"m_local{next(self._ids):08d}"
-            with self._lock:
-                self._customers[customer_id].messages.append(
-                    {"message_id": message_id, "message": body.get("message")}
-                )
-            return httpx.Response(200, json={"recipient_id": customer_id, "message_id": message_id})
+            return httpx.Response(200, json=self._send(json.loads(content)))
         if request.method == "GET" and len(path) == 2:
-            customer_id = path[1]
-            with self._lock:
-                name = self._customers[customer_id].first_name if customer_id in self._customers else None
-            body = {"id": customer_id}
-            if name:
-                body["first_name"] = name
-            return httpx.Response(200, json=body)
-        return httpx.Response(
-            400, json={"error": {"message": "unsupported call", "type": "OAuthException", "code": 100}}
-        )
+            return httpx.Response(200, json=self._profile(path[1]))
+        if request.method == "POST" and len(path) == 1:  # a batch request, at the version's root
+            answers = []
+            for entry in read_batch(dict(parse_qsl(content.decode()))):
+                if entry.method == "POST" and entry.path.endswith("me/messages"):
+                    answers.append({"code": 200, "body": json.dumps(self._send(entry.body))})
+                elif entry.method == "GET":
+                    answers.append({"code": 200, "body": json.dumps(self._profile(entry.path.strip("/")))})
+                else:
+                    answers.append({"code": 400, "body": json.dumps(UNSUPPORTED)})
+            return httpx.Response(200, json=answers)
+        return httpx.Response(400, json=UNSUPPORTED)
+
+    def _send(self, body: dict) -> dict:
+        customer_id = str(body.get("recipient", {}).get("id", ""))
+        message_id = f"m_local{next(self._ids):08d}"
+        with self._lock:
+            self._customers[customer_id].messages.append(
+                {"message_id": message_id, "message": body.get("message")}
+            )
+        return {"recipient_id": customer_id, "message_id": message_id}
+
+    def _profile(self, customer_id: str) -> dict:
+        with self._lock:
+            name = self._customers[customer_id].first_name if customer_id in self._customers else None
+        profile = {"id": customer_id}
+        if name:
+            profile["first_name"] = name
+        return profile
+
+
+UNSUPPORTED = {"error": {"message": "unsupported call", "type": "OAuthException", "code": 100}}

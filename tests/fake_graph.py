@@ -11,13 +11,15 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+from bot.graph import BatchEntry, read_batch
 
 
 @dataclass(frozen=True)
 class Answer:
     status: int = 200
-    body: dict | None = None  # None: the platform's success body
+    body: dict | list | None = None  # None: the platform's success body
     delay_s: float = 0.0
 
 
@@ -38,6 +40,7 @@ class FakeGraph:
         self.sent: list[dict] = []  # {"recipient", "body", "message_id"} for each accepted send
         self.attempts: dict[str, int] = {}
         self.profile_calls: list[str] = []
+        self.batches: list[int] = []  # the number of calls in each batch request received
         self.names: dict[str, str] = {}
         self._sends: dict[str, list[Answer]] = {}
         self._profiles: dict[str, list[Answer]] = {}
@@ -86,6 +89,65 @@ class FakeGraph:
             queue = scripts.get(customer)
             return queue.pop(0) if queue else Answer()
 
+    def _send(self, body: dict) -> tuple[Answer, dict]:
+        """How a Send API call is answered (recording it when it succeeds), and the success body."""
+        customer = body["recipient"]["id"]
+        with self._lock:
+            self.attempts[customer] = self.attempts.get(customer, 0) + 1
+        answer = self._next(self._sends, customer)
+        message_id = f"m_fake{next(self._ids):06d}"
+        if answer.status == 200 and answer.body is None and not answer.delay_s:
+            with self._lock:
+                self.sent.append({"recipient": customer, "body": body, "message_id": message_id})
+        return answer, {"recipient_id": customer, "message_id": message_id}
+
+    def _profile(self, customer: str) -> tuple[Answer, dict]:
+        with self._lock:
+            self.profile_calls.append(customer)
+        profile = {"id": customer}
+        if customer in self.names:
+            profile["first_name"] = self.names[customer]
+        return self._next(self._profiles, customer), profile
+
+    def _batch(self, form: dict[str, str]) -> list[dict | None]:
+        """The answers to a batch request's calls.
+
+        A call scripted to hang holds up the whole batch, and the batch then answers null for every call
+        (not done in time, as the platform answers); the other calls are not processed, so their scripts wait
+        for their retries.
+        """
+        entries = read_batch(form)
+        with self._lock:
+            self.batches.append(len(entries))
+        for entry in entries:
+            scripts, customer = self._script_of(entry)
+            with self._lock:
+                queue = scripts.get(customer)
+                hang = queue[0].delay_s if queue else 0.0
+                if hang:
+                    queue.pop(0)
+                    if scripts is self._sends:
+                        self.attempts[customer] = self.attempts.get(customer, 0) + 1
+            if hang:
+                time.sleep(hang)
+                return [None] * len(entries)
+        answers: list[dict | None] = []
+        for entry in entries:
+            if entry.method == "POST" and entry.path.endswith("me/messages"):
+                answer, default = self._send(entry.body)
+            elif entry.method == "GET":
+                answer, default = self._profile(entry.path.rstrip("/").rsplit("/", 1)[-1])
+            else:
+                answer, default = graph_error(100), {}
+            body = answer.body if answer.body is not None else default
+            answers.append({"code": answer.status, "body": json.dumps(body)})
+        return answers
+
+    def _script_of(self, entry: BatchEntry) -> tuple[dict[str, list[Answer]], str]:
+        if entry.method == "POST":
+            return self._sends, str(entry.body.get("recipient", {}).get("id"))
+        return self._profiles, entry.path.rstrip("/").rsplit("/", 1)[-1]
+
     def _handler(self):
         fake = self
 
@@ -114,38 +176,28 @@ class FakeGraph:
 
             def do_POST(self) -> None:
                 parts = urlsplit(self.path)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
                 if not self._authorized(parse_qs(parts.query)):
+                    return
+                if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+                    answers = fake._batch(dict(parse_qsl(raw.decode())))
+                    self._reply(Answer(body=answers), {})
                     return
                 if not parts.path.endswith("/me/messages"):
                     self._reply(graph_error(100), {})
                     return
-                customer = body["recipient"]["id"]
-                with fake._lock:
-                    fake.attempts[customer] = fake.attempts.get(customer, 0) + 1
-                answer = fake._next(fake._sends, customer)
-                message_id = f"m_fake{next(fake._ids):06d}"
+                answer, default = fake._send(json.loads(raw))
                 if answer.delay_s:
                     # A hung platform: the client gives up first, and the message is not sent.
                     time.sleep(answer.delay_s)
                     return
-                if answer.status == 200 and answer.body is None:
-                    with fake._lock:
-                        fake.sent.append({"recipient": customer, "body": body, "message_id": message_id})
-                self._reply(answer, {"recipient_id": customer, "message_id": message_id})
+                self._reply(answer, default)
 
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
-                query = parse_qs(parts.query)
-                if not self._authorized(query):
+                if not self._authorized(parse_qs(parts.query)):
                     return
-                customer = parts.path.rstrip("/").rsplit("/", 1)[-1]
-                with fake._lock:
-                    fake.profile_calls.append(customer)
-                answer = fake._next(fake._profiles, customer)
-                profile = {"id": customer}
-                if customer in fake.names:
-                    profile["first_name"] = fake.names[customer]
+                answer, profile = fake._profile(parts.path.rstrip("/").rsplit("/", 1)[-1])
                 self._reply(answer, profile)
 
         return Handler

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
 
-from bot.graph import GraphClient, PermanentSendError, RetryPolicy, TransientSendError
+from bot.graph import GraphClient, PermanentSendError, RetryPolicy, TransientSendError, read_batch
 from tests.conftest import MESSENGER_FIXTURES
 
 pytestmark = pytest.mark.anyio
@@ -168,3 +170,176 @@ async def test_a_missing_profile_gives_no_name(answer):
     graph = client(answer)
 
     assert await graph.first_name("42") is None
+
+
+# -- batch requests ----------------------------------------------------------------------------------------
+
+
+def batching_client(answer, *, seen: list) -> GraphClient:
+    """A client whose batch requests are answered call by call: `answer(entry, attempt)` gives the result
+    (a dict: {"code", "body"}, or None for a call the platform did not get to)."""
+    attempts: dict[str, int] = {}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path != "/v25.0/":
+            return httpx.Response(400, json={"error": {"code": 100, "message": "expected a batch"}})
+        answers = []
+        for entry in read_batch(dict(parse_qsl(request.content.decode()))):
+            key = entry.body["recipient"]["id"] if entry.method == "POST" else entry.path
+            attempts[key] = attempts.get(key, 0) + 1
+            answers.append(answer(entry, attempts[key]))
+        return httpx.Response(200, json=answers)
+
+    return GraphClient(
+        base_url="https://graph.test",
+        version="v25.0",
+        page_token="TOKEN",
+        app_secret="SECRET",
+        retry=FAST,
+        transport=httpx.MockTransport(handle),
+    )
+
+
+def sent(entry) -> dict:
+    return {
+        "code": 200,
+        "body": json.dumps({"recipient_id": entry.body["recipient"]["id"], "message_id": "m_x"}),
+    }
+
+
+def body_to(customer: str) -> dict:
+    return {
+        "recipient": {"id": customer},
+        "messaging_type": "RESPONSE",
+        "message": {"text": "Hi & bye = 100%"},
+    }
+
+
+async def test_calls_made_together_go_out_as_one_batch_request():
+    requests: list[httpx.Request] = []
+
+    def answer(entry, attempt):
+        if entry.method == "GET":
+            return {"code": 200, "body": json.dumps({"first_name": "Ada", "id": entry.path})}
+        customer = entry.body["recipient"]["id"]
+        return {"code": 200, "body": json.dumps({"recipient_id": customer, "message_id": f"m_{customer}"})}
+
+    graph = batching_client(answer, seen=requests)
+    results = await asyncio.gather(
+        graph.send("1", body_to("1")), graph.send("2", body_to("2")), graph.first_name("3")
+    )
+
+    assert results == ["m_1", "m_2", "Ada"]
+    [request] = requests
+    assert request.method == "POST"
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert request.url.params["access_token"] == "TOKEN"
+    assert len(request.url.params["appsecret_proof"]) == 64
+    form = dict(parse_qsl(request.content.decode()))
+    assert form["include_headers"] == "false"
+    entries = read_batch(form)
+    assert [(e.method, e.path, e.params) for e in entries] == [
+        ("POST", "me/messages", {}),
+        ("POST", "me/messages", {}),
+        ("GET", "3", {"fields": "first_name"}),
+    ]
+    assert entries[0].body == body_to("1")  # every field, JSON values and form escapes intact
+
+
+async def test_each_call_of_a_batch_gets_its_own_outcome():
+    requests: list[httpx.Request] = []
+    first_answers = {
+        "1": lambda entry: sent(entry),
+        "2": lambda entry: {
+            "code": 400,
+            "body": json.dumps({"error": {"code": 551, "error_subcode": 1545041}}),
+        },
+        "3": lambda entry: None,  # the platform did not get to it: tried again
+        "4": lambda entry: {
+            "code": 400,
+            "body": json.dumps({"error": {"code": 613, "message": "slow down"}}),
+        },
+    }
+
+    def answer(entry, attempt):
+        customer = entry.body["recipient"]["id"]
+        return first_answers[customer](entry) if attempt == 1 else sent(entry)
+
+    graph = batching_client(answer, seen=requests)
+    results = await asyncio.gather(*(graph.send(c, body_to(c)) for c in "1234"), return_exceptions=True)
+
+    assert results[0] == "m_x"
+    assert isinstance(results[1], PermanentSendError)
+    assert (results[1].code, results[1].subcode) == (551, 1545041)
+    assert results[2:] == ["m_x", "m_x"]
+    retried = [read_batch(dict(parse_qsl(r.content.decode()))) for r in requests[1:]]
+    assert sorted(e.body["recipient"]["id"] for batch in retried for e in batch) == ["3", "4"]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.Response(500, text="oops"),
+        graph_error(613),
+        httpx.ReadTimeout("slow"),
+        httpx.Response(200, json={}),
+    ],
+    ids=["500", "613", "timeout", "not-a-batch-answer"],
+)
+async def test_a_failed_batch_request_fails_each_call_and_they_are_retried(failure):
+    requests: list[httpx.Request] = []
+    answers = [failure]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if answers:
+            answer = answers.pop()
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        entries = read_batch(dict(parse_qsl(request.content.decode())))
+        return httpx.Response(200, json=[sent(entry) for entry in entries])
+
+    graph = GraphClient(
+        base_url="https://graph.test",
+        version="v25.0",
+        page_token="TOKEN",
+        retry=FAST,
+        transport=httpx.MockTransport(handle),
+    )
+    results = await asyncio.gather(*(graph.send(c, body_to(c)) for c in "123"))
+
+    assert results == ["m_x"] * 3
+    assert len(requests) == 2
+
+
+async def test_a_bad_token_for_a_batch_fails_each_call_at_once():
+    requests: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return graph_error(190, 463)
+
+    graph = GraphClient(
+        base_url="https://graph.test",
+        version="v25.0",
+        page_token="TOKEN",
+        retry=FAST,
+        transport=httpx.MockTransport(handle),
+    )
+    results = await asyncio.gather(*(graph.send(c, body_to(c)) for c in "123"), return_exceptions=True)
+
+    assert all(isinstance(r, PermanentSendError) and r.code == 190 for r in results)
+    assert len(requests) == 1
+
+
+async def test_no_more_than_fifty_calls_go_in_one_batch():
+    requests: list[httpx.Request] = []
+    graph = batching_client(lambda entry, attempt: sent(entry), seen=requests)
+
+    results = await asyncio.gather(*(graph.send(str(c), body_to(str(c))) for c in range(120)))
+
+    assert results == ["m_x"] * 120
+    sizes = sorted(len(read_batch(dict(parse_qsl(r.content.decode())))) for r in requests)
+    assert sizes == [20, 50, 50]

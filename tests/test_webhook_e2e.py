@@ -247,6 +247,29 @@ def test_a_redelivered_webhook_is_stored_and_answered_once(bot, graph, data):
     assert len(graph.messages_to("1003")) == 1
 
 
+def test_many_customers_at_once_are_answered_through_batch_requests(bot, graph, data):
+    customers = [str(3000 + i) for i in range(40)]
+
+    def start(customer: str) -> int:
+        return bot.post(payloads.envelope(payloads.postback(customer, "GET_STARTED"))).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(start, customers))
+
+    assert statuses == [200] * len(customers)
+    welcomes = [graph.wait_for(customer, 1)[0] for customer in customers]
+    wait_until_idle(bot)
+    assert bot.stop() == 0
+    assert max(graph.batches, default=0) > 1  # calls that waited together went out as one request
+    # A welcome that went in a batch is the same message as one sent alone.
+    assert len({json.dumps(welcome, sort_keys=True) for welcome in welcomes}) == 1
+    events = stored_events(data)
+    message_ids = {s["message_id"] for s in graph.sent}
+    for customer in customers:
+        assert by_customer(events, customer) == ["conversation_started", "welcome_sent"]
+    assert {e["message_id"] for e in events if e["event"] == "welcome_sent"} == message_ids
+
+
 def test_receipts_optins_echoes_and_standby_are_acknowledged_never_answered(bot, graph, data):
     for name in (
         "botman-driver-facebook__message_echo.json",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import random
@@ -170,7 +171,7 @@ class GraphClient:
         self._waiting: deque[_Call] = deque()
         self._requests = 0  # HTTP requests under way
         self._window_s = batch_window_s
-        self._pump_due = False
+        self._pump_due: asyncio.AbstractEventLoop | None = None
         self._last_dispatch = float("-inf")
         self._dispatches: set[asyncio.Task[None]] = set()
         params = {"access_token": page_token}
@@ -278,10 +279,10 @@ class GraphClient:
         A customer who writes while nothing else is going on gets an answer with no delay; under steady
         traffic, calls wait up to `batch_window_s` for company, so they go out as fewer, fuller batches.
         """
-        if self._pump_due or not self._waiting:
-            return
-        self._pump_due = True
         loop = asyncio.get_running_loop()
+        if self._pump_due is loop or not self._waiting:
+            return
+        self._pump_due = loop  # (a loop, not a flag: a loop that ended with a pump due leaves none behind)
         idle = self._requests == 0 and time.monotonic() - self._last_dispatch > self._window_s
         if idle or len(self._waiting) >= self._batch_size:
             loop.call_soon(self._pump)
@@ -289,7 +290,7 @@ class GraphClient:
             loop.call_later(self._window_s, self._pump)
 
     def _pump(self) -> None:
-        self._pump_due = False
+        self._pump_due = None
         now = time.monotonic()
         while self._waiting and self._requests < self._max_requests:
             calls: list[_Call] = []
@@ -312,15 +313,18 @@ class GraphClient:
     async def _dispatch(self, calls: list[_Call]) -> None:
         try:
             outcomes = await (self._alone(calls[0]) if len(calls) == 1 else self._batch(calls))
-        except Exception as exc:  # a bug must still answer every caller
-            outcomes = [exc] * len(calls)
+        except Exception as exc:  # a bug must not leave callers waiting: they retry, then record a failure
+            log.exception("Graph API request failed unexpectedly")
+            outcomes = [TransientSendError(f"unexpected error: {type(exc).__name__}") for _ in calls]
         finally:
             self._requests -= 1
             self._schedule()
-        for call, outcome in zip(calls, outcomes, strict=True):
+        for call, outcome in itertools.zip_longest(calls, outcomes[: len(calls)]):
             if call.outcome.done():
                 continue
-            if isinstance(outcome, BaseException):
+            if outcome is None:
+                call.outcome.set_exception(TransientSendError("no answer for this call"))
+            elif isinstance(outcome, BaseException):
                 call.outcome.set_exception(outcome)
             else:
                 call.outcome.set_result(outcome)

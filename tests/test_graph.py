@@ -212,7 +212,7 @@ def body_to(customer: str) -> dict:
     return {
         "recipient": {"id": customer},
         "messaging_type": "RESPONSE",
-        "message": {"text": "Hi & bye = 100%"},
+        "message": {"text": "Hi & bye = 100% + café ☕"},
     }
 
 

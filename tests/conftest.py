@@ -15,3 +15,14 @@ TEST_DATA = Path(__file__).resolve().parent / "data"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def shown_kpis(figures: dict) -> dict[str, str]:
+    """The dashboard's KPI tiles as the page shows them, from the analytics API's figures."""
+    return {
+        "reached": f"{figures['reached']:,}",
+        "responded": f"{figures['responded_pct']}%",
+        "saw": f"{figures['saw_coupon_pct']}%",
+        "revealed": f"{figures['revealed_pct']}%",
+        "declined": f"{figures['declined_pct']}%",
+    }

@@ -13,6 +13,7 @@ import analytics
 from analytics.dashboard import FIRST_PAINT, Dashboard
 from analytics.report import kpis
 from analytics.sample import write_sample
+from tests.conftest import shown_kpis
 
 
 @pytest.fixture
@@ -27,19 +28,9 @@ def tiles(markup: str, attribute: str) -> dict[str, str]:
     return dict(re.findall(pattern, markup))
 
 
-def shown(figures: dict) -> dict[str, str]:
-    return {
-        "reached": f"{figures['reached']:,}",
-        "responded": f"{figures['responded_pct']}%",
-        "saw": f"{figures['saw_coupon_pct']}%",
-        "revealed": f"{figures['revealed_pct']}%",
-        "declined": f"{figures['declined_pct']}%",
-    }
-
-
 def last_30_days(events) -> dict[str, str]:
     today = datetime.now(UTC).date()
-    return shown(kpis(events.funnel(start=today - timedelta(days=29), end=today)))
+    return shown_kpis(kpis(events.funnel(start=today - timedelta(days=29), end=today)))
 
 
 def test_the_first_paint_shows_the_widgets_figures_and_charts(store):
@@ -86,7 +77,7 @@ def test_filters_change_the_figures_and_the_first_paint(store):
     dashboard.preset.value = "All time"
     dashboard.campaign.value = "summer-sale"
 
-    expected = shown(kpis(events.funnel(campaign="summer-sale")))
+    expected = shown_kpis(kpis(events.funnel(campaign="summer-sale")))
     assert tiles(dashboard.kpis.value, "data-kpi") == expected
     assert tiles(dashboard.first_paint_html(), "data-first-paint-kpi") == expected
     assert dashboard.is_current()

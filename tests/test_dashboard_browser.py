@@ -20,7 +20,7 @@ from analytics.report import kpis
 from analytics.sample import write_sample
 from tests.bot_process import free_port
 from tests.browser import ARTIFACTS, chromium_page
-from tests.conftest import REPO
+from tests.conftest import REPO, shown_kpis
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -76,23 +76,13 @@ def wait_for_reached(page, value: str) -> None:
     )
 
 
-def shown(figures: dict) -> dict[str, str]:
-    return {
-        "reached": f"{figures['reached']:,}",
-        "responded": f"{figures['responded_pct']}%",
-        "saw": f"{figures['saw_coupon_pct']}%",
-        "revealed": f"{figures['revealed_pct']}%",
-        "declined": f"{figures['declined_pct']}%",
-    }
-
-
 def test_the_dashboard_shows_the_apis_numbers_and_follows_the_filters(dashboard):
     url, data = dashboard
     events = analytics.open(data)
     today = datetime.now(UTC).date()
-    last_30 = shown(kpis(events.funnel(start=today - timedelta(days=29), end=today)))
-    all_time = shown(kpis(events.funnel()))
-    spring = shown(kpis(events.funnel(campaign="spring-sale")))
+    last_30 = shown_kpis(kpis(events.funnel(start=today - timedelta(days=29), end=today)))
+    all_time = shown_kpis(kpis(events.funnel()))
+    spring = shown_kpis(kpis(events.funnel(campaign="spring-sale")))
     assert last_30 != all_time
 
     with chromium_page(offline_except=url) as page:
@@ -126,7 +116,7 @@ def test_the_figures_are_drawn_before_voilas_scripts_load(dashboard):
     url, data = dashboard
     events = analytics.open(data)
     today = datetime.now(UTC).date()
-    last_30 = shown(kpis(events.funnel(start=today - timedelta(days=29), end=today)))
+    last_30 = shown_kpis(kpis(events.funnel(start=today - timedelta(days=29), end=today)))
 
     with chromium_page(offline_except=url) as page:
         blocked = []

@@ -31,6 +31,18 @@ def graph_error(code: int, subcode: int | None = None, *, status: int = 400, tra
     return httpx.Response(status, json={"error": error})
 
 
+def graph_over(handle, *, policy: RetryPolicy = FAST) -> GraphClient:
+    """A client of page TOKEN whose every request goes to `handle`."""
+    return GraphClient(
+        base_url="https://graph.test",
+        version="v25.0",
+        page_token="TOKEN",
+        app_secret="SECRET",
+        retry=policy,
+        transport=httpx.MockTransport(handle),
+    )
+
+
 def client(*responses, policy: RetryPolicy = FAST, seen: list | None = None) -> GraphClient:
     """A client whose calls get `responses` in turn (an exception instance is raised instead)."""
     queue = list(responses)
@@ -43,14 +55,7 @@ def client(*responses, policy: RetryPolicy = FAST, seen: list | None = None) -> 
             raise answer
         return answer
 
-    return GraphClient(
-        base_url="https://graph.test",
-        version="v25.0",
-        page_token="TOKEN",
-        app_secret="SECRET",
-        retry=policy,
-        transport=httpx.MockTransport(handle),
-    )
+    return graph_over(handle, policy=policy)
 
 
 async def test_a_send_returns_the_platforms_message_id():
@@ -191,14 +196,7 @@ def batching_client(answer, *, seen: list) -> GraphClient:
             answers.append(answer(entry, attempts[key]))
         return httpx.Response(200, json=answers)
 
-    return GraphClient(
-        base_url="https://graph.test",
-        version="v25.0",
-        page_token="TOKEN",
-        app_secret="SECRET",
-        retry=FAST,
-        transport=httpx.MockTransport(handle),
-    )
+    return graph_over(handle)
 
 
 def sent(entry) -> dict:
@@ -301,13 +299,7 @@ async def test_a_failed_batch_request_fails_each_call_and_they_are_retried(failu
         entries = read_batch(dict(parse_qsl(request.content.decode())))
         return httpx.Response(200, json=[sent(entry) for entry in entries])
 
-    graph = GraphClient(
-        base_url="https://graph.test",
-        version="v25.0",
-        page_token="TOKEN",
-        retry=FAST,
-        transport=httpx.MockTransport(handle),
-    )
+    graph = graph_over(handle)
     results = await asyncio.gather(*(graph.send(c, body_to(c)) for c in "123"))
 
     assert results == ["m_x"] * 3
@@ -321,13 +313,7 @@ async def test_a_bad_token_for_a_batch_fails_each_call_at_once():
         requests.append(request)
         return graph_error(190, 463)
 
-    graph = GraphClient(
-        base_url="https://graph.test",
-        version="v25.0",
-        page_token="TOKEN",
-        retry=FAST,
-        transport=httpx.MockTransport(handle),
-    )
+    graph = graph_over(handle)
     results = await asyncio.gather(*(graph.send(c, body_to(c)) for c in "123"), return_exceptions=True)
 
     assert all(isinstance(r, PermanentSendError) and r.code == 190 for r in results)

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -180,7 +181,7 @@ async def throughput(port: int, work: list[tuple[bytes, bytes]], seconds: float)
 
     await asyncio.gather(*(worker(c) for c in connections))
     elapsed = time.perf_counter() - started
-    return {"requests_per_s": done / elapsed, "errors": errors, **percentiles(latencies)}
+    return {"requests_per_s": done / elapsed, "requests": done, "errors": errors, **percentiles(latencies)}
 
 
 async def at_rate(port: int, work: list[tuple[bytes, bytes]], rate: float, seconds: float) -> dict:
@@ -290,13 +291,39 @@ def wait_idle(port: int | None, timeout_s: float = 120) -> None:
         time.sleep(0.2)
 
 
-def measure(port: int, args: argparse.Namespace, *, bot: bool) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """A process's children (the bot's reply worker)."""
+    pids = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        pids += [int(child) for child in task.read_text().split()]
+    return pids
+
+
+def measure(port: int, args: argparse.Namespace, *, server: int, graph: int, bot: bool) -> dict:
+    """Both phases; for the throughput phase, the CPU each process spent per request (replies included)."""
     health_port = port if bot else None
     at_rate_figures = run_load(port, "rate", args.seconds, args.rate)
     wait_idle(health_port)
+    processes = {"server": [server], "reply worker": children(server), "fake Graph API": [graph]}
+    before = {name: sum(map(cpu_seconds, pids)) for name, pids in processes.items()}
+    load_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     figures = run_load(port, "throughput", args.seconds, args.rate)
-    wait_idle(health_port)
-    return {**figures, "at_rate": at_rate_figures}
+    wait_idle(health_port)  # the replies to this phase's clicks count too
+    load_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    requests = figures["requests"]
+    cpu = {name: (sum(map(cpu_seconds, pids)) - before[name]) / requests for name, pids in processes.items()}
+    load = (load_after.ru_utime + load_after.ru_stime) - (load_before.ru_utime + load_before.ru_stime)
+    cpu["load generator"] = load / requests
+    return {**figures, "at_rate": at_rate_figures, "cpu_ms": {k: v * 1000 for k, v in cpu.items() if v > 0}}
 
 
 def main() -> None:
@@ -337,7 +364,7 @@ def main() -> None:
         bare = subprocess.Popen([sys.executable, __file__, "bare", "--port", str(bare_port)])
         processes.append(bare)
         wait_ready(bare_port, bare)
-        baseline = measure(bare_port, args, bot=False)
+        baseline = measure(bare_port, args, server=bare.pid, graph=graph.pid, bot=False)
         bare.send_signal(signal.SIGTERM)
         bare.wait()
 
@@ -356,7 +383,7 @@ def main() -> None:
         )
         processes.append(bot)
         wait_ready(bot_port, bot)
-        measured = measure(bot_port, args, bot=True)
+        measured = measure(bot_port, args, server=bot.pid, graph=graph.pid, bot=True)
         bot.send_signal(signal.SIGTERM)
         bot.wait(timeout=60)
 
@@ -369,6 +396,9 @@ def main() -> None:
                 f"{figures['p99_ms']:>9.1f}   {rate['p50_ms']:>15.1f}, {rate['p99_ms']:.1f}"
                 + (f"  errors: {errors}" if errors else "")
             )
+        print("CPU per request in the throughput phase, ms:")
+        for label, figures in (("bare endpoint", baseline), ("promobot", measured)):
+            print(f"  {label:<15}" + ", ".join(f"{name} {ms:.3f}" for name, ms in figures["cpu_ms"].items()))
         ratio = measured["requests_per_s"] / baseline["requests_per_s"]
         print(f"promobot / bare endpoint throughput: {ratio:.2f}x")
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -194,6 +195,7 @@ def main() -> None:
     replier = Replier(
         campaign, graph, None, image_url=image_url(settings, campaign), max_age_s=settings.reply_max_age_s
     )
+    gc.freeze()  # the modules and the campaign live as long as the worker: no need to rescan them
     try:
         import uvloop
 

@@ -1,9 +1,10 @@
 """Replies sent from a process of their own: the Graph API's cost and slowness never touch the webhook.
 
-The bot hands each reply to the worker as a line of JSON on its stdin; the worker sends it (with the Graph
-client's timeouts, retries and backoff) and writes the outcome event back as a line on its stdout; the bot
-records it. The bot's event log stays the only writer of the store. A reply with no outcome when the worker
-stops is owed, and sent at the next start.
+The bot hands the replies to each event to the worker as a line of JSON on its stdin; the worker sends them
+in that order (with the Graph client's timeouts, retries, backoff and batching) and writes each outcome event
+back as a line on its stdout; the bot records the outcomes that arrive together with one append. The bot's
+event log stays the only writer of the store. A reply with no outcome when the worker stops is owed, and
+sent at the next start.
 
     python -m bot.reply_worker      (started by the bot; configured by the same environment)
 """

@@ -79,8 +79,7 @@ class _Journey:
         return self.record(f"{self.customer}.{ms}.{kind}", name, ms * 1000, **columns)
 
     def receipt(self, name: EventName, kind: str) -> None:
-        ms = self.now // 1000
-        self.record(f"{self.customer}.{ms}.{kind}", name, ms * 1000, detail=_watermark(ms))
+        self.inbound(name, kind, detail=_watermark(self.now // 1000))
 
     def reply(self, answers: Event, name: EventName, suffix: str, **columns: str | None) -> None:
         self.wait(self.rng.uniform(0.3, 1.5))

@@ -64,8 +64,8 @@ class Replier:
     async def send(self, replies: Iterable[Reply], record: Record | None = None) -> None:
         """Send now, one after the other, each outcome to `record` (by default: the event log).
 
-        At most `concurrency` replies are with the Graph API at once, however many are waiting: a backlog
-        waits here, not in the HTTP client's connection pool (whose queue costs more the longer it is).
+        At most `concurrency` replies are in progress at once, however many are waiting; the Graph client
+        below them queues their calls and batches them.
         """
         for reply in replies:
             async with self._slots:

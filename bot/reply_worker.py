@@ -206,9 +206,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if os.environ.get("WPROF"):
-        import cProfile
-
-        cProfile.run("main()", os.environ["WPROF"])
-    else:
-        main()
+    main()

@@ -2,9 +2,10 @@
 
 The bot hands the replies to each event to the worker as a line of JSON on its stdin; the worker sends them
 in that order (with the Graph client's timeouts, retries, backoff and batching) and writes each outcome event
-back as a line on its stdout; the bot records the outcomes that arrive together with one append. The bot's
-event log stays the only writer of the store. A reply with no outcome when the worker stops is owed, and
-sent at the next start.
+back as a line on its stdout, as the row the event log stores; the bot records the outcomes that arrive
+together with one append that nobody waits for (an outcome lost in a crash of the machine means the reply
+is sent again at the next start). The bot's event log stays the only writer of the store. A reply with no
+outcome when the worker stops is owed, and sent at the next start.
 
     python -m bot.reply_worker      (started by the bot; configured by the same environment)
 """
@@ -26,7 +27,7 @@ from bot.events import Event
 from bot.flow import Reply, ReplyKind
 from bot.graph import GraphClient, RetryPolicy
 from bot.replies import Replier, by_event
-from bot.store import EventLog, StoreError
+from bot.store import EventLog, StoreError, event_row, is_event_row
 
 log = logging.getLogger(__name__)
 RESTART_LIMIT = 5  # worker deaths in a row before the bot sends replies itself
@@ -44,7 +45,25 @@ def decode_replies(line: bytes) -> list[Reply]:
 
 
 def encode_outcome(reply: Reply, outcome: Event) -> bytes:
-    return json.dumps({"reply": reply.sent_id, "outcome": outcome.to_dict()}, default=str).encode() + b"\n"
+    """One line: the reply answered, and its outcome as the event log's row."""
+    return json.dumps([reply.sent_id, event_row(outcome)], ensure_ascii=False).encode() + b"\n"
+
+
+def decode_outcomes(lines: Iterable[bytes]) -> tuple[list[str], list[list]]:
+    """The replies answered and the outcome rows in lines from the worker; unreadable lines are logged."""
+    answered, rows = [], []
+    for line in lines:
+        try:
+            reply_id, row = json.loads(line)
+        except (ValueError, TypeError) as exc:
+            log.error("unreadable line from the reply worker: %s", exc)
+            continue
+        if not isinstance(reply_id, str) or not is_event_row(row):
+            log.error("unreadable line from the reply worker: %.200r", line)
+            continue
+        answered.append(reply_id)
+        rows.append(row)
+    return answered, rows
 
 
 class ReplyProcess:
@@ -93,20 +112,13 @@ class ReplyProcess:
         rest = b""
         while chunk := await process.stdout.read(1 << 16):
             *lines, rest = (rest + chunk).split(b"\n")
-            # Every outcome that has arrived is recorded with one append: one fsync for all of them.
-            outcomes: list[Event] = []
-            answered: list[str] = []
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                    outcomes.append(Event.from_dict(record["outcome"]))
-                    answered.append(record.get("reply"))
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.error("unreadable line from the reply worker: %s", exc)
+            # Every outcome that has arrived is recorded with one append, which rides along with the next
+            # commit of the webhook's events instead of costing an fsync of its own.
+            answered, rows = decode_outcomes(lines)
             try:
-                await self.events.append(outcomes)
+                self.events.append_soon(rows)
             except StoreError as exc:
-                log.error("could not record the outcome of %d replies: %s", len(outcomes), exc)
+                log.error("could not record the outcome of %d replies: %s", len(rows), exc)
             for reply_id in answered:
                 self._pending.pop(reply_id, None)
             self._deaths = 0

@@ -5,6 +5,10 @@ A log is a directory of numbered segment files. Each record is one appended batc
 never acknowledged: acknowledgement waits for the fsync that covers it). Appends from many callers are
 written and fsynced together by one committer thread (group commit): a hundred concurrent appenders share
 one fsync instead of queueing for a hundred.
+
+Records nobody waits for (`submit_soon`) are written with the next commit, or within `SOON_S` when none
+comes, and are made durable by the next fsync: a crash of the process loses none of them once written (they
+are in the kernel's page cache), a crash of the machine may lose the last few.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
 _SEGMENT_SUFFIX = ".wal"
+SOON_S = 0.1  # how long a record nobody waits for may wait for a commit to ride along with
 
 
 class WALError(OSError):
@@ -113,11 +118,14 @@ class WriteAheadLog:
         self._segment_age_s = segment_age_s
         self._lock = threading.Condition()
         self._queue: list[_Pending] = []
+        self._soon: list[bytes] = []  # records nobody waits for
+        self._soon_since: float | None = None  # monotonic time the oldest of them was submitted
         self._closing = False
         self._rotate_requested: list[Future[None]] = []
         self._seq = first_seq
         self._file = self._open_segment(first_seq)
         self._size = 0
+        self._unsynced = False  # records written since the last fsync
         self._opened_at: float | None = None  # monotonic time of the current segment's first record
         self._thread = threading.Thread(target=self._run, name="promobot-wal-committer", daemon=True)
         self._thread.start()
@@ -133,6 +141,20 @@ class WriteAheadLog:
             self._queue.append(_Pending(payload, future))
             self._lock.notify()
         return future
+
+    def submit_soon(self, payload: bytes) -> None:
+        """Queue one record without waiting for it: written with the next commit, or within SOON_S.
+
+        For records whose loss in a crash of the machine costs little (the outcome of a reply: the reply is
+        sent again after the restart). A failure to write them is logged.
+        """
+        with self._lock:
+            if self._closing:
+                raise WALError("the event log is closed")
+            self._soon.append(payload)
+            if self._soon_since is None:
+                self._soon_since = time.monotonic()
+                self._lock.notify()
 
     def rotate(self) -> Future[None]:
         """Close the current segment (if it holds anything) after everything queued so far is durable."""
@@ -172,13 +194,20 @@ class WriteAheadLog:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not (self._queue or self._closing or self._rotate_requested or self._due_for_age()):
+                while not (
+                    self._queue
+                    or self._closing
+                    or self._rotate_requested
+                    or self._due_for_age()
+                    or self._soon_due()
+                ):
                     self._lock.wait(timeout=self._wait_timeout())
                 batch, self._queue = self._queue, []
+                soon, self._soon, self._soon_since = self._soon, [], None
                 rotations, self._rotate_requested = self._rotate_requested, []
                 closing = self._closing
-            if batch:
-                self._commit(batch)
+            if batch or soon:
+                self._commit(batch, soon, sync=bool(batch))
             if rotations or closing or self._due_for_age() or self._size >= self._segment_bytes:
                 error = self._close_segment(reopen=not closing)
                 for future in rotations:
@@ -194,25 +223,36 @@ class WriteAheadLog:
                 return
 
     def _wait_timeout(self) -> float | None:
-        if self._opened_at is None:
-            return None
-        return max(0.0, self._opened_at + self._segment_age_s - time.monotonic())
+        deadlines = []
+        if self._opened_at is not None:
+            deadlines.append(self._opened_at + self._segment_age_s)
+        if self._soon_since is not None:
+            deadlines.append(self._soon_since + SOON_S)
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _soon_due(self) -> bool:
+        return self._soon_since is not None and time.monotonic() - self._soon_since >= SOON_S
 
     def _due_for_age(self) -> bool:
         return self._opened_at is not None and time.monotonic() - self._opened_at >= self._segment_age_s
 
-    def _commit(self, batch: list[_Pending]) -> None:
-        data = encode_records([p.payload for p in batch])
+    def _commit(self, batch: list[_Pending], soon: list[bytes], *, sync: bool) -> None:
+        """Write the records, the ones nobody waits for first; fsync when somebody waits."""
+        data = encode_records([*soon, *(p.payload for p in batch)])
         try:
             _write_all(self._file.fileno(), data)
-            os.fdatasync(self._file.fileno())
+            if sync:
+                os.fdatasync(self._file.fileno())
         except OSError as exc:
             error = WALError(exc.errno, f"write-ahead log write failed in {self.directory}: {exc.strerror}")
             self._undo_partial_write()
+            if soon:
+                log.error("%d records nobody waited for were lost: %s", len(soon), error)
             for pending in batch:
                 pending.future.set_exception(error)
             return
         self._size += len(data)
+        self._unsynced = not sync
         if self._opened_at is None:
             self._opened_at = time.monotonic()
         for pending in batch:
@@ -232,6 +272,13 @@ class WriteAheadLog:
                 self._file.close()
                 (self.directory / segment_name(self._seq)).unlink(missing_ok=True)
             return None
+        if self._unsynced:
+            # A closed segment is durable as a whole, whatever was waited for in it.
+            try:
+                os.fdatasync(self._file.fileno())
+                self._unsynced = False
+            except OSError as exc:
+                log.error("could not fsync write-ahead log segment %s: %s", self._seq, exc.strerror)
         self._file.close()
         closed = Segment(self._seq, self.directory / segment_name(self._seq))
         error = None

@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs, parse_qsl
 
 import httpx
 import pytest
 
-from bot.graph import GraphClient, PermanentSendError, RetryPolicy, TransientSendError, read_batch
+from bot.graph import (
+    GraphClient,
+    PermanentSendError,
+    RetryPolicy,
+    TransientSendError,
+    form_quote,
+    read_batch,
+)
 from tests.conftest import MESSENGER_FIXTURES
 
 pytestmark = pytest.mark.anyio
@@ -329,3 +336,19 @@ async def test_no_more_than_fifty_calls_go_in_one_batch():
     assert results == ["m_x"] * 120
     sizes = sorted(len(read_batch(dict(parse_qsl(r.content.decode())))) for r in requests)
     assert sizes == [20, 50, 50]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "plain",
+        'a JSON {"text":"50% off & free + more = #1"}',
+        "Café, crème brûlée 🍰",
+        "a line\nand a tab\t",
+        "~!@$^*()[]{};:'\"<>,/?|\\`",
+    ],
+)
+def test_form_fields_read_back_exactly_as_sent(text):
+    form = f"batch={form_quote(text)}&include_headers=false"
+    assert parse_qs(form, keep_blank_values=True) == {"batch": [text], "include_headers": ["false"]}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bot.events import FILE_SCHEMA, Event
-from bot.store import EventLog, StoreError
+from bot.store import EventLog, StoreError, event_row
 from bot.wal import list_segments
 from tests.conftest import REPO
 
@@ -302,3 +304,68 @@ def test_appending_to_a_closed_log_is_refused(data):
     log.close()
     with pytest.raises(StoreError, match="closed"):
         log.append_blocking([event(1)])
+
+
+def copy_of_log(data: Path) -> list[str]:
+    """The event ids a copy of the write-ahead log taken now would replay."""
+    copy = data.parent / "wal-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(data.parent / "wal", copy, ignore=shutil.ignore_patterns("LOCK"))
+    with EventLog.open(str(data.parent / "other"), copy) as replayed:
+        return [e.event_id for e in replayed.recent(T0)]
+
+
+def counting_fsyncs(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    return calls
+
+
+def test_append_soon_is_written_within_a_fraction_of_a_second_without_an_fsync_of_its_own(data, monkeypatch):
+    log = open_log(data, flush_age_s=3600)
+    fsyncs = counting_fsyncs(monkeypatch)
+    log.append_soon([event_row(event(1)), event_row(event(2))])
+    deadline = time.monotonic() + 5
+    while not (replayed := copy_of_log(data)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert replayed == ["e1", "e2"]
+    assert fsyncs == []
+    log.close()
+    assert stored(data) == [("e1", 1), ("e2", 1)]
+
+
+def test_append_soon_rides_along_with_the_next_commit(data, monkeypatch):
+    log = open_log(data, flush_age_s=3600)
+    fsyncs = counting_fsyncs(monkeypatch)
+    log.append_soon([event_row(event(1))])
+    asyncio.run(log.append([event(2)]))  # made durable at once, and the waiting row with it
+    assert copy_of_log(data) == ["e1", "e2"]
+    assert len(fsyncs) == 1
+    log.close()
+
+
+def test_append_soon_refuses_a_row_of_the_wrong_shape_and_records_nothing(data):
+    with open_log(data) as log:
+        good = event_row(event(1))
+        bad_rows = [
+            good[:-1],
+            [*good[:1], "not a timestamp", *good[2:]],
+            [*good[:6], "no_such_event", *good[7:]],
+        ]
+        for bad in bad_rows:
+            with pytest.raises(ValueError, match="not an event row"):
+                log.append_soon([good, bad])
+    assert stored(data) == []
+
+
+def test_append_soon_to_a_closed_log_is_refused(data):
+    log = open_log(data)
+    log.close()
+    with pytest.raises(StoreError, match="closed"):
+        log.append_soon([event_row(event(1))])

@@ -3,8 +3,9 @@
 A log is a directory of numbered segment files. Each record is one appended batch, framed as
 `<length:u32><crc32:u32><payload>`, so a record torn by a crash is recognised and dropped on recovery (it was
 never acknowledged: acknowledgement waits for the fsync that covers it). Appends from many callers are
-written and fsynced together by one committer thread (group commit): a hundred concurrent appenders share
-one fsync instead of queueing for a hundred.
+written and fsynced together (group commit): a hundred concurrent appenders share one fsync instead of
+queueing for a hundred. An event loop commits what its tasks appended in one turn itself (`write`); other
+threads hand their records to a committer thread (`submit`), which also closes segments as they fill or age.
 
 Records nobody waits for (`submit_soon`) are written with the next commit, or within `SOON_S` when none
 comes, and are made durable by the next fsync: a crash of the process loses none of them once written (they
@@ -116,7 +117,8 @@ class WriteAheadLog:
         self._on_closed = on_segment_closed
         self._segment_bytes = segment_bytes
         self._segment_age_s = segment_age_s
-        self._lock = threading.Condition()
+        self._lock = threading.Condition()  # guards the queues and flags below
+        self._io = threading.Lock()  # one writer of the segment files at a time
         self._queue: list[_Pending] = []
         self._soon: list[bytes] = []  # records nobody waits for
         self._soon_since: float | None = None  # monotonic time the oldest of them was submitted
@@ -131,6 +133,27 @@ class WriteAheadLog:
         self._thread.start()
 
     # -- the callers' side ---------------------------------------------------------------------------------
+
+    def write(self, payload: bytes) -> None:
+        """Write one record and fsync it in the calling thread, with every record waiting to ride along.
+
+        Raises WALError if the record is not durable. An event loop's appends come this way: handing them to
+        the committer thread and back costs two wake-ups, and the committer has to win the interpreter lock
+        from a busy event loop after each of its system calls, a few milliseconds each time.
+        """
+        mine: Future[None] = Future()
+        with self._io:
+            with self._lock:
+                if self._closing:
+                    raise WALError("the event log is closed")
+                batch, self._queue = [*self._queue, _Pending(payload, mine)], []
+                soon, self._soon, self._soon_since = self._soon, [], None
+            first = self._opened_at is None
+            self._commit(batch, soon, sync=True)
+        if first or self._size >= self._segment_bytes:
+            with self._lock:  # the committer closes the segment when it is full or old enough
+                self._lock.notify()
+        mine.result()
 
     def submit(self, payload: bytes) -> Future[None]:
         """Queue one record; the future completes when it is on disk, or fails with WALError."""
@@ -200,21 +223,24 @@ class WriteAheadLog:
                     or self._rotate_requested
                     or self._due_for_age()
                     or self._soon_due()
+                    or self._size >= self._segment_bytes
                 ):
                     self._lock.wait(timeout=self._wait_timeout())
-                batch, self._queue = self._queue, []
-                soon, self._soon, self._soon_since = self._soon, [], None
-                rotations, self._rotate_requested = self._rotate_requested, []
-                closing = self._closing
-            if batch or soon:
-                self._commit(batch, soon, sync=bool(batch))
-            if rotations or closing or self._due_for_age() or self._size >= self._segment_bytes:
-                error = self._close_segment(reopen=not closing)
-                for future in rotations:
-                    if error is None:
-                        future.set_result(None)
-                    else:
-                        future.set_exception(error)
+            with self._io:
+                with self._lock:
+                    batch, self._queue = self._queue, []
+                    soon, self._soon, self._soon_since = self._soon, [], None
+                    rotations, self._rotate_requested = self._rotate_requested, []
+                    closing = self._closing
+                if batch or soon:
+                    self._commit(batch, soon, sync=bool(batch))
+                if rotations or closing or self._due_for_age() or self._size >= self._segment_bytes:
+                    error = self._close_segment(reopen=not closing)
+                    for future in rotations:
+                        if error is None:
+                            future.set_result(None)
+                        else:
+                            future.set_exception(error)
             if closing:
                 with self._lock:
                     leftover, self._queue = self._queue, []

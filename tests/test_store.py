@@ -105,6 +105,22 @@ def test_flush_happens_when_the_size_threshold_is_reached(data):
         assert stored(data), "no file was flushed although the segment outgrew flush_bytes"
 
 
+@pytest.mark.parametrize("threshold", ["size", "age"])
+def test_appends_from_an_event_loop_are_flushed_when_the_segment_is_full_or_old(data, threshold):
+    options = {"flush_bytes": 2048, "flush_age_s": 3600} if threshold == "size" else {"flush_age_s": 0.2}
+
+    async def run(log: EventLog) -> None:
+        for n in range(60 if threshold == "size" else 1):
+            await log.append([event(n)])
+
+    with open_log(data, **options) as log:
+        asyncio.run(run(log))
+        deadline = time.monotonic() + 10
+        while not stored(data) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stored(data), f"no file was flushed although the segment passed its {threshold} threshold"
+
+
 def test_concurrent_appends_are_all_recorded(data):
     async def run(log: EventLog) -> None:
         await asyncio.gather(*(log.append([event(n)]) for n in range(500)))

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from bot import flow
 from bot.campaign import Campaign, CampaignError, load_campaign
@@ -192,7 +194,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/webhook", verify, methods=["GET"]),
-            Route("/webhook", receive, methods=["POST"]),
+            Route("/webhook", WebhookReceiver(), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/media/{name:path}", media, methods=["GET", "HEAD"]),
             Route("/", simulator_page, methods=["GET"]),
@@ -219,49 +221,62 @@ async def verify(request: Request) -> Response:
     return PlainTextResponse("verification failed", status_code=403)
 
 
-async def receive(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        return PlainTextResponse("body too large", status_code=413)
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
+class WebhookReceiver:
+    """POST /webhook, as a plain ASGI app: the route every notification takes, without a Request object,
+    an exception-wrapping layer and a new Response for each (a tenth of what acknowledging one costs)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.answer(scope["app"].state.runtime, scope, receive)
+        await response(scope, receive, send)
+
+    async def answer(self, runtime: Runtime, scope: Scope, receive: Receive) -> Response:
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            return PlainTextResponse("body too large", status_code=413)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return PlainTextResponse("client went away", status_code=400)
+            body += message.get("body", b"")
             if len(body) > MAX_BODY_BYTES:
                 return PlainTextResponse("body too large", status_code=413)
-    except ClientDisconnect:
-        return PlainTextResponse("client went away", status_code=400)
-    body = bytes(body)
-    if not verify_signature(runtime.app_secret, body, request.headers.get(SIGNATURE_HEADER)):
-        return PlainTextResponse("bad or missing signature", status_code=403)
-    try:
-        inbound = parse_body(body)
-    except MalformedBody as exc:
-        return PlainTextResponse(f"malformed notification: {exc}", status_code=400)
-
-    new: list[Event] = []
-    for action in inbound:
-        for event in flow.record(runtime.campaign, action):
-            if runtime.first_time(event.event_id):  # a redelivered webhook is recorded and answered once
-                new.append(event)
-    if new:
+            if not message.get("more_body", False):
+                break
+        body = bytes(body)
+        if not verify_signature(runtime.app_secret, body, headers.get(SIGNATURE_HEADER)):
+            return PlainTextResponse("bad or missing signature", status_code=403)
         try:
-            await runtime.events.append(new)
-        except StoreError as exc:
-            for event in new:
-                runtime.seen.pop(event.event_id, None)
-            log.error("webhook not acknowledged, events could not be recorded: %s", exc)
-            # The platform redelivers what is not acknowledged: nothing is lost while the store recovers.
-            return PlainTextResponse(
-                "events could not be recorded", status_code=503, headers={"Retry-After": "5"}
-            )
-    replies = [reply for event in new for reply in flow.plan_replies(event)]
-    if runtime.inline_replies:
-        await runtime.replier.send(replies)
-    else:
-        runtime.outbox.start(replies)
-    return PlainTextResponse("EVENT_RECEIVED")
+            inbound = parse_body(body)
+        except MalformedBody as exc:
+            return PlainTextResponse(f"malformed notification: {exc}", status_code=400)
+
+        new: list[Event] = []
+        for action in inbound:
+            for event in flow.record(runtime.campaign, action):
+                if runtime.first_time(event.event_id):  # a redelivered webhook is recorded and answered once
+                    new.append(event)
+        if new:
+            try:
+                await runtime.events.append(new)
+            except StoreError as exc:
+                for event in new:
+                    runtime.seen.pop(event.event_id, None)
+                log.error("webhook not acknowledged, events could not be recorded: %s", exc)
+                # The platform redelivers what is not acknowledged: nothing is lost while the store recovers.
+                return PlainTextResponse(
+                    "events could not be recorded", status_code=503, headers={"Retry-After": "5"}
+                )
+        replies = [reply for event in new for reply in flow.plan_replies(event)]
+        if runtime.inline_replies:
+            await runtime.replier.send(replies)
+        else:
+            runtime.outbox.start(replies)
+        return ACKNOWLEDGED
+
+
+ACKNOWLEDGED = PlainTextResponse("EVENT_RECEIVED")  # the same for every notification: made once
 
 
 async def healthz(request: Request) -> Response:

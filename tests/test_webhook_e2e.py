@@ -81,6 +81,10 @@ def test_bad_input_is_refused_with_a_4xx_and_records_nothing(bot, graph, data):
         "not a notification": bot.post(b'{"object": "page"}').status_code,
         "oversized": bot.post(b"x" * (5 * 1024 * 1024)).status_code,
         "oversized, unsigned": bot.post(b"x" * (5 * 1024 * 1024), signature=None).status_code,
+        # No Content-Length to refuse it by: counted as it arrives.
+        "oversized, chunked": bot.client.post(
+            "/webhook", content=iter([b"x" * 65536] * 65), headers={"X-Hub-Signature-256": "sha256=00"}
+        ).status_code,
     }
 
     assert answers == {
@@ -91,6 +95,7 @@ def test_bad_input_is_refused_with_a_4xx_and_records_nothing(bot, graph, data):
         "not a notification": 400,
         "oversized": 413,
         "oversized, unsigned": 413,
+        "oversized, chunked": 413,
     }
     assert bot.client.get("/healthz").status_code == 200
     assert bot.stop() == 0

@@ -57,6 +57,7 @@ FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name != PARTITION_COLUMN])
 _REQUIRED = ("event_id", "ts", "page_id", "customer_id", "campaign_id", "event")
 _OPTIONAL = ("variant", "button", "message_id", "detail")
 _FIELDS = (*_REQUIRED, *_OPTIONAL)
+_REQUIRED_TEXT = ("event_id", "page_id", "customer_id", "campaign_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,30 +76,38 @@ class Event:
     detail: str | None = field(default=None)
 
     def __post_init__(self) -> None:
-        for key in _REQUIRED:
+        # Every event the bot records passes here: the common case (all well-formed, UTC, an EventName) is
+        # checked in one pass, and only a value that fails it is looked at again for the message.
+        for key in _REQUIRED_TEXT:
             value = getattr(self, key)
-            if value is None or (isinstance(value, str) and not value):
-                raise EventError(f"event is missing required key {key!r}")
-        for key in ("event_id", "page_id", "customer_id", "campaign_id"):
-            if not isinstance(getattr(self, key), str):
-                kind = type(getattr(self, key)).__name__
-                raise EventError(f"event key {key!r} must be a string, got {kind}")
+            if value.__class__ is not str or not value:
+                if value is None or value == "":
+                    raise EventError(f"event is missing required key {key!r}")
+                if not isinstance(value, str):
+                    raise EventError(f"event key {key!r} must be a string, got {type(value).__name__}")
         for key in _OPTIONAL:
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
                 raise EventError(f"event key {key!r} must be a string or None, got {type(value).__name__}")
-        try:
-            name = EventName(self.event)
-        except ValueError:
-            raise EventError(
-                f"unknown event name {self.event!r}; expected one of {', '.join(EventName)}"
-            ) from None
-        object.__setattr__(self, "event", name)
-        if not isinstance(self.ts, datetime):
-            raise EventError(f"event key 'ts' must be a datetime, got {type(self.ts).__name__}")
-        if self.ts.tzinfo is None or self.ts.utcoffset() is None:
-            raise EventError(f"event timestamp must be timezone-aware (UTC), got naive {self.ts.isoformat()}")
-        object.__setattr__(self, "ts", self.ts.astimezone(UTC))
+        if self.event.__class__ is not EventName:
+            if self.event is None or self.event == "":
+                raise EventError("event is missing required key 'event'")
+            try:
+                name = EventName(self.event)
+            except ValueError:
+                raise EventError(
+                    f"unknown event name {self.event!r}; expected one of {', '.join(EventName)}"
+                ) from None
+            object.__setattr__(self, "event", name)
+        ts = self.ts
+        if ts is None:
+            raise EventError("event is missing required key 'ts'")
+        if not isinstance(ts, datetime):
+            raise EventError(f"event key 'ts' must be a datetime, got {type(ts).__name__}")
+        if ts.tzinfo is not UTC:
+            if ts.tzinfo is None or ts.utcoffset() is None:
+                raise EventError(f"event timestamp must be timezone-aware (UTC), got naive {ts.isoformat()}")
+            object.__setattr__(self, "ts", ts.astimezone(UTC))
 
     @property
     def event_date(self) -> date:

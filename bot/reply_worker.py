@@ -73,6 +73,7 @@ class ReplyProcess:
         self.events = events
         self.fallback = fallback  # sends in-process if the worker cannot be kept running
         self._pending: dict[str, Reply] = {}
+        self._lines: list[bytes] = []  # replies for the worker, written at the end of this turn of the loop
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
@@ -102,10 +103,20 @@ class ReplyProcess:
         if self._process is None or self._process.stdin is None or self._process.stdin.is_closing():
             self.fallback.start(replies)
             return
+        if not self._lines:
+            # What the webhooks of one turn of the event loop hand over goes to the worker in one write.
+            asyncio.get_running_loop().call_soon(self._hand_over)
         for group in by_event(replies):
             for reply in group:
                 self._pending[reply.sent_id] = reply
-            self._process.stdin.write(encode_replies(group))
+            self._lines.append(encode_replies(group))
+
+    def _hand_over(self) -> None:
+        lines, self._lines = self._lines, []
+        stdin = self._process.stdin if self._process is not None else None
+        if lines and stdin is not None and not stdin.is_closing():
+            stdin.write(b"".join(lines))
+        # Otherwise the worker stopped in between: these replies are pending, and the next worker gets them.
 
     async def _read_outcomes(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -130,6 +141,7 @@ class ReplyProcess:
         log.error("the reply worker stopped (status %s); %d replies to resend", status, len(self._pending))
         owed = list(self._pending.values())
         self._pending.clear()
+        self._lines.clear()
         if self._deaths > RESTART_LIMIT:
             log.error("the reply worker keeps stopping; sending replies from the bot's own process")
             self._process = None
@@ -141,6 +153,7 @@ class ReplyProcess:
     async def close(self, timeout_s: float) -> None:
         """Let the worker finish what it has (up to `timeout_s`), record the outcomes, stop it."""
         self._closing = True
+        self._hand_over()
         process, reader = self._process, self._reader
         if process is not None and process.stdin is not None:
             process.stdin.close()  # end of input: the worker finishes and exits

@@ -383,6 +383,10 @@ class EventLog:
             self._wal.write(encode_rows(rows))
         except WALError as exc:
             settle(StoreError(f"events not recorded: {exc}"))
+        except Exception as exc:
+            # Nobody may be left waiting: the webhooks answer 503 and the platform delivers them again.
+            log.exception("events not recorded")
+            settle(StoreError(f"events not recorded: {exc!r}"))
         else:
             settle(None)
 

@@ -124,6 +124,7 @@ class WriteAheadLog:
         self._soon_since: float | None = None  # monotonic time the oldest of them was submitted
         self._closing = False
         self._rotate_requested: list[Future[None]] = []
+        self._full = False  # a write filled the segment: the committer closes it
         self._seq = first_seq
         self._file = self._open_segment(first_seq)
         self._size = 0
@@ -150,8 +151,10 @@ class WriteAheadLog:
                 soon, self._soon, self._soon_since = self._soon, [], None
             first = self._opened_at is None
             self._commit(batch, soon, sync=True)
-        if first or self._size >= self._segment_bytes:
+            full = self._size >= self._segment_bytes
+        if first or full:
             with self._lock:  # the committer closes the segment when it is full or old enough
+                self._full = self._full or full
                 self._lock.notify()
         mine.result()
 
@@ -223,7 +226,7 @@ class WriteAheadLog:
                     or self._rotate_requested
                     or self._due_for_age()
                     or self._soon_due()
-                    or self._size >= self._segment_bytes
+                    or self._full
                 ):
                     self._lock.wait(timeout=self._wait_timeout())
             with self._io:
@@ -232,6 +235,7 @@ class WriteAheadLog:
                     soon, self._soon, self._soon_since = self._soon, [], None
                     rotations, self._rotate_requested = self._rotate_requested, []
                     closing = self._closing
+                    self._full = False
                 if batch or soon:
                     self._commit(batch, soon, sync=bool(batch))
                 if rotations or closing or self._due_for_age() or self._size >= self._segment_bytes:

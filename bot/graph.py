@@ -77,6 +77,10 @@ class _TurnTooLate(TransientSendError):
     """A call whose deadline passed while it waited in the client's queue: it was not sent."""
 
 
+class _BatchTimedOut(TransientSendError):
+    """No answer in time to a batch request: one slow call holds up all of them, so each goes alone next."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     deadline_s: float = 20.0  # give up on a message after this long, all attempts together
@@ -118,6 +122,7 @@ class _Call:
     body: dict | None
     deadline: float
     outcome: asyncio.Future = field(repr=False)
+    alone: bool = False  # never in a batch request (its last one timed out)
 
     def batch_entry(self) -> dict:
         """The call as an entry of a batch request: a relative URL, and a POST's fields form-encoded."""
@@ -243,10 +248,11 @@ class GraphClient:
         backoff = policy.first_backoff_s
         attempt = 0
         error: SendError | None = None
+        alone = False
         while True:
             attempt += 1
             try:
-                return await self._attempt(method, path, params, body, deadline)
+                return await self._attempt(method, path, params, body, deadline, alone=alone)
             except _TurnTooLate as exc:
                 # The deadline passed while the call waited for its turn: the failure worth telling is the
                 # one that made it wait (when it was a retry).
@@ -256,6 +262,7 @@ class GraphClient:
                 raise error from exc
             except TransientSendError as exc:
                 error = exc
+                alone = alone or isinstance(exc, _BatchTimedOut)
             except PermanentSendError as exc:
                 if exc.code == TOKEN_INVALID and not self._token_warned:
                     self._token_warned = True
@@ -276,9 +283,11 @@ class GraphClient:
 
     # -- the queue: each call alone when the way is clear, batched when calls wait together ------------------
 
-    def _attempt(self, method: str, path: str, params: dict | None, body: dict | None, deadline: float):
+    def _attempt(
+        self, method: str, path: str, params: dict | None, body: dict | None, deadline: float, *, alone: bool
+    ):
         loop = asyncio.get_running_loop()
-        call = _Call(method, path, params, body, deadline, loop.create_future())
+        call = _Call(method, path, params, body, deadline, loop.create_future(), alone)
         self._waiting.append(call)
         self._schedule()
         return call.outcome
@@ -311,7 +320,12 @@ class GraphClient:
                 if call.deadline <= now:
                     call.outcome.set_exception(_TurnTooLate("waited past its deadline for its turn"))
                     continue
+                if call.alone and calls:
+                    self._waiting.appendleft(call)  # the next request is its own
+                    break
                 calls.append(call)
+                if call.alone:
+                    break
             if not calls:
                 return
             self._requests += 1
@@ -368,8 +382,11 @@ class GraphClient:
                 timeout=self._timeout(max(call.deadline for call in calls)),
             )
             answers = self._check(response)
+        except httpx.TimeoutException:
+            # Maybe one call the platform is slow to do: the others should not wait for it again.
+            return [_BatchTimedOut("timed out in a batch request") for _ in calls]
         except (httpx.HTTPError, SendError) as exc:
-            # The batch as a whole failed (bad token, rate limit, 5xx, timeout): so did each call in it.
+            # The batch as a whole failed (bad token, rate limit, 5xx): so did each call in it.
             return [_transport_error(exc) if isinstance(exc, httpx.HTTPError) else _copy(exc) for _ in calls]
         if not isinstance(answers, list) or len(answers) != len(calls):
             return [TransientSendError("a batch answer that does not match its calls") for _ in calls]

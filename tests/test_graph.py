@@ -287,10 +287,9 @@ async def test_each_call_of_a_batch_gets_its_own_outcome():
     [
         httpx.Response(500, text="oops"),
         graph_error(613),
-        httpx.ReadTimeout("slow"),
         httpx.Response(200, json={}),
     ],
-    ids=["500", "613", "timeout", "not-a-batch-answer"],
+    ids=["500", "613", "not-a-batch-answer"],
 )
 async def test_a_failed_batch_request_fails_each_call_and_they_are_retried(failure):
     requests: list[httpx.Request] = []
@@ -311,6 +310,31 @@ async def test_a_failed_batch_request_fails_each_call_and_they_are_retried(failu
 
     assert results == ["m_x"] * 3
     assert len(requests) == 2
+
+
+async def test_after_a_batch_request_times_out_each_of_its_calls_goes_alone():
+    requests: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if request.url.path == "/v25.0/":
+            raise httpx.ReadTimeout("one of the calls is slow")
+        customer = json.loads(request.content)["recipient"]["id"]
+        if customer == "2":
+            raise httpx.ReadTimeout("still slow")
+        return httpx.Response(200, json={"recipient_id": customer, "message_id": f"m_{customer}"})
+
+    graph = graph_over(handle)
+    results = await asyncio.gather(*(graph.send(c, body_to(c)) for c in "123"), return_exceptions=True)
+
+    assert results[0] == "m_1"
+    assert results[2] == "m_3"
+    assert isinstance(results[1], TransientSendError)
+    assert "timed out" in results[1].reason
+    batches = [r for r in requests if r.url.path == "/v25.0/"]
+    alone = {json.loads(r.content)["recipient"]["id"] for r in requests if r.url.path != "/v25.0/"}
+    assert len(batches) == 1  # the slow call held up its batch-mates once, not at every retry
+    assert alone == {"1", "2", "3"}
 
 
 async def test_a_bad_token_for_a_batch_fails_each_call_at_once():

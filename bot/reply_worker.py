@@ -27,26 +27,27 @@ from bot.events import Event
 from bot.flow import Reply, ReplyKind
 from bot.graph import GraphClient, RetryPolicy
 from bot.replies import Replier, by_event
-from bot.store import EventLog, StoreError, event_row, is_event_row
+from bot.store import EventLog, StoreError, event_row, is_event_row, row_event
 
 log = logging.getLogger(__name__)
 RESTART_LIMIT = 5  # worker deaths in a row before the bot sends replies itself
 
 
 def encode_replies(group: list[Reply]) -> bytes:
-    """One line: the replies to one event, sent in this order."""
-    records = [{"kind": str(reply.kind), "answers": reply.answers.to_dict()} for reply in group]
-    return json.dumps(records, default=str).encode() + b"\n"
+    """One line: the kinds of the replies to one event, in the order they are sent, and the event's row."""
+    return json.dumps([[str(reply.kind) for reply in group], event_row(group[0].answers)]).encode() + b"\n"
 
 
 def decode_replies(line: bytes) -> list[Reply]:
-    records = json.loads(line)
-    return [Reply(ReplyKind(record["kind"]), Event.from_dict(record["answers"])) for record in records]
+    """The replies in a line made by `encode_replies`. Raises ValueError or TypeError for anything else."""
+    kinds, row = json.loads(line)
+    answers = row_event(row)
+    return [Reply(ReplyKind(kind), answers) for kind in kinds]
 
 
 def encode_outcome(reply: Reply, outcome: Event) -> bytes:
     """One line: the reply answered, and its outcome as the event log's row."""
-    return json.dumps([reply.sent_id, event_row(outcome)], ensure_ascii=False).encode() + b"\n"
+    return json.dumps([reply.sent_id, event_row(outcome)]).encode() + b"\n"
 
 
 def decode_outcomes(lines: Iterable[bytes]) -> tuple[list[str], list[list]]:
@@ -181,9 +182,17 @@ async def work(replier: Replier) -> None:
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     tasks: set[asyncio.Task[None]] = set()
 
+    outcomes: list[bytes] = []  # written to the bot at the end of this turn of the loop, in one write
+
+    def write_outcomes() -> None:
+        writer.write(b"".join(outcomes))
+        outcomes.clear()
+
     async def record(reply: Reply, outcome: Event) -> None:
-        writer.write(encode_outcome(reply, outcome))
-        await writer.drain()
+        if not outcomes:
+            loop.call_soon(write_outcomes)
+        outcomes.append(encode_outcome(reply, outcome))
+        await writer.drain()  # the bot reads slower than replies end: wait for it
 
     while line := await reader.readline():
         try:
@@ -196,6 +205,9 @@ async def work(replier: Replier) -> None:
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(tasks)
+    if outcomes:
+        write_outcomes()
+    await writer.drain()
     await replier.graph.aclose()
 
 

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from bot.events import FILE_SCHEMA, PARTITION_COLUMN, Event, EventName, from_table
+from bot.events import FILE_SCHEMA, PARTITION_COLUMN, Event, EventError, EventName, from_table
 from bot.wal import (
     DirectoryLock,
     Segment,
@@ -178,6 +178,25 @@ def event_row(event: Event) -> list:
         event.message_id,
         event.detail,
     ]
+
+
+def row_event(row: Sequence) -> Event:
+    """The event a row made by `event_row` holds (its inverse). Raises EventError for a row that is none."""
+    if not is_event_row(row):
+        raise EventError(f"not an event row: {row!r:.200}")
+    event_id, micros, page_id, customer_id, campaign_id, variant, name, button, message_id, detail = row
+    return Event(
+        event_id=event_id,
+        ts=_EPOCH + timedelta(microseconds=micros),
+        page_id=page_id,
+        customer_id=customer_id,
+        campaign_id=campaign_id,
+        event=name,
+        variant=variant,
+        button=button,
+        message_id=message_id,
+        detail=detail,
+    )
 
 
 _STR_OR_NONE = (str, type(None))

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
+from bot.events import EventError
 from bot.flow import Step, button_payload
 from bot.reply_worker import decode_outcomes, decode_replies, encode_outcome, encode_replies
-from bot.store import event_row
+from bot.store import event_row, row_event
 from tests import payloads
 from tests.test_flow import CAMPAIGN, act
 
@@ -27,6 +30,33 @@ def test_the_replies_to_one_event_travel_as_one_line_in_order():
     assert line.count(b"\n") == 1
     assert line.endswith(b"\n")
     assert decode_replies(line) == replies
+
+
+def test_a_row_gives_back_the_event_it_was_made_of():
+    event = declined()[0].answers
+    assert row_event(event_row(event)) == event
+    assert row_event(json.loads(json.dumps(event_row(event)))) == event  # as it travels
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"not json", b"{}", b'[["thanks_text"], ["too", "short"]]', b'[["no_such_kind"], null]'],
+    ids=["not-json", "not-a-pair", "not-a-row", "not-a-kind"],
+)
+def test_a_line_of_replies_that_is_not_one_is_refused(line):
+    with pytest.raises((ValueError, TypeError)):
+        decode_replies(line)
+
+
+def test_a_reply_line_with_an_unknown_kind_is_refused():
+    line = json.dumps([["no_such_kind"], event_row(declined()[0].answers)]).encode()
+    with pytest.raises(ValueError, match="no_such_kind"):
+        decode_replies(line)
+
+
+def test_a_row_that_is_not_an_event_is_refused():
+    with pytest.raises(EventError, match="not an event row"):
+        row_event(["e1", 1, "page", "customer", "campaign", None, "no_such_event", None, None, None])
 
 
 def test_outcomes_come_back_as_the_rows_the_event_log_stores():

@@ -4,7 +4,8 @@ A log is a directory of numbered segment files. Each record is one appended batc
 `<length:u32><crc32:u32><payload>`, so a record torn by a crash is recognised and dropped on recovery (it was
 never acknowledged: acknowledgement waits for the fsync that covers it). Appends from many callers are
 written and fsynced together (group commit): a hundred concurrent appenders share one fsync instead of
-queueing for a hundred. An event loop commits what its tasks appended in one turn itself (`write`); other
+queueing for a hundred. An event loop writes what its tasks appended in one turn itself (`write_unsynced`)
+and has a thread fsync it (`sync`), one fsync at a time, what was written meanwhile sharing the next; other
 threads hand their records to a committer thread (`submit`), which also closes segments as they fill or age.
 
 Records nobody waits for (`submit_soon`) are written with the next commit, or within `SOON_S` when none
@@ -129,34 +130,66 @@ class WriteAheadLog:
         self._file = self._open_segment(first_seq)
         self._size = 0
         self._unsynced = False  # records written since the last fsync
+        self._close_sync_failed: set[int] = set()  # segments closed without the fsync of their last records
         self._opened_at: float | None = None  # monotonic time of the current segment's first record
         self._thread = threading.Thread(target=self._run, name="promobot-wal-committer", daemon=True)
         self._thread.start()
 
     # -- the callers' side ---------------------------------------------------------------------------------
 
-    def write(self, payload: bytes) -> None:
-        """Write one record and fsync it in the calling thread, with every record waiting to ride along.
+    def write_unsynced(self, payload: bytes) -> int:
+        """Write one record now, with the records nobody waits for; `sync` makes it durable.
 
-        Raises WALError if the record is not durable. An event loop's appends come this way: handing them to
-        the committer thread and back costs two wake-ups, and the committer has to win the interpreter lock
-        from a busy event loop after each of its system calls, a few milliseconds each time.
+        Returns the number of the segment it went into. Raises WALError if it could not be written (nothing
+        of it is left in the log then).
         """
-        mine: Future[None] = Future()
         with self._io:
             with self._lock:
                 if self._closing:
                     raise WALError("the event log is closed")
-                batch, self._queue = [*self._queue, _Pending(payload, mine)], []
                 soon, self._soon, self._soon_since = self._soon, [], None
             first = self._opened_at is None
-            self._commit(batch, soon, sync=True)
+            data = encode_records([*soon, payload])
+            try:
+                _write_all(self._file.fileno(), data)
+            except OSError as exc:
+                self._undo_partial_write()
+                message = f"write-ahead log write failed in {self.directory}: {exc.strerror}"
+                raise WALError(exc.errno, message) from None
+            self._size += len(data)
+            self._unsynced = True
+            if first:
+                self._opened_at = time.monotonic()
+            seq = self._seq
             full = self._size >= self._segment_bytes
         if first or full:
             with self._lock:  # the committer closes the segment when it is full or old enough
                 self._full = self._full or full
                 self._lock.notify()
-        mine.result()
+        return seq
+
+    def sync(self, segments: set[int]) -> None:
+        """Make what `write_unsynced` wrote into these segments durable. Blocks for an fsync: call it from a
+        thread of its own, while the caller goes on writing (the file is not locked during the fsync).
+
+        Raises WALError if it is not durable. Records whose fsync failed were never acknowledged, but may
+        still be on disk and replayed at the next start: the store keeps one copy of an event id.
+        """
+        with self._io:
+            failed = sorted(segments & self._close_sync_failed)
+            if failed:
+                raise WALError(f"write-ahead log segment {failed[0]} could not be fsynced when it was closed")
+            if self._seq not in segments:
+                return  # closed since, and fsynced as they were closed
+            fd = os.dup(self._file.fileno())  # stays open if the committer closes the segment meanwhile
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise WALError(
+                exc.errno, f"write-ahead log fsync failed in {self.directory}: {exc.strerror}"
+            ) from None
+        finally:
+            os.close(fd)
 
     def submit(self, payload: bytes) -> Future[None]:
         """Queue one record; the future completes when it is on disk, or fails with WALError."""
@@ -308,6 +341,7 @@ class WriteAheadLog:
                 os.fdatasync(self._file.fileno())
                 self._unsynced = False
             except OSError as exc:
+                self._close_sync_failed.add(self._seq)
                 log.error("could not fsync write-ahead log segment %s: %s", self._seq, exc.strerror)
         self._file.close()
         closed = Segment(self._seq, self.directory / segment_name(self._seq))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import signal
@@ -128,6 +129,62 @@ def test_concurrent_appends_are_all_recorded(data):
     with open_log(data) as log:
         asyncio.run(run(log))
     assert len(stored(data)) == 500
+
+
+def test_what_an_event_loop_appends_in_one_turn_shares_one_fsync(data, monkeypatch):
+    fsyncs = counting_fsyncs(monkeypatch)
+
+    async def run(log: EventLog) -> None:
+        await asyncio.gather(*(log.append([event(n)]) for n in range(200)))
+
+    with open_log(data, flush_age_s=3600) as log:
+        asyncio.run(run(log))
+        assert 1 <= len(fsyncs) <= 2
+        assert len(copy_of_log(data)) == 200
+
+
+def test_the_event_loop_goes_on_while_the_disk_is_slow_to_fsync(data, monkeypatch):
+    real = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        time.sleep(0.3)
+        real(fd)
+
+    async def run(log: EventLog) -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        await log.append([event(1)])
+        ticker.cancel()
+        return ticks
+
+    with open_log(data, flush_age_s=3600) as log:
+        monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+        ticks = asyncio.run(run(log))
+        monkeypatch.setattr(os, "fdatasync", real)
+    assert ticks >= 10, "the event loop stood still while the append waited for the disk"
+    assert stored(data) == [("e1", 1)]
+
+
+def test_a_failed_fsync_fails_the_appends_waiting_for_it_and_the_next_ones_go_through(data, monkeypatch):
+    real = os.fdatasync
+
+    def failing_fdatasync(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with open_log(data, flush_age_s=3600) as log:
+        monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+        with pytest.raises(StoreError, match=r"fsync failed.*Input/output error"):
+            asyncio.run(log.append([event(1)]))
+        monkeypatch.setattr(os, "fdatasync", real)
+        asyncio.run(log.append([event(2)]))
+        assert "e2" in copy_of_log(data)
 
 
 def test_a_duplicate_id_in_one_flush_is_stored_once(data):
@@ -274,6 +331,25 @@ def test_a_full_disk_refuses_appends_with_a_clear_error_and_keeps_what_was_ackno
     with pytest.raises(StoreError, match="No space left on device"):
         log.append_blocking([event(5000, detail=big)])  # still refused, never silently dropped
     log.close()  # the acknowledged ones reach the store
+    assert [event_id for event_id, _ in stored(data)] == sorted(acknowledged)
+
+
+def test_a_full_disk_refuses_an_event_loops_appends_too_and_keeps_what_was_acknowledged(small_disk, data):
+    async def run(log: EventLog) -> tuple[list[str], StoreError | None]:
+        acknowledged = []
+        for n in range(1000):
+            try:
+                await log.append([event(n, detail="x" * 2000)])
+            except StoreError as exc:
+                return acknowledged, exc
+            acknowledged.append(f"e{n}")
+        return acknowledged, None
+
+    log = EventLog.open(str(data), small_disk / "wal", flush_age_s=3600)
+    acknowledged, refusal = asyncio.run(run(log))
+    assert "No space left on device" in str(refusal)
+    assert acknowledged, "the disk was full before the first append"
+    log.close()
     assert [event_id for event_id, _ in stored(data)] == sorted(acknowledged)
 
 

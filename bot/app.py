@@ -23,7 +23,6 @@ from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -227,11 +226,19 @@ class WebhookReceiver:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.answer(scope["app"].state.runtime, scope, receive)
-        await response(scope, receive, send)
+        if response is ACKNOWLEDGED:
+            await send(_ACKNOWLEDGED_START)
+            await send(_ACKNOWLEDGED_BODY)
+        else:
+            await response(scope, receive, send)
 
     async def answer(self, runtime: Runtime, scope: Scope, receive: Receive) -> Response:
-        headers = Headers(scope=scope)
-        declared = headers.get("content-length")
+        declared = signature = None
+        for name, value in scope["headers"]:  # ASGI servers give the names in lower case
+            if name == b"content-length" and declared is None:
+                declared = value
+            elif name == _SIGNATURE and signature is None:
+                signature = value.decode("latin-1")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             return PlainTextResponse("body too large", status_code=413)
         body = bytearray()
@@ -245,7 +252,7 @@ class WebhookReceiver:
             if not message.get("more_body", False):
                 break
         body = bytes(body)
-        if not verify_signature(runtime.app_secret, body, headers.get(SIGNATURE_HEADER)):
+        if not verify_signature(runtime.app_secret, body, signature):
             return PlainTextResponse("bad or missing signature", status_code=403)
         try:
             inbound = parse_body(body)
@@ -277,6 +284,9 @@ class WebhookReceiver:
 
 
 ACKNOWLEDGED = PlainTextResponse("EVENT_RECEIVED")  # the same for every notification: made once
+_ACKNOWLEDGED_START = {"type": "http.response.start", "status": 200, "headers": ACKNOWLEDGED.raw_headers}
+_ACKNOWLEDGED_BODY = {"type": "http.response.body", "body": ACKNOWLEDGED.body}
+_SIGNATURE = SIGNATURE_HEADER.lower().encode()
 WEBHOOK = WebhookReceiver()
 
 
@@ -395,7 +405,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         log_level=settings.log_level.lower(),
         lifespan="on",
         timeout_graceful_shutdown=SHUTDOWN_REPLY_GRACE_S,
-        # Heroku and most load balancers terminate TLS in front of the bot.
-        proxy_headers=True,
+        # Nothing is built from a request's client address or scheme (links use PROMOBOT_PUBLIC_URL): the
+        # X-Forwarded-* headers of a proxy in front need no reading.
+        proxy_headers=False,
         access_log=False,
     )

@@ -141,9 +141,12 @@ class Event:
         return record
 
 
+_DETAIL_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
 def detail_json(**fields: Any) -> str:
     """The `detail` column's JSON: compact, keys sorted, so equal details are equal strings."""
-    return json.dumps(fields, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return _DETAIL_ENCODER.encode(fields)  # (one encoder for all: json.dumps with options makes one a call)
 
 
 def to_table(events: Iterable[Event], schema: pa.Schema = SCHEMA) -> pa.Table:

@@ -113,24 +113,34 @@ async def fake_graph(port: int) -> None:
 # -- the load ------------------------------------------------------------------------------------------------
 
 
-def bodies(count: int) -> list[tuple[bytes, bytes]]:
+# The webhooks of one customer's journey to the coupon, as the platform sends them: each click, then the
+# delivery and the read receipt of the message the bot answers it with.
+JOURNEY = ("start", "delivery", "read", "yes", "delivery", "read", "reveal", "delivery", "read")
+# The mix this benchmark used first: twice the clicks of a real conversation, for the same receipts.
+CLICKS = ("start", "yes", "delivery", "read")
+MIXES = {"journeys": JOURNEY, "clicks": CLICKS}
+
+
+def bodies(count: int, mix: str = "journeys") -> list[tuple[bytes, bytes]]:
     """Distinct signed webhook bodies: clicks and receipts of many customers."""
     from bot.messenger import sign
 
+    kinds = MIXES[mix]
     now = int(time.time() * 1000)
     out = []
     for i in range(count):
-        customer = str(10**15 + i)
+        customer = str(10**15 + i // len(kinds))
         base = {"sender": {"id": customer}, "recipient": {"id": PAGE}, "timestamp": now + i}
-        match i % 4:
-            case 0:
+        match kinds[i % len(kinds)]:
+            case "start":
                 item = {
                     **base,
                     "postback": {"title": "Get Started", "payload": "GET_STARTED", "mid": f"m_{i}"},
                 }
-            case 1:
-                item = {**base, "postback": {"title": "Yes!", "payload": "spring-sale||yes", "mid": f"m_{i}"}}
-            case 2:
+            case "yes" | "reveal" as step:
+                payload = f"spring-sale||{step}"
+                item = {**base, "postback": {"title": step, "payload": payload, "mid": f"m_{i}"}}
+            case "delivery":
                 item = {**base, "delivery": {"mids": [f"m_out{i}"], "watermark": now + i}}
             case _:
                 item = {**base, "read": {"watermark": now + i}}
@@ -228,11 +238,11 @@ def percentiles(latencies: list[float]) -> dict:
     }
 
 
-def load_main(port: int, phase: str, seconds: float, rate: float) -> None:
+def load_main(port: int, phase: str, seconds: float, rate: float, mix: str) -> None:
     # Distinct bodies per phase (a body seen before is a redelivery, which the bot answers without work),
     # signed before the clock starts, enough for 20,000 requests/s.
     count = int(20_000 * seconds)
-    work = bodies(2 * count)
+    work = bodies(2 * count, mix)
     work = work[:count] if phase == "rate" else work[count:]
     # The load shares the machine with the server: uvloop keeps its share of the CPU small.
     run = asyncio.run
@@ -268,7 +278,7 @@ def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 30) -> N
     raise SystemExit(f"server on port {port} did not start")
 
 
-def run_load(port: int, phase: str, seconds: float, rate: float) -> dict:
+def run_load(port: int, phase: str, seconds: float, rate: float, mix: str) -> dict:
     output = subprocess.run(
         [
             sys.executable,
@@ -282,6 +292,8 @@ def run_load(port: int, phase: str, seconds: float, rate: float) -> dict:
             str(seconds),
             "--rate",
             str(rate),
+            "--mix",
+            mix,
         ],
         check=True,
         capture_output=True,
@@ -323,11 +335,11 @@ def children(pid: int) -> list[int]:
 def measure(port: int, args: argparse.Namespace, *, server: int, graph: int, bot: bool) -> dict:
     """Both phases; for the throughput phase, the CPU each process spent per request (replies included)."""
     health_port = port if bot else None
-    at_rate_figures = run_load(port, "rate", args.seconds, args.rate)
+    at_rate_figures = run_load(port, "rate", args.seconds, args.rate, args.mix)
     wait_idle(health_port)
     processes = {"server": [server], "reply worker": children(server), "fake Graph API": [graph]}
     before = {name: sum(map(cpu_seconds, pids)) for name, pids in processes.items()}
-    figures = run_load(port, "throughput", args.seconds, args.rate)
+    figures = run_load(port, "throughput", args.seconds, args.rate, args.mix)
     wait_idle(health_port)  # the replies to this phase's clicks count too
     requests = figures["requests"]
     cpu = {name: (sum(map(cpu_seconds, pids)) - before[name]) / requests for name, pids in processes.items()}
@@ -345,6 +357,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--phase", choices=["rate", "throughput"], default="rate")
     parser.add_argument("--rounds", type=int, default=3, help="bare endpoint and bot, this many times each")
+    parser.add_argument(
+        "--mix",
+        choices=sorted(MIXES),
+        default="journeys",
+        help="journeys (default): customers' journeys, each click followed by the receipts of its answer; "
+        "clicks: half clicks, half receipts",
+    )
     args = parser.parse_args()
 
     if args.role == "bare":
@@ -356,7 +375,7 @@ def main() -> None:
         asyncio.run(fake_graph(args.port))
         return
     if args.role == "load":
-        load_main(args.port, args.phase, args.seconds, args.rate)
+        load_main(args.port, args.phase, args.seconds, args.rate, args.mix)
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="promobot-webhook-bench-"))

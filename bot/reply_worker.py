@@ -72,7 +72,8 @@ class ReplyProcess:
 
     def __init__(self, events: EventLog, fallback: Replier) -> None:
         self.events = events
-        self.fallback = fallback  # sends in-process if the worker cannot be kept running
+        self.fallback = fallback  # sends in-process while a worker is replaced, or when none keeps running
+        self.command = [sys.executable, "-m", "bot.reply_worker"]
         self._pending: dict[str, Reply] = {}
         self._lines: list[bytes] = []  # replies for the worker, written at the end of this turn of the loop
         self._process: asyncio.subprocess.Process | None = None
@@ -84,11 +85,14 @@ class ReplyProcess:
     def pending(self) -> int:
         return len(self._pending) + self.fallback.pending
 
+    @property
+    def worker_pid(self) -> int | None:
+        """The worker's process id; None while there is none."""
+        return self._process.pid if self._process is not None else None
+
     async def start_worker(self) -> None:
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot.reply_worker",
+            *self.command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=os.environ.copy(),
@@ -117,7 +121,8 @@ class ReplyProcess:
         stdin = self._process.stdin if self._process is not None else None
         if lines and stdin is not None and not stdin.is_closing():
             stdin.write(b"".join(lines))
-        # Otherwise the worker stopped in between: these replies are pending, and the next worker gets them.
+        # Otherwise the worker stopped in between: these replies are pending, and the next worker gets them
+        # (a write to a worker that has just died is lost the same way, and its replies are resent alike).
 
     async def _read_outcomes(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -137,7 +142,9 @@ class ReplyProcess:
         status = await process.wait()
         if self._closing:
             return
-        # The worker died: start another and hand it what had no outcome yet.
+        # The worker died: start another and hand it what had no outcome yet. Replies that come meanwhile are
+        # sent from the bot's own process (written to the dead worker, they would wait for the next start).
+        self._process = None
         self._deaths += 1
         log.error("the reply worker stopped (status %s); %d replies to resend", status, len(self._pending))
         owed = list(self._pending.values())
@@ -145,10 +152,15 @@ class ReplyProcess:
         self._lines.clear()
         if self._deaths > RESTART_LIMIT:
             log.error("the reply worker keeps stopping; sending replies from the bot's own process")
+            self.fallback.start(owed)
+            return
+        try:
+            await self.start_worker()
+        except OSError as exc:
+            log.error("could not start a reply worker (%s); sending replies from the bot's own process", exc)
             self._process = None
             self.fallback.start(owed)
             return
-        await self.start_worker()
         self.start(owed)
 
     async def close(self, timeout_s: float) -> None:

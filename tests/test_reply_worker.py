@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import sys
+import time
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 
 from bot.events import EventError
 from bot.flow import Step, button_payload
-from bot.reply_worker import decode_outcomes, decode_replies, encode_outcome, encode_replies
-from bot.store import event_row, row_event
+from bot.replies import Replier
+from bot.reply_worker import ReplyProcess, decode_outcomes, decode_replies, encode_outcome, encode_replies
+from bot.store import EventLog, event_row, row_event
 from tests import payloads
 from tests.test_flow import CAMPAIGN, act
+from tests.test_graph import graph_over
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -77,3 +85,66 @@ def test_an_unreadable_line_from_the_worker_is_skipped_and_the_others_kept(caplo
     assert answered == [replies[0].sent_id]
     assert len(rows) == 1
     assert caplog.text.count("unreadable line from the reply worker") == 2
+
+
+# A stand-in for `python -m bot.reply_worker` that answers every reply at once, as sent.
+ECHO_WORKER = """
+import sys
+from datetime import UTC, datetime
+from bot.reply_worker import decode_replies, encode_outcome
+for line in sys.stdin.buffer:
+    for reply in decode_replies(line):
+        sys.stdout.buffer.write(encode_outcome(reply, reply.sent("m_worker", datetime.now(UTC))))
+    sys.stdout.buffer.flush()
+"""
+
+
+def clicked_yes(customer: str):
+    _, replies = act(payloads.postback(customer, button_payload(CAMPAIGN, Step.YES)))
+    return replies
+
+
+async def settled(process: ReplyProcess, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while process.pending:
+        assert time.monotonic() < deadline, f"{process.pending} replies still pending"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_replies_that_come_while_a_dead_worker_is_replaced_are_sent_all_the_same(tmp_path):
+    def platform(request: httpx.Request) -> httpx.Response:
+        customer = json.loads(request.content)["recipient"]["id"]
+        return httpx.Response(200, json={"recipient_id": customer, "message_id": "m_bot"})
+
+    events = EventLog.open(str(tmp_path / "data"), tmp_path / "wal", flush_age_s=3600)
+    fallback = Replier(CAMPAIGN, graph_over(platform), events, image_url="", max_age_s=1e9)
+    process = ReplyProcess(events, fallback)
+    process.command = [sys.executable, "-c", ECHO_WORKER]
+    await process.start_worker()
+    process.start(clicked_yes("7001"))
+    await settled(process)
+
+    restarting, restarted = asyncio.Event(), asyncio.Event()
+    start_worker = process.start_worker
+
+    async def slow_start() -> None:
+        restarting.set()
+        await asyncio.sleep(0.3)
+        await start_worker()
+        restarted.set()
+
+    process.start_worker = slow_start
+    os.kill(process.worker_pid, signal.SIGKILL)
+    await restarting.wait()
+    process.start(clicked_yes("7002"))  # the old worker is dead, the new one not there yet
+    await settled(process)
+    await restarted.wait()
+    process.start(clicked_yes("7003"))  # the new worker takes over
+    await settled(process)
+    await process.close(5)
+    await fallback.graph.aclose()
+    events.close()  # the worker's outcomes are written without waiting: all of them by now
+    with EventLog.open(str(tmp_path / "data"), tmp_path / "wal") as log:
+        sent = {e.customer_id: e.message_id for e in log.recent(datetime(2000, 1, 1, tzinfo=UTC))}
+    assert sent == {"7001": "m_worker", "7002": "m_bot", "7003": "m_worker"}

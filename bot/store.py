@@ -444,7 +444,15 @@ class EventLog:
             else:
                 self._loop_syncs.pop(loop, None)
 
-        loop.run_in_executor(self._syncer, self._wal.sync, segments).add_done_callback(done)
+        try:
+            future = loop.run_in_executor(self._syncer, self._wal.sync, segments)
+        except RuntimeError:  # the log was closed meanwhile
+            syncing.in_flight = False
+            self._loop_syncs.pop(loop, None)
+            for _, waiters in [*batch, *syncing.waiting]:
+                _settle(waiters, StoreError("events not recorded: the event log is closed"))
+            return
+        future.add_done_callback(done)
 
     def append_soon(self, rows: Sequence[list]) -> None:
         """Record rows made by `event_row` without waiting: written within a fraction of a second.

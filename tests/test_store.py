@@ -187,6 +187,28 @@ def test_a_failed_fsync_fails_the_appends_waiting_for_it_and_the_next_ones_go_th
         assert "e2" in copy_of_log(data)
 
 
+def test_appends_waiting_for_an_fsync_when_the_log_closes_are_answered(data, monkeypatch):
+    real = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        time.sleep(0.2)
+        real(fd)
+
+    async def run(log: EventLog) -> None:
+        first = asyncio.create_task(log.append([event(1)]))
+        await asyncio.sleep(0.05)  # its fsync is under way
+        second = asyncio.create_task(log.append([event(2)]))
+        await asyncio.sleep(0.05)  # written, waiting for the next fsync
+        await asyncio.to_thread(log.close)
+        await asyncio.wait_for(first, 5)
+        with pytest.raises(StoreError, match="closed"):
+            await asyncio.wait_for(second, 5)
+
+    log = open_log(data, flush_age_s=3600)
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    asyncio.run(run(log))
+
+
 def test_a_duplicate_id_in_one_flush_is_stored_once(data):
     with open_log(data) as log:
         log.append_blocking([event(1), event(2)])

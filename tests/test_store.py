@@ -143,13 +143,18 @@ def test_what_an_event_loop_appends_in_one_turn_shares_one_fsync(data, monkeypat
         assert len(copy_of_log(data)) == 200
 
 
-def test_the_event_loop_goes_on_while_the_disk_is_slow_to_fsync(data, monkeypatch):
+def slow_fsyncs(monkeypatch, seconds: float) -> None:
+    """From now on every fsync takes `seconds` longer (a slow or busy disk)."""
     real = os.fdatasync
 
-    def slow_fdatasync(fd: int) -> None:
-        time.sleep(0.3)
+    def fdatasync(fd: int) -> None:
+        time.sleep(seconds)
         real(fd)
 
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+
+def test_the_event_loop_goes_on_while_the_disk_is_slow_to_fsync(data, monkeypatch):
     async def run(log: EventLog) -> int:
         ticks = 0
 
@@ -165,9 +170,9 @@ def test_the_event_loop_goes_on_while_the_disk_is_slow_to_fsync(data, monkeypatc
         return ticks
 
     with open_log(data, flush_age_s=3600) as log:
-        monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+        slow_fsyncs(monkeypatch, 0.3)
         ticks = asyncio.run(run(log))
-        monkeypatch.setattr(os, "fdatasync", real)
+        monkeypatch.undo()
     assert ticks >= 10, "the event loop stood still while the append waited for the disk"
     assert stored(data) == [("e1", 1)]
 
@@ -188,12 +193,6 @@ def test_a_failed_fsync_fails_the_appends_waiting_for_it_and_the_next_ones_go_th
 
 
 def test_appends_waiting_for_an_fsync_when_the_log_closes_are_answered(data, monkeypatch):
-    real = os.fdatasync
-
-    def slow_fdatasync(fd: int) -> None:
-        time.sleep(0.2)
-        real(fd)
-
     async def run(log: EventLog) -> None:
         first = asyncio.create_task(log.append([event(1)]))
         await asyncio.sleep(0.05)  # its fsync is under way
@@ -205,7 +204,7 @@ def test_appends_waiting_for_an_fsync_when_the_log_closes_are_answered(data, mon
             await asyncio.wait_for(second, 5)
 
     log = open_log(data, flush_age_s=3600)
-    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    slow_fsyncs(monkeypatch, 0.2)
     asyncio.run(run(log))
 
 

@@ -158,7 +158,6 @@ class ReplyProcess:
             await self.start_worker()
         except OSError as exc:
             log.error("could not start a reply worker (%s); sending replies from the bot's own process", exc)
-            self._process = None
             self.fallback.start(owed)
             return
         self.start(owed)

@@ -429,11 +429,9 @@ class EventLog:
         """One fsync at a time per loop, covering every record written before it began (group commit)."""
         batch, syncing.waiting = syncing.waiting, []
         syncing.in_flight = True
-        segments = {segment for segment, _ in batch}
 
-        def done(future: asyncio.Future[None]) -> None:
+        def finish(error: BaseException | None) -> None:
             syncing.in_flight = False
-            error = WALError("the fsync was cancelled") if future.cancelled() else future.exception()
             if error is not None and not isinstance(error, WALError):
                 log.error("events not recorded", exc_info=error)
             failure = None if error is None else StoreError(f"events not recorded: {error}")
@@ -444,15 +442,15 @@ class EventLog:
             else:
                 self._loop_syncs.pop(loop, None)
 
+        segments = {segment for segment, _ in batch}
         try:
             future = loop.run_in_executor(self._syncer, self._wal.sync, segments)
-        except RuntimeError:  # the log was closed meanwhile
-            syncing.in_flight = False
-            self._loop_syncs.pop(loop, None)
-            for _, waiters in [*batch, *syncing.waiting]:
-                _settle(waiters, StoreError("events not recorded: the event log is closed"))
+        except RuntimeError:  # the log was closed meanwhile (its fsync thread stopped)
+            finish(WALError("the event log is closed"))
             return
-        future.add_done_callback(done)
+        future.add_done_callback(
+            lambda done: finish(WALError("the fsync was cancelled") if done.cancelled() else done.exception())
+        )
 
     def append_soon(self, rows: Sequence[list]) -> None:
         """Record rows made by `event_row` without waiting: written within a fraction of a second.

@@ -149,17 +149,7 @@ class WriteAheadLog:
                     raise WALError("the event log is closed")
                 soon, self._soon, self._soon_since = self._soon, [], None
             first = self._opened_at is None
-            data = encode_records([*soon, payload])
-            try:
-                _write_all(self._file.fileno(), data)
-            except OSError as exc:
-                self._undo_partial_write()
-                message = f"write-ahead log write failed in {self.directory}: {exc.strerror}"
-                raise WALError(exc.errno, message) from None
-            self._size += len(data)
-            self._unsynced = True
-            if first:
-                self._opened_at = time.monotonic()
+            self._append([*soon, payload], sync=False)
             seq = self._seq
             full = self._size >= self._segment_bytes
         if first or full:
@@ -301,25 +291,33 @@ class WriteAheadLog:
 
     def _commit(self, batch: list[_Pending], soon: list[bytes], *, sync: bool) -> None:
         """Write the records, the ones nobody waits for first; fsync when somebody waits."""
-        data = encode_records([*soon, *(p.payload for p in batch)])
         try:
-            _write_all(self._file.fileno(), data)
-            if sync:
-                os.fdatasync(self._file.fileno())
-        except OSError as exc:
-            error = WALError(exc.errno, f"write-ahead log write failed in {self.directory}: {exc.strerror}")
-            self._undo_partial_write()
+            self._append([*soon, *(p.payload for p in batch)], sync=sync)
+        except WALError as error:
             if soon:
                 log.error("%d records nobody waited for were lost: %s", len(soon), error)
             for pending in batch:
                 pending.future.set_exception(error)
             return
+        for pending in batch:
+            pending.future.set_result(None)
+
+    def _append(self, payloads: list[bytes], *, sync: bool) -> None:
+        """Write records to the current segment (and fsync it). Under `_io`. Raises WALError, leaving none of
+        them in the segment."""
+        data = encode_records(payloads)
+        try:
+            _write_all(self._file.fileno(), data)
+            if sync:
+                os.fdatasync(self._file.fileno())
+        except OSError as exc:
+            self._undo_partial_write()
+            message = f"write-ahead log write failed in {self.directory}: {exc.strerror}"
+            raise WALError(exc.errno, message) from None
         self._size += len(data)
         self._unsynced = not sync
         if self._opened_at is None:
             self._opened_at = time.monotonic()
-        for pending in batch:
-            pending.future.set_result(None)
 
     def _undo_partial_write(self) -> None:
         # The failed batch was never acknowledged; cut it off so the segment ends on a whole record.

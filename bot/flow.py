@@ -206,9 +206,9 @@ def plan_replies(event: Event) -> list[Reply]:
     return [Reply(kind, event) for kind in _ANSWERS.get(EventName(event.event), ())]
 
 
-def render(campaign: Campaign, reply: Reply, *, first_name: str | None, image_url: str) -> dict:
-    """The Send API `message` object for a reply."""
-    match reply.kind:
+def render(campaign: Campaign, kind: ReplyKind, *, first_name: str | None, image_url: str) -> dict:
+    """The Send API `message` object for a reply of this kind."""
+    match kind:
         case ReplyKind.WELCOME:
             return button_template(
                 render_welcome_text(campaign, first_name),
@@ -227,7 +227,7 @@ def render(campaign: Campaign, reply: Reply, *, first_name: str | None, image_ur
             return text_message(campaign.thanks_text)
         case ReplyKind.THANKS_IMAGE:
             return image_message(image_url)
-    raise ValueError(f"unknown reply {reply.kind}")
+    raise ValueError(f"unknown reply {kind}")
 
 
 def render_welcome_text(campaign: Campaign, first_name: str | None) -> str:

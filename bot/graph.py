@@ -24,7 +24,8 @@ import random
 import re
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
@@ -112,17 +113,46 @@ def form_quote(text: str) -> str:
     return text.encode().decode("latin-1").translate(_FORM_BYTES)
 
 
-@dataclass
+class Encoded:
+    """A JSON value encoded once for every call that sends it: a message that many customers get alike."""
+
+    __slots__ = ("form", "value")
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        self.form = form_quote(_compact_json(value))
+
+
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _form_value(value: object) -> str:
+    """A POST field's value in a batch entry: text as it is, anything else as JSON, form-quoted."""
+    if isinstance(value, Encoded):
+        return value.form
+    return form_quote(value if isinstance(value, str) else _compact_json(value))
+
+
+def _plain(body: dict) -> dict:
+    """A body with its encoded values back as plain values, for a request that sends it as JSON."""
+    return {key: value.value if isinstance(value, Encoded) else value for key, value in body.items()}
+
+
+Outcome = Callable[[object], None]  # gets a call's answer: the response body, or a SendError
+
+
+@dataclass(slots=True, eq=False)
 class _Call:
-    """One Graph API call waiting for its turn; `outcome` gets the response body or a SendError."""
+    """A Graph API call waiting for its turn; `answer` gets the response body or a SendError."""
 
     method: str
     path: str
     params: dict | None
     body: dict | None
     deadline: float
-    outcome: asyncio.Future = field(repr=False)
+    answer: Outcome
     alone: bool = False  # never in a batch request (its last one timed out)
+    abandoned: bool = False  # its caller stopped waiting: not sent, not answered
 
     def batch_entry(self) -> dict:
         """The call as an entry of a batch request: a relative URL, and a POST's fields form-encoded."""
@@ -130,12 +160,72 @@ class _Call:
         if self.params:
             entry["relative_url"] += "?" + urlencode(self.params)
         if self.body is not None:
-            fields = {
-                k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-                for k, v in self.body.items()
-            }
-            entry["body"] = "&".join(f"{key}={form_quote(value)}" for key, value in fields.items())
+            entry["body"] = "&".join(f"{key}={_form_value(value)}" for key, value in self.body.items())
         return entry
+
+
+class Attempts:
+    """One Graph API call through its attempts, until it has an outcome or its caller abandons it.
+
+    Each attempt waits in the client's queue; a transient failure is tried again after an exponential
+    backoff with full jitter, as long as the deadline allows.
+    """
+
+    __slots__ = ("_attempt", "_backoff", "_call", "_client", "_error", "_outcome", "_timer")
+
+    def __init__(self, client: GraphClient, call: _Call, outcome: Outcome) -> None:
+        self._client = client
+        self._call = call
+        self._outcome = outcome
+        self._backoff = client.retry.first_backoff_s
+        self._attempt = 0
+        self._error: SendError | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        call.answer = self._answered
+
+    def abandon(self) -> None:
+        """Stop: no more attempts, no outcome (a call already on its way is not undone)."""
+        self._call.abandoned = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _next(self) -> None:
+        self._timer = None
+        self._attempt += 1
+        self._client._enqueue(self._call)
+
+    def _answered(self, answer: object) -> None:
+        if not isinstance(answer, SendError):
+            self._outcome(answer)
+            return
+        error, last = answer, self._error
+        if isinstance(error, _TurnTooLate) and last is not None:
+            # The deadline passed while the call waited for its turn: the failure worth telling is the one
+            # that made it wait.
+            last.reason = f"{last.reason} (gave up after {self._attempt - 1} attempts)"
+            last.__cause__ = error
+            error = last
+        elif isinstance(error, TransientSendError) and not isinstance(error, _TurnTooLate):
+            self._error = error
+            call = self._call
+            call.alone = call.alone or isinstance(error, _BatchTimedOut)
+            # Full jitter: concurrent retries spread out instead of hitting a recovering server together.
+            pause = random.uniform(0, self._backoff)  # jitter, not cryptography
+            if time.monotonic() + pause < call.deadline:
+                log.debug(
+                    "Graph API %s %s failed (%s); retrying in %.2f s",
+                    call.method,
+                    call.path,
+                    error.reason,
+                    pause,
+                )
+                self._backoff = min(self._backoff * 2, self._client.retry.max_backoff_s)
+                self._timer = asyncio.get_running_loop().call_later(pause, self._next)
+                return
+            error.reason = f"{error.reason} (gave up after {self._attempt} attempts)"
+        elif error.code == TOKEN_INVALID:
+            self._client._token_rejected(error)
+        self._outcome(error)
 
 
 @dataclass(frozen=True)
@@ -212,85 +302,92 @@ class GraphClient:
 
     async def send(self, recipient_id: str, body: dict) -> str | None:
         """POST a Send API body; returns the platform's message id. Raises SendError."""
-        payload = await self._call("POST", "me/messages", body=body)
-        message_id = payload.get("message_id") if isinstance(payload, dict) else None
-        return message_id if isinstance(message_id, str) else None
+        outcome = await self._outcome_of(lambda done: self.send_soon(recipient_id, body, done))
+        if isinstance(outcome, SendError):
+            raise outcome
+        return outcome
 
     async def first_name(self, customer_id: str) -> str | None:
         """The customer's first name, or None when the profile cannot be had: the greeting goes on without."""
+        return await self._outcome_of(lambda done: self.first_name_soon(customer_id, done))
+
+    def send_soon(
+        self, recipient_id: str, body: dict, outcome: Callable[[str | SendError | None], None]
+    ) -> Attempts:
+        """`send` without waiting: `outcome` gets the message id or the SendError. Values of the body may be
+        `Encoded`."""
+
+        def sent(answer: object) -> None:
+            if isinstance(answer, SendError):
+                outcome(answer)
+                return
+            message_id = answer.get("message_id") if isinstance(answer, dict) else None
+            outcome(message_id if isinstance(message_id, str) else None)
+
+        return self._submit("POST", "me/messages", None, body, self.retry.deadline_s, sent)
+
+    def first_name_soon(self, customer_id: str, outcome: Callable[[str | None], None]) -> Attempts | None:
+        """`first_name` without waiting: `outcome` gets it, at once when it is known already."""
         if customer_id in self._names:
             self._names.move_to_end(customer_id)
-            return self._names[customer_id]
-        try:
-            # Profile lookups are a courtesy: a short deadline, so the welcome is not held up.
-            payload = await self._call("GET", customer_id, params={"fields": "first_name"}, deadline_s=3.0)
-        except SendError as exc:
-            log.info("no profile for a customer (%s); greeting without a name", exc.reason)
-            return None  # not cached: the next conversation tries again
-        name = payload.get("first_name") if isinstance(payload, dict) else None
-        name = name.strip() if isinstance(name, str) and name.strip() else None
-        self._names[customer_id] = name
-        if len(self._names) > self._names_size:
-            self._names.popitem(last=False)
-        return name
+            outcome(self._names[customer_id])
+            return None
 
-    async def _call(
+        def answered(answer: object) -> None:
+            if isinstance(answer, SendError):
+                log.info("no profile for a customer (%s); greeting without a name", answer.reason)
+                outcome(None)  # not cached: the next conversation tries again
+                return
+            name = answer.get("first_name") if isinstance(answer, dict) else None
+            name = name.strip() if isinstance(name, str) and name.strip() else None
+            self._names[customer_id] = name
+            if len(self._names) > self._names_size:
+                self._names.popitem(last=False)
+            outcome(name)
+
+        # Profile lookups are a courtesy: a short deadline, so the welcome is not held up.
+        return self._submit("GET", customer_id, {"fields": "first_name"}, None, 3.0, answered)
+
+    @staticmethod
+    async def _outcome_of(start: Callable[[Callable[[object], None]], Attempts | None]) -> object:
+        """Wait for the outcome a `*_soon` call gives; a caller that is cancelled abandons the call."""
+        future = asyncio.get_running_loop().create_future()
+        attempts = start(lambda outcome: future.done() or future.set_result(outcome))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if attempts is not None:
+                attempts.abandon()
+            raise
+
+    def _submit(
         self,
         method: str,
         path: str,
-        *,
-        params: dict | None = None,
-        body: dict | None = None,
-        deadline_s: float | None = None,
-    ) -> object:
-        policy = self.retry
-        deadline = time.monotonic() + (deadline_s or policy.deadline_s)
-        backoff = policy.first_backoff_s
-        attempt = 0
-        error: SendError | None = None
-        alone = False
-        while True:
-            attempt += 1
-            try:
-                return await self._attempt(method, path, params, body, deadline, alone=alone)
-            except _TurnTooLate as exc:
-                # The deadline passed while the call waited for its turn: the failure worth telling is the
-                # one that made it wait (when it was a retry).
-                if error is None:
-                    raise
-                error.reason = f"{error.reason} (gave up after {attempt - 1} attempts)"
-                raise error from exc
-            except TransientSendError as exc:
-                error = exc
-                alone = alone or isinstance(exc, _BatchTimedOut)
-            except PermanentSendError as exc:
-                if exc.code == TOKEN_INVALID and not self._token_warned:
-                    self._token_warned = True
-                    log.error(
-                        "the Graph API rejects the page access token (code 190, subcode %s): no message "
-                        "can be sent until PROMOBOT_PAGE_TOKEN is replaced",
-                        exc.subcode,
-                    )
-                raise
-            # Full jitter: concurrent retries spread out instead of hitting a recovering server together.
-            pause = random.uniform(0, backoff)  # jitter, not cryptography
-            if time.monotonic() + pause >= deadline:
-                error.reason = f"{error.reason} (gave up after {attempt} attempts)"
-                raise error
-            log.debug("Graph API %s %s failed (%s); retrying in %.2f s", method, path, error.reason, pause)
-            await asyncio.sleep(pause)
-            backoff = min(backoff * 2, policy.max_backoff_s)
+        params: dict | None,
+        body: dict | None,
+        deadline_s: float,
+        outcome: Outcome,
+    ) -> Attempts:
+        call = _Call(method, path, params, body, time.monotonic() + deadline_s, outcome)
+        attempts = Attempts(self, call, outcome)
+        attempts._next()
+        return attempts
+
+    def _token_rejected(self, error: SendError) -> None:
+        if not self._token_warned:
+            self._token_warned = True
+            log.error(
+                "the Graph API rejects the page access token (code 190, subcode %s): no message can be sent "
+                "until PROMOBOT_PAGE_TOKEN is replaced",
+                error.subcode,
+            )
 
     # -- the queue: each call alone when the way is clear, batched when calls wait together ------------------
 
-    def _attempt(
-        self, method: str, path: str, params: dict | None, body: dict | None, deadline: float, *, alone: bool
-    ):
-        loop = asyncio.get_running_loop()
-        call = _Call(method, path, params, body, deadline, loop.create_future(), alone)
+    def _enqueue(self, call: _Call) -> None:
         self._waiting.append(call)
         self._schedule()
-        return call.outcome
 
     def _schedule(self) -> None:
         """Send what waits: at once when the client is idle or a batch is full; else after a short window.
@@ -315,10 +412,10 @@ class GraphClient:
             calls: list[_Call] = []
             while self._waiting and len(calls) < self._batch_size:
                 call = self._waiting.popleft()
-                if call.outcome.done():
-                    continue  # its caller stopped waiting
+                if call.abandoned:
+                    continue
                 if call.deadline <= now:
-                    call.outcome.set_exception(_TurnTooLate("waited past its deadline for its turn"))
+                    _answer(call, _TurnTooLate("waited past its deadline for its turn"))
                     continue
                 if call.alone and calls:
                     self._waiting.appendleft(call)  # the next request is its own
@@ -344,14 +441,8 @@ class GraphClient:
             self._requests -= 1
             self._schedule()
         for call, outcome in itertools.zip_longest(calls, outcomes[: len(calls)]):
-            if call.outcome.done():
-                continue
-            if outcome is None:
-                call.outcome.set_exception(TransientSendError("no answer for this call"))
-            elif isinstance(outcome, BaseException):
-                call.outcome.set_exception(outcome)
-            else:
-                call.outcome.set_result(outcome)
+            if not call.abandoned:
+                _answer(call, TransientSendError("no answer for this call") if outcome is None else outcome)
 
     def _timeout(self, deadline: float) -> httpx.Timeout:
         return httpx.Timeout(max(0.05, min(self.retry.request_timeout_s, deadline - time.monotonic())))
@@ -362,7 +453,7 @@ class GraphClient:
                 call.method,
                 call.path,
                 params=call.params,
-                json=call.body,
+                json=_plain(call.body) if call.body is not None else None,
                 timeout=self._timeout(call.deadline),
             )
         except httpx.HTTPError as exc:
@@ -433,6 +524,13 @@ class GraphClient:
         if transient:
             raise TransientSendError(reason, code=code, subcode=subcode)
         raise PermanentSendError(reason, code=code, subcode=subcode)
+
+
+def _answer(call: _Call, outcome: object) -> None:
+    try:
+        call.answer(outcome)
+    except Exception:  # one caller's bug must not keep the others of its batch from their answers
+        log.exception("handling the answer to a Graph API call failed")
 
 
 def _transport_error(exc: httpx.HTTPError) -> TransientSendError:

@@ -10,26 +10,44 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from bot.campaign import Campaign
 from bot.events import Event
-from bot.flow import Reply, plan_replies, render
-from bot.graph import GraphClient, SendError
+from bot.flow import Reply, ReplyKind, plan_replies, render
+from bot.graph import Attempts, Encoded, GraphClient, SendError
 from bot.messenger import send_body
-from bot.store import EventLog, StoreError
+from bot.store import EventLog, StoreError, event_row
 
 log = logging.getLogger(__name__)
 
-Record = Callable[[Reply, Event], Awaitable[None]]
+Record = Callable[[Reply, Event], None]  # gets each reply's outcome as soon as it has one
+MESSAGE_CACHE_SIZE = 4096  # rendered messages kept: one per reply kind, and one welcome per first name
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class _Answer:
+    """The replies to one event, sent one after the other, each outcome to `record`."""
+
+    __slots__ = ("attempts", "done", "index", "record", "replies")
+
+    def __init__(self, replies: list[Reply], record: Record, done: Callable[[], None] | None) -> None:
+        self.replies = replies
+        self.record = record
+        self.done = done  # called once every reply has its outcome
+        self.index = 0
+        self.attempts: Attempts | None = None  # the Graph API call under way
+
+
 class Replier:
+    """Sends replies and records how each went, without a task per reply: a reply moves on from one Graph
+    API answer to the next (callbacks), so that thousands in flight cost little more than their calls."""
+
     def __init__(
         self,
         campaign: Campaign,
@@ -47,67 +65,155 @@ class Replier:
         self.image_url = image_url
         self.max_age = timedelta(seconds=max_age_s)
         self.clock = clock
-        self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._concurrency = concurrency
+        self._active: set[_Answer] = set()
+        self._queued: deque[_Answer] = deque()
+        self._admitting = False
+        self._messages: dict[tuple[ReplyKind, str | None], Encoded] = {}
+        self._idle: asyncio.Event | None = None
 
     @property
     def pending(self) -> int:
-        return len(self._tasks)
+        return len(self._active) + len(self._queued)
 
     def start(self, replies: Iterable[Reply], record: Record | None = None) -> None:
-        """Send in the background. Replies to one event go out in order (thank-you text, then image)."""
+        """Send in the background. Replies to one event go out in order (thank-you text, then image).
+
+        At most `concurrency` events are answered at once, however many are waiting: a reply's deadline
+        starts when its turn comes, so a backlog (after a restart, say) does not make them expire in the
+        Graph client's queue. The client below queues their calls and batches them.
+        """
         for group in by_event(replies):
-            task = asyncio.create_task(self.send(group, record))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._queued.append(_Answer(group, record or self._record, None))
+        self._admit()
 
     async def send(self, replies: Iterable[Reply], record: Record | None = None) -> None:
-        """Send now, one after the other, each outcome to `record` (by default: the event log).
+        """Send now: returns once every reply has its outcome (recorded by `record`, by default the log)."""
+        groups = by_event(replies)
+        if not groups:
+            return
+        finished = asyncio.get_running_loop().create_future()
+        remaining = len(groups)
 
-        At most `concurrency` replies are in progress at once, however many are waiting; the Graph client
-        below them queues their calls and batches them.
-        """
-        for reply in replies:
-            async with self._slots:
-                outcome = await self.outcome(reply)
-            await (record or self._record)(reply, outcome)
+        def done() -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0 and not finished.done():
+                finished.set_result(None)
 
-    async def _record(self, reply: Reply, outcome: Event) -> None:
+        for group in groups:
+            self._queued.append(_Answer(group, record or self._record, done))
+        self._admit()
+        await finished
+
+    def _record(self, reply: Reply, outcome: Event) -> None:
+        # Without waiting for the disk: an outcome lost in a crash of the machine means the reply is sent
+        # again at the next start.
         try:
-            await self.events.append([outcome])
+            self.events.append_soon([event_row(outcome)])
         except StoreError as exc:
             log.error("could not record the outcome of a %s reply: %s", reply.kind, exc)
 
-    async def outcome(self, reply: Reply) -> Event:
-        """Send one reply; its outcome as an event (`*_sent`, or `send_failed`)."""
+    def _admit(self) -> None:
+        if self._admitting:
+            return  # an answer that ended at once, inside this loop: the loop goes on
+        self._admitting = True
+        try:
+            while self._queued and len(self._active) < self._concurrency:
+                answer = self._queued.popleft()
+                self._active.add(answer)
+                self._next(answer)
+        finally:
+            self._admitting = False
+
+    def _next(self, answer: _Answer) -> None:
+        """The answer's next reply, or its end."""
+        if answer.index == len(answer.replies):
+            self._active.discard(answer)
+            if answer.done is not None:
+                answer.done()
+            if not self.pending and self._idle is not None:
+                self._idle.set()
+            self._admit()
+            return
+        reply = answer.replies[answer.index]
         if self.clock() - reply.answers.ts > self.max_age:
             # A coupon hours after the click only confuses; the platform's 24-hour window may be closed too.
-            return reply.failed(
-                self.clock(), code=None, subcode=None, reason="expired before it could be sent"
+            reason = "expired before it could be sent"
+            self._settle(answer, reply.failed(self.clock(), code=None, subcode=None, reason=reason))
+        elif reply.needs_first_name:
+            answer.attempts = self.graph.first_name_soon(
+                reply.customer_id, lambda first_name: self._send(answer, reply, first_name)
             )
-        first_name = await self.graph.first_name(reply.customer_id) if reply.needs_first_name else None
-        message = render(self.campaign, reply, first_name=first_name, image_url=self.image_url)
-        try:
-            message_id = await self.graph.send(reply.customer_id, send_body(reply.customer_id, message))
-        except SendError as exc:
-            log.warning(
-                "%s reply not sent: %s (code %s, subcode %s)", reply.kind, exc.reason, exc.code, exc.subcode
-            )
-            return reply.failed(self.clock(), code=exc.code, subcode=exc.subcode, reason=exc.reason)
-        return reply.sent(message_id, self.clock())
+        else:
+            self._send(answer, reply, None)
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait for replies in flight (on shutdown), at most `timeout_s`; the rest are owed at next start."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        if pending:
+    def _send(self, answer: _Answer, reply: Reply, first_name: str | None) -> None:
+        body = send_body(reply.customer_id, self._message(reply.kind, first_name))
+        answer.attempts = self.graph.send_soon(
+            reply.customer_id, body, lambda outcome: self._sent(answer, reply, outcome)
+        )
+
+    def _message(self, kind: ReplyKind, first_name: str | None) -> Encoded:
+        """The reply's message, rendered and encoded once for every customer who gets the same."""
+        key = (kind, first_name)
+        message = self._messages.get(key)
+        if message is None:
+            rendered = render(self.campaign, kind, first_name=first_name, image_url=self.image_url)
+            if len(self._messages) >= MESSAGE_CACHE_SIZE:
+                self._messages.clear()
+            message = self._messages[key] = Encoded(rendered)
+        return message
+
+    def _sent(self, answer: _Answer, reply: Reply, outcome: str | SendError | None) -> None:
+        if isinstance(outcome, SendError):
             log.warning(
-                "%d replies still in flight at shutdown; they will be sent at the next start", len(pending)
+                "%s reply not sent: %s (code %s, subcode %s)",
+                reply.kind,
+                outcome.reason,
+                outcome.code,
+                outcome.subcode,
             )
-            await asyncio.wait(pending)
+            event = reply.failed(
+                self.clock(), code=outcome.code, subcode=outcome.subcode, reason=outcome.reason
+            )
+        else:
+            event = reply.sent(outcome, self.clock())
+        self._settle(answer, event)
+
+    def _settle(self, answer: _Answer, outcome: Event) -> None:
+        answer.attempts = None
+        reply = answer.replies[answer.index]
+        answer.index += 1
+        try:
+            answer.record(reply, outcome)
+        except Exception:  # a recording bug must not stop the replies after this one
+            log.exception("could not record the outcome of a %s reply", reply.kind)
+        self._next(answer)
+
+    async def drain(self, timeout_s: float | None) -> None:
+        """Wait for replies in flight (on shutdown), at most `timeout_s`; the rest are owed at next start."""
+        if not self.pending:
+            return
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning(
+                "%d replies still in flight at shutdown; they will be sent at the next start", self.pending
+            )
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Stop every reply not yet sent: no outcome is recorded for them, so they are owed."""
+        answers = [*self._active, *self._queued]
+        self._active.clear()
+        self._queued.clear()
+        for answer in answers:
+            if answer.attempts is not None:
+                answer.attempts.abandon()
+            if answer.done is not None:
+                answer.done()  # whoever waits for them (`send`) waits no more
 
 
 def by_event(replies: Iterable[Reply]) -> list[list[Reply]]:

@@ -191,7 +191,6 @@ async def work(replier: Replier) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    tasks: set[asyncio.Task[None]] = set()
 
     outcomes: list[bytes] = []  # written to the bot at the end of this turn of the loop, in one write
 
@@ -199,23 +198,23 @@ async def work(replier: Replier) -> None:
         writer.write(b"".join(outcomes))
         outcomes.clear()
 
-    async def record(reply: Reply, outcome: Event) -> None:
+    def record(reply: Reply, outcome: Event) -> None:
         if not outcomes:
             loop.call_soon(write_outcomes)
         outcomes.append(encode_outcome(reply, outcome))
-        await writer.drain()  # the bot reads slower than replies end: wait for it
 
-    while line := await reader.readline():
-        try:
-            group = decode_replies(line)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("unreadable replies from the bot: %s", exc)
-            continue
-        task = asyncio.create_task(replier.send(group, record))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(tasks)
+    rest = b""
+    while chunk := await reader.read(1 << 16):
+        *lines, rest = (rest + chunk).split(b"\n")
+        for line in lines:
+            try:
+                group = decode_replies(line)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("unreadable replies from the bot: %s", exc)
+                continue
+            replier.start(group, record)
+        await writer.drain()  # the bot reads slower than replies end: take no more until it catches up
+    await replier.drain(None)
     if outcomes:
         write_outcomes()
     await writer.drain()

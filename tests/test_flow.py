@@ -36,7 +36,7 @@ def buttons(message: dict) -> list[tuple[str, str]]:
 def test_get_started_is_welcomed_by_first_name_with_two_buttons():
     events, [reply] = act(payloads.postback("42", "GET_STARTED"))
 
-    message = render(CAMPAIGN, reply, first_name="Ada", image_url=IMAGE)
+    message = render(CAMPAIGN, reply.kind, first_name="Ada", image_url=IMAGE)
 
     assert names(events) == ["conversation_started"]
     assert reply.kind is ReplyKind.WELCOME
@@ -50,7 +50,7 @@ def test_get_started_is_welcomed_by_first_name_with_two_buttons():
 def test_without_a_first_name_the_greeting_is_neutral():
     _, [reply] = act(payloads.postback("42", "GET_STARTED"))
 
-    message = render(CAMPAIGN, reply, first_name=None, image_url=IMAGE)
+    message = render(CAMPAIGN, reply.kind, first_name=None, image_url=IMAGE)
 
     assert message["attachment"]["payload"]["text"].startswith("Hi there! ")
 
@@ -58,7 +58,7 @@ def test_without_a_first_name_the_greeting_is_neutral():
 def test_a_very_long_first_name_keeps_the_text_within_the_platform_limit():
     _, [reply] = act(payloads.postback("42", "GET_STARTED"))
 
-    message = render(CAMPAIGN, reply, first_name="A" * 500, image_url=IMAGE)
+    message = render(CAMPAIGN, reply.kind, first_name="A" * 500, image_url=IMAGE)
 
     assert len(message["attachment"]["payload"]["text"]) <= 640
 
@@ -66,7 +66,7 @@ def test_a_very_long_first_name_keeps_the_text_within_the_platform_limit():
 def test_yes_sends_the_coupon_with_a_reveal_button():
     events, [reply] = act(payloads.postback("42", button_payload(CAMPAIGN, Step.YES), mid="m_yes"))
 
-    message = render(CAMPAIGN, reply, first_name=None, image_url=IMAGE)
+    message = render(CAMPAIGN, reply.kind, first_name=None, image_url=IMAGE)
 
     assert names(events) == ["coupon_requested"]
     assert events[0].button == "spring-sale||yes"
@@ -79,14 +79,14 @@ def test_reveal_click_shows_the_code_and_counts_as_a_redemption():
     events, [reply] = act(payloads.postback("42", button_payload(CAMPAIGN, Step.REVEAL)))
 
     assert names(events) == ["coupon_revealed"]
-    assert render(CAMPAIGN, reply, first_name=None, image_url=IMAGE) == {"text": "SPRING20"}
+    assert render(CAMPAIGN, reply.kind, first_name=None, image_url=IMAGE) == {"text": "SPRING20"}
     assert reply.sent("m_code", datetime.now(UTC)).event == EventName.CODE_SENT
 
 
 def test_no_thanks_sends_the_thank_you_text_then_the_image():
     events, replies = act(payloads.postback("42", button_payload(CAMPAIGN, Step.NO)))
 
-    messages = [render(CAMPAIGN, r, first_name=None, image_url=IMAGE) for r in replies]
+    messages = [render(CAMPAIGN, r.kind, first_name=None, image_url=IMAGE) for r in replies]
 
     assert names(events) == ["declined"]
     assert messages == [

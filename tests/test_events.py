@@ -1,9 +1,12 @@
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from bot.events import FILE_SCHEMA, SCHEMA, Event, EventError, EventName, from_table, to_table
+from bot.events import FILE_SCHEMA, SCHEMA, Event, EventError, EventName, detail_json, from_table, to_table
 
 T0 = datetime(2026, 3, 1, 23, 59, 59, 999_999, tzinfo=UTC)
 
@@ -77,3 +80,17 @@ def test_schema_stores_microseconds_in_utc():
     assert SCHEMA.field("ts").type == pa.timestamp("us", tz="UTC")
     table = to_table([make()])
     assert table.column("ts")[0].as_py() == T0
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["watermark", "code", "reason", "part", "ref", "ünï"]),
+        st.none() | st.booleans() | st.integers() | st.text(),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_a_detail_is_compact_json_with_sorted_keys(fields):
+    detail = detail_json(**fields)
+    assert json.loads(detail) == fields
+    assert detail == json.dumps(fields, separators=(",", ":"), sort_keys=True, ensure_ascii=False)

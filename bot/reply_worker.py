@@ -1,11 +1,12 @@
 """Replies sent from a process of their own: the Graph API's cost and slowness never touch the webhook.
 
-The bot hands the replies to each event to the worker as a line of JSON on its stdin; the worker sends them
-in that order (with the Graph client's timeouts, retries, backoff and batching) and writes each outcome event
-back as a line on its stdout, as the row the event log stores; the bot records the outcomes that arrive
-together with one append that nobody waits for (an outcome lost in a crash of the machine means the reply
-is sent again at the next start). The bot's event log stays the only writer of the store. A reply with no
-outcome when the worker stops is owed, and sent at the next start.
+The bot hands the replies its webhooks planned in one turn of its event loop to the worker as one line of
+JSON on its stdin (for each event: the kinds of its replies, in order, and the event's row); the worker sends
+them (with the Graph client's timeouts, retries, backoff and batching) and writes the outcomes of one turn of
+its own loop back as one line on its stdout, as the rows the event log stores; the bot records the outcomes
+that arrive together with one append that nobody waits for (an outcome lost in a crash of the machine means
+the reply is sent again at the next start). The bot's event log stays the only writer of the store. A reply
+with no outcome when the worker stops is owed, and sent at the next start.
 
     python -m bot.reply_worker      (started by the bot; configured by the same environment)
 """
@@ -33,37 +34,53 @@ log = logging.getLogger(__name__)
 RESTART_LIMIT = 5  # worker deaths in a row before the bot sends replies itself
 
 
-def encode_replies(group: list[Reply]) -> bytes:
-    """One line: the kinds of the replies to one event, in the order they are sent, and the event's row."""
-    return json.dumps([[str(reply.kind) for reply in group], event_row(group[0].answers)]).encode() + b"\n"
+def encode_replies(groups: Iterable[list[Reply]]) -> bytes:
+    """One line: for each event, the kinds of its replies in the order they are sent, and the event's row."""
+    return (
+        json.dumps([[[str(r.kind) for r in group], event_row(group[0].answers)] for group in groups]).encode()
+        + b"\n"
+    )
 
 
-def decode_replies(line: bytes) -> list[Reply]:
-    """The replies in a line made by `encode_replies`. Raises ValueError or TypeError for anything else."""
-    kinds, row = json.loads(line)
-    answers = row_event(row)
-    return [Reply(ReplyKind(kind), answers) for kind in kinds]
+def decode_replies(line: bytes) -> list[list[Reply]]:
+    """The replies in a line made by `encode_replies`, by event. Raises ValueError or TypeError for anything
+    else (EventError, a ValueError, for a row that is no event)."""
+    items = json.loads(line)
+    if not isinstance(items, list):
+        raise TypeError(f"not a list of replies: {line!r:.200}")
+    groups = []
+    for kinds, row in items:
+        answers = row_event(row)
+        groups.append([Reply(ReplyKind(kind), answers) for kind in kinds])
+    return groups
 
 
-def encode_outcome(reply: Reply, outcome: Event) -> bytes:
-    """One line: the reply answered, and its outcome as the event log's row."""
-    return json.dumps([reply.sent_id, event_row(outcome)]).encode() + b"\n"
+def encode_outcomes(outcomes: Iterable[tuple[Reply, Event]]) -> bytes:
+    """One line: each reply answered, and its outcome as the event log's row."""
+    return json.dumps([[reply.sent_id, event_row(outcome)] for reply, outcome in outcomes]).encode() + b"\n"
 
 
 def decode_outcomes(lines: Iterable[bytes]) -> tuple[list[str], list[list]]:
-    """The replies answered and the outcome rows in lines from the worker; unreadable lines are logged."""
+    """The replies answered and the outcome rows in lines from the worker; unreadable ones are logged.
+
+    The rows are not checked here: the event log checks what it is asked to append.
+    """
     answered, rows = [], []
     for line in lines:
         try:
-            reply_id, row = json.loads(line)
-        except (ValueError, TypeError) as exc:
+            outcomes = json.loads(line)
+        except ValueError as exc:
             log.error("unreadable line from the reply worker: %s", exc)
             continue
-        if not isinstance(reply_id, str) or not is_event_row(row):
+        if not isinstance(outcomes, list):
             log.error("unreadable line from the reply worker: %.200r", line)
             continue
-        answered.append(reply_id)
-        rows.append(row)
+        for outcome in outcomes:
+            if isinstance(outcome, list) and len(outcome) == 2 and isinstance(outcome[0], str):
+                answered.append(outcome[0])
+                rows.append(outcome[1])
+            else:
+                log.error("unreadable outcome from the reply worker: %.200r", outcome)
     return answered, rows
 
 
@@ -75,7 +92,7 @@ class ReplyProcess:
         self.fallback = fallback  # sends in-process while a worker is replaced, or when none keeps running
         self.command = [sys.executable, "-m", "bot.reply_worker"]
         self._pending: dict[str, Reply] = {}
-        self._lines: list[bytes] = []  # replies for the worker, written at the end of this turn of the loop
+        self._groups: list[list[Reply]] = []  # replies for the worker, written at the end of this turn
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
@@ -108,19 +125,18 @@ class ReplyProcess:
         if self._process is None or self._process.stdin is None or self._process.stdin.is_closing():
             self.fallback.start(replies)
             return
-        if not self._lines:
-            # What the webhooks of one turn of the event loop hand over goes to the worker in one write.
+        if not self._groups:
+            # What the webhooks of one turn of the event loop hand over goes to the worker as one line.
             asyncio.get_running_loop().call_soon(self._hand_over)
-        for group in by_event(replies):
-            for reply in group:
-                self._pending[reply.sent_id] = reply
-            self._lines.append(encode_replies(group))
+        for reply in replies:
+            self._pending[reply.sent_id] = reply
+        self._groups += by_event(replies)
 
     def _hand_over(self) -> None:
-        lines, self._lines = self._lines, []
+        groups, self._groups = self._groups, []
         stdin = self._process.stdin if self._process is not None else None
-        if lines and stdin is not None and not stdin.is_closing():
-            stdin.write(b"".join(lines))
+        if groups and stdin is not None and not stdin.is_closing():
+            stdin.write(encode_replies(groups))
         # Otherwise the worker stopped in between: these replies are pending, and the next worker gets them
         # (a write to a worker that has just died is lost the same way, and its replies are resent alike).
 
@@ -132,10 +148,7 @@ class ReplyProcess:
             # Every outcome that has arrived is recorded with one append, which rides along with the next
             # commit of the webhook's events instead of costing an fsync of its own.
             answered, rows = decode_outcomes(lines)
-            try:
-                self.events.append_soon(rows)
-            except StoreError as exc:
-                log.error("could not record the outcome of %d replies: %s", len(rows), exc)
+            self._record(rows)
             for reply_id in answered:
                 self._pending.pop(reply_id, None)
             self._deaths = 0
@@ -149,7 +162,7 @@ class ReplyProcess:
         log.error("the reply worker stopped (status %s); %d replies to resend", status, len(self._pending))
         owed = list(self._pending.values())
         self._pending.clear()
-        self._lines.clear()
+        self._groups.clear()
         if self._deaths > RESTART_LIMIT:
             log.error("the reply worker keeps stopping; sending replies from the bot's own process")
             self.fallback.start(owed)
@@ -161,6 +174,17 @@ class ReplyProcess:
             self.fallback.start(owed)
             return
         self.start(owed)
+
+    def _record(self, rows: list) -> None:
+        try:
+            self.events.append_soon(rows)
+        except ValueError:
+            # A bug in the worker: keep what can be kept.
+            good = [row for row in rows if is_event_row(row)]
+            log.error("%d unreadable outcomes from the reply worker", len(rows) - len(good))
+            self._record(good)
+        except StoreError as exc:
+            log.error("could not record the outcome of %d replies: %s", len(rows), exc)
 
     async def close(self, timeout_s: float) -> None:
         """Let the worker finish what it has (up to `timeout_s`), record the outcomes, stop it."""
@@ -192,27 +216,28 @@ async def work(replier: Replier) -> None:
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
 
-    outcomes: list[bytes] = []  # written to the bot at the end of this turn of the loop, in one write
+    outcomes: list[tuple[Reply, Event]] = []  # written to the bot at the end of this turn, as one line
 
     def write_outcomes() -> None:
-        writer.write(b"".join(outcomes))
+        writer.write(encode_outcomes(outcomes))
         outcomes.clear()
 
     def record(reply: Reply, outcome: Event) -> None:
         if not outcomes:
             loop.call_soon(write_outcomes)
-        outcomes.append(encode_outcome(reply, outcome))
+        outcomes.append((reply, outcome))
 
     rest = b""
     while chunk := await reader.read(1 << 16):
         *lines, rest = (rest + chunk).split(b"\n")
         for line in lines:
             try:
-                group = decode_replies(line)
+                groups = decode_replies(line)
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("unreadable replies from the bot: %s", exc)
                 continue
-            replier.start(group, record)
+            for group in groups:
+                replier.start(group, record)
         await writer.drain()  # the bot reads slower than replies end: take no more until it catches up
     await replier.drain(None)
     if outcomes:

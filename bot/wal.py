@@ -8,6 +8,10 @@ queueing for a hundred. An event loop writes what its tasks appended in one turn
 and has a thread fsync it (`sync`), one fsync at a time, what was written meanwhile sharing the next; other
 threads hand their records to a committer thread (`submit`), which also closes segments as they fill or age.
 
+An event loop may instead have a small process of its own fsync for it (`SyncProcess`): a thread of the
+loop's own process needs the interpreter's lock to wake up and to report back, and a loop busy with webhooks
+holds that lock for milliseconds at a time, so under load the thread's round trip took twice the disk's time.
+
 Records nobody waits for (`submit_soon`) are written with the next commit, or within `SOON_S` when none
 comes, and are made durable by the next fsync: a crash of the process loses none of them once written (they
 are in the kernel's page cache), a crash of the machine may lose the last few.
@@ -15,14 +19,19 @@ are in the kernel's page cache), a crash of the machine may lose the last few.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import fcntl
 import json
 import logging
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -158,6 +167,19 @@ class WriteAheadLog:
                 self._lock.notify()
         return seq
 
+    def unsynced(self, segments: set[int]) -> int | None:
+        """The one of these segments that still needs an fsync for what `write_unsynced` wrote into it: the
+        current segment, or none (the others were fsynced as they were closed). Raises WALError for a segment
+        whose closing fsync failed."""
+        with self._io:
+            return self._unsynced_of(segments)
+
+    def _unsynced_of(self, segments: set[int]) -> int | None:
+        failed = sorted(segments & self._close_sync_failed)
+        if failed:
+            raise WALError(f"write-ahead log segment {failed[0]} could not be fsynced when it was closed")
+        return self._seq if self._seq in segments else None
+
     def sync(self, segments: set[int]) -> None:
         """Make what `write_unsynced` wrote into these segments durable. Blocks for an fsync: call it from a
         thread of its own, while the caller goes on writing (the file is not locked during the fsync).
@@ -166,20 +188,28 @@ class WriteAheadLog:
         still be on disk and replayed at the next start: the store keeps one copy of an event id.
         """
         with self._io:
-            failed = sorted(segments & self._close_sync_failed)
-            if failed:
-                raise WALError(f"write-ahead log segment {failed[0]} could not be fsynced when it was closed")
-            if self._seq not in segments:
-                return  # closed since, and fsynced as they were closed
+            if self._unsynced_of(segments) is None:
+                return
             fd = os.dup(self._file.fileno())  # stays open if the committer closes the segment meanwhile
         try:
             os.fdatasync(fd)
         except OSError as exc:
-            raise WALError(
-                exc.errno, f"write-ahead log fsync failed in {self.directory}: {exc.strerror}"
-            ) from None
+            raise self._sync_error(exc.errno) from None
         finally:
             os.close(fd)
+
+    def _sync_error(self, code: int) -> WALError:
+        return WALError(code, f"write-ahead log fsync failed in {self.directory}: {os.strerror(code)}")
+
+    def synced_by_process(self, seq: int, code: int) -> WALError | None:
+        """What a `SyncProcess` answering `code` (an errno, 0 when done) for segment `seq` means."""
+        if code == errno.ENOENT:
+            try:  # closed, flushed and deleted since: durable if its closing fsync was
+                self.unsynced({seq})
+            except WALError as exc:
+                return exc
+            return None
+        return self._sync_error(code) if code else None
 
     def submit(self, payload: bytes) -> Future[None]:
         """Queue one record; the future completes when it is on disk, or fails with WALError."""
@@ -359,6 +389,103 @@ class WriteAheadLog:
         return error
 
 
+class SyncProcessGone(WALError):
+    """The sync process stopped before it answered: the fsync is to be done some other way."""
+
+
+class SyncProcess:
+    """fdatasyncs segments of a log directory in a process of its own, for one event loop.
+
+    The loop writes a segment's number down a pipe and hears back, through its own reader of the answer
+    pipe, when that segment is fsynced: no thread of the loop's process takes part. One fsync at a time is
+    enough (the log asks for one, the records written meanwhile wait for the next).
+    """
+
+    def __init__(self, directory: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bot.wal", str(directory)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,  # Ctrl-C reaches the bot, which then closes it
+        )
+        self._requests = self._process.stdin.fileno()
+        self._answers = self._process.stdout.fileno()
+        os.set_blocking(self._answers, False)
+        self._waiting: deque[tuple[int, Callable[[int], None]]] = deque()
+        self._rest = b""
+        self.alive = True
+        loop.add_reader(self._answers, self._read_answers)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def sync(self, seq: int, answered: Callable[[int], None]) -> None:
+        """Fsync segment `seq`; `answered` gets 0, an errno, or -1 if the process stopped before answering.
+        Raises SyncProcessGone if it has stopped."""
+        if not self.alive:
+            raise SyncProcessGone("the sync process has stopped")
+        try:
+            os.write(self._requests, b"%d\n" % seq)
+        except OSError as exc:
+            self._stopped()
+            raise SyncProcessGone(f"the sync process has stopped: {exc}") from None
+        self._waiting.append((seq, answered))
+
+    def _read_answers(self) -> None:
+        try:
+            data = os.read(self._answers, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._stopped()
+            return
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        for line in lines:
+            _, answered = self._waiting.popleft()
+            answered(int(line))
+
+    def _stopped(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._answers)
+        self._process.stdin.close()
+        self._process.stdout.close()
+        waiting, self._waiting = self._waiting, deque()
+        for _, answered in waiting:
+            answered(-1)
+
+    def close(self) -> None:
+        """Stop it (from any thread). An fsync it had not answered is done by the log's thread, if the log
+        still runs; its pipes are closed by the loop, which sees them end."""
+        self._process.terminate()
+        self._process.wait()
+
+
+def serve_syncs(directory: Path) -> None:
+    """The sync process: for each segment number read, fdatasync that segment and answer 0 or the errno."""
+    current: tuple[int, int] | None = None  # (seq, fd) of the segment last fsynced
+    for line in sys.stdin.buffer:
+        seq = int(line)
+        try:
+            if current is None or current[0] != seq:
+                if current is not None:
+                    os.close(current[1])
+                    current = None
+                current = (seq, os.open(directory / segment_name(seq), os.O_WRONLY | os.O_APPEND))
+            os.fdatasync(current[1])
+            code = 0
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+        os.write(1, b"%d\n" % code)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     # An unbuffered write may be short (a filling disk writes what fits): only all of it, or an error, counts.
     view = memoryview(data)
@@ -401,3 +528,7 @@ class DirectoryLock:
         if not self._file.closed:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()
+
+
+if __name__ == "__main__":
+    serve_syncs(Path(sys.argv[1]))

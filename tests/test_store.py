@@ -19,7 +19,7 @@ import pytest
 
 from bot.events import FILE_SCHEMA, Event
 from bot.store import EventLog, StoreError, event_row
-from bot.wal import list_segments
+from bot.wal import Segment, WriteAheadLog, list_segments
 from tests.conftest import REPO
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -190,6 +190,71 @@ def test_a_failed_fsync_fails_the_appends_waiting_for_it_and_the_next_ones_go_th
         monkeypatch.setattr(os, "fdatasync", real)
         asyncio.run(log.append([event(2)]))
         assert "e2" in copy_of_log(data)
+
+
+def sync_processes() -> list[int]:
+    """This test process's children that are a write-ahead log's sync process."""
+    pids = []
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        for pid in task.read_text().split():
+            try:
+                if b"bot.wal" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(int(pid))
+            except OSError:
+                continue
+    return pids
+
+
+def test_with_a_sync_process_an_event_loops_appends_are_fsynced_by_it_and_it_stops_with_the_log(
+    data, monkeypatch
+):
+    fsyncs_here = counting_fsyncs(monkeypatch)
+
+    async def run(log: EventLog) -> None:
+        for n in range(5):
+            await asyncio.gather(*(log.append([event(10 * n + k)]) for k in range(10)))
+        assert len(sync_processes()) == 1
+
+    with open_log(data, flush_age_s=3600, sync_process=True) as log:
+        asyncio.run(run(log))
+        assert fsyncs_here == []  # not one from this process: the sync process did them all
+        assert len(copy_of_log(data)) == 50
+    assert sync_processes() == []
+    assert len(stored(data)) == 50
+
+
+def test_when_the_sync_process_dies_the_appends_are_fsynced_from_a_thread(data, monkeypatch, caplog):
+    fsyncs_here = counting_fsyncs(monkeypatch)
+
+    async def run(log: EventLog) -> None:
+        await log.append([event(1)])
+        [pid] = sync_processes()
+        slow = asyncio.create_task(log.append([event(2)]))
+        os.kill(pid, signal.SIGKILL)  # whether it answered that fsync or not, the append is durable
+        await asyncio.wait_for(slow, 5)
+        await asyncio.gather(*(log.append([event(n)]) for n in range(3, 10)))
+
+    with open_log(data, flush_age_s=3600, sync_process=True) as log:
+        asyncio.run(run(log))
+        assert fsyncs_here  # the thread took over
+        assert sorted(copy_of_log(data)) == sorted(f"e{n}" for n in range(1, 10))
+    assert "sync process stopped; fsyncing from a thread" in caplog.text
+
+
+def test_a_segment_the_sync_process_finds_gone_was_fsynced_when_it_was_closed(tmp_path):
+    closed: list[Segment] = []
+    wal = WriteAheadLog(
+        tmp_path, first_seq=1, on_segment_closed=closed.append, segment_bytes=1 << 20, segment_age_s=3600
+    )
+    try:
+        wal.write_unsynced(b"record")
+        wal.rotate().result()  # closes segment 1, fsyncing it
+        closed[0].path.unlink()  # flushed and deleted
+        assert wal.synced_by_process(1, errno.ENOENT) is None
+        assert wal.synced_by_process(2, 0) is None
+        assert "fsync failed" in str(wal.synced_by_process(2, errno.EIO))
+    finally:
+        wal.close()
 
 
 def test_appends_waiting_for_an_fsync_when_the_log_closes_are_answered(data, monkeypatch):

@@ -325,8 +325,7 @@ class EventLog:
         self._closed = False
         self._loop_syncs: dict[asyncio.AbstractEventLoop, _LoopSync] = {}
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="promobot-wal-sync")
-        self._use_sync_process = sync_process
-        self._sync_processes: dict[asyncio.AbstractEventLoop, SyncProcess] = {}
+        self._sync_process: SyncProcess | None = None
         self._loop_batches: dict[asyncio.AbstractEventLoop, tuple[list, list[asyncio.Future[None]]]] = {}
         self.last_flush_error: BaseException | None = None
 
@@ -352,6 +351,13 @@ class EventLog:
         )
         self._flusher = threading.Thread(target=self._flush_loop, name="promobot-flusher", daemon=True)
         self._flusher.start()
+        if sync_process:
+            try:
+                self._sync_process = SyncProcess(wal_dir)
+            except OSError as exc:
+                log.error(
+                    "cannot start a sync process for the write-ahead log (%s); fsyncing from a thread", exc
+                )
 
     @classmethod
     def open(
@@ -462,7 +468,7 @@ class EventLog:
                 self._loop_syncs.pop(loop, None)
 
         segments = {segment for segment, _ in batch}
-        process = self._sync_process(loop)
+        process = self._live_sync_process()
         if process is not None:
             try:
                 seq = self._wal.unsynced(segments)
@@ -501,22 +507,12 @@ class EventLog:
             lambda done: finish(WALError("the fsync was cancelled") if done.cancelled() else done.exception())
         )
 
-    def _sync_process(self, loop: asyncio.AbstractEventLoop) -> SyncProcess | None:
-        """The loop's sync process, started at its first fsync; None if there is none (or none left)."""
-        if not self._use_sync_process or self._closed:
-            return None
-        process = self._sync_processes.get(loop)
-        if process is None:
-            try:
-                process = self._sync_processes[loop] = SyncProcess(self.wal_dir, loop)
-            except OSError as exc:
-                log.error("cannot start a sync process (%s); fsyncing from a thread", exc)
-                self._use_sync_process = False
-                return None
-        if not process.alive:
+    def _live_sync_process(self) -> SyncProcess | None:
+        """The log's sync process; None if it has none (or none left)."""
+        process = self._sync_process
+        if process is not None and not process.alive:
             log.error("the write-ahead log's sync process stopped; fsyncing from a thread")
-            self._use_sync_process = False
-            return None
+            process = self._sync_process = None
         return process
 
     def append_soon(self, rows: Sequence[list]) -> None:
@@ -621,8 +617,8 @@ class EventLog:
         if self._closed:
             return
         self._closed = True
-        for process in self._sync_processes.values():
-            process.close()
+        if self._sync_process is not None:
+            self._sync_process.close()
         self._syncer.shutdown(wait=True)
         self._wal.close()
         with self._flush_cond:

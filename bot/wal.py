@@ -394,15 +394,15 @@ class SyncProcessGone(WALError):
 
 
 class SyncProcess:
-    """fdatasyncs segments of a log directory in a process of its own, for one event loop.
+    """fdatasyncs segments of a log directory in a process of its own, for an event loop.
 
     The loop writes a segment's number down a pipe and hears back, through its own reader of the answer
     pipe, when that segment is fsynced: no thread of the loop's process takes part. One fsync at a time is
-    enough (the log asks for one, the records written meanwhile wait for the next).
+    enough (the log asks for one, the records written meanwhile wait for the next). The process starts with
+    the log, so that the first webhooks do not wait for it to start.
     """
 
-    def __init__(self, directory: Path, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self, directory: Path) -> None:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "bot.wal", str(directory)],
             stdin=subprocess.PIPE,
@@ -413,20 +413,24 @@ class SyncProcess:
         self._requests = self._process.stdin.fileno()
         self._answers = self._process.stdout.fileno()
         os.set_blocking(self._answers, False)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop reading its answers
         self._waiting: deque[tuple[int, Callable[[int], None]]] = deque()
         self._rest = b""
         self.alive = True
-        loop.add_reader(self._answers, self._read_answers)
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
 
     def sync(self, seq: int, answered: Callable[[int], None]) -> None:
-        """Fsync segment `seq`; `answered` gets 0, an errno, or -1 if the process stopped before answering.
-        Raises SyncProcessGone if it has stopped."""
+        """Fsync segment `seq` for the running loop; `answered` gets 0, an errno, or -1 if the process stopped
+        before answering. Raises SyncProcessGone if it has stopped, or is busy for another loop."""
         if not self.alive:
             raise SyncProcessGone("the sync process has stopped")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._waiting or (self._loop is not None and self._loop.is_running()):
+                raise SyncProcessGone("the sync process works for another event loop")
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._answers)
+            self._loop = loop
+            loop.add_reader(self._answers, self._read_answers)
         try:
             os.write(self._requests, b"%d\n" % seq)
         except OSError as exc:
@@ -453,7 +457,7 @@ class SyncProcess:
         if not self.alive:
             return
         self.alive = False
-        if not self._loop.is_closed():
+        if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._answers)
         self._process.stdin.close()
         self._process.stdout.close()
@@ -463,9 +467,13 @@ class SyncProcess:
 
     def close(self) -> None:
         """Stop it (from any thread). An fsync it had not answered is done by the log's thread, if the log
-        still runs; its pipes are closed by the loop, which sees them end."""
+        still runs; its pipes are closed by the loop reading them, which sees them end."""
         self._process.terminate()
         self._process.wait()
+        if self._loop is None or self._loop.is_closed():
+            self.alive = False
+            self._process.stdin.close()
+            self._process.stdout.close()
 
 
 def serve_syncs(directory: Path) -> None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from bot.graph import (
+    Encoded,
     GraphClient,
     PermanentSendError,
     RetryPolicy,
@@ -250,6 +251,29 @@ async def test_calls_made_together_go_out_as_one_batch_request():
         ("GET", "3", {"fields": "first_name"}),
     ]
     assert entries[0].body == body_to("1")  # every field, JSON values and form escapes intact
+
+
+async def test_an_encoded_message_is_sent_as_its_plain_value_alone_and_in_a_batch():
+    message = {"text": 'Hi Zoë & co: 100% = "yes"+more', "quick_replies": [{"title": "a b"}]}
+    encoded = Encoded(message)
+    requests: list[httpx.Request] = []
+
+    def answer(entry, attempt):
+        customer = entry.body["recipient"]["id"]
+        return {"code": 200, "body": json.dumps({"recipient_id": customer, "message_id": f"m_{customer}"})}
+
+    def with_encoded(customer: str) -> dict:
+        return {"recipient": {"id": customer}, "messaging_type": "RESPONSE", "message": encoded}
+
+    alone = client(httpx.Response(200, json=OK), seen=requests)
+    await alone.send("42", with_encoded("42"))
+    assert json.loads(requests.pop().content) == {**with_encoded("42"), "message": message}
+
+    graph = batching_client(answer, seen=requests)
+    await asyncio.gather(*(graph.send(c, with_encoded(c)) for c in "12"))
+    [request] = requests
+    entries = read_batch(dict(parse_qsl(request.content.decode())))
+    assert [e.body for e in entries] == [{**with_encoded(c), "message": message} for c in "12"]
 
 
 async def test_each_call_of_a_batch_gets_its_own_outcome():

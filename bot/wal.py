@@ -12,6 +12,11 @@ An event loop may instead have a small process of its own fsync for it (`SyncPro
 loop's own process needs the interpreter's lock to wake up and to report back, and a loop busy with webhooks
 holds that lock for milliseconds at a time, so under load the thread's round trip took twice the disk's time.
 
+A log may preallocate its segments (`preallocate`): each is filled with zeros before its first record, so
+that an fsync finds the file's size and blocks unchanged and writes the records alone, not the file system's
+journal too (which also holds every other file's changes); a spare segment is prepared ahead by the
+committer thread. The first header of zeros ends a segment.
+
 Records nobody waits for (`submit_soon`) are written with the next commit, or within `SOON_S` when none
 comes, and are made durable by the next fsync: a crash of the process loses none of them once written (they
 are in the kernel's page cache), a crash of the machine may lose the last few.
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
 _SEGMENT_SUFFIX = ".wal"
+_SPARE = "spare.wal.tmp"  # the next preallocated segment, made ahead of its use
 SOON_S = 0.1  # how long a record nobody waits for may wait for a commit to ride along with
 
 
@@ -75,6 +81,10 @@ def read_records(path: Path, *, repair: bool = False) -> Iterator[bytes]:
     offset = 0
     while offset + _HEADER.size <= len(data):
         length, crc = _HEADER.unpack_from(data, offset)
+        if length == 0:  # no record is empty: the zeros of a preallocated segment (or of a crash) follow
+            if data.count(0, offset) == len(data) - offset:
+                return
+            break
         start, end = offset + _HEADER.size, offset + _HEADER.size + length
         if end > len(data) or zlib.crc32(data[start:end]) != crc:
             break
@@ -122,9 +132,13 @@ class WriteAheadLog:
         on_segment_closed: Callable[[Segment], None],
         segment_bytes: int,
         segment_age_s: float,
+        preallocate: bool = False,
     ) -> None:
         self.directory = directory
         self._on_closed = on_segment_closed
+        self._preallocate = preallocate
+        self._spare_ready = False
+        (directory / _SPARE).unlink(missing_ok=True)  # maybe half made by a run that stopped
         self._segment_bytes = segment_bytes
         self._segment_age_s = segment_age_s
         self._lock = threading.Condition()  # guards the queues and flags below
@@ -266,7 +280,14 @@ class WriteAheadLog:
         temporary.write_text(str(seq + 1))
         os.replace(temporary, next_seq)
         path = self.directory / segment_name(seq)
-        file = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for the segment's life
+        if self._preallocate:
+            if self._spare_ready:
+                self._spare_ready = False
+                os.replace(self.directory / _SPARE, path)
+            else:
+                _fill_with_zeros(path, self._segment_bytes)
+        # Written at offsets (os.pwrite), not appended: a preallocated segment's records go over its zeros.
+        file = open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666), "wb", buffering=0)  # noqa: SIM115
         fsync_directory(self.directory)
         return file
 
@@ -280,6 +301,7 @@ class WriteAheadLog:
                     or self._due_for_age()
                     or self._soon_due()
                     or self._full
+                    or self._spare_wanted()
                 ):
                     self._lock.wait(timeout=self._wait_timeout())
             with self._io:
@@ -299,11 +321,28 @@ class WriteAheadLog:
                         else:
                             future.set_exception(error)
             if closing:
+                (self.directory / _SPARE).unlink(missing_ok=True)
                 with self._lock:
                     leftover, self._queue = self._queue, []
                 for pending in leftover:
                     pending.future.set_exception(WALError("the event log is closed"))
                 return
+            if self._spare_wanted():
+                self._prepare_spare()
+
+    def _spare_wanted(self) -> bool:
+        return self._preallocate and not self._spare_ready and not self._closing
+
+    def _prepare_spare(self) -> None:
+        """Zero the next segment ahead, outside `_io`: the event loop's writes go on meanwhile."""
+        try:
+            _fill_with_zeros(self.directory / _SPARE, self._segment_bytes)
+        except OSError as exc:
+            log.warning("could not prepare the next write-ahead log segment: %s", exc.strerror)
+            self._preallocate = False  # segments are appended to from now on
+            (self.directory / _SPARE).unlink(missing_ok=True)
+            return
+        self._spare_ready = True
 
     def _wait_timeout(self) -> float | None:
         deadlines = []
@@ -337,7 +376,7 @@ class WriteAheadLog:
         them in the segment."""
         data = encode_records(payloads)
         try:
-            _write_all(self._file.fileno(), data)
+            _write_all(self._file.fileno(), data, self._size)
             if sync:
                 os.fdatasync(self._file.fileno())
         except OSError as exc:
@@ -380,7 +419,7 @@ class WriteAheadLog:
             except OSError as exc:
                 error = WALError(exc.errno, f"cannot open a new write-ahead log segment: {exc.strerror}")
                 # Keep appending to the old segment: better a large segment than refused events.
-                self._file = open(closed.path, "ab", buffering=0)  # noqa: SIM115
+                self._file = open(os.open(closed.path, os.O_WRONLY), "wb", buffering=0)  # noqa: SIM115
                 return error
             self._seq += 1
         self._size = 0
@@ -494,11 +533,25 @@ def serve_syncs(directory: Path) -> None:
         os.write(1, b"%d\n" % code)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    # An unbuffered write may be short (a filling disk writes what fits): only all of it, or an error, counts.
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    # A write may be short (a filling disk writes what fits): only all of it, or an error, counts.
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _fill_with_zeros(path: Path, size: int) -> None:
+    """A file of `size` zero bytes (written, not just allocated: writing over them changes no metadata),
+    durable."""
+    zeros = memoryview(bytes(min(size, 1 << 20)))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        for offset in range(0, size, len(zeros)):
+            _write_all(fd, zeros[: size - offset], offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def next_sequence(directory: Path) -> int:

@@ -24,11 +24,11 @@ async def appender(log: EventLog, task: int) -> None:
         print(event_id, flush=True)
 
 
-async def main(data: str, wal: str) -> None:
+async def main(data: str, wal: str, sync_process: bool) -> None:
     # Small segments so that the kill also lands between flushes of earlier segments.
-    log = EventLog.open(data, Path(wal), flush_bytes=4096, flush_age_s=0.05)
+    log = EventLog.open(data, Path(wal), flush_bytes=4096, flush_age_s=0.05, sync_process=sync_process)
     await asyncio.gather(*(appender(log, task) for task in range(8)))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3:] == ["--sync-process"]))

@@ -19,7 +19,7 @@ import pytest
 
 from bot.events import FILE_SCHEMA, Event
 from bot.store import EventLog, StoreError, event_row
-from bot.wal import Segment, WriteAheadLog, list_segments
+from bot.wal import Segment, WriteAheadLog, list_segments, read_records
 from tests.conftest import REPO
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -257,6 +257,50 @@ def test_a_segment_the_sync_process_finds_gone_was_fsynced_when_it_was_closed(tm
         wal.close()
 
 
+def test_a_preallocated_log_writes_over_zeros_prepared_ahead_and_replays_what_it_holds(tmp_path, caplog):
+    closed: list[Segment] = []
+    wal = WriteAheadLog(
+        tmp_path,
+        first_seq=1,
+        on_segment_closed=closed.append,
+        segment_bytes=64 * 1024,
+        segment_age_s=3600,
+        preallocate=True,
+    )
+    try:
+        first = tmp_path / "000000000001.wal"
+        assert first.stat().st_size == 64 * 1024  # zeros, before any record
+        for n in range(3):
+            wal.sync({wal.write_unsynced(b"record %d" % n)})
+        assert first.stat().st_size == 64 * 1024  # written over the zeros, not appended
+        assert list(read_records(first)) == [b"record 0", b"record 1", b"record 2"]  # as after a crash
+        wal.rotate().result()
+        deadline = time.monotonic() + 5
+        while not (tmp_path / "spare.wal.tmp").exists():  # the next one is prepared ahead
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        wal.sync({wal.write_unsynced(b"record 3")})
+        assert list(read_records(tmp_path / "000000000002.wal")) == [b"record 3"]
+    finally:
+        wal.close()
+    assert [segment.seq for segment in closed] == [1, 2]
+    assert not (tmp_path / "spare.wal.tmp").exists()
+    assert "torn" not in caplog.text
+
+
+def test_a_segment_ending_in_zeros_after_a_crash_replays_its_records(data):
+    with open_log(data, flush_age_s=3600) as log:
+        log.append_blocking([event(1), event(2)])
+        [segment] = list_segments(data.parent / "wal")
+        segment = segment.path
+        copy = data.parent / "crashed"
+        copy.mkdir()
+        # A crash can leave a file longer than what was written into it: zeros.
+        (copy / segment.name).write_bytes(segment.read_bytes() + bytes(4096))
+    with EventLog.open(str(data.parent / "other"), copy) as replayed:
+        assert sorted(e.event_id for e in replayed.recent(T0)) == ["e1", "e2"]
+
+
 def test_appends_waiting_for_an_fsync_when_the_log_closes_are_answered(data, monkeypatch):
     async def run(log: EventLog) -> None:
         first = asyncio.create_task(log.append([event(1)]))
@@ -358,10 +402,11 @@ def test_replay_after_a_crash_between_rename_and_segment_deletion_writes_nothing
     assert stored(data) == sorted((f"e{n}", 1) for n in range(11))
 
 
-def test_kill_9_in_the_middle_of_appends_loses_and_doubles_nothing(data):
+@pytest.mark.parametrize("options", [[], ["--sync-process"]], ids=["thread", "sync-process-preallocated"])
+def test_kill_9_in_the_middle_of_appends_loses_and_doubles_nothing(data, options):
     wal = data.parent / "wal"
     writer = subprocess.Popen(
-        [sys.executable, "-m", "tests.store_writer", str(data), str(wal)],
+        [sys.executable, "-m", "tests.store_writer", str(data), str(wal), *options],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

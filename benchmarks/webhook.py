@@ -1,6 +1,6 @@
 """Webhook benchmark: signed webhook requests per second and acknowledgement latency of the bot.
 
-    python benchmarks/webhook.py [--seconds 5] [--rate 1000] [--rounds 3]
+    python benchmarks/webhook.py [--seconds 5] [--rate 1000] [--rounds 5]
 
 The baseline, run in the same session on the same machine, is a bare Starlette endpoint under the same
 uvicorn that only checks the signature and answers 200. The bot does everything it does in production:
@@ -356,7 +356,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--phase", choices=["rate", "throughput"], default="rate")
-    parser.add_argument("--rounds", type=int, default=3, help="bare endpoint and bot, this many times each")
+    parser.add_argument("--rounds", type=int, default=5, help="bare endpoint and bot, this many times each")
     parser.add_argument(
         "--mix",
         choices=sorted(MIXES),

@@ -83,9 +83,7 @@ class Replier:
         starts when its turn comes, so a backlog (after a restart, say) does not make them expire in the
         Graph client's queue. The client below queues their calls and batches them.
         """
-        for group in by_event(replies):
-            self._queued.append(_Answer(group, record or self._record, None))
-        self._admit()
+        self._enqueue(by_event(replies), record, None)
 
     async def send(self, replies: Iterable[Reply], record: Record | None = None) -> None:
         """Send now: returns once every reply has its outcome (recorded by `record`, by default the log)."""
@@ -101,10 +99,15 @@ class Replier:
             if remaining == 0 and not finished.done():
                 finished.set_result(None)
 
+        self._enqueue(groups, record, done)
+        await finished
+
+    def _enqueue(
+        self, groups: list[list[Reply]], record: Record | None, done: Callable[[], None] | None
+    ) -> None:
         for group in groups:
             self._queued.append(_Answer(group, record or self._record, done))
         self._admit()
-        await finished
 
     def _record(self, reply: Reply, outcome: Event) -> None:
         # Without waiting for the disk: an outcome lost in a crash of the machine means the reply is sent

@@ -285,7 +285,12 @@ class WriteAheadLog:
                 self._spare_ready = False
                 os.replace(self.directory / _SPARE, path)
             else:
-                _fill_with_zeros(path, self._segment_bytes)
+                try:
+                    _fill_with_zeros(path, self._segment_bytes)
+                except OSError as exc:  # a disk short of room: append, and refuse appends only once full
+                    log.warning("could not preallocate a write-ahead log segment (%s)", exc.strerror)
+                    self._preallocate = False
+                    path.unlink(missing_ok=True)
         # Written at offsets (os.pwrite), not appended: a preallocated segment's records go over its zeros.
         file = open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666), "wb", buffering=0)  # noqa: SIM115
         fsync_directory(self.directory)

@@ -484,6 +484,22 @@ def test_a_full_disk_refuses_an_event_loops_appends_too_and_keeps_what_was_ackno
     assert [event_id for event_id, _ in stored(data)] == sorted(acknowledged)
 
 
+def test_a_disk_without_room_for_a_preallocated_segment_is_appended_to(small_disk):
+    wal = WriteAheadLog(
+        small_disk,
+        first_seq=1,
+        on_segment_closed=lambda segment: None,
+        segment_bytes=1 << 20,  # more than the disk holds
+        segment_age_s=3600,
+        preallocate=True,
+    )
+    try:
+        wal.sync({wal.write_unsynced(b"record")})
+        assert list(read_records(small_disk / "000000000001.wal")) == [b"record"]
+    finally:
+        wal.close()
+
+
 def test_an_unwritable_store_keeps_events_in_the_log_until_it_is_writable_again(tmp_path):
     data = tmp_path / "store"
     _mount_tmpfs(data, "size=1m")

@@ -98,6 +98,12 @@ def read_records(path: Path, *, repair: bool = False) -> Iterator[bytes]:
                 os.fsync(file.fileno())
 
 
+def datasync(fd: int) -> None:
+    """fdatasync where the platform has it; fsync elsewhere (Python offers no fdatasync on macOS)."""
+    sync = getattr(os, "fdatasync", None) or os.fsync  # looked up each time: tests replace it
+    sync(fd)
+
+
 def encode_records(payloads: list[bytes]) -> bytes:
     return b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
 
@@ -206,7 +212,7 @@ class WriteAheadLog:
                 return
             fd = os.dup(self._file.fileno())  # stays open if the committer closes the segment meanwhile
         try:
-            os.fdatasync(fd)
+            datasync(fd)
         except OSError as exc:
             raise self._sync_error(exc.errno) from None
         finally:
@@ -383,7 +389,7 @@ class WriteAheadLog:
         try:
             _write_all(self._file.fileno(), data, self._size)
             if sync:
-                os.fdatasync(self._file.fileno())
+                datasync(self._file.fileno())
         except OSError as exc:
             self._undo_partial_write()
             message = f"write-ahead log write failed in {self.directory}: {exc.strerror}"
@@ -410,7 +416,7 @@ class WriteAheadLog:
         if self._unsynced:
             # A closed segment is durable as a whole, whatever was waited for in it.
             try:
-                os.fdatasync(self._file.fileno())
+                datasync(self._file.fileno())
                 self._unsynced = False
             except OSError as exc:
                 self._close_sync_failed.add(self._seq)
@@ -531,7 +537,7 @@ def serve_syncs(directory: Path) -> None:
                     os.close(current[1])
                     current = None
                 current = (seq, os.open(directory / segment_name(seq), os.O_WRONLY | os.O_APPEND))
-            os.fdatasync(current[1])
+            datasync(current[1])
             code = 0
         except OSError as exc:
             code = exc.errno or errno.EIO

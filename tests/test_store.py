@@ -177,6 +177,18 @@ def test_the_event_loop_goes_on_while_the_disk_is_slow_to_fsync(data, monkeypatc
     assert stored(data) == [("e1", 1)]
 
 
+def test_where_the_platform_has_no_fdatasync_appends_are_fsynced(data, monkeypatch):
+    monkeypatch.delattr(os, "fdatasync")  # as on macOS
+    fsyncs: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real(fd))
+    with open_log(data, flush_age_s=3600) as log:
+        asyncio.run(log.append([event(1)]))
+        log.append_blocking([event(2)])
+        assert fsyncs
+        assert sorted(copy_of_log(data)) == ["e1", "e2"]
+
+
 def test_a_failed_fsync_fails_the_appends_waiting_for_it_and_the_next_ones_go_through(data, monkeypatch):
     real = os.fdatasync
 

@@ -452,9 +452,11 @@ class SyncProcess:
     the log, so that the first webhooks do not wait for it to start.
     """
 
+    command = (sys.executable, "-m", "bot.wal")  # and the directory
+
     def __init__(self, directory: Path) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "bot.wal", str(directory)],
+            [*self.command, str(directory)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
@@ -500,8 +502,15 @@ class SyncProcess:
             return
         *lines, self._rest = (self._rest + data).split(b"\n")
         for line in lines:
-            _, answered = self._waiting.popleft()
-            answered(int(line))
+            try:
+                code = int(line)
+                _, answered = self._waiting.popleft()
+            except (ValueError, IndexError):
+                log.error("the write-ahead log's sync process answered %.80r; not asking it again", line)
+                self._process.kill()
+                self._stopped()
+                return
+            answered(code)
 
     def _stopped(self) -> None:
         if not self.alive:

@@ -19,7 +19,7 @@ import pytest
 
 from bot.events import FILE_SCHEMA, Event
 from bot.store import EventLog, StoreError, event_row
-from bot.wal import Segment, WriteAheadLog, list_segments, read_records
+from bot.wal import Segment, SyncProcess, WriteAheadLog, list_segments, read_records
 from tests.conftest import REPO
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -251,6 +251,23 @@ def test_when_the_sync_process_dies_the_appends_are_fsynced_from_a_thread(data, 
         assert fsyncs_here  # the thread took over
         assert sorted(copy_of_log(data)) == sorted(f"e{n}" for n in range(1, 10))
     assert "sync process stopped; fsyncing from a thread" in caplog.text
+
+
+def test_a_sync_process_that_answers_nonsense_is_dropped_and_the_thread_fsyncs(data, monkeypatch, caplog):
+    nonsense = "import sys\nfor line in sys.stdin: print('ok?', flush=True)"
+    monkeypatch.setattr(SyncProcess, "command", (sys.executable, "-c", nonsense))
+    fsyncs_here = counting_fsyncs(monkeypatch)
+
+    async def run(log: EventLog) -> None:
+        await asyncio.wait_for(log.append([event(1)]), 5)
+        await asyncio.wait_for(asyncio.gather(*(log.append([event(n)]) for n in range(2, 6))), 5)
+
+    with open_log(data, flush_age_s=3600, sync_process=True) as log:
+        asyncio.run(run(log))
+        assert fsyncs_here
+        assert sorted(copy_of_log(data)) == sorted(f"e{n}" for n in range(1, 6))
+    assert "sync process answered b'ok?'" in caplog.text
+    assert sync_processes() == []
 
 
 def test_a_segment_the_sync_process_finds_gone_was_fsynced_when_it_was_closed(tmp_path):

@@ -453,6 +453,7 @@ class SyncProcess:
     """
 
     command = (sys.executable, "-m", "bot.wal")  # and the directory
+    patience_s = 30.0  # an fsync unanswered for this long: the process is taken to be stuck
 
     def __init__(self, directory: Path) -> None:
         self._process = subprocess.Popen(
@@ -466,7 +467,8 @@ class SyncProcess:
         self._answers = self._process.stdout.fileno()
         os.set_blocking(self._answers, False)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop reading its answers
-        self._waiting: deque[tuple[int, Callable[[int], None]]] = deque()
+        self._waiting: deque[tuple[float, Callable[[int], None]]] = deque()  # (when asked, whom to tell)
+        self._watchdog: asyncio.TimerHandle | None = None
         self._rest = b""
         self.alive = True
 
@@ -488,7 +490,24 @@ class SyncProcess:
         except OSError as exc:
             self._stopped()
             raise SyncProcessGone(f"the sync process has stopped: {exc}") from None
-        self._waiting.append((seq, answered))
+        self._waiting.append((time.monotonic(), answered))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.patience_s, self._watch)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        if not self._waiting or not self.alive:
+            return
+        waited = time.monotonic() - self._waiting[0][0]
+        if waited >= self.patience_s:
+            self._give_up(f"has not answered for {waited:.0f} s")
+        else:
+            self._watchdog = self._loop.call_later(self.patience_s - waited, self._watch)
+
+    def _give_up(self, why: str) -> None:
+        log.error("the write-ahead log's sync process %s; not asking it again", why)
+        self._process.kill()
+        self._stopped()
 
     def _read_answers(self) -> None:
         try:
@@ -506,9 +525,7 @@ class SyncProcess:
                 code = int(line)
                 _, answered = self._waiting.popleft()
             except (ValueError, IndexError):
-                log.error("the write-ahead log's sync process answered %.80r; not asking it again", line)
-                self._process.kill()
-                self._stopped()
+                self._give_up(f"answered {line!r:.80}")
                 return
             answered(code)
 
@@ -516,6 +533,9 @@ class SyncProcess:
         if not self.alive:
             return
         self.alive = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._answers)
         self._process.stdin.close()

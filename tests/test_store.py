@@ -266,7 +266,23 @@ def test_a_sync_process_that_answers_nonsense_is_dropped_and_the_thread_fsyncs(d
         asyncio.run(run(log))
         assert fsyncs_here
         assert sorted(copy_of_log(data)) == sorted(f"e{n}" for n in range(1, 6))
-    assert "sync process answered b'ok?'" in caplog.text
+    assert "sync process answered b'ok?'; not asking it again" in caplog.text
+    assert sync_processes() == []
+
+
+def test_a_sync_process_that_stops_answering_is_dropped_and_the_thread_fsyncs(data, monkeypatch, caplog):
+    stuck = "import sys, time\nsys.stdin.readline()\ntime.sleep(3600)"
+    monkeypatch.setattr(SyncProcess, "command", (sys.executable, "-c", stuck))
+    monkeypatch.setattr(SyncProcess, "patience_s", 0.3)
+
+    async def run(log: EventLog) -> None:
+        await asyncio.wait_for(asyncio.gather(*(log.append([event(n)]) for n in range(1, 4))), 5)
+        await asyncio.wait_for(log.append([event(4)]), 5)
+
+    with open_log(data, flush_age_s=3600, sync_process=True) as log:
+        asyncio.run(run(log))
+        assert sorted(copy_of_log(data)) == ["e1", "e2", "e3", "e4"]
+    assert "sync process has not answered for 0 s; not asking it again" in caplog.text
     assert sync_processes() == []
 
 

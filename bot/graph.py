@@ -173,15 +173,23 @@ class Attempts:
 
     __slots__ = ("_attempt", "_backoff", "_call", "_client", "_error", "_outcome", "_timer")
 
-    def __init__(self, client: GraphClient, call: _Call, outcome: Outcome) -> None:
+    def __init__(
+        self,
+        client: GraphClient,
+        method: str,
+        path: str,
+        params: dict | None,
+        body: dict | None,
+        deadline: float,
+        outcome: Outcome,
+    ) -> None:
         self._client = client
-        self._call = call
+        self._call = _Call(method, path, params, body, deadline, self._answered)
         self._outcome = outcome
         self._backoff = client.retry.first_backoff_s
         self._attempt = 0
         self._error: SendError | None = None
         self._timer: asyncio.TimerHandle | None = None
-        call.answer = self._answered
 
     def abandon(self) -> None:
         """Stop: no more attempts, no outcome (a call already on its way is not undone)."""
@@ -199,13 +207,14 @@ class Attempts:
             self._outcome(answer)
             return
         error, last = answer, self._error
-        if isinstance(error, _TurnTooLate) and last is not None:
-            # The deadline passed while the call waited for its turn: the failure worth telling is the one
-            # that made it wait.
-            last.reason = f"{last.reason} (gave up after {self._attempt - 1} attempts)"
-            last.__cause__ = error
-            error = last
-        elif isinstance(error, TransientSendError) and not isinstance(error, _TurnTooLate):
+        if isinstance(error, _TurnTooLate):
+            if last is not None:
+                # The deadline passed while the call waited for its turn: the failure worth telling is the
+                # one that made it wait.
+                last.reason = f"{last.reason} (gave up after {self._attempt - 1} attempts)"
+                last.__cause__ = error
+                error = last
+        elif isinstance(error, TransientSendError):
             self._error = error
             call = self._call
             call.alone = call.alone or isinstance(error, _BatchTimedOut)
@@ -369,8 +378,7 @@ class GraphClient:
         deadline_s: float,
         outcome: Outcome,
     ) -> Attempts:
-        call = _Call(method, path, params, body, time.monotonic() + deadline_s, outcome)
-        attempts = Attempts(self, call, outcome)
+        attempts = Attempts(self, method, path, params, body, time.monotonic() + deadline_s, outcome)
         attempts._next()
         return attempts
 

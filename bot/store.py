@@ -412,8 +412,8 @@ class EventLog:
 
         What the tasks of one event loop append in the same turn of the loop is written as one record right
         after that turn, on the loop's own thread (a write into the page cache: microseconds). A thread of the
-        log fsyncs it (about a millisecond on a virtual disk), one fsync at a time: what the loop writes
-        meanwhile shares the next one (group commit), and the loop never waits for the disk.
+        log (or its sync process) fsyncs it (about a millisecond on a virtual disk), one fsync at a time: what
+        the loop writes meanwhile shares the next one (group commit), and the loop never waits for the disk.
         """
         if not events:
             return
@@ -471,28 +471,37 @@ class EventLog:
 
         segments = {segment for segment, _ in batch}
         process = self._live_sync_process()
-        if process is not None:
-            try:
-                seq = self._wal.unsynced(segments)
-            except WALError as exc:
-                finish(exc)
-                return
-            if seq is None:
-                finish(None)
-                return
+        if process is None:
+            self._sync_by_thread(loop, segments, finish)
+        else:
+            self._sync_by_process(process, loop, segments, finish)
 
-            def answered(code: int) -> None:
-                if code >= 0:
-                    finish(self._wal.synced_by_process(seq, code))
-                else:  # it stopped before answering: the thread fsyncs instead
-                    self._sync_by_thread(loop, segments, finish)
-
-            try:
-                process.sync(seq, answered)
-            except SyncProcessGone:
-                self._sync_by_thread(loop, segments, finish)
+    def _sync_by_process(
+        self,
+        process: SyncProcess,
+        loop: asyncio.AbstractEventLoop,
+        segments: set[int],
+        finish: Callable[[BaseException | None], None],
+    ) -> None:
+        try:
+            seq = self._wal.unsynced(segments)
+        except WALError as exc:
+            finish(exc)
             return
-        self._sync_by_thread(loop, segments, finish)
+        if seq is None:
+            finish(None)
+            return
+
+        def answered(code: int) -> None:
+            if code >= 0:
+                finish(self._wal.synced_by_process(seq, code))
+            else:  # it stopped before answering: the thread fsyncs instead
+                self._sync_by_thread(loop, segments, finish)
+
+        try:
+            process.sync(seq, answered)
+        except SyncProcessGone:
+            self._sync_by_thread(loop, segments, finish)
 
     def _sync_by_thread(
         self,

@@ -286,17 +286,11 @@ class WriteAheadLog:
         temporary.write_text(str(seq + 1))
         os.replace(temporary, next_seq)
         path = self.directory / segment_name(seq)
-        if self._preallocate:
-            if self._spare_ready:
-                self._spare_ready = False
-                os.replace(self.directory / _SPARE, path)
-            else:
-                try:
-                    _fill_with_zeros(path, self._segment_bytes)
-                except OSError as exc:  # a disk short of room: append, and refuse appends only once full
-                    log.warning("could not preallocate a write-ahead log segment (%s)", exc.strerror)
-                    self._preallocate = False
-                    path.unlink(missing_ok=True)
+        if self._spare_ready:
+            self._spare_ready = False
+            os.replace(self.directory / _SPARE, path)
+        elif self._preallocate:
+            self._zeroed(path)
         # Written at offsets (os.pwrite), not appended: a preallocated segment's records go over its zeros.
         file = open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666), "wb", buffering=0)  # noqa: SIM115
         fsync_directory(self.directory)
@@ -346,14 +340,19 @@ class WriteAheadLog:
 
     def _prepare_spare(self) -> None:
         """Zero the next segment ahead, outside `_io`: the event loop's writes go on meanwhile."""
+        self._spare_ready = self._zeroed(self.directory / _SPARE)
+
+    def _zeroed(self, path: Path) -> bool:
+        """Fill `path` with a segment's zeros. On a disk short of room, segments are appended to from then
+        on (appends are refused only once it is full)."""
         try:
-            _fill_with_zeros(self.directory / _SPARE, self._segment_bytes)
+            _fill_with_zeros(path, self._segment_bytes)
         except OSError as exc:
-            log.warning("could not prepare the next write-ahead log segment: %s", exc.strerror)
-            self._preallocate = False  # segments are appended to from now on
-            (self.directory / _SPARE).unlink(missing_ok=True)
-            return
-        self._spare_ready = True
+            log.warning("could not preallocate a write-ahead log segment (%s)", exc.strerror)
+            self._preallocate = False
+            path.unlink(missing_ok=True)
+            return False
+        return True
 
     def _wait_timeout(self) -> float | None:
         deadlines = []

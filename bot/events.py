@@ -76,15 +76,35 @@ class Event:
     detail: str | None = field(default=None)
 
     def __post_init__(self) -> None:
-        # Every event the bot records passes here: the common case (all well-formed, UTC, an EventName) is
-        # checked in one pass, and only a value that fails it is looked at again for the message.
+        # Every event the bot records passes here. The common case (required strings non-empty, optional
+        # ones str or None, an EventName, a datetime in UTC) is one expression; only an event that fails it
+        # is looked at again, for the message or to normalise it.
+        if not (
+            self.event_id.__class__ is str
+            and self.event_id
+            and self.page_id.__class__ is str
+            and self.page_id
+            and self.customer_id.__class__ is str
+            and self.customer_id
+            and self.campaign_id.__class__ is str
+            and self.campaign_id
+            and self.event.__class__ is EventName
+            and self.ts.__class__ is datetime
+            and self.ts.tzinfo is UTC
+            and (self.variant is None or self.variant.__class__ is str)
+            and (self.button is None or self.button.__class__ is str)
+            and (self.message_id is None or self.message_id.__class__ is str)
+            and (self.detail is None or self.detail.__class__ is str)
+        ):
+            self._check_and_normalise()
+
+    def _check_and_normalise(self) -> None:
         for key in _REQUIRED_TEXT:
             value = getattr(self, key)
-            if value.__class__ is not str or not value:
-                if value is None or value == "":
-                    raise EventError(f"event is missing required key {key!r}")
-                if not isinstance(value, str):
-                    raise EventError(f"event key {key!r} must be a string, got {type(value).__name__}")
+            if value is None or value == "":
+                raise EventError(f"event is missing required key {key!r}")
+            if not isinstance(value, str):
+                raise EventError(f"event key {key!r} must be a string, got {type(value).__name__}")
         for key in _OPTIONAL:
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):

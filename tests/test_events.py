@@ -43,6 +43,33 @@ def test_unknown_event_name_is_refused():
         make(event="coupon_clicked")
 
 
+def test_an_event_name_given_as_text_becomes_the_event_name():
+    event = make(event="welcome_sent")
+    assert event.event is EventName.WELCOME_SENT
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("event_id", 7, "'event_id' must be a string"),
+        ("page_id", None, "missing required key 'page_id'"),
+        ("customer_id", b"c", "'customer_id' must be a string"),
+        ("campaign_id", "", "missing required key 'campaign_id'"),
+        ("variant", 1, "'variant' must be a string or None"),
+        ("button", ["YES"], "'button' must be a string or None"),
+        ("message_id", 2.5, "'message_id' must be a string or None"),
+        ("detail", {"code": 1}, "'detail' must be a string or None"),
+        ("ts", "2026-03-01T00:00:00Z", "'ts' must be a datetime"),
+        ("ts", None, "missing required key 'ts'"),
+        ("event", None, "missing required key 'event'"),
+    ],
+)
+def test_every_key_of_the_wrong_type_is_named(key, value, message):
+    # Well-formed events take a fast path; each of these must fall off it and be refused by name.
+    with pytest.raises(EventError, match=message):
+        make(**{key: value, "event": EventName.WELCOME_SENT} | ({"event": value} if key == "event" else {}))
+
+
 def test_naive_timestamp_is_refused():
     with pytest.raises(EventError, match="timezone-aware"):
         make(ts=datetime(2026, 3, 1, 12, 0))

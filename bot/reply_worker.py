@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
 import sys
 from collections.abc import Iterable
+
+import orjson
 
 from bot.campaign import Campaign, load_campaign
 from bot.config import Settings
@@ -36,16 +37,14 @@ RESTART_LIMIT = 5  # worker deaths in a row before the bot sends replies itself
 
 def encode_replies(groups: Iterable[list[Reply]]) -> bytes:
     """One line: for each event, the kinds of its replies in the order they are sent, and the event's row."""
-    return (
-        json.dumps([[[str(r.kind) for r in group], event_row(group[0].answers)] for group in groups]).encode()
-        + b"\n"
-    )
+    items = [[[str(r.kind) for r in group], event_row(group[0].answers)] for group in groups]
+    return orjson.dumps(items) + b"\n"
 
 
 def decode_replies(line: bytes) -> list[list[Reply]]:
     """The replies in a line made by `encode_replies`, by event. Raises ValueError or TypeError for anything
     else (EventError, a ValueError, for a row that is no event)."""
-    items = json.loads(line)
+    items = orjson.loads(line)
     if not isinstance(items, list):
         raise TypeError(f"not a list of replies: {line!r:.200}")
     groups = []
@@ -57,7 +56,7 @@ def decode_replies(line: bytes) -> list[list[Reply]]:
 
 def encode_outcomes(outcomes: Iterable[tuple[Reply, Event]]) -> bytes:
     """One line: each reply answered, and its outcome as the event log's row."""
-    return json.dumps([[reply.sent_id, event_row(outcome)] for reply, outcome in outcomes]).encode() + b"\n"
+    return orjson.dumps([[reply.sent_id, event_row(outcome)] for reply, outcome in outcomes]) + b"\n"
 
 
 def decode_outcomes(lines: Iterable[bytes]) -> tuple[list[str], list[list]]:
@@ -68,7 +67,7 @@ def decode_outcomes(lines: Iterable[bytes]) -> tuple[list[str], list[list]]:
     answered, rows = [], []
     for line in lines:
         try:
-            outcomes = json.loads(line)
+            outcomes = orjson.loads(line)
         except ValueError as exc:
             log.error("unreadable line from the reply worker: %s", exc)
             continue

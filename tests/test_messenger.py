@@ -194,6 +194,25 @@ def test_a_body_that_is_not_a_notification_is_malformed(body):
         parse_body(body)
 
 
+def test_json_beyond_the_fast_parser_is_still_read():
+    # A lone surrogate escape, an integer beyond 64 bits and NaN: valid for Python's json, refused by
+    # orjson. The events are kept, the lone surrogate made U+FFFD so they can be stored as UTF-8.
+    body = (
+        b'{"object": "page", "entry": [{"id": "7", "messaging": [{"sender": {"id": "42"}, '
+        b'"recipient": {"id": "7"}, "timestamp": 1527459824000, "huge": 1180591620717411303424, '
+        b'"n": NaN, "postback": {"title": "Yes", "payload": "PAYLOAD_\\ud83d", "mid": "m_1"}}]}]}'
+    )
+    [click] = parse_body(body)
+    assert click == Postback(
+        page_id="7",
+        customer_id="42",
+        ts_ms=1_527_459_824_000,
+        payload="PAYLOAD_\ufffd",
+        title="Yes",
+        mid="m_1",
+    )
+
+
 # -- rendering: compared with real Send API bodies ---------------------------------------------------------
 
 

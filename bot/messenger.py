@@ -237,12 +237,21 @@ def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | Non
     return None  # an event kind promobot does not act on (reactions, opt-ins, handovers, …)
 
 
+_LAST_MS = 253_402_300_799_999  # the end of year 9999, the last a timestamp (and a partition) can name
+
+
 def _millis(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"timestamp {value!r} is not a number")
-    number = int(float(value))
+    try:
+        number = int(float(value))
+    except OverflowError:  # infinity
+        raise ValueError(f"timestamp {value!r} is not a number") from None
     # Some notifications carry seconds (as strings) instead of milliseconds.
-    return number * 1000 if number < 100_000_000_000 else number
+    millis = number * 1000 if number < 100_000_000_000 else number
+    if not 0 <= millis <= _LAST_MS:
+        raise ValueError(f"timestamp {value!r} is out of range")
+    return millis
 
 
 def _text(value: object) -> str | None:

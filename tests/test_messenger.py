@@ -186,6 +186,18 @@ def test_timestamps_in_seconds_or_strings_become_milliseconds():
     assert message.ts_ms == 1_527_459_824_000
 
 
+@pytest.mark.parametrize("timestamp", [10**20, -5, "inf", "nan", "1e400", "soon"])
+def test_an_action_whose_timestamp_is_no_time_is_skipped(timestamp):
+    # Skipped as a messaging event that does not parse; the others of the body are kept.
+    bad = payloads.text("5")
+    bad["timestamp"] = timestamp
+    good = payloads.text("6")
+
+    [message] = parse_body(payloads.envelope(bad, good))
+
+    assert message.customer_id == good["sender"]["id"]
+
+
 @pytest.mark.parametrize(
     "body", [b"", b"not json", b"[]", b'{"object": "page"}', b'{"entry": 3}', b"\xff\xfe"]
 )

@@ -389,6 +389,19 @@ def load_settings() -> tuple[Settings, Campaign]:
     return settings, campaign
 
 
+def tune_garbage_collector() -> None:
+    """For a long-running process (the server, the reply worker), once it has made what it starts with.
+
+    All of that lives as long as the process: frozen out of the cyclic garbage collector's sight, its full
+    collections stop walking tens of thousands of objects (a 30+ ms pause each, the webhook's p99). And the
+    young generation is collected every 10,000 allocations instead of 700: a webhook allocates dozens of
+    containers that reference counting frees, and the default ran a collection every 50 or so requests
+    (about 2 µs of each one's CPU) looking for cycles that are seldom there.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """`python -m bot serve`: the bot under uvicorn until SIGINT/SIGTERM, then flush and exit 0."""
     import uvicorn
@@ -400,9 +413,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda signum, frame: None)
     app = create_app(settings, reply_process=True)
-    # Everything imported so far lives as long as the process: out of the cyclic garbage collector's sight,
-    # its full collections stop walking tens of thousands of objects (a 30+ ms pause each, the webhook's p99).
-    gc.freeze()
+    tune_garbage_collector()
     uvicorn.run(
         app,
         host=host,

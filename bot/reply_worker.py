@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import sys
@@ -246,7 +245,7 @@ async def work(replier: Replier) -> None:
 
 
 def main() -> None:
-    from bot.app import configure_logging, image_url
+    from bot.app import configure_logging, image_url, tune_garbage_collector
 
     # Acknowledging webhooks comes first: on a busy machine the replies wait for the CPU, not the webhook.
     with contextlib.suppress(OSError):
@@ -267,7 +266,7 @@ def main() -> None:
     replier = Replier(
         campaign, graph, None, image_url=image_url(settings, campaign), max_age_s=settings.reply_max_age_s
     )
-    gc.freeze()  # the modules and the campaign live as long as the worker: no need to rescan them
+    tune_garbage_collector()
     try:
         import uvloop
 

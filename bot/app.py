@@ -246,17 +246,19 @@ class WebhookReceiver:
                 signature = value.decode("latin-1")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             return PlainTextResponse("body too large", status_code=413)
-        body = bytearray()
+        chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return PlainTextResponse("client went away", status_code=400)
-            body += message.get("body", b"")
-            if len(body) > MAX_BODY_BYTES:
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
                 return PlainTextResponse("body too large", status_code=413)
+            chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = bytes(body)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)  # nearly always one: no copy
         if not verify_signature(runtime.app_secret, body, signature):
             return PlainTextResponse("bad or missing signature", status_code=403)
         try:
@@ -425,4 +427,5 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         # X-Forwarded-* headers of a proxy in front need no reading.
         proxy_headers=False,
         access_log=False,
+        server_header=False,  # no need to tell the world which server answers
     )

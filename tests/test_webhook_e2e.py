@@ -103,6 +103,23 @@ def test_bad_input_is_refused_with_a_4xx_and_records_nothing(bot, graph, data):
     assert graph.sent == []
 
 
+def test_a_notification_that_arrives_in_pieces_is_read_whole(bot, data):
+    body = payloads.envelope(payloads.read("9002", payloads.now_ms()))
+
+    def pieces():
+        for start in range(0, len(body), 40):
+            yield body[start : start + 40]
+            time.sleep(0.02)  # each piece its own read on the server
+
+    answer = bot.client.post(
+        "/webhook", content=pieces(), headers={"X-Hub-Signature-256": bot_signature(body)}
+    )
+
+    assert answer.status_code == 200
+    assert bot.stop() == 0
+    assert [e["event"] for e in stored_events(data)] == ["message_read"]
+
+
 def bot_signature(body: bytes) -> str:
     from bot.messenger import sign
     from tests.bot_process import APP_SECRET

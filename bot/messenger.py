@@ -10,13 +10,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from bot import jsontext
 
 log = logging.getLogger(__name__)
 
@@ -143,36 +142,15 @@ def _digest(mid: str) -> str:
 def parse_body(body: bytes) -> list[Inbound]:
     """Every customer action in a webhook body, in order. Raises MalformedBody if it is not a notification."""
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        document = _loads_leniently(body)
+        document = jsontext.loads(body)
+    except ValueError as exc:
+        raise MalformedBody(f"not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise MalformedBody("the body is not a JSON object")
     entries = document.get("entry")
     if not isinstance(entries, list):
         raise MalformedBody("no `entry` list")
     return list(_walk(entries))
-
-
-def _loads_leniently(body: bytes) -> Any:
-    """JSON that orjson refuses but the standard library reads (an integer beyond 64 bits, a lone surrogate
-    escape such as "\\ud83d"): read, with every lone surrogate made U+FFFD, so that the events it holds can
-    be stored (as UTF-8) like any others. Raises MalformedBody if it is not JSON at all."""
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedBody(f"not JSON: {exc}") from None
-    return _scrub(document)
-
-
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(value, list):
-        return [_scrub(item) for item in value]
-    if isinstance(value, dict):
-        return {_scrub(key): _scrub(item) for key, item in value.items()}
-    return value
 
 
 def _walk(entries: list) -> Iterator[Inbound]:

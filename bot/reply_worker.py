@@ -20,8 +20,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-import orjson
-
+from bot import jsontext
 from bot.campaign import Campaign, load_campaign
 from bot.config import Settings
 from bot.events import Event
@@ -37,13 +36,13 @@ RESTART_LIMIT = 5  # worker deaths in a row before the bot sends replies itself
 def encode_replies(groups: Iterable[list[Reply]]) -> bytes:
     """One line: for each event, the kinds of its replies in the order they are sent, and the event's row."""
     items = [[[str(r.kind) for r in group], event_row(group[0].answers)] for group in groups]
-    return orjson.dumps(items) + b"\n"
+    return jsontext.dumps(items) + b"\n"
 
 
 def decode_replies(line: bytes) -> list[list[Reply]]:
     """The replies in a line made by `encode_replies`, by event. Raises ValueError or TypeError for anything
     else (EventError, a ValueError, for a row that is no event)."""
-    items = orjson.loads(line)
+    items = jsontext.loads(line)
     if not isinstance(items, list):
         raise TypeError(f"not a list of replies: {line!r:.200}")
     groups = []
@@ -55,7 +54,7 @@ def decode_replies(line: bytes) -> list[list[Reply]]:
 
 def encode_outcomes(outcomes: Iterable[tuple[Reply, Event]]) -> bytes:
     """One line: each reply answered, and its outcome as the event log's row."""
-    return orjson.dumps([[reply.sent_id, event_row(outcome)] for reply, outcome in outcomes]) + b"\n"
+    return jsontext.dumps([[reply.sent_id, event_row(outcome)] for reply, outcome in outcomes]) + b"\n"
 
 
 def decode_outcomes(lines: Iterable[bytes]) -> tuple[list[str], list[list]]:
@@ -66,7 +65,7 @@ def decode_outcomes(lines: Iterable[bytes]) -> tuple[list[str], list[list]]:
     answered, rows = [], []
     for line in lines:
         try:
-            outcomes = orjson.loads(line)
+            outcomes = jsontext.loads(line)
         except ValueError as exc:
             log.error("unreadable line from the reply worker: %s", exc)
             continue

@@ -41,7 +41,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
+from bot import jsontext
 
 log = logging.getLogger(__name__)
 
@@ -604,11 +604,11 @@ def next_sequence(directory: Path) -> int:
 
 def encode_rows(rows: list[list]) -> bytes:
     """One record's payload: a batch of event rows as compact JSON (UTF-8)."""
-    return orjson.dumps(rows)
+    return jsontext.dumps(rows)
 
 
 def decode_rows(payload: bytes) -> list[list]:
-    return orjson.loads(payload)
+    return jsontext.loads(payload)
 
 
 class DirectoryLock:

@@ -1,0 +1,42 @@
+"""JSON on promobot's busy paths: orjson's speed, with the standard library's leniency where it is stricter.
+
+orjson reads several times faster than `json` and writes ten times faster, but it refuses some JSON that
+`json` reads (an integer beyond 64 bits, NaN, a lone surrogate escape such as "\\ud83d") and any string
+holding a lone surrogate, which UTF-8 cannot carry. Such input is rare (webhook bodies and Graph API
+answers are written by the platform) but must not cost an event: what orjson refuses is read by `json`,
+and every lone surrogate becomes U+FFFD, so that what is read can always be written again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+
+def loads(data: bytes | str) -> Any:
+    """The value of a JSON document. Raises ValueError if it is not one."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return scrub(json.loads(data))  # raises json.JSONDecodeError or UnicodeDecodeError, both ValueErrors
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON in UTF-8. Raises TypeError for a value JSON cannot hold."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(scrub(value))  # a lone surrogate; anything else fails again
+
+
+def scrub(value: Any) -> Any:
+    """`value` with every lone surrogate in its strings (keys included) made U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list | tuple):
+        return [scrub(item) for item in value]
+    if isinstance(value, dict):
+        return {scrub(key): scrub(item) for key, item in value.items()}
+    return value

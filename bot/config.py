@@ -17,6 +17,9 @@ class ConfigError(ValueError):
 _PLATFORM_SECRETS = ("PROMOBOT_APP_SECRET", "PROMOBOT_VERIFY_TOKEN", "PROMOBOT_PAGE_TOKEN")
 
 
+MESSAGING_WINDOW_S = 24 * 3600.0  # how long after a customer's message the page may answer it (RESPONSE)
+
+
 @dataclass(frozen=True)
 class Settings:
     app_secret: str | None = None
@@ -31,7 +34,8 @@ class Settings:
     # directory, or, when events go to object storage, in `.promobot-wal` (on Lambda: /tmp).
     wal_dir: Path | None = None
     # A reply owed for an acknowledged click is still sent after a restart if it is younger than this;
-    # older ones are recorded as `send_failed` (a coupon an hour late only confuses).
+    # older ones are recorded as `send_failed` (a coupon an hour late only confuses). At most a day: the
+    # platform's window for a RESPONSE.
     reply_max_age_s: float = 3600.0
     # One Graph API attempt (connect to last byte); retries of transient failures come on top, for up to
     # four times this long in all.
@@ -99,8 +103,11 @@ class Settings:
             reply_max_age_s = float(max_age) if max_age else cls.reply_max_age_s
         except ValueError:
             raise ConfigError(f"PROMOBOT_REPLY_MAX_AGE={max_age!r} is not a number of seconds") from None
-        if reply_max_age_s < 0:
-            raise ConfigError("PROMOBOT_REPLY_MAX_AGE must not be negative")
+        if not 0 <= reply_max_age_s <= MESSAGING_WINDOW_S:
+            raise ConfigError(
+                f"PROMOBOT_REPLY_MAX_AGE={max_age!r} is not between 0 and {MESSAGING_WINDOW_S:.0f} seconds: "
+                "Messenger takes an answer to a customer's message only within 24 hours of it"
+            )
 
         def seconds(name: str, default: float, *, minimum: float) -> float:
             raw = get(name)

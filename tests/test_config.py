@@ -42,6 +42,9 @@ def test_s3_store_keeps_its_wal_on_local_disk():
         ({"PROMOBOT_GRAPH_URL": "graph.facebook.com"}, "PROMOBOT_GRAPH_URL"),
         ({"PROMOBOT_DATA": "s3://"}, "PROMOBOT_DATA"),
         ({"PROMOBOT_REPLY_MAX_AGE": "soon"}, "PROMOBOT_REPLY_MAX_AGE"),
+        ({"PROMOBOT_REPLY_MAX_AGE": "-1"}, "PROMOBOT_REPLY_MAX_AGE"),
+        ({"PROMOBOT_REPLY_MAX_AGE": "nan"}, "PROMOBOT_REPLY_MAX_AGE"),
+        ({"PROMOBOT_REPLY_MAX_AGE": "172800"}, "PROMOBOT_REPLY_MAX_AGE='172800' is not between 0 and 86400"),
     ],
 )
 def test_malformed_settings_are_refused_by_name(env, name):

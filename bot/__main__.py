@@ -14,9 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
 
-    compact = commands.add_parser("compact", help="merge each closed day's event files into one")
+    compact = commands.add_parser(
+        "compact", help="merge the event files of each day over for a whole day into one"
+    )
     compact.add_argument("--data", help="store to compact (default: PROMOBOT_DATA)")
-    compact.add_argument("--day", help="only this UTC day, YYYY-MM-DD (default: every closed day)")
+    compact.add_argument(
+        "--day", help="only this UTC day, YYYY-MM-DD (default: every day over for a whole day)"
+    )
     compact.add_argument(
         "--grace",
         type=float,

@@ -727,7 +727,12 @@ def compact_day(files: FileStore, day: date, *, grace_s: float = DEFAULT_GRACE_S
 
 
 def closed_days(files: FileStore, today: date | None = None) -> list[date]:
-    """Days with events that are over in UTC: no writer will add to them in the normal course."""
+    """Days with events that have been over (in UTC) for a whole day.
+
+    No writer adds to them in the normal course, and no bot restarting after a crash still looks in them for
+    replies it owes: it looks among its own files of the last day (replies older than a day are past the
+    platform's window), which a merged file would no longer be.
+    """
     today = today or datetime.now(UTC).date()
     days = set()
     for relative in files.list(EVENTS_DIR):
@@ -737,7 +742,7 @@ def closed_days(files: FileStore, today: date | None = None) -> list[date]:
                 days.add(date.fromisoformat(folder.split("=", 1)[1]))
             except ValueError:
                 continue
-    return sorted(d for d in days if d < today)
+    return sorted(d for d in days if d < today - timedelta(days=1))
 
 
 def compact(

@@ -113,26 +113,29 @@ def test_replaced_files_stay_for_the_grace_period(tmp_path):
     assert distinct_and_total(data)[0] == 30
 
 
-def test_today_is_not_compacted(tmp_path):
+def test_only_days_over_for_a_whole_day_are_compacted(tmp_path):
+    # Today is still written to; yesterday still holds the clicks of the last 24 hours, whose replies a bot
+    # restarting after a crash looks for among its own files (merged, they would no longer be its own).
     data = tmp_path / "data"
     now = datetime.now(UTC)
+    days = {"today": now, "yesterday": now - timedelta(days=1), "before": now - timedelta(days=2)}
     with EventLog.open(str(data), tmp_path / "wal") as log:
-        for n in range(2):
-            log.append_blocking(
-                [
-                    Event(
-                        event_id=f"t{n}",
-                        ts=now,
-                        page_id="p",
-                        customer_id="c",
-                        campaign_id="a",
-                        event="welcome_sent",
-                    )
-                ]
-            )
-            log.flush_blocking()
-    assert compact(str(data), grace_s=0) == {}
-    assert len(list(data.glob("events/*/*.parquet"))) == 2
+        for name, ts in days.items():
+            for n in range(2):
+                event = Event(
+                    event_id=f"{name}{n}",
+                    ts=ts,
+                    page_id="p",
+                    customer_id="c",
+                    campaign_id="a",
+                    event="welcome_sent",
+                )
+                log.append_blocking([event])
+                log.flush_blocking()
+
+    assert compact(str(data), grace_s=0) == {days["before"].date(): 2}
+    files_per_day = [len(list(data.glob(f"events/event_date={ts.date()}/*.parquet"))) for ts in days.values()]
+    assert files_per_day == [2, 2, 1]
 
 
 def test_compact_command_merges_closed_days(tmp_path):

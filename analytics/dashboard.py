@@ -370,6 +370,7 @@ def serve(data: str | None = None, host: str = "127.0.0.1", port: int = 8866) ->
         "--VoilaKernelManager.fill_delay=5",
         "--theme=light",
         f"--token={token}",
+        "--VoilaConfiguration.multi_kernel_manager_class=analytics.kernels.PromptKernelManager",
         # Each open page holds a kernel: stop the ones nobody looks at.
         "--MappingKernelManager.cull_idle_timeout=900",
         "--MappingKernelManager.cull_interval=60",

@@ -147,3 +147,30 @@ def test_a_token_protects_the_dashboard(tmp_path):
         assert httpx.get(url + "/", timeout=120).status_code in (302, 403)
         assert httpx.get(url + "/", params={"token": "wrong"}, timeout=120).status_code in (302, 403)
         assert httpx.get(url + "/", params={"token": "s3cret-token"}, timeout=120).status_code == 200
+
+
+def test_stopping_the_dashboard_while_its_kernel_warms_up_is_quiet(tmp_path):
+    # `make run` stopped right after it started: the pooled kernel is still running the notebook. Asked
+    # to shut down, it printed a traceback of the reply it could no longer send; it is now stopped at once.
+    data = tmp_path / "data"
+    write_sample(data, customers=200, days=5, seed=1, progress=False)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "analytics", "dashboard", "--data", str(data), "--port", str(free_port())],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    started = []
+    for line in process.stdout:
+        started.append(line)
+        if b"Kernel started" in line:
+            break
+    time.sleep(2.5)  # the kernel is running the notebook for the pool
+
+    process.terminate()
+    rest, _ = process.communicate(timeout=30)
+
+    output = b"".join([*started, rest]).decode(errors="replace")
+    assert "Kernel started" in output
+    assert "Traceback" not in output, output
+    assert process.returncode == 0

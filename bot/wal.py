@@ -564,7 +564,7 @@ def serve_syncs(directory: Path) -> None:
             if current is None or current[0] != seq:
                 if current is not None:
                     os.close(current[1])
-                    current = None
+                    current = None  # closed: if the next open fails, it is not closed again
                 current = (seq, os.open(directory / segment_name(seq), os.O_WRONLY | os.O_APPEND))
             datasync(current[1])
             code = 0

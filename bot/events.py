@@ -1,6 +1,6 @@
 """The event record: the one contract between the bot, which writes events, and analytics, which reads them.
 
-Every column, every event name and the Arrow schema are defined here and nowhere else.
+Every column and the Arrow schema are defined here and nowhere else; event names live in bot.facts.
 """
 
 from __future__ import annotations
@@ -9,29 +9,15 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
 
+from bot.facts import EventName
+
 
 class EventError(ValueError):
     """An event that does not fit the schema."""
-
-
-class EventName(StrEnum):
-    CONVERSATION_STARTED = "conversation_started"
-    WELCOME_SENT = "welcome_sent"
-    COUPON_REQUESTED = "coupon_requested"  # clicked "Yes! Show me coupon"
-    DECLINED = "declined"  # clicked "No, thanks"
-    COUPON_SENT = "coupon_sent"
-    COUPON_REVEALED = "coupon_revealed"  # clicked "Reveal the coupon": a redemption
-    CODE_SENT = "code_sent"  # the code shown in answer to the reveal
-    THANKS_SENT = "thanks_sent"
-    MESSAGE_DELIVERED = "message_delivered"
-    MESSAGE_READ = "message_read"
-    TEXT_RECEIVED = "text_received"
-    SEND_FAILED = "send_failed"
 
 
 # The columns as stored. `event_date` is the Hive partition key: it lives in the directory name

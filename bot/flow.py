@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from bot.campaign import FIRST_NAME_ROOM, Campaign
-from bot.events import Event, EventName, detail_json
+from bot.events import Event, detail_json
+from bot.facts import CLICK_EVENTS, Button, ButtonStep, EventName, parse_payload
 from bot.messenger import (
     Delivery,
     Inbound,
@@ -32,29 +33,9 @@ from bot.messenger import (
 NEUTRAL_NAME_GREETING = "there"  # "Hi there!" when the first name is unknown
 
 
-class Step(StrEnum):
-    YES = "yes"
-    NO = "no"
-    REVEAL = "reveal"
-
-
-def button_payload(campaign: Campaign, step: Step) -> str:
-    return f"{campaign.id}|{campaign.variant or ''}|{step}"
-
-
-@dataclass(frozen=True, slots=True)
-class Button:
-    campaign_id: str
-    variant: str | None
-    step: Step
-
-
-def parse_payload(payload: str) -> Button | None:
-    """The button a payload names, or None for anything else (Get Started, a menu item, foreign payloads)."""
-    parts = payload.split("|")
-    if len(parts) != 3 or parts[2] not in Step._value2member_map_:
-        return None
-    return Button(parts[0], parts[1] or None, Step(parts[2]))
+def button_payload(campaign: Campaign, step: ButtonStep) -> str:
+    """The payload of this campaign's button for `step`."""
+    return Button(campaign.id, campaign.variant, step).payload
 
 
 class ReplyKind(StrEnum):
@@ -78,11 +59,6 @@ _ANSWERS = {
     EventName.COUPON_REQUESTED: (ReplyKind.COUPON,),
     EventName.COUPON_REVEALED: (ReplyKind.CODE,),
     EventName.DECLINED: (ReplyKind.THANKS_TEXT, ReplyKind.THANKS_IMAGE),
-}
-_CLICKS = {
-    Step.YES: EventName.COUPON_REQUESTED,
-    Step.NO: EventName.DECLINED,
-    Step.REVEAL: EventName.COUPON_REVEALED,
 }
 
 
@@ -160,7 +136,9 @@ def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
         case Postback(payload=payload, mid=mid, referral=referral):
             button = parse_payload(payload)
             if button is not None and button.campaign_id == campaign.id:
-                return [event(_CLICKS[button.step], variant=button.variant, button=payload, message_id=mid)]
+                return [
+                    event(CLICK_EVENTS[button.step], variant=button.variant, button=payload, message_id=mid)
+                ]
             # Get Started, a menu item, or a button of a campaign that has ended: the conversation (re)starts.
             fields = {"trigger": "postback"}
             if referral is not None:
@@ -213,13 +191,13 @@ def render(campaign: Campaign, kind: ReplyKind, *, first_name: str | None, image
             return button_template(
                 render_welcome_text(campaign, first_name),
                 [
-                    (campaign.yes, button_payload(campaign, Step.YES)),
-                    (campaign.no, button_payload(campaign, Step.NO)),
+                    (campaign.yes, button_payload(campaign, ButtonStep.YES)),
+                    (campaign.no, button_payload(campaign, ButtonStep.NO)),
                 ],
             )
         case ReplyKind.COUPON:
             return button_template(
-                campaign.coupon_text, [(campaign.reveal, button_payload(campaign, Step.REVEAL))]
+                campaign.coupon_text, [(campaign.reveal, button_payload(campaign, ButtonStep.REVEAL))]
             )
         case ReplyKind.CODE:
             return text_message(campaign.code)

@@ -9,7 +9,8 @@ import pytest
 
 from bot.campaign import Campaign, load_campaign
 from bot.events import EventName
-from bot.flow import ReplyKind, Step, button_payload, parse_payload, plan_replies, record, render
+from bot.facts import ButtonStep, parse_payload
+from bot.flow import ReplyKind, button_payload, plan_replies, record, render
 from bot.messenger import parse_body
 from bot.replies import owed_replies
 from tests import payloads
@@ -42,8 +43,8 @@ def test_get_started_is_welcomed_by_first_name_with_two_buttons():
     assert reply.kind is ReplyKind.WELCOME
     assert message["attachment"]["payload"]["text"].startswith("Hi Ada! ")
     assert buttons(message) == [
-        ("Yes! Show me coupon", button_payload(CAMPAIGN, Step.YES)),
-        ("No, thanks", button_payload(CAMPAIGN, Step.NO)),
+        ("Yes! Show me coupon", button_payload(CAMPAIGN, ButtonStep.YES)),
+        ("No, thanks", button_payload(CAMPAIGN, ButtonStep.NO)),
     ]
 
 
@@ -64,7 +65,7 @@ def test_a_very_long_first_name_keeps_the_text_within_the_platform_limit():
 
 
 def test_yes_sends_the_coupon_with_a_reveal_button():
-    events, [reply] = act(payloads.postback("42", button_payload(CAMPAIGN, Step.YES), mid="m_yes"))
+    events, [reply] = act(payloads.postback("42", button_payload(CAMPAIGN, ButtonStep.YES), mid="m_yes"))
 
     message = render(CAMPAIGN, reply.kind, first_name=None, image_url=IMAGE)
 
@@ -72,11 +73,11 @@ def test_yes_sends_the_coupon_with_a_reveal_button():
     assert events[0].button == "spring-sale||yes"
     assert events[0].message_id == "m_yes"
     assert message["attachment"]["payload"]["text"] == CAMPAIGN.coupon_text
-    assert buttons(message) == [("Reveal the coupon", button_payload(CAMPAIGN, Step.REVEAL))]
+    assert buttons(message) == [("Reveal the coupon", button_payload(CAMPAIGN, ButtonStep.REVEAL))]
 
 
 def test_reveal_click_shows_the_code_and_counts_as_a_redemption():
-    events, [reply] = act(payloads.postback("42", button_payload(CAMPAIGN, Step.REVEAL)))
+    events, [reply] = act(payloads.postback("42", button_payload(CAMPAIGN, ButtonStep.REVEAL)))
 
     assert names(events) == ["coupon_revealed"]
     assert render(CAMPAIGN, reply.kind, first_name=None, image_url=IMAGE) == {"text": "SPRING20"}
@@ -84,7 +85,7 @@ def test_reveal_click_shows_the_code_and_counts_as_a_redemption():
 
 
 def test_no_thanks_sends_the_thank_you_text_then_the_image():
-    events, replies = act(payloads.postback("42", button_payload(CAMPAIGN, Step.NO)))
+    events, replies = act(payloads.postback("42", button_payload(CAMPAIGN, ButtonStep.NO)))
 
     messages = [render(CAMPAIGN, r.kind, first_name=None, image_url=IMAGE) for r in replies]
 
@@ -135,14 +136,14 @@ def test_receipts_are_recorded_and_never_answered():
 def test_the_payload_carries_campaign_variant_and_step():
     variant = Campaign(**{**CAMPAIGN.__dict__, "variant": "B"})
 
-    events, _ = act(payloads.postback("42", button_payload(variant, Step.YES)), campaign=variant)
+    events, _ = act(payloads.postback("42", button_payload(variant, ButtonStep.YES)), campaign=variant)
 
-    assert parse_payload(button_payload(variant, Step.YES)).variant == "B"
+    assert parse_payload(button_payload(variant, ButtonStep.YES)).variant == "B"
     assert (events[0].campaign_id, events[0].variant) == ("spring-sale", "B")
 
 
 def test_payloads_and_titles_fit_the_platform_limits():
-    for step in Step:
+    for step in ButtonStep:
         assert len(button_payload(CAMPAIGN, step)) <= 1000
     for title in (CAMPAIGN.yes, CAMPAIGN.no, CAMPAIGN.reveal):
         assert len(title) <= 20

@@ -10,7 +10,8 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from bot.flow import Reply, Step, button_payload
+from bot.facts import ButtonStep
+from bot.flow import Reply, button_payload
 from bot.graph import read_batch
 from bot.replies import Replier
 from tests import payloads
@@ -24,7 +25,7 @@ def coupon_replies(count: int) -> list[Reply]:
     """The coupon owed to each of `count` customers who clicked *Yes*."""
     replies = []
     for n in range(count):
-        _, planned = act(payloads.postback(str(5000 + n), button_payload(CAMPAIGN, Step.YES)))
+        _, planned = act(payloads.postback(str(5000 + n), button_payload(CAMPAIGN, ButtonStep.YES)))
         replies += planned
     return replies
 

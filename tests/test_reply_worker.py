@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from bot.events import EventError
-from bot.flow import Step, button_payload
+from bot.facts import ButtonStep
+from bot.flow import button_payload
 from bot.replies import Replier
 from bot.reply_worker import ReplyProcess, decode_outcomes, decode_replies, encode_outcomes, encode_replies
 from bot.store import EventLog, event_row, row_event
@@ -27,7 +28,7 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 def declined():
     """The replies to a *No, thanks* click: a thank-you text, then the image."""
-    _, replies = act(payloads.postback("42", button_payload(CAMPAIGN, Step.NO)))
+    _, replies = act(payloads.postback("42", button_payload(CAMPAIGN, ButtonStep.NO)))
     assert len(replies) == 2
     return replies
 
@@ -102,7 +103,7 @@ for line in sys.stdin.buffer:
 
 
 def clicked_yes(customer: str):
-    _, replies = act(payloads.postback(customer, button_payload(CAMPAIGN, Step.YES)))
+    _, replies = act(payloads.postback(customer, button_payload(CAMPAIGN, ButtonStep.YES)))
     return replies
 
 

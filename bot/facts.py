@@ -1,0 +1,123 @@
+"""The names every part of promobot shares: events, buttons and their payloads, funnel steps, KPIs.
+
+The bot records events under these names, the analytics SQL and charts read them, the dashboard and the
+report label them, and tests/test_docs.py keeps docs/metrics.md and the README in step with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+
+class EventName(StrEnum):
+    """What an event row records; the `event` column."""
+
+    CONVERSATION_STARTED = "conversation_started"
+    WELCOME_SENT = "welcome_sent"
+    COUPON_REQUESTED = "coupon_requested"  # clicked "Yes! Show me coupon"
+    DECLINED = "declined"  # clicked "No, thanks"
+    COUPON_SENT = "coupon_sent"
+    COUPON_REVEALED = "coupon_revealed"  # clicked "Reveal the coupon"
+    CODE_SENT = "code_sent"  # the code shown in answer to the reveal
+    THANKS_SENT = "thanks_sent"
+    MESSAGE_DELIVERED = "message_delivered"
+    MESSAGE_READ = "message_read"
+    TEXT_RECEIVED = "text_received"
+    SEND_FAILED = "send_failed"
+
+
+class ButtonStep(StrEnum):
+    """The step a button of the conversation stands for; the last part of its payload."""
+
+    YES = "yes"
+    NO = "no"
+    REVEAL = "reveal"
+
+
+# The event a click on each button is recorded as.
+CLICK_EVENTS = {
+    ButtonStep.YES: EventName.COUPON_REQUESTED,
+    ButtonStep.NO: EventName.DECLINED,
+    ButtonStep.REVEAL: EventName.COUPON_REVEALED,
+}
+
+PAYLOAD_SEPARATOR = "|"
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    """What a button's postback payload says: `campaign|variant|step`."""
+
+    campaign_id: str
+    variant: str | None
+    step: ButtonStep
+
+    @property
+    def payload(self) -> str:
+        return PAYLOAD_SEPARATOR.join((self.campaign_id, self.variant or "", self.step))
+
+
+def parse_payload(payload: str) -> Button | None:
+    """The button a payload names, or None for anything else (Get Started, a menu item, foreign payloads)."""
+    parts = payload.split(PAYLOAD_SEPARATOR)
+    if len(parts) != 3 or parts[2] not in ButtonStep._value2member_map_:
+        return None
+    return Button(parts[0], parts[1] or None, ButtonStep(parts[2]))
+
+
+class FunnelStep(StrEnum):
+    """The funnel's steps, in order (`declined` branches off `responded`). Defined in docs/metrics.md."""
+
+    REACHED = "reached"
+    RESPONDED = "responded"
+    COUPON_REQUESTED = "coupon_requested"
+    COUPON_SEEN = "coupon_seen"
+    COUPON_REVEALED = "coupon_revealed"
+    DECLINED = "declined"
+
+
+STEPS: tuple[FunnelStep, ...] = tuple(FunnelStep)
+
+# The step each step's `pct_of_previous` is a share of.
+PREVIOUS_STEP = {
+    FunnelStep.RESPONDED: FunnelStep.REACHED,
+    FunnelStep.COUPON_REQUESTED: FunnelStep.RESPONDED,
+    FunnelStep.COUPON_SEEN: FunnelStep.COUPON_REQUESTED,
+    FunnelStep.COUPON_REVEALED: FunnelStep.COUPON_SEEN,
+    FunnelStep.DECLINED: FunnelStep.RESPONDED,
+}
+
+STEP_LABELS = {
+    FunnelStep.REACHED: "Reached",
+    FunnelStep.RESPONDED: "Responded",
+    FunnelStep.COUPON_REQUESTED: "Asked for the coupon",
+    FunnelStep.COUPON_SEEN: "Saw the coupon",
+    FunnelStep.COUPON_REVEALED: "Revealed the code",
+    FunnelStep.DECLINED: "Declined",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Kpi:
+    """A headline figure: `reached` as a count, every other one as a share of `reached` in %."""
+
+    key: str
+    label: str
+    step: FunnelStep
+
+
+KPIS = (
+    Kpi("reached", "Customers reached", FunnelStep.REACHED),
+    Kpi("responded", "Responded", FunnelStep.RESPONDED),
+    Kpi("saw", "Saw the coupon", FunnelStep.COUPON_SEEN),
+    Kpi("revealed", "Revealed the code", FunnelStep.COUPON_REVEALED),
+    Kpi("declined", "Declined", FunnelStep.DECLINED),
+)
+
+# How much later than the platform's time of a message the bot's own stamp of sending it may be: the Send
+# API's round trip, retries included (the Graph client gives up after 4 × PROMOBOT_GRAPH_TIMEOUT, 20 s by
+# default), plus clock skew. A customer's tap on a button (the platform's clock) counts for a welcome
+# stamped (the bot's clock) up to this long after it.
+SEND_ALLOWANCE = timedelta(seconds=30)

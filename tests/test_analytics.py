@@ -48,7 +48,7 @@ class Journey:
     def read(self, seconds: float, watermark_seconds: float) -> Journey:
         """A read receipt at `seconds` whose watermark is the platform's time of the last message read."""
         watermark = (self.start + timedelta(seconds=watermark_seconds) - EPOCH) // timedelta(milliseconds=1)
-        return self.at(seconds, "message_read", detail=detail_json(watermark=watermark))
+        return self.at(seconds, "message_read", watermark=watermark)
 
 
 def store(root: Path, *batches: list[Event]) -> analytics.Events:
@@ -310,6 +310,27 @@ def test_files_with_different_columns_are_read_together(tmp_path):
     assert counts(analytics.open(tmp_path).funnel())["declined"] == 1
 
 
+def test_a_read_receipt_of_an_older_writer_keeps_its_watermark_in_detail(tmp_path):
+    asked = Journey("old").at(0, "welcome_sent").at(40, "coupon_requested").at(41, "coupon_sent")
+    store(tmp_path, asked.events)
+    watermark = (T0 + timedelta(seconds=40.5) - EPOCH) // timedelta(milliseconds=1)
+    # A file written before receipts had a watermark column: the watermark is in `detail`.
+    old = pa.table(
+        {
+            "event_id": ["old.read"],
+            "ts": pa.array([T0 + timedelta(seconds=50)], pa.timestamp("us", tz="UTC")),
+            "page_id": ["p"],
+            "customer_id": ["old"],
+            "campaign_id": [SPRING],
+            "event": ["message_read"],
+            "detail": [detail_json(watermark=watermark)],
+        }
+    )
+    pq.write_table(old, tmp_path / "events" / f"event_date={T0.date()}" / "older-writer-00000001.parquet")
+
+    assert counts(analytics.open(tmp_path).funnel())["coupon_seen"] == 1
+
+
 def test_an_empty_store_gives_empty_answers_then_sees_new_files(tmp_path):
     events = analytics.open(tmp_path)
 
@@ -354,9 +375,9 @@ def datasets(draw) -> list[Event]:
         ts = T0 + timedelta(
             seconds=draw(st.integers(0, 12 * 86400)), microseconds=draw(st.integers(0, 999_999))
         )
-        detail = None
+        watermark = None
         if name == "message_read":
-            detail = detail_json(watermark=int(ts.timestamp() * 1000) - draw(st.integers(-5000, 200_000)))
+            watermark = int(ts.timestamp() * 1000) - draw(st.integers(-5000, 200_000))
         button = (
             draw(st.sampled_from([None, "GET_STARTED", "spring-sale||yes"]))
             if name != "welcome_sent"
@@ -371,7 +392,7 @@ def datasets(draw) -> list[Event]:
                 campaign_id=draw(st.sampled_from([SPRING, "summer-sale"])),
                 event=name,
                 button=button,
-                detail=detail,
+                watermark=watermark,
             )
         )
     # Redeliveries and replays: exact copies of earlier events.

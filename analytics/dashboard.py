@@ -297,7 +297,7 @@ class Dashboard:
                 chosen,
             )
         timeline = self.events.timeline(**chosen)
-        cohorts = self.events.cohorts(period="week", campaign=chosen["campaign"])
+        cohorts = self.events.cohorts("week", **chosen)
         buttons = self.events.buttons(**chosen)
         comparison = self._comparison(chosen)
         tables = {

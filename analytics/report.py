@@ -5,11 +5,13 @@ from __future__ import annotations
 import html
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from analytics import charts
+from analytics.filters import Filters
 from analytics.query import Events
 from bot.facts import KPIS, FunnelStep, Kpi
 
@@ -33,12 +35,14 @@ def kpi_texts(figures: dict[str, float | int]) -> list[tuple[Kpi, str]]:
     ]
 
 
-def metric_tables(events: Events, **filters) -> dict[str, pa.Table]:
+def metric_tables(events: Events, filters: Filters | None = None, **keywords: Any) -> dict[str, pa.Table]:
+    """Every metric table of one question, by name (funnel, timeline, cohorts, buttons, campaigns)."""
+    question = Filters.of(filters, **keywords)
     return {
-        "funnel": events.funnel(**filters),
-        "timeline": events.timeline(**filters),
-        "cohorts": events.cohorts(campaign=filters.get("campaign")),
-        "buttons": events.buttons(**{k: v for k, v in filters.items() if k != "window"}),
+        "funnel": events.funnel(question),
+        "timeline": events.timeline(question),
+        "cohorts": events.cohorts("week", question),
+        "buttons": events.buttons(question),
         "campaigns": events.campaigns(),
     }
 
@@ -64,7 +68,8 @@ def _table_html(table: pa.Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_report(events: Events, **filters) -> str:
+def render_report(events: Events, **filters: Any) -> str:
+    """One self-contained HTML page of every metric of the question the keywords name (Filters' fields)."""
     tables = metric_tables(events, **filters)
     figures = kpis(tables["funnel"])
     tiles = [(kpi.label, text) for kpi, text in kpi_texts(figures)]

@@ -119,7 +119,7 @@ def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
         *,
         event_id: str | None = None,
         variant: str | None = campaign.variant,
-        **columns: str | None,
+        **columns: str | int | None,
     ) -> Event:
         return Event(
             event_id=event_id or inbound.event_id,
@@ -168,11 +168,11 @@ def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
                 event(
                     EventName.MESSAGE_DELIVERED,
                     message_id=mids[-1] if mids else None,
-                    detail=detail_json(watermark=watermark),
+                    watermark=watermark,
                 )
             ]
         case Read(watermark=watermark):
-            return [event(EventName.MESSAGE_READ, detail=detail_json(watermark=watermark))]
+            return [event(EventName.MESSAGE_READ, watermark=watermark)]
     raise TypeError(f"not a customer action: {inbound!r}")
 
 

@@ -54,10 +54,6 @@ def _choose(rng: random.Random, options: tuple) -> object:
     return value
 
 
-def _watermark(ms: int) -> str:
-    return f'{{"watermark":{ms}}}'  # what detail_json(watermark=ms) gives, without json.dumps per event
-
-
 @dataclass(frozen=True, slots=True)
 class Journey:
     """One conversation's events, and the platform's time (ms) of each page message, by message id: what
@@ -81,7 +77,7 @@ class _Journey:
     def wait(self, seconds: float) -> None:
         self.now += int(seconds * _SECOND)
 
-    def record(self, event_id: str, name: EventName, at_us: int, **columns: str | None) -> Event:
+    def record(self, event_id: str, name: EventName, at_us: int, **columns: str | int | None) -> Event:
         event = Event(
             event_id=event_id,
             ts=_EPOCH + timedelta(microseconds=at_us),
@@ -106,7 +102,7 @@ class _Journey:
             name,
             ms * _MS,
             message_id=message_id,
-            detail=_watermark(watermark_ms),
+            watermark=watermark_ms,
         )
 
     def _call(self) -> tuple[int, int]:

@@ -3,14 +3,16 @@ must have the semantics of real Messenger data (docs: DESIGN.md, "Two clocks")."
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 from datetime import UTC, datetime, timedelta
 
+import pyarrow
+import pyarrow.compute as pc
+import pyarrow.dataset
 import pytest
 
-from analytics.sample import Journey, generate, journey
+from analytics.sample import Journey, generate, journey, write_sample
 from bot.events import Event
 from bot.facts import SEND_ALLOWANCE, EventName
 
@@ -32,10 +34,6 @@ def journeys() -> list[Journey]:
 
 def us(event: Event) -> int:
     return (event.ts - EPOCH) // timedelta(microseconds=1)
-
-
-def watermark(event: Event) -> int:
-    return json.loads(event.detail)["watermark"]
 
 
 def sent_by_platform_time(j: Journey) -> dict[int, Event]:
@@ -67,7 +65,7 @@ def test_every_watermark_is_the_platform_time_of_an_earlier_page_message(journey
         sent = sent_by_platform_time(j)
         delivered = set()
         for e in sorted((e for e in j.events if e.event in RECEIPTS), key=lambda e: e.ts):
-            mark = watermark(e)
+            mark = e.watermark
             assert mark in sent, f"{e} covers no page message"
             assert mark * 1000 < us(e)  # the receipt comes after the message it covers
             assert mark * 1000 < us(sent[mark])  # and the bot stamped that message later still
@@ -77,6 +75,8 @@ def test_every_watermark_is_the_platform_time_of_an_earlier_page_message(journey
             else:
                 assert mark in delivered  # a customer reads what reached the phone
             checked += 1
+        assert all(e.watermark is None for e in j.events if e.event not in RECEIPTS)
+        assert all(e.detail is None for e in j.events if e.event in RECEIPTS)  # as the bot records them
     assert checked > 10_000
 
 
@@ -112,7 +112,7 @@ def test_a_read_of_the_welcome_may_arrive_after_the_coupon_was_sent(journeys):
         late += any(
             e.event == EventName.MESSAGE_READ
             and e.ts > coupon.ts
-            and watermark(e) == j.platform_ms[welcome.message_id]
+            and e.watermark == j.platform_ms[welcome.message_id]
             for e in j.events
         )
 
@@ -126,9 +126,9 @@ def test_some_read_the_coupon_and_go_no_further(journeys):
         if coupon is None or first(j, EventName.COUPON_REVEALED) is not None:
             continue
         coupon_ms = j.platform_ms[coupon.message_id]
-        reads = [e for e in j.events if e.event == EventName.MESSAGE_READ and watermark(e) == coupon_ms]
+        reads = [e for e in j.events if e.event == EventName.MESSAGE_READ and e.watermark == coupon_ms]
         # Its watermark is earlier than the bot's stamp of the coupon: the read covers the coupon anyway.
-        assert all(watermark(e) * 1000 < us(coupon) for e in reads)
+        assert all(e.watermark * 1000 < us(coupon) for e in reads)
         read_only += bool(reads)
 
     assert read_only > 0.05 * len(journeys)
@@ -142,3 +142,14 @@ def test_the_same_seed_gives_the_same_events_and_another_seed_others():
 
     assert sample(4) == sample(4)
     assert sample(4) != sample(5)
+
+
+def test_the_written_sample_keeps_each_receipts_watermark_in_its_column(tmp_path):
+    write_sample(tmp_path, customers=200, days=5, seed=9, progress=False)
+
+    table = pyarrow.dataset.dataset(tmp_path / "events", partitioning="hive").to_table()
+    receipts = table.filter(pc.is_in(table["event"], pyarrow.array(sorted(RECEIPTS))))
+    assert receipts.num_rows > 200
+    assert receipts["watermark"].null_count == 0
+    stamped = pc.cast(receipts["ts"], pyarrow.int64())
+    assert pc.all(pc.less(pc.multiply(receipts["watermark"], 1000), stamped)).as_py()

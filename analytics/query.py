@@ -173,6 +173,7 @@ class Events:
         con = self._connection
         con.execute(f"create or replace temp view source as select * from {scan}")
         con.execute(f"create or replace table journeys as {sql.JOURNEYS}")
+        con.execute(f"create or replace table reads as {sql.READS}")
         self._forget_questions()
 
     def _merge(self, scan: str) -> None:
@@ -180,6 +181,7 @@ class Events:
         con.execute(f"create or replace temp view source as select * from {scan}")
         con.execute(f"create or replace temp table new_journeys as {sql.JOURNEYS}")
         con.execute(f"create or replace table journeys as {sql.MERGE_JOURNEYS}")
+        con.execute(f"insert into reads {sql.READS}")
         con.execute("drop table new_journeys")
         self._forget_questions()
 

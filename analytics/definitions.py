@@ -140,24 +140,22 @@ after_request as (
            {_first(_E.COUPON_SENT, "requested", "$end_of_time")} as coupon_sent
     from answered
 ),
-read_after as (  -- the coupon is the page's first message after the Yes tap: a watermark past the tap
-    select a.journey, min(r.read_us) as read_us  -- covers it (both the platform's times); an older one not
-    from after_request a
-    join reads r
-      on r.journey = a.journey and r.watermark_us > a.requested and r.read_us <= a.entry + $window_us
-    where a.coupon_sent is not null
-    group by a.journey
+with_reads as (  -- beside each journey, each read of its coupon: the coupon is the page's first message
+    select a.*, r.read_us  -- after the Yes tap, so a watermark past the tap covers it (both the platform's
+    from after_request a   -- times); a coupon that was never sent was not read
+    left join reads r
+      on r.journey = a.journey and a.coupon_sent is not null
+     and r.watermark_us > a.requested and r.read_us <= a.entry + $window_us
 ),
-journey_steps as (
-    select a.journey, a.campaign_id, a.customer, a.entry,
-           a.entry as reached,
-           {_earliest("a.requested", "a.declined")} as responded,
-           a.requested as coupon_requested,
-           {_earliest("a.revealed", "r.read_us")} as coupon_seen,
-           a.revealed as coupon_revealed,
-           a.declined
-    from after_request a
-    left join read_after r on r.journey = a.journey
+journey_steps as (  -- one row per journey and read of its coupon; each step's time or null
+    select journey, campaign_id, customer, entry,
+           entry as reached,
+           {_earliest("requested", "declined")} as responded,
+           requested as coupon_requested,
+           {_earliest("revealed", "read_us")} as coupon_seen,
+           revealed as coupon_revealed,
+           declined
+    from with_reads
 )
 """
 
@@ -189,10 +187,12 @@ customer_ids as (
     where event = '{_E.WELCOME_SENT}'
     group by hash(customer_id)
 )
-select j.campaign_id, c.customer_id, make_timestamp(j.entry)::timestamptz as entry_ts,
-       {", ".join(f"make_timestamp(j.{step})::timestamptz as {step}" for step in STEPS)}
+select any_value(j.campaign_id) as campaign_id, any_value(c.customer_id) as customer_id,
+       make_timestamp(min(j.entry))::timestamptz as entry_ts,
+       {", ".join(f"make_timestamp(min(j.{step}))::timestamptz as {step}" for step in STEPS)}
 from journey_steps j
 join customer_ids c on c.customer = j.customer
+group by j.journey
 order by entry_ts, customer_id, campaign_id
 """
 

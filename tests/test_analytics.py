@@ -470,3 +470,33 @@ def test_sample_journeys_on_the_platforms_clocks_match_the_reference(tmp_path):
     assert funnel == {step: row["customers"] for step, row in expected.items()}
     # Customers who read the coupon and stopped there: seen by their read alone.
     assert funnel["coupon_seen"] > funnel["coupon_revealed"]
+
+
+def test_a_filters_object_and_keywords_ask_the_same_question(tmp_path):
+    events = store(tmp_path, known_journeys())
+    question = analytics.Filters(campaign=SPRING, start=T0.date(), window=timedelta(days=1))
+
+    assert events.funnel(question) == events.funnel(
+        campaign=SPRING, start=T0.date(), window=timedelta(days=1)
+    )
+    assert events.timeline(question) == events.timeline(
+        campaign=SPRING, start=T0.date(), window=timedelta(days=1)
+    )
+    with pytest.raises(AnalyticsError, match="either"):
+        events.funnel(question, campaign=SPRING)
+    with pytest.raises(AnalyticsError, match="unknown filter 'campain'"):
+        events.funnel(campain=SPRING)
+
+
+def test_figures_follow_each_new_file_without_a_rebuild(tmp_path):
+    events = store(tmp_path, Journey("a").at(0, "welcome_sent").events)
+    assert counts(events.funnel())["reached"] == 1
+
+    store(tmp_path, Journey("a").at(60, "coupon_requested").events, Journey("b").at(0, "welcome_sent").events)
+
+    assert counts(events.funnel())["reached"] == 2
+    assert counts(events.funnel())["coupon_requested"] == 1  # a's request, in a later file, joins its journey
+    compacted = tmp_path / "events" / f"event_date={T0.date()}"
+    for path in sorted(compacted.glob("*.parquet"))[1:]:
+        path.unlink()  # a file removed (as compaction replaces files): read everything again
+    assert counts(events.funnel())["reached"] == 1

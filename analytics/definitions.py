@@ -1,10 +1,11 @@
 """Every metric as SQL, written once in DuckDB's dialect: DuckDB runs it as is, Spark, Athena and Trino get it
 through sqlglot (analytics.spark, docs/scale.md). Definitions in words: docs/metrics.md.
 
-The queries read three relations: `raw_events` (every stored row, `watermark` always present), `journeys`
-(JOURNEYS over raw_events: one row per customer in a campaign, the times of the events the funnel looks at,
-as µs since the epoch) and, per question, `customer_steps` (CUSTOMER_STEPS). Parameters are named (`$name`),
-their values from `Filters.params()`. Event names come from bot.facts, never written here as literals.
+The queries read `raw_events` (every stored row, `watermark` always present), `journeys` (JOURNEYS: one row
+per customer in a campaign, with the times of the events whose order makes the funnel, µs since the epoch),
+`reads` (READS: one row per read receipt) and, per question, `customer_steps` (CUSTOMER_STEPS).
+Parameters are named (`$name`), their values from `Filters.params()`. Event names come from bot.facts,
+never written here as literals.
 """
 
 from __future__ import annotations
@@ -84,31 +85,25 @@ def _first(event: EventName, low: str, high: str) -> str:
 # One row per journey (a customer in a campaign) of the rows in `source`, and one row per read receipt.
 # A file that appears later merges in (MERGE_JOURNEYS, and its READS appended): journeys' lists concatenate.
 JOURNEYS = f"""
-select hash(campaign_id, customer_id) as journey,
-       any_value(campaign_id) as campaign_id,
-       any_value(hash(customer_id)) as customer,
-       min(epoch_us(ts)) as first_us,
-       max(epoch_us(ts)) as last_us,
-       list(epoch_us(ts) * {_CODE_RANGE} + {_STEP_CODE}) filter (where event in {_STEP_EVENTS}) as steps
+select campaign_id, hash(customer_id) as customer,
+       list(epoch_us(ts) * {_CODE_RANGE} + {_STEP_CODE}) as steps
 from source
-group by hash(campaign_id, customer_id)
+where event in {_STEP_EVENTS}
+group by campaign_id, hash(customer_id)
 """
 
 READS = f"""
-select hash(campaign_id, customer_id) as journey, epoch_us(ts) as read_us, watermark * 1000 as watermark_us
+select campaign_id, hash(customer_id) as customer, epoch_us(ts) as read_us, watermark * 1000 as watermark_us
 from source
 where event = '{_E.MESSAGE_READ}' and watermark is not null
 """
 
-MERGE_JOURNEYS = f"""
-select coalesce(old.journey, new.journey) as journey,
-       coalesce(old.campaign_id, new.campaign_id) as campaign_id,
+MERGE_JOURNEYS = """
+select coalesce(old.campaign_id, new.campaign_id) as campaign_id,
        coalesce(old.customer, new.customer) as customer,
-       {_earliest("old.first_us", "new.first_us")} as first_us,
-       case when old.last_us is null or new.last_us > old.last_us then new.last_us else old.last_us end
-           as last_us,
        list_concat(old.steps, new.steps) as steps
-from journeys old full join new_journeys new on old.journey = new.journey
+from journeys old
+full join new_journeys new on old.campaign_id = new.campaign_id and old.customer = new.customer
 """
 
 
@@ -122,7 +117,7 @@ def _offset(step: str) -> str:
 # is the earliest, the time taken the shortest.
 _JOURNEY_STEPS = f"""
 chosen as (  -- the entry: the journey's first welcome on a day in the range
-    select journey, campaign_id, customer, steps,
+    select campaign_id, customer, steps,
            {_first(_E.WELCOME_SENT, "$start_us", "$end_us - 1")} as entry
     from journeys
     where $campaign is null or campaign_id = $campaign
@@ -144,11 +139,11 @@ with_reads as (  -- beside each journey, each read of its coupon: the coupon is 
     select a.*, r.read_us  -- after the Yes tap, so a watermark past the tap covers it (both the platform's
     from after_request a   -- times); a coupon that was never sent was not read
     left join reads r
-      on r.journey = a.journey and a.coupon_sent is not null
+      on r.campaign_id = a.campaign_id and r.customer = a.customer and a.coupon_sent is not null
      and r.watermark_us > a.requested and r.read_us <= a.entry + $window_us
 ),
 journey_steps as (  -- one row per journey and read of its coupon; each step's time or null
-    select journey, campaign_id, customer, entry,
+    select campaign_id, customer, entry,
            entry as reached,
            {_earliest("requested", "declined")} as responded,
            requested as coupon_requested,
@@ -187,12 +182,12 @@ customer_ids as (
     where event = '{_E.WELCOME_SENT}'
     group by hash(customer_id)
 )
-select any_value(j.campaign_id) as campaign_id, any_value(c.customer_id) as customer_id,
+select j.campaign_id, any_value(c.customer_id) as customer_id,
        make_timestamp(min(j.entry))::timestamptz as entry_ts,
        {", ".join(f"make_timestamp(min(j.{step}))::timestamptz as {step}" for step in STEPS)}
 from journey_steps j
 join customer_ids c on c.customer = j.customer
-group by j.journey
+group by j.campaign_id, j.customer
 order by entry_ts, customer_id, campaign_id
 """
 
@@ -224,8 +219,8 @@ def cohorts(period: str) -> str:
     ),
     sizes as (select cohort, count(*) as cohort_size from members group by cohort),
     horizon as (  -- the last event in the data: periods ending after it are not complete yet
-        select make_timestamp(max(last_us))::timestamptz at time zone $tz as last_ts
-        from journeys where $campaign is null or campaign_id = $campaign
+        select max(ts) at time zone $tz as last_ts
+        from raw_events where $campaign is null or campaign_id = $campaign
     ),
     grid as (
         select cohort, cohort_size,
@@ -261,9 +256,8 @@ order by clicks desc, button
 """
 
 CAMPAIGNS = """
-select campaign_id, make_timestamp(min(first_us))::timestamptz as first_seen,
-       make_timestamp(max(last_us))::timestamptz as last_seen, count(distinct customer) as customers
-from journeys
+select campaign_id, min(ts) as first_seen, max(ts) as last_seen, count(distinct customer_id) as customers
+from raw_events
 group by campaign_id
 order by first_seen, campaign_id
 """

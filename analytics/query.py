@@ -84,6 +84,7 @@ class Events:
         self._files: Signature | None = None  # None: nothing read yet
         self._raw_events_defined = False  # the `raw_events` view reads every file's schema: on demand
         self._questions: OrderedDict[Filters, str] = OrderedDict()
+        self._campaigns: pa.Table | None = None
         self._table_count = 0
 
     # -- reading the store ---------------------------------------------------------------------------------
@@ -191,6 +192,7 @@ class Events:
         self._forget_questions()
 
     def _forget_questions(self) -> None:
+        self._campaigns = None
         for table in self._questions.values():
             self._connection.execute(f"drop table if exists {table}")
         self._questions.clear()
@@ -292,12 +294,17 @@ class Events:
         return self._answer(sql.JOURNEY_LIST, Filters.of(filters, **keywords))
 
     def campaigns(self) -> pa.Table:
-        """Every campaign in the store.
+        """Every campaign in the store (read once per change of the store).
 
         Returns:
             campaign_id, first_seen, last_seen, customers.
         """
-        return self._answer(sql.CAMPAIGNS)
+        with self._lock:
+            self._sync()
+            if self._campaigns is None:
+                self._define_raw_events()
+                self._campaigns = self._run(sql.CAMPAIGNS)
+            return self._campaigns
 
     def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Raw DuckDB over `events` (each event once), `raw_events` (every stored row) and `journeys`."""

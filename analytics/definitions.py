@@ -43,9 +43,16 @@ def raw_events(scan: str, columns: set[str]) -> str:
         watermark = f"case when event in {receipts} then {old_watermark} end"
     if "detail" not in columns:
         watermark = "cast(null as bigint)"
+    # Sends keep a digest of the platform's message id (bot.events.message_digest); files written before
+    # hold the id itself, whose digest is computed here alike.
+    unsigned = "('0x' || left(sha256(message_id), 16))::ubigint::hugeint"
+    old_digest = f"({unsigned} - case when {unsigned} >= {2**63} then {2**64} else 0 end)::bigint"
+    digest = "message_digest" if "message_digest" in columns else "cast(null as bigint)"
+    if "message_id" in columns:
+        digest = f"coalesce({digest}, {old_digest})"
     return f"""
     select event_id, ts, event_date, page_id, customer_id, campaign_id, {column("variant", "varchar")},
-           event, {column("button", "varchar")}, {column("message_id", "varchar")},
+           event, {column("button", "varchar")}, {digest} as message_digest,
            {column("detail", "varchar")}, {watermark} as watermark
     from {scan}
     """

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bot.events import Event, EventName, detail_json
+from bot.events import Event, EventName, detail_json, message_digest
 from bot.store import EventLog
 
 PAGE = "100000000000001"
@@ -56,11 +56,11 @@ def _choose(rng: random.Random, options: tuple) -> object:
 
 @dataclass(frozen=True, slots=True)
 class Journey:
-    """One conversation's events, and the platform's time (ms) of each page message, by message id: what
-    the platform knows and the bot never records."""
+    """One conversation's events, and the platform's time (ms) of each page message, by the digest of its
+    message id: what the platform knows and the bot never records."""
 
     events: list[Event]
-    platform_ms: dict[str, int]
+    platform_ms: dict[int, int]
 
 
 class _Journey:
@@ -72,7 +72,7 @@ class _Journey:
         self.now = start_us
         self.bot_free = 0
         self.events: list[Event] = []
-        self.platform_ms: dict[str, int] = {}
+        self.platform_ms: dict[int, int] = {}
 
     def wait(self, seconds: float) -> None:
         self.now += int(seconds * _SECOND)
@@ -94,14 +94,14 @@ class _Journey:
         ms = self.now // _MS
         return self.record(f"{self.customer}.{ms}.{kind}", name, ms * _MS, **columns)
 
-    def receipt(self, name: EventName, kind: str, watermark_ms: int, message_id: str | None = None) -> None:
+    def receipt(self, name: EventName, kind: str, watermark_ms: int, digest: int | None = None) -> None:
         # The bot derives a receipt's id from its watermark, as a redelivered receipt must be one event.
         ms = self.now // _MS
         self.record(
             f"{self.customer}.{watermark_ms}.{kind}",
             name,
             ms * _MS,
-            message_id=message_id,
+            message_digest=digest,
             watermark=watermark_ms,
         )
 
@@ -113,27 +113,27 @@ class _Journey:
         rtt = rng.uniform(0.1, 1.5) if rng.random() < 0.97 else rng.uniform(2, 8)
         return start, int(rtt * _SECOND)
 
-    def send(self, answers: Event, name: EventName, suffix: str, **columns: str | None) -> tuple[int, str]:
+    def send(self, answers: Event, name: EventName, suffix: str, **columns: str | None) -> tuple[int, int]:
         """A page message: the platform's time falls inside the call, the bot stamps it when the call has
-        answered; the customer's side goes on from the platform's time. Returns (platform ms, message id)."""
+        answered; the customer's side goes on from the platform's time. Returns (platform ms, its digest)."""
         start, rtt = self._call()
         platform_ms = (start + int(rtt * self.rng.uniform(0.2, 0.8))) // _MS
-        message_id = f"m_{self.customer}{platform_ms:x}{suffix}"
+        digest = message_digest(f"m_{self.customer}{platform_ms:x}{suffix}")
         self.bot_free = start + rtt
-        self.record(f"{answers.event_id}.{suffix}", name, self.bot_free, message_id=message_id, **columns)
-        self.platform_ms[message_id] = platform_ms
+        self.record(f"{answers.event_id}.{suffix}", name, self.bot_free, message_digest=digest, **columns)
+        self.platform_ms[digest] = platform_ms
         self.now = platform_ms * _MS
-        return platform_ms, message_id
+        return platform_ms, digest
 
     def send_failed(self, answers: Event) -> None:
         start, rtt = self._call()
         self.bot_free = start + rtt
         self.record(f"{answers.event_id}.w.f", EventName.SEND_FAILED, self.bot_free, detail=_SEND_FAILED)
 
-    def delivered(self, platform_ms: int, message_id: str) -> None:
+    def delivered(self, platform_ms: int, digest: int) -> None:
         """The phone reports the message delivered; the watermark is the message's platform time."""
         self.wait(self.rng.uniform(0.3, 3))
-        self.receipt(EventName.MESSAGE_DELIVERED, "d", platform_ms, message_id)
+        self.receipt(EventName.MESSAGE_DELIVERED, "d", platform_ms, digest)
 
     def read(self, platform_ms: int) -> None:
         """The customer opens the thread; the watermark is the platform time of the last message there."""
@@ -152,7 +152,7 @@ def journey(rng: random.Random, customer: str, start_us: int, campaign: str) -> 
     elif how < 0.9 and ref is not None:
         started = j.inbound(EventName.CONVERSATION_STARTED, "r", detail=_STARTED_BY_REFERRAL[ref])
     else:
-        text = j.inbound(EventName.TEXT_RECEIVED, "m", message_id=f"m_{customer}{j.now:x}t")
+        text = j.inbound(EventName.TEXT_RECEIVED, "m")
         started = j.record(
             f"{text.event_id}.s",
             EventName.CONVERSATION_STARTED,

@@ -38,7 +38,7 @@ def us(event: Event) -> int:
 
 def sent_by_platform_time(j: Journey) -> dict[int, Event]:
     """The bot's record of each page message, by the platform's time of that message."""
-    return {j.platform_ms[e.message_id]: e for e in j.events if e.event in SENT}
+    return {j.platform_ms[e.message_digest]: e for e in j.events if e.event in SENT}
 
 
 def first(j: Journey, name: EventName) -> Event | None:
@@ -49,9 +49,9 @@ def test_every_page_message_is_stamped_by_the_bot_a_round_trip_after_the_platfor
     trips = []
     for j in journeys:
         sent = [e for e in j.events if e.event in SENT]
-        assert {e.message_id for e in sent} == set(j.platform_ms)
+        assert {e.message_digest for e in sent} == set(j.platform_ms)
         for e in sent:
-            trip = us(e) - j.platform_ms[e.message_id] * 1000
+            trip = us(e) - j.platform_ms[e.message_digest] * 1000
             assert 0 < trip <= SEND_ALLOWANCE.total_seconds() * 1_000_000, e
             trips.append(trip / 1_000_000)
 
@@ -70,7 +70,7 @@ def test_every_watermark_is_the_platform_time_of_an_earlier_page_message(journey
             assert mark * 1000 < us(e)  # the receipt comes after the message it covers
             assert mark * 1000 < us(sent[mark])  # and the bot stamped that message later still
             if e.event == EventName.MESSAGE_DELIVERED:
-                assert e.message_id == sent[mark].message_id
+                assert e.message_digest == sent[mark].message_digest
                 delivered.add(mark)
             else:
                 assert mark in delivered  # a customer reads what reached the phone
@@ -97,7 +97,7 @@ def test_a_few_customers_tap_before_the_bots_stamp_of_the_welcome(journeys):
         click = next((e for e in j.events if e.event in CLICKS), None)
         if welcome is None or click is None:
             continue
-        assert us(click) > j.platform_ms[welcome.message_id] * 1000  # never before the welcome was there
+        assert us(click) > j.platform_ms[welcome.message_digest] * 1000  # never before the welcome was there
         quick += click.ts < welcome.ts
 
     assert 0.01 * len(journeys) < quick < 0.06 * len(journeys)
@@ -112,7 +112,7 @@ def test_a_read_of_the_welcome_may_arrive_after_the_coupon_was_sent(journeys):
         late += any(
             e.event == EventName.MESSAGE_READ
             and e.ts > coupon.ts
-            and e.watermark == j.platform_ms[welcome.message_id]
+            and e.watermark == j.platform_ms[welcome.message_digest]
             for e in j.events
         )
 
@@ -125,7 +125,7 @@ def test_some_read_the_coupon_and_go_no_further(journeys):
         coupon = first(j, EventName.COUPON_SENT)
         if coupon is None or first(j, EventName.COUPON_REVEALED) is not None:
             continue
-        coupon_ms = j.platform_ms[coupon.message_id]
+        coupon_ms = j.platform_ms[coupon.message_digest]
         reads = [e for e in j.events if e.event == EventName.MESSAGE_READ and e.watermark == coupon_ms]
         # Its watermark is earlier than the bot's stamp of the coupon: the read covers the coupon anyway.
         assert all(e.watermark * 1000 < us(coupon) for e in reads)

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 import analytics
+from bot.events import message_digest
 from tests.bot_process import BotProcess, make_home, stored_events
 from tests.browser import ARTIFACTS, chromium_page
 
@@ -124,16 +125,16 @@ def test_three_customers_play_the_conversation_in_the_simulator(tmp_path):
 def assert_receipts_carry_the_platforms_time(customer: str, messages: list[dict], events: list[dict]) -> None:
     """Each receipt's watermark is the platform's time of the last page message it covers, earlier than the
     receipt and than the bot's own stamp of that message (taken once the Send API answered)."""
-    platform_ms = {m["message_id"]: m["timestamp"] for m in messages}
+    platform_ms = {message_digest(m["message_id"]): m["timestamp"] for m in messages}
     mine = [e for e in events if e["customer_id"] == customer]
-    stamped = {e["message_id"]: micros(e["ts"]) for e in mine if e["event"].endswith("_sent")}
+    stamped = {e["message_digest"]: micros(e["ts"]) for e in mine if e["event"].endswith("_sent")}
     assert set(stamped) == set(platform_ms)
     receipts = [e for e in mine if e["event"] in ("message_delivered", "message_read")]
     assert {e["event"] for e in receipts} == {"message_delivered", "message_read"}
     for receipt in receipts:
         mark = receipt["watermark"]
         if receipt["event"] == "message_delivered":
-            assert mark == platform_ms[receipt["message_id"]], receipt  # the last message delivered
+            assert mark == platform_ms[receipt["message_digest"]], receipt  # the last message delivered
         covered = [mid for mid, ms in platform_ms.items() if ms == mark]
         assert covered, f"{receipt} covers no page message"
         assert mark * 1000 < micros(receipt["ts"])

@@ -5,6 +5,8 @@ events = analytics.open("data")          # a directory or "s3://bucket/prefix"
 events.funnel(campaign="spring-sale")    # pyarrow.Table
 """
 
-from analytics.query import STEPS, AnalyticsError, Events, open
+from analytics.filters import AnalyticsError, Filters
+from analytics.query import Events, open
+from bot.facts import KPIS, STEPS, FunnelStep
 
-__all__ = ["STEPS", "AnalyticsError", "Events", "open"]
+__all__ = ["KPIS", "STEPS", "AnalyticsError", "Events", "Filters", "FunnelStep", "open"]

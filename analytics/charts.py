@@ -12,7 +12,7 @@ import altair as alt
 import pyarrow as pa
 import vl_convert
 
-from analytics.query import STEPS
+from bot.facts import STEPS
 
 # One colour per step, in every chart.
 STEP_COLORS = {

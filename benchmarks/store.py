@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import io
 import os
 import random
 import shutil
@@ -21,78 +22,139 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.events import Event, detail_json
-from bot.store import EventLog, event_row, parquet_bytes, rows_to_table
+from bot.campaign import Campaign
+from bot.events import FILE_SCHEMA, Event
+from bot.facts import ButtonStep
+from bot.flow import button_payload, plan_replies, record
+from bot.messenger import Delivery, Inbound, Postback, Read, Referral
+from bot.store import SORT_KEYS, EventLog, event_row, parquet_bytes, rows_to_table
 from bot.wal import encode_rows
 
 PAGE = "111899832631525"
+CAMPAIGNS = [
+    Campaign(
+        id=name,
+        welcome_text="Hi {first_name}! We have a little gift for you. Want to see it?",
+        yes="Yes! Show me coupon",
+        no="No, thanks",
+        coupon_text="20% off anything in store until Sunday.",
+        reveal="Reveal the coupon",
+        code="SPRING20",
+        thanks_text="No problem, thanks for stopping by!",
+        thanks_image="https://example.com/thanks.jpg",
+        variant="A",
+    )
+    for name in ("spring-sale", "summer-sale")
+]
 
 
 def message_id(rng: random.Random) -> str:
-    # The platform's message ids: "m_" and about 80 characters of URL-safe base64.
-    return "m_" + base64.urlsafe_b64encode(rng.randbytes(60)).decode().rstrip("=")
+    # The platform's message ids, as the Send API answers them: "m_" and 86 characters of URL-safe base64.
+    return "m_" + base64.urlsafe_b64encode(rng.randbytes(64)).decode().rstrip("=")
 
 
-def journey(rng: random.Random, customer: str, start: datetime, campaign: str) -> list[Event]:
-    """One customer's events as the bot records them, with the platform's ids."""
+def journey(
+    rng: random.Random, customer: str, start: datetime, campaign: Campaign, platform_ids: dict[str, str]
+) -> list[Event]:
+    """One customer's events as the bot records them: the platform's actions through `bot.flow.record`, the
+    replies' outcomes through `Reply.sent`, with the platform's ids and both clocks. The message ids of the
+    customer's clicks go to `platform_ids` (by event id), for the previous version's file."""
     events: list[Event] = []
-    t = start
+    ms = int(start.timestamp() * 1000)  # the platform's clock
 
-    def add(name: str, *, inbound_id: str | None = None, button=None, mid=None, detail=None, after=5.0):
-        nonlocal t
-        t += timedelta(seconds=rng.expovariate(1 / after))
-        # Inbound ids as the bot derives them (customer, platform timestamp, kind); replies extend the id of
-        # the click they answer.
-        if inbound_id is not None:
-            event_id = f"{customer}.{int(t.timestamp() * 1000)}.{inbound_id}"
-        else:
-            event_id = f"{events[-1].event_id}.{name[0]}"
-        events.append(
-            Event(
-                event_id=event_id,
-                ts=t,
-                page_id=PAGE,
-                customer_id=customer,
-                campaign_id=campaign,
-                event=name,
-                button=button,
-                message_id=mid,
-                detail=detail,
+    def act(inbound: Inbound) -> Event:
+        events.extend(record(campaign, inbound))
+        if isinstance(inbound, Postback) and inbound.mid is not None:
+            platform_ids[events[-1].event_id] = inbound.mid
+        return events[-1]
+
+    def click(step: ButtonStep | str, after: float) -> Event:
+        nonlocal ms
+        ms += int(rng.expovariate(1 / after) * 1000) + 1
+        payload = step if step == "GET_STARTED" else button_payload(campaign, step)
+        referral = Referral("till-qr", "SHORTLINK", "OPEN_THREAD") if step == "GET_STARTED" else None
+        return act(Postback(PAGE, customer, ms, payload, mid=message_id(rng), referral=referral))
+
+    def answer(event: Event) -> int:
+        """Sends the replies `event` calls for; the platform's time of the last one."""
+        nonlocal ms
+        for reply in plan_replies(event):
+            ms += rng.randint(150, 600)  # the platform's time of the message sent
+            # The bot stamps its send on its own clock once the Send API has answered: a little later.
+            sent_at = datetime.fromtimestamp(ms / 1000, UTC) + timedelta(
+                microseconds=rng.randint(2000, 90000)
             )
-        )
+            events.append(reply.sent(message_id(rng), sent_at))
+        return ms
 
-    add("conversation_started", inbound_id="p", detail=detail_json(ref="till-qr", source="SHORTLINK"))
-    welcome = message_id(rng)
-    add("welcome_sent", mid=welcome, after=0.5)
-    add("message_delivered", inbound_id="d", mid=welcome, after=2)
+    def delivered(platform_ms: int) -> None:
+        nonlocal ms
+        ms += rng.randint(300, 3000)
+        act(Delivery(PAGE, customer, ms, watermark=platform_ms, mids=(events[-1].message_id,)))
+
+    def read(platform_ms: int, after: float) -> None:
+        nonlocal ms
+        ms += int(rng.expovariate(1 / after) * 1000) + 1
+        act(Read(PAGE, customer, ms, watermark=platform_ms))
+
+    welcome = answer(click("GET_STARTED", 1))
+    delivered(welcome)
     if rng.random() < 0.2:
         return events  # never answers
     if rng.random() < 0.25:
-        add("declined", inbound_id="p", button="spring-sale|A|no", after=60)
-        add("thanks_sent", mid=message_id(rng), after=0.5)
+        delivered(answer(click(ButtonStep.NO, 60)))
         return events
-    add("coupon_requested", inbound_id="p", button="spring-sale|A|yes", after=60)
-    coupon = message_id(rng)
-    add("coupon_sent", mid=coupon, after=0.5)
-    add("message_delivered", inbound_id="d", mid=coupon, after=1)
-    read_at = int((t + timedelta(seconds=3)).timestamp() * 1000)
-    add("message_read", inbound_id="r", detail=detail_json(watermark=read_at), after=3)
+    coupon = answer(click(ButtonStep.YES, 60))
+    delivered(coupon)
+    read(coupon, 3)
     if rng.random() < 0.6:
-        add("coupon_revealed", inbound_id="p", button="spring-sale|A|reveal", after=20)
+        delivered(answer(click(ButtonStep.REVEAL, 20)))
     return events
 
 
-def realistic_events(n: int, seed: int = 1) -> list[Event]:
+def realistic_events(n: int, seed: int = 1, platform_ids: dict[str, str] | None = None) -> list[Event]:
+    """A day of `n` events of customers' journeys, in the order they happened."""
     rng = random.Random(seed)
     start = datetime(2026, 3, 1, 9, tzinfo=UTC)
+    platform_ids = {} if platform_ids is None else platform_ids
     events: list[Event] = []
     while len(events) < n:
         customer = str(rng.randrange(10**15, 10**16))
         begin = start + timedelta(seconds=rng.uniform(0, 12 * 3600))
-        events.extend(journey(rng, customer, begin, rng.choice(["spring-sale", "summer-sale"])))
+        events.extend(journey(rng, customer, begin, rng.choice(CAMPAIGNS), platform_ids))
     return sorted(events[:n], key=lambda e: e.ts)
+
+
+def previous_version_parquet(events: list[Event], platform_ids: dict[str, str]) -> bytes:
+    """The file the previous version wrote of the same events: no `watermark` column (a receipt's watermark
+    was its detail's JSON), the message id of every customer's click kept, customer ids in a dictionary."""
+    rows = []
+    for event in events:
+        row = event.to_dict()
+        watermark = row.pop("watermark")
+        if watermark is not None:
+            row["detail"] = f'{{"watermark":{watermark}}}'
+        row["message_id"] = platform_ids.get(event.event_id, event.message_id)
+        rows.append(row)
+    schema = pa.schema([field for field in FILE_SCHEMA if field.name != "watermark"])
+    table = pa.Table.from_pylist(rows, schema=schema).sort_by(SORT_KEYS)
+    sink = io.BytesIO()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        compression_level=9,
+        use_dictionary=["page_id", "customer_id", "campaign_id", "variant", "event", "button", "detail"],
+        column_encoding={"event_id": "DELTA_BYTE_ARRAY", "message_id": "DELTA_BYTE_ARRAY"},
+        coerce_timestamps="us",
+        write_statistics=True,
+    )
+    return sink.getvalue()
 
 
 def naive_appends_per_s(directory: Path, events: list[Event], seconds: float = 2.0) -> float:
@@ -127,7 +189,8 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=200_000)
     args = parser.parse_args()
-    events = realistic_events(args.events)
+    platform_ids: dict[str, str] = {}
+    events = realistic_events(args.events, platform_ids=platform_ids)
     workdir = Path(tempfile.mkdtemp(prefix="promobot-bench-", dir=Path(__file__).resolve().parent.parent))
     try:
         naive = naive_appends_per_s(workdir, events)
@@ -144,16 +207,19 @@ def main() -> None:
             log.close()
             print(f"{label + ':':<41}{rate:>12,.0f} events/s  ({rate / naive:.1f}x baseline)")
 
-        # Bytes per event: the Parquet file of a realistic day, as the flusher writes it.
-        table = rows_to_table([event_row(e) for e in events])
-        body = parquet_bytes(table)
-        print(
-            f"bytes per event on disk (realistic):     {len(body) / len(events):>12.1f}  "
-            f"({len(events):,} events, {len(body):,} bytes)"
-        )
-        sizes = column_sizes(body)
-        share = ", ".join(f"{name} {size / len(events):.1f}" for name, size in sizes)
-        print(f"  by column (bytes/event):               {share}")
+        # Bytes per event: the Parquet file of a realistic day, as the flusher writes it; the baseline is the
+        # previous version's file of the same events.
+        files = {
+            "previous version": previous_version_parquet(events, platform_ids),
+            "this version": parquet_bytes(rows_to_table([event_row(e) for e in events])),
+        }
+        for label, body in files.items():
+            print(
+                f"bytes per event on disk, {label + ':':<17}{len(body) / len(events):>10.1f}  "
+                f"({len(events):,} events, {len(body):,} bytes)"
+            )
+            share = ", ".join(f"{name} {size / len(events):.2f}" for name, size in column_sizes(body))
+            print(f"  by column (bytes/event): {share}")
 
         # Flush time: a segment of 100,000 appended events to a visible Parquet file.
         timings = []
@@ -171,10 +237,6 @@ def main() -> None:
 
 
 def column_sizes(body: bytes) -> list[tuple[str, int]]:
-    import io
-
-    import pyarrow.parquet as pq
-
     metadata = pq.ParquetFile(io.BytesIO(body)).metadata
     sizes: dict[str, int] = {}
     for group in range(metadata.num_row_groups):

@@ -35,20 +35,26 @@ SCHEMA = pa.schema(
         pa.field("button", pa.string(), nullable=True),
         pa.field("message_id", pa.string(), nullable=True),
         pa.field("detail", pa.string(), nullable=True),
+        pa.field("watermark", pa.int64(), nullable=True),
     ]
 )
 PARTITION_COLUMN = "event_date"
 FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name != PARTITION_COLUMN])
 
 _REQUIRED = ("event_id", "ts", "page_id", "customer_id", "campaign_id", "event")
-_OPTIONAL = ("variant", "button", "message_id", "detail")
+_OPTIONAL_TEXT = ("variant", "button", "message_id", "detail")
+_OPTIONAL = (*_OPTIONAL_TEXT, "watermark")
 _FIELDS = (*_REQUIRED, *_OPTIONAL)
 _REQUIRED_TEXT = ("event_id", "page_id", "customer_id", "campaign_id")
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One thing that happened: a step of the conversation, a click, a receipt, a failure."""
+    """One thing that happened: a step of the conversation, a click, a receipt, a failure.
+
+    `watermark` is a read or delivery receipt's: the platform's time (ms since the epoch, on its clock) of the
+    last message read or delivered, not the time of reading. Other events have none.
+    """
 
     event_id: str
     ts: datetime
@@ -60,6 +66,7 @@ class Event:
     button: str | None = None
     message_id: str | None = None
     detail: str | None = field(default=None)
+    watermark: int | None = None
 
     def __post_init__(self) -> None:
         # Every event the bot records passes here. The common case (required strings non-empty, optional
@@ -81,6 +88,7 @@ class Event:
             and (self.button is None or self.button.__class__ is str)
             and (self.message_id is None or self.message_id.__class__ is str)
             and (self.detail is None or self.detail.__class__ is str)
+            and (self.watermark is None or self.watermark.__class__ is int)
         ):
             self._check_and_normalise()
 
@@ -91,10 +99,16 @@ class Event:
                 raise EventError(f"event is missing required key {key!r}")
             if not isinstance(value, str):
                 raise EventError(f"event key {key!r} must be a string, got {type(value).__name__}")
-        for key in _OPTIONAL:
+        for key in _OPTIONAL_TEXT:
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
                 raise EventError(f"event key {key!r} must be a string or None, got {type(value).__name__}")
+        watermark = self.watermark
+        if watermark is not None and (watermark.__class__ is bool or not isinstance(watermark, int)):
+            kind = type(watermark).__name__
+            raise EventError(f"event key 'watermark' must be an integer or None, got {kind}")
+        if watermark is not None and watermark.__class__ is not int:
+            object.__setattr__(self, "watermark", int(watermark))  # a subclass of int, stored as a plain int
         if self.event.__class__ is not EventName:
             if self.event is None or self.event == "":
                 raise EventError("event is missing required key 'event'")
@@ -152,11 +166,6 @@ _DETAIL_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure
 
 def detail_json(**fields: Any) -> str:
     """The `detail` column's JSON: compact, keys sorted, so equal details are equal strings."""
-    if len(fields) == 1:
-        # A receipt's watermark, on most webhooks: an identifier's name and an int need no escaping.
-        [(key, value)] = fields.items()
-        if value.__class__ is int:
-            return f'{{"{key}":{value}}}'
     return _DETAIL_ENCODER.encode(fields)  # (one encoder for all: json.dumps with options makes one a call)
 
 

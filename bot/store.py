@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -52,7 +53,7 @@ EVENTS_DIR = "events"
 # Rows sorted so that one customer's journey sits together: the funnel queries read them that way, and
 # neighbouring rows that share ids and timestamps compress to almost nothing.
 SORT_KEYS = [("campaign_id", "ascending"), ("customer_id", "ascending"), ("ts", "ascending")]
-_DICTIONARY_COLUMNS = ["page_id", "customer_id", "campaign_id", "variant", "event", "button", "detail"]
+_DICTIONARY_COLUMNS = ["page_id", "campaign_id", "variant", "event", "button", "detail"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -162,7 +163,7 @@ def partition_dir(day: date) -> str:
 
 # -- rows, tables, Parquet ---------------------------------------------------------------------------------
 
-_FIELDS = FILE_SCHEMA.names  # event_id, ts, page_id, customer_id, campaign_id, variant, event, button, ...
+_FIELDS = FILE_SCHEMA.names  # event_id, ts, page_id, customer_id, campaign_id, variant, event, ..., watermark
 _TS = _FIELDS.index("ts")
 
 
@@ -180,6 +181,7 @@ def event_row(event: Event) -> list:
         event.button,
         event.message_id,
         event.detail,
+        event.watermark,
     ]
 
 
@@ -187,7 +189,7 @@ def row_event(row: Sequence) -> Event:
     """The event a row made by `event_row` holds (its inverse). Raises EventError for a row that is none."""
     if not is_event_row(row):
         raise EventError(f"not an event row: {row!r:.200}")
-    event_id, micros, page_id, customer_id, campaign_id, variant, name, button, message_id, detail = row
+    event_id, micros, page_id, customer_id, campaign_id, variant, name, button, message_id, detail, mark = row
     return Event(
         event_id=event_id,
         ts=_EPOCH + timedelta(microseconds=micros),
@@ -199,11 +201,13 @@ def row_event(row: Sequence) -> Event:
         button=button,
         message_id=message_id,
         detail=detail,
+        watermark=mark,
     )
 
 
-_STR_OR_NONE = (str, type(None))
-_ROW_TYPES = (str, int, str, str, str, _STR_OR_NONE, str, _STR_OR_NONE, _STR_OR_NONE, _STR_OR_NONE)
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+_ROW_TYPES = (str, int, str, str, str, _OPT_STR, str, _OPT_STR, _OPT_STR, _OPT_STR, _OPT_INT)
 _EVENT_NAMES = frozenset(str(name) for name in EventName)
 
 
@@ -219,6 +223,9 @@ def is_event_row(row: object) -> bool:
 
 
 def rows_to_table(rows: Sequence[Sequence]) -> pa.Table:
+    """Rows made by `event_row` (or left in a log by the previous version) as a table with FILE_SCHEMA."""
+    if any(len(row) == _LEGACY_ROW_LENGTH for row in rows):
+        rows = [upgrade_row(row) if len(row) == _LEGACY_ROW_LENGTH else row for row in rows]
     columns = list(zip(*rows, strict=True)) if rows else [[] for _ in _FIELDS]
     arrays = {}
     for name, values in zip(_FIELDS, columns, strict=True):
@@ -231,6 +238,47 @@ def rows_to_table(rows: Sequence[Sequence]) -> pa.Table:
     return pa.Table.from_pydict(arrays, schema=FILE_SCHEMA)
 
 
+# -- what earlier versions wrote ---------------------------------------------------------------------------
+# Before receipts had a `watermark` column, their watermark was the whole of their detail: `{"watermark":ms}`.
+# Log records and journals of that version hold rows of ten values; its Parquet files lack the column.
+
+_LEGACY_ROW_LENGTH = 10
+_RECEIPTS = frozenset({str(EventName.MESSAGE_READ), str(EventName.MESSAGE_DELIVERED)})
+_LEGACY_DETAIL = r'^\{"watermark":(?P<watermark>-?[0-9]+)\}$'
+_LEGACY_DETAIL_RE = re.compile(_LEGACY_DETAIL)
+
+
+def upgrade_row(row: Sequence) -> list:
+    """A row of the previous version as this version's: a receipt's watermark moves to its column."""
+    detail = row[9]
+    match = _LEGACY_DETAIL_RE.match(detail) if row[6] in _RECEIPTS and isinstance(detail, str) else None
+    if match is None:
+        return [*row, None]
+    return [*row[:9], None, int(match["watermark"])]
+
+
+def conform_table(table: pa.Table) -> pa.Table:
+    """A stored file's table with FILE_SCHEMA: columns an earlier version did not write read as null, and its
+    receipts' watermarks move from `detail` to their column."""
+    missing = [name for name in _FIELDS if name not in table.column_names]
+    for name in missing:
+        table = table.append_column(
+            FILE_SCHEMA.field(name), pa.nulls(table.num_rows, FILE_SCHEMA.field(name).type)
+        )
+    table = table.select(_FIELDS).cast(FILE_SCHEMA)
+    if "watermark" not in missing or table.num_rows == 0:
+        return table
+    found = pc.extract_regex(table.column("detail"), _LEGACY_DETAIL)
+    is_legacy = pc.and_(
+        pc.is_in(table.column("event"), pa.array(sorted(_RECEIPTS))), pc.is_valid(found)
+    ).fill_null(False)
+    legacy_mark = pc.cast(pc.struct_field(found, "watermark"), pa.int64())
+    watermark = pc.if_else(is_legacy, legacy_mark, table.column("watermark"))
+    detail = pc.if_else(is_legacy, pa.scalar(None, pa.string()), table.column("detail"))
+    table = table.set_column(_FIELDS.index("watermark"), FILE_SCHEMA.field("watermark"), watermark)
+    return table.set_column(_FIELDS.index("detail"), FILE_SCHEMA.field("detail"), detail)
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     """A partition file: rows sorted for the readers, zstd, dictionaries for the repetitive columns."""
     table = table.sort_by(SORT_KEYS)
@@ -241,8 +289,9 @@ def parquet_bytes(table: pa.Table) -> bytes:
         compression="zstd",
         compression_level=9,
         use_dictionary=_DICTIONARY_COLUMNS,
-        # Ids share long prefixes with their neighbours once rows are sorted; store only what differs.
-        column_encoding={"event_id": "DELTA_BYTE_ARRAY", "message_id": "DELTA_BYTE_ARRAY"},
+        # Ids share long prefixes with their neighbours once rows are sorted (a customer's with the row above,
+        # a receipt's message id with the send's): store only what differs.
+        column_encoding={name: "DELTA_BYTE_ARRAY" for name in ("event_id", "customer_id", "message_id")},
         coerce_timestamps="us",
         write_statistics=True,
     )
@@ -665,7 +714,7 @@ class EventLog:
         while day <= datetime.now(UTC).date() + timedelta(days=1):
             for relative in self.files.list(partition_dir(day)):
                 if PurePosixPath(relative).name.startswith(f"{self.writer_id}-"):
-                    tables.append(self.files.read_table(relative).select(FILE_SCHEMA.names).cast(FILE_SCHEMA))
+                    tables.append(conform_table(self.files.read_table(relative)))
             day += timedelta(days=1)
         table = deduplicate(pa.concat_tables(tables))
         since_scalar = pa.scalar(since, FILE_SCHEMA.field("ts").type)
@@ -712,7 +761,7 @@ def compact_day(files: FileStore, day: date, *, grace_s: float = DEFAULT_GRACE_S
     inputs = [relative for relative in files.list(folder) if relative not in superseded]
     if len(inputs) < 2:
         return 0
-    tables = [files.read_table(relative).select(FILE_SCHEMA.names).cast(FILE_SCHEMA) for relative in inputs]
+    tables = [conform_table(files.read_table(relative)) for relative in inputs]
     merged = deduplicate(pa.concat_tables(tables))
     token = uuid.uuid4().hex[:12]
     name = f"compacted-{token}.parquet"

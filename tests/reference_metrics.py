@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bot.events import Event
+from bot.facts import SEND_ALLOWANCE
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STEPS = ("reached", "responded", "coupon_requested", "coupon_seen", "coupon_revealed", "declined")
 
 
@@ -24,8 +26,14 @@ def local_date(ts: datetime, tz: str) -> date:
     return ts.astimezone(ZoneInfo(tz)).date()
 
 
+def _watermark(event: Event) -> int | None:
+    if getattr(event, "watermark", None) is not None:
+        return event.watermark
+    return json.loads(event.detail)["watermark"] if event.detail else None
+
+
 def journeys(events, campaign=None, start=None, end=None, window=timedelta(days=7), tz="UTC") -> dict:
-    """(campaign, customer) -> {step: ts}"""
+    """(campaign, customer) -> {step: ts}, as docs/metrics.md defines each step."""
     events = [e for e in deduplicate(events) if campaign is None or e.campaign_id == campaign]
     by_pair = defaultdict(list)
     for e in events:
@@ -42,32 +50,48 @@ def journeys(events, campaign=None, start=None, end=None, window=timedelta(days=
         if not welcomes:
             continue
         entry = min(welcomes)
-        after = [e for e in mine if entry <= e.ts <= entry + window]
+        last = entry + window
 
-        def first(names, after_ts=None, where=lambda e: True, events=tuple(after)):
-            times = [
-                e.ts
-                for e in events
-                if e.event in names and (after_ts is None or e.ts >= after_ts) and where(e)
-            ]
+        def first(name, lowest, where=lambda e: True, mine=mine, last=last):
+            times = [e.ts for e in mine if e.event == name and lowest <= e.ts <= last and where(e)]
             return min(times) if times else None
 
-        steps = {"reached": entry, "responded": first({"coupon_requested", "declined"})}
-        requested = first({"coupon_requested"})
-        steps["coupon_requested"] = requested
-        sent = first({"coupon_sent"}, requested) if requested else None
-        read = None
-        if sent is not None:
-            sent_ms = int(sent.timestamp() * 1_000_000) // 1000
-            covers = lambda e, ms=sent_ms: json.loads(e.detail)["watermark"] >= ms  # noqa: E731
-            read = first({"message_read"}, where=covers)
-        revealed = first({"coupon_revealed"}, requested) if requested else None
+        requested = first("coupon_requested", entry - SEND_ALLOWANCE)
+        declined = first("declined", entry - SEND_ALLOWANCE)
+        revealed = read = None
+        if requested is not None:
+            revealed = first("coupon_revealed", requested)
+            requested_us = (requested - EPOCH) // timedelta(microseconds=1)
+            coupon_sent = any(e.event == "coupon_sent" and e.ts >= requested for e in mine)
+            covers = lambda e, us=requested_us: _watermark(e) * 1000 > us  # noqa: E731
+            read = first("message_read", requested, covers) if coupon_sent else None
         seen = [t for t in (read, revealed) if t is not None]
-        steps["coupon_seen"] = min(seen) if seen else None
-        steps["coupon_revealed"] = revealed
-        steps["declined"] = first({"declined"})
-        result[pair] = steps
+        answered = [t for t in (requested, declined) if t is not None]
+        result[pair] = {
+            "reached": entry,
+            "responded": min(answered) if answered else None,
+            "coupon_requested": requested,
+            "coupon_seen": min(seen) if seen else None,
+            "coupon_revealed": revealed,
+            "declined": declined,
+        }
     return result
+
+
+def customers(events, **filters) -> dict:
+    """customer -> {step: (earliest ts, shortest time from entry)}: a customer counts once at each step."""
+    merged: dict = defaultdict(dict)
+    for (_, customer), steps in journeys(events, **filters).items():
+        entry = steps["reached"]
+        for step, ts in steps.items():
+            if ts is None:
+                continue
+            taken = max(ts - entry, timedelta(0))
+            if step in merged[customer]:
+                earliest, shortest = merged[customer][step]
+                ts, taken = min(ts, earliest), min(taken, shortest)
+            merged[customer][step] = (ts, taken)
+    return merged
 
 
 def quantile(values: list[float], q: float) -> float | None:
@@ -81,13 +105,10 @@ def quantile(values: list[float], q: float) -> float | None:
 
 
 def funnel(events, **filters) -> dict[str, dict]:
+    everyone = customers(events, **filters).values()
     rows = {}
     for step in STEPS:
-        seconds = [
-            (steps[step] - steps["reached"]).total_seconds()
-            for steps in journeys(events, **filters).values()
-            if steps[step] is not None
-        ]
+        seconds = [steps[step][1].total_seconds() for steps in everyone if step in steps]
         rows[step] = {
             "customers": len(seconds),
             "median_seconds": None if step == "reached" else quantile(seconds, 0.5),
@@ -98,10 +119,9 @@ def funnel(events, **filters) -> dict[str, dict]:
 
 def timeline(events, tz="UTC", **filters) -> dict[tuple[date, str], int]:
     counts: dict = defaultdict(int)
-    for steps in journeys(events, tz=tz, **filters).values():
-        for step, ts in steps.items():
-            if ts is not None:
-                counts[(local_date(ts, tz), step)] += 1
+    for steps in customers(events, tz=tz, **filters).values():
+        for step, (ts, _) in steps.items():
+            counts[(local_date(ts, tz), step)] += 1
     return dict(counts)
 
 
@@ -126,41 +146,42 @@ def _add_periods(a: date, n: int, period: str) -> date:
     return a + timedelta(days=n * (7 if period == "week" else 1))
 
 
-def cohorts(events, period="week", campaign=None, tz="UTC") -> dict[tuple[date, int], dict]:
-    events = [e for e in deduplicate(events) if campaign is None or e.campaign_id == campaign]
-    if not events:
+def cohorts(events, period="week", tz="UTC", **filters) -> dict[tuple[date, int], dict]:
+    """Customers by the period of their entry; who revealed (as the funnel counts it) in period k after."""
+    everyone = customers(events, tz=tz, **filters)
+    campaign = filters.get("campaign")
+    stored = [e for e in deduplicate(events) if campaign is None or e.campaign_id == campaign]
+    if not everyone or not stored:
         return {}
     zone = ZoneInfo(tz)
-    local = {e.event_id: e.ts.astimezone(zone).replace(tzinfo=None) for e in events}
-    last = max(local.values())
-    first_reach: dict[str, datetime] = {}
-    for e in events:
-        if e.event == "welcome_sent":
-            t = local[e.event_id]
-            first_reach[e.customer_id] = min(first_reach.get(e.customer_id, t), t)
+    last = max(e.ts for e in stored).astimezone(zone).replace(tzinfo=None)
+
+    def period_of(ts: datetime) -> date:
+        return _truncate(ts.astimezone(zone).date(), period)
+
+    members = defaultdict(list)
+    for steps in everyone.values():
+        members[period_of(steps["reached"][0])].append(steps)
     out = {}
-    for cohort in {_truncate(t.date(), period) for t in first_reach.values()}:
-        members = [c for c, t in first_reach.items() if _truncate(t.date(), period) == cohort]
-        cohort_start = datetime.combine(cohort, datetime.min.time())
+    for cohort, steps_of in members.items():
         for k in range(_periods_between(cohort, _truncate(last.date(), period), period) + 1):
-            revealed = {
-                e.customer_id
-                for e in events
-                if e.event == "coupon_revealed"
-                and e.customer_id in members
-                and local[e.event_id] >= cohort_start
-                and _periods_between(cohort, _truncate(local[e.event_id].date(), period), period) == k
-            }
+            revealed = [
+                s
+                for s in steps_of
+                if "coupon_revealed" in s
+                and _periods_between(cohort, period_of(s["coupon_revealed"][0]), period) == k
+            ]
             end_of_k = datetime.combine(_add_periods(cohort, k + 1, period), datetime.min.time())
             out[(cohort, k)] = {
                 "customers": len(revealed),
-                "share": round(len(revealed) / len(members), 4),
+                "share": round(len(revealed) / len(steps_of), 4),
                 "complete": end_of_k <= last,
             }
     return out
 
 
-def buttons(events, campaign=None, start=None, end=None, tz="UTC") -> dict[str, dict]:
+def buttons(events, campaign=None, start=None, end=None, tz="UTC") -> dict[tuple[str, str], dict]:
+    """(button, the event the click was stored as) -> clicks, customers, share."""
     clicks = [
         e
         for e in deduplicate(events)
@@ -170,9 +191,9 @@ def buttons(events, campaign=None, start=None, end=None, tz="UTC") -> dict[str, 
         and (end is None or local_date(e.ts, tz) <= end)
     ]
     out = {}
-    for button in {e.button for e in clicks}:
-        mine = [e for e in clicks if e.button == button]
-        out[button] = {
+    for key in {(e.button, str(e.event)) for e in clicks}:
+        mine = [e for e in clicks if (e.button, str(e.event)) == key]
+        out[key] = {
             "clicks": len(mine),
             "customers": len({e.customer_id for e in mine}),
             "share": round(len(mine) / len(clicks), 4),

@@ -19,6 +19,7 @@ from bot.store import EventLog, event_row, parquet_bytes, partition_dir, rows_to
 from tests import reference_metrics as reference
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SPRING = "spring-sale"
 
 
@@ -45,7 +46,8 @@ class Journey:
         return self
 
     def read(self, seconds: float, watermark_seconds: float) -> Journey:
-        watermark = int((self.start + timedelta(seconds=watermark_seconds)).timestamp() * 1000)
+        """A read receipt at `seconds` whose watermark is the platform's time of the last message read."""
+        watermark = (self.start + timedelta(seconds=watermark_seconds) - EPOCH) // timedelta(milliseconds=1)
         return self.at(seconds, "message_read", detail=detail_json(watermark=watermark))
 
 
@@ -62,22 +64,25 @@ def counts(table) -> dict[str, int]:
 
 
 def known_journeys() -> list[Event]:
+    """Journeys with the platform's two clocks: `at` for the bot's stamps and the customer's taps, `read`
+    with the watermark the platform gives (its time of the last page message read, before the bot's stamp of
+    sending it)."""
     journeys = [
         # a: the whole way: asks, reads the coupon, reveals.
         Journey("a")
         .at(0, "welcome_sent")
         .at(60, "coupon_requested", button="spring-sale||yes")
         .at(61, "coupon_sent")
-        .read(90, 62)
+        .read(90, 60.4)
         .at(120, "coupon_revealed", button="spring-sale||reveal"),
         # b: declines.
         Journey("b").at(0, "welcome_sent").at(30, "declined", button="spring-sale||no").at(31, "thanks_sent"),
-        # c: never answers.
-        Journey("c").at(0, "welcome_sent").read(5, 1),
+        # c: never answers (reads the welcome).
+        Journey("c").at(0, "welcome_sent").read(5, -0.4),
         # d: asks, no read receipt, no reveal: the coupon was not seen.
         Journey("d").at(0, "welcome_sent").at(40, "coupon_requested").at(41, "coupon_sent"),
-        # e: a read whose watermark is before the coupon was sent does not count.
-        Journey("e").at(0, "welcome_sent").read(30, 20).at(40, "coupon_requested").at(41, "coupon_sent"),
+        # e: a late receipt of an older message (the welcome), after the coupon was sent, does not count.
+        Journey("e").at(0, "welcome_sent").at(40, "coupon_requested").at(41, "coupon_sent").read(45, -0.4),
         # f: reveals with no read receipt: the reveal proves it was seen.
         Journey("f")
         .at(0, "welcome_sent")
@@ -86,8 +91,13 @@ def known_journeys() -> list[Event]:
         .at(100, "coupon_revealed"),
         # g: answers eight days later, outside the 7-day window.
         Journey("g").at(0, "welcome_sent").at(8 * 86400, "coupon_requested"),
-        # h: a reveal logged before the request (clock skew, replay) does not complete the funnel.
+        # h: a reveal logged before the request (an older coupon's button) does not complete the funnel.
         Journey("h").at(0, "welcome_sent").at(10, "coupon_revealed").at(50, "coupon_requested"),
+        # i: reads the coupon and stops there: seen by the read alone. The watermark (the platform's time of
+        # the coupon) is earlier than the bot's stamp of sending it.
+        Journey("i").at(0, "welcome_sent").at(40, "coupon_requested").at(41.2, "coupon_sent").read(50, 40.6),
+        # j: a quick tap: Yes at the platform's 0.8 s before the bot's stamp of the welcome (a slow Send API).
+        Journey("j").at(0, "welcome_sent").at(-0.8, "coupon_requested").at(1.5, "coupon_sent"),
     ]
     return [e for j in journeys for e in j.events]
 
@@ -106,19 +116,57 @@ def test_the_funnel_follows_the_designed_definitions(tmp_path):
         "p90_seconds",
     ]
     assert counts(funnel) == {
-        "reached": 8,
-        "responded": 6,
-        "coupon_requested": 5,
-        "coupon_seen": 2,
-        "coupon_revealed": 2,
+        "reached": 10,
+        "responded": 8,  # a b d e f h i j
+        "coupon_requested": 7,  # a d e f h i j
+        "coupon_seen": 3,  # a (read, then reveal) f (reveal) i (read alone)
+        "coupon_revealed": 2,  # a f
         "declined": 1,
     }
     rows = {row["step"]: row for row in funnel.to_pylist()}
-    assert rows["responded"]["pct_of_reached"] == 75.0
-    assert rows["coupon_revealed"]["pct_of_previous"] == 100.0  # of those who saw it
-    assert rows["declined"]["pct_of_previous"] == pytest.approx(100 / 6, abs=0.01)  # of those who responded
+    assert rows["responded"]["pct_of_reached"] == 80.0
+    assert rows["coupon_revealed"]["pct_of_previous"] == pytest.approx(200 / 3, abs=0.01)  # of who saw it
+    assert rows["declined"]["pct_of_previous"] == 12.5  # of those who responded
     assert rows["coupon_revealed"]["median_seconds"] == pytest.approx(110.0)  # a at 120 s, f at 100 s
+    assert rows["coupon_seen"]["median_seconds"] == pytest.approx(90.0)  # a at 90 s, f at 100 s, i at 50 s
+    assert rows["coupon_requested"]["median_seconds"] == pytest.approx(40.0)  # j's quick tap counts as 0 s
     assert rows["reached"]["median_seconds"] is None
+
+
+def test_a_read_counts_for_the_coupon_by_the_platforms_clock(tmp_path):
+    # The watermark is the platform's time of the coupon: after the Yes tap, before the bot's stamp.
+    alone = Journey("i").at(0, "welcome_sent").at(40, "coupon_requested").at(41.2, "coupon_sent")
+    events = store(tmp_path, alone.read(50, 40.6).events)
+
+    assert counts(events.funnel())["coupon_seen"] == 1
+    assert events.journeys().column("coupon_seen").to_pylist() == [T0 + timedelta(seconds=50)]
+
+
+def test_a_late_receipt_of_an_older_message_does_not_count(tmp_path):
+    late = Journey("e").at(0, "welcome_sent").at(40, "coupon_requested").at(41, "coupon_sent")
+    events = store(tmp_path, late.read(45, -0.4).events)
+
+    assert counts(events.funnel())["coupon_seen"] == 0
+
+
+def test_a_read_needs_a_coupon_sent_after_the_request(tmp_path):
+    # The coupon's send failed; the customer declined later and read the thank-you.
+    failed = Journey("k").at(0, "welcome_sent").at(40, "coupon_requested").at(41, "send_failed")
+    failed.at(60, "declined").at(61, "thanks_sent").read(70, 60.5)
+    events = store(tmp_path, failed.events)
+
+    assert counts(events.funnel())["coupon_seen"] == 0
+
+
+def test_a_quick_tap_before_the_bots_stamp_of_the_welcome_counts(tmp_path):
+    quick = Journey("j").at(0, "welcome_sent").at(-0.8, "coupon_requested").at(1.5, "coupon_sent")
+    too_early = Journey("old", start=T0 - timedelta(seconds=31)).at(0, "coupon_requested")
+    too_early.at(31, "welcome_sent")
+    events = store(tmp_path, quick.events, too_early.events)
+
+    funnel = {row["step"]: row for row in events.funnel().to_pylist()}
+    assert funnel["coupon_requested"]["customers"] == 1  # j; old's tap is beyond the 30 s allowance
+    assert funnel["coupon_requested"]["median_seconds"] == 0.0
 
 
 def test_out_of_order_files_and_duplicates_change_nothing(tmp_path):
@@ -156,7 +204,9 @@ def test_a_campaign_filter_and_customers_in_several_campaigns(tmp_path):
 
     assert counts(events.funnel(campaign=SPRING))["coupon_requested"] == 1
     assert counts(events.funnel(campaign="summer-sale"))["declined"] == 1
-    assert counts(events.funnel())["reached"] == 2  # one journey per campaign
+    assert counts(events.funnel())["reached"] == 1  # customers count once across campaigns
+    assert counts(events.funnel())["responded"] == 1
+    assert events.journeys().num_rows == 2  # one journey per campaign
     assert [r["campaign_id"] for r in events.campaigns().to_pylist()] == [SPRING, "summer-sale"]
 
 
@@ -184,13 +234,17 @@ def test_the_timeline_counts_each_step_on_the_day_it_was_reached(tmp_path):
 
 
 def test_weekly_cohorts_share_and_completeness(tmp_path):
-    week1 = [Journey(c).at(0, "welcome_sent") for c in ("p", "q", "r", "s")]
+    week1 = [Journey(c).at(0, "welcome_sent").at(50, "coupon_requested") for c in ("p", "q", "r", "s")]
     week1[0].at(100, "coupon_revealed")
     week1[1].at(8 * 86400, "coupon_revealed")  # revealed in the next week
-    week2 = [Journey("u", start=T0 + timedelta(days=7)).at(0, "welcome_sent").at(60, "coupon_revealed")]
+    week2 = [Journey("u", start=T0 + timedelta(days=7)).at(0, "welcome_sent").at(30, "coupon_requested")]
+    week2[0].at(60, "coupon_revealed")
     events = store(tmp_path, [e for j in week1 + week2 for e in j.events])
 
-    rows = {(r["cohort"], r["period"]): r for r in events.cohorts(period="week").to_pylist()}
+    fortnight = timedelta(days=14)
+    rows = {
+        (r["cohort"], r["period"]): r for r in events.cohorts(period="week", window=fortnight).to_pylist()
+    }
 
     monday = date(2026, 3, 2)
     assert rows[(monday, 0)]["share"] == 0.25
@@ -200,6 +254,18 @@ def test_weekly_cohorts_share_and_completeness(tmp_path):
     assert rows[(monday + timedelta(days=7), 0)]["share"] == 1.0
     with pytest.raises(AnalyticsError, match="period"):
         events.cohorts(period="year")
+
+
+def test_cohorts_count_the_funnels_reveals_within_its_window_and_range(tmp_path):
+    early = Journey("p").at(0, "welcome_sent").at(50, "coupon_requested").at(8 * 86400, "coupon_revealed")
+    later = Journey("u", start=T0 + timedelta(days=7)).at(0, "welcome_sent")
+    events = store(tmp_path, early.events + later.events)
+
+    monday = date(2026, 3, 2)
+    rows = {(r["cohort"], r["period"]): r["customers"] for r in events.cohorts(period="week").to_pylist()}
+    assert rows[(monday, 1)] == 0  # the reveal came after the 7-day window: the funnel does not count it
+    in_range = events.cohorts(period="week", start=monday + timedelta(days=7))
+    assert set(in_range.column("cohort").to_pylist()) == {monday + timedelta(days=7)}
 
 
 def test_buttons_count_clicks_and_customers(tmp_path):
@@ -359,12 +425,12 @@ def test_every_metric_matches_a_plain_python_computation(
     for period in ("day", "week", "month"):
         cohorts = {
             (r["cohort"], r["period"]): {k: r[k] for k in ("customers", "share", "complete")}
-            for r in stored.cohorts(period=period, campaign=campaign, tz=tz).to_pylist()
+            for r in stored.cohorts(period=period, **filters).to_pylist()
         }
-        assert cohorts == reference.cohorts(events, period=period, campaign=campaign, tz=tz), period
+        assert cohorts == reference.cohorts(events, period=period, **filters), period
 
     buttons = {
-        r["button"]: {k: r[k] for k in ("clicks", "customers", "share")}
+        (r["button"], r["step"]): {k: r[k] for k in ("clicks", "customers", "share")}
         for r in stored.buttons(campaign=campaign, start=start, end=end, tz=tz).to_pylist()
     }
     assert buttons == reference.buttons(events, campaign=campaign, start=start, end=end, tz=tz)

@@ -9,9 +9,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bot.events import Event, from_table
+from bot.events import FILE_SCHEMA, Event, from_table
 from bot.store import EventLog, compact
 from tests.conftest import REPO
 
@@ -151,3 +152,41 @@ def test_compact_command_merges_closed_days(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2026-03-01: 4 files merged into one" in result.stdout
     assert len(list(data.glob("events/*/*.parquet"))) == 1
+
+
+def test_a_day_with_files_of_the_previous_version_is_merged_with_receipts_watermarks_in_their_column(
+    tmp_path,
+):
+    # Given a day written partly by the previous version, whose files had no `watermark` column and kept a
+    # receipt's watermark in its detail, and partly by this one.
+    data = tmp_path / "data"
+    write_day(data, files=2, per_file=5)
+    watermark = 1_772_323_200_000  # the platform's time of the last message read, before the receipt
+    read_at = datetime(2026, 3, 1, 0, 0, 5, tzinfo=UTC)
+    previous = pa.table(
+        {
+            "event_id": ["c1.r", "c1.f"],
+            "ts": pa.array([read_at, read_at], pa.timestamp("us", tz="UTC")),
+            "page_id": ["page", "page"],
+            "customer_id": ["c1", "c1"],
+            "campaign_id": ["a", "a"],
+            "variant": pa.nulls(2, pa.string()),
+            "event": ["message_read", "send_failed"],
+            "button": pa.nulls(2, pa.string()),
+            "message_id": pa.nulls(2, pa.string()),
+            "detail": [f'{{"watermark":{watermark}}}', '{"code":551,"reply":"code"}'],
+        }
+    )
+    pq.write_table(previous, data / "events" / f"event_date={DAY}" / "0123456789ab-00000007.parquet")
+
+    # When the day is compacted
+    assert compact(str(data), grace_s=0) == {DAY: 4}
+
+    # Then the merged file has this version's schema, every event, and the receipt's watermark in its column.
+    [merged] = data.glob("events/*/*.parquet")
+    assert pq.read_schema(merged) == FILE_SCHEMA
+    rows = {row["event_id"]: row for row in pq.read_table(merged).to_pylist()}
+    assert len(rows) == 12  # ten of this version (one of them delivered twice), two of the previous
+    assert (rows["c1.r"]["watermark"], rows["c1.r"]["detail"]) == (watermark, None)
+    assert (rows["c1.f"]["watermark"], rows["c1.f"]["detail"]) == (None, '{"code":551,"reply":"code"}')
+    assert {rows[f"e0-{n}"]["watermark"] for n in range(5)} == {None}

@@ -59,6 +59,9 @@ def test_an_event_name_given_as_text_becomes_the_event_name():
         ("button", ["YES"], "'button' must be a string or None"),
         ("message_id", 2.5, "'message_id' must be a string or None"),
         ("detail", {"code": 1}, "'detail' must be a string or None"),
+        ("watermark", "1700000000500", "'watermark' must be an integer or None"),
+        ("watermark", 1.7e12, "'watermark' must be an integer or None"),
+        ("watermark", True, "'watermark' must be an integer or None"),
         ("ts", "2026-03-01T00:00:00Z", "'ts' must be a datetime"),
         ("ts", None, "missing required key 'ts'"),
         ("event", None, "missing required key 'event'"),
@@ -96,12 +99,25 @@ def test_timestamp_is_normalised_to_utc_and_dates_the_partition():
 
 
 def test_round_trip_through_arrow_keeps_every_value():
-    events = [make(), make(event_id="e2", event="send_failed", detail='{"code":551}', button="YES")]
+    events = [
+        make(),
+        make(event_id="e2", event="send_failed", detail='{"code":551}', button="YES"),
+        make(event_id="e3", event="message_read", watermark=1_772_409_599_000),
+    ]
     table = to_table(events)
     assert table.schema == SCHEMA
     assert from_table(table) == events
     assert to_table(events, FILE_SCHEMA).schema == FILE_SCHEMA
     assert "event_date" not in FILE_SCHEMA.names
+
+
+def test_a_receipts_watermark_is_a_nullable_integer_of_milliseconds():
+    assert SCHEMA.field("watermark").type == pa.int64()
+    assert SCHEMA.field("watermark").nullable
+    assert make().watermark is None
+    read = Event.from_dict({**make(event="message_read").to_dict(), "watermark": 1_772_409_599_000})
+    assert read.watermark == 1_772_409_599_000
+    assert read.to_dict()["watermark"] == 1_772_409_599_000
 
 
 def test_schema_stores_microseconds_in_utc():

@@ -71,9 +71,24 @@ def test_yes_sends_the_coupon_with_a_reveal_button():
 
     assert names(events) == ["coupon_requested"]
     assert events[0].button == "spring-sale||yes"
-    assert events[0].message_id == "m_yes"
     assert message["attachment"]["payload"]["text"] == CAMPAIGN.coupon_text
     assert buttons(message) == [("Reveal the coupon", button_payload(CAMPAIGN, ButtonStep.REVEAL))]
+
+
+def test_a_customers_action_keeps_its_platform_id_only_as_a_digest_in_its_event_id():
+    same_ms = 1_700_000_000_000
+    yes = button_payload(CAMPAIGN, ButtonStep.YES)
+
+    events, _ = act(
+        payloads.postback("42", yes, mid="m_first", ts=same_ms),
+        payloads.postback("42", yes, mid="m_second", ts=same_ms),
+        payloads.postback("43", "GET_STARTED", mid="m_start"),
+        payloads.text("44", "hello", mid="m_text"),
+    )
+
+    assert [e.message_id for e in events] == [None] * len(events)
+    assert not any(mid in repr(events) for mid in ("m_first", "m_second", "m_start", "m_text"))
+    assert events[0].event_id != events[1].event_id  # two clicks in one millisecond stay two events
 
 
 def test_reveal_click_shows_the_code_and_counts_as_a_redemption():
@@ -129,7 +144,7 @@ def test_receipts_are_recorded_and_never_answered():
 
     assert names(events) == ["message_delivered", "message_read"]
     assert events[0].message_id == "m_1"
-    assert json.loads(events[1].detail) == {"watermark": 1_700_000_000_500}
+    assert [(e.watermark, e.detail) for e in events] == [(1_700_000_000_000, None), (1_700_000_000_500, None)]
     assert replies == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import shutil
 import signal
@@ -14,12 +15,13 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from bot.events import FILE_SCHEMA, Event
 from bot.store import EventLog, StoreError, event_row
-from bot.wal import Segment, SyncProcess, WriteAheadLog, list_segments, read_records
+from bot.wal import Segment, SyncProcess, WriteAheadLog, encode_rows, list_segments, read_records
 from tests.conftest import REPO
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -653,3 +655,84 @@ def test_append_soon_to_a_closed_log_is_refused(data):
     log.close()
     with pytest.raises(StoreError, match="closed"):
         log.append_soon([event_row(event(1))])
+
+
+# -- what the previous version left: receipts' watermarks inside `detail`, rows of ten values ----------------
+
+# The previous version's Parquet schema: FILE_SCHEMA without `watermark`.
+PREVIOUS_FILE_SCHEMA = pa.schema([field for field in FILE_SCHEMA if field.name != "watermark"])
+WATERMARK = 1_772_366_399_000  # the platform's time of the coupon message read, before the receipt's own time
+
+
+def previous_version_rows() -> list[list]:
+    """A coupon's send, its read receipt and a failure, as the previous version's `event_row` gave them."""
+    micros = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+    def row(n: int, name: str, message_id: str | None, detail: str | None) -> list:
+        return [
+            f"c1.{n}",
+            micros + n * 1_000_000,
+            "page",
+            "c1",
+            "spring-sale",
+            None,
+            name,
+            None,
+            message_id,
+            detail,
+        ]
+
+    failure = '{"code":551,"reason":"unavailable","reply":"code","subcode":null}'
+    return [
+        row(1, "coupon_sent", "m_coupon", None),
+        row(2, "message_read", None, f'{{"watermark":{WATERMARK}}}'),
+        row(3, "send_failed", None, failure),
+    ]
+
+
+def assert_upgraded(events: list[Event]) -> None:
+    by_name = {str(e.event): e for e in events if e.event_id.startswith("c1.")}
+    assert len(by_name) == 3
+    assert (by_name["message_read"].watermark, by_name["message_read"].detail) == (WATERMARK, None)
+    assert by_name["coupon_sent"].message_id == "m_coupon"
+    assert by_name["send_failed"].watermark is None
+    assert json.loads(by_name["send_failed"].detail)["code"] == 551
+
+
+def test_a_log_the_previous_version_left_replays_with_receipts_watermarks_in_their_column(tmp_path):
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    options = {"segment_bytes": 1 << 20, "segment_age_s": 3600}
+    previous = WriteAheadLog(wal, first_seq=1, on_segment_closed=lambda _: None, **options)
+    previous.sync({previous.write_unsynced(encode_rows(previous_version_rows()))})
+    previous.close()
+
+    with EventLog.open(str(tmp_path / "data"), wal) as log:
+        assert_upgraded(log.replayed)
+        assert_upgraded(log.recent(T0))
+    [path] = (tmp_path / "data").glob("events/*/*.parquet")
+    assert pq.read_schema(path) == FILE_SCHEMA
+    query = f"select watermark, detail from read_parquet('{path}') where event = 'message_read'"
+    assert duckdb.connect().execute(query).fetchall() == [(WATERMARK, None)]
+
+
+def test_files_the_previous_version_wrote_are_read_back_with_receipts_watermarks_in_their_column(data):
+    with open_log(data) as log:
+        writer_id = log.writer_id
+    old = pa.Table.from_pylist(
+        [dict(zip(PREVIOUS_FILE_SCHEMA.names, row, strict=True)) for row in previous_version_rows()],
+        schema=pa.schema([pa.field("ts", pa.int64()) if f.name == "ts" else f for f in PREVIOUS_FILE_SCHEMA]),
+    ).cast(PREVIOUS_FILE_SCHEMA)
+    folder = data / "events" / "event_date=2026-03-01"
+    folder.mkdir(parents=True)
+    pq.write_table(old, folder / f"{writer_id}-00000000.parquet", compression="zstd")
+
+    with open_log(data) as log:
+        log.append_blocking([event(9, event="message_read", watermark=WATERMARK + 9_000)])
+        log.flush_blocking()
+        recent = log.recent(T0)
+    assert_upgraded(recent)
+    assert [(e.event_id, e.watermark) for e in recent if e.event == "message_read"] == [
+        ("c1.2", WATERMARK),
+        ("e9", WATERMARK + 9_000),
+    ]

@@ -1,0 +1,254 @@
+"""Every metric as SQL, written once in DuckDB's dialect: DuckDB runs it as is, Spark, Athena and Trino get it
+through sqlglot (analytics.spark, docs/scale.md). Definitions in words: docs/metrics.md.
+
+The queries read three relations: `raw_events` (every stored row, `watermark` always present), `journeys`
+(JOURNEYS over raw_events: one row per customer in a campaign, the times of the events the funnel looks at,
+as µs since the epoch) and, per question, `customer_steps` (CUSTOMER_STEPS). Parameters are named (`$name`),
+their values from `Filters.params()`. Event names come from bot.facts, never written here as literals.
+"""
+
+from __future__ import annotations
+
+from bot.facts import PREVIOUS_STEP, STEPS, EventName
+
+PERIODS = ("day", "week", "month")
+
+_E = EventName
+
+
+def _earliest(a: str, b: str) -> str:
+    """The earlier of two nullable times (LEAST skips nulls in DuckDB and Spark, not in Trino)."""
+    return f"case when {a} is null then {b} when {b} is null or {a} <= {b} then {a} else {b} end"
+
+
+def _local_day(micros: str) -> str:
+    """The day, in the question's zone, of a time held as µs since the epoch."""
+    return f"cast(make_timestamp({micros})::timestamptz at time zone $tz as date)"
+
+
+# Receipts carry the platform's watermark in their own column; files written before it existed hold it in
+# `detail`. `columns` are the stored columns the scan has: a column no file has reads as null.
+def raw_events(scan: str, columns: set[str]) -> str:
+    """The stored rows of `scan` (a relation) with every column of the event schema."""
+
+    def column(name: str, type_: str) -> str:
+        return name if name in columns else f"cast(null as {type_}) as {name}"
+
+    receipts = f"('{_E.MESSAGE_READ}', '{_E.MESSAGE_DELIVERED}')"
+    old_watermark = "try_cast(json_extract_string(detail, '$.watermark') as bigint)"
+    if "watermark" in columns:
+        watermark = f"coalesce(watermark, case when event in {receipts} then {old_watermark} end)"
+    else:
+        watermark = f"case when event in {receipts} then {old_watermark} end"
+    if "detail" not in columns:
+        watermark = "cast(null as bigint)"
+    return f"""
+    select event_id, ts, event_date, page_id, customer_id, campaign_id, {column("variant", "varchar")},
+           event, {column("button", "varchar")}, {column("message_id", "varchar")},
+           {column("detail", "varchar")}, {watermark} as watermark
+    from {scan}
+    """
+
+
+# Rows sharing an event_id (a redelivered webhook, a replayed flush, a copied file) are one event. Metrics
+# need no deduplication (every step is a first time or an existence); this view is for analysts.
+EVENTS_VIEW = """
+select * from raw_events
+qualify row_number() over (partition by event_id order by ts) = 1
+"""
+
+# One row per journey (a customer in a campaign) of `source`; lists of µs since the epoch per kind of event.
+# Journeys of two sources merge by concatenating their lists (MERGE_JOURNEYS): a new file adds to them.
+JOURNEYS = f"""
+select hash(campaign_id, customer_id) as journey,
+       any_value(campaign_id) as campaign_id,
+       any_value(customer_id) as customer_id,
+       min(epoch_us(ts)) as first_us,
+       max(epoch_us(ts)) as last_us,
+       list(epoch_us(ts)) filter (where event = '{_E.WELCOME_SENT}') as welcomes,
+       list(epoch_us(ts)) filter (where event = '{_E.COUPON_REQUESTED}') as requests,
+       list(epoch_us(ts)) filter (where event = '{_E.DECLINED}') as declines,
+       list(epoch_us(ts)) filter (where event = '{_E.COUPON_SENT}') as coupons,
+       list(epoch_us(ts)) filter (where event = '{_E.COUPON_REVEALED}') as reveals,
+       list({{'ts': epoch_us(ts), 'watermark': watermark}}) filter (where event = '{_E.MESSAGE_READ}')
+           as reads
+from source
+group by hash(campaign_id, customer_id)
+"""
+
+_LISTS = ("welcomes", "requests", "declines", "coupons", "reveals", "reads")
+
+MERGE_JOURNEYS = f"""
+select coalesce(old.journey, new.journey) as journey,
+       coalesce(old.campaign_id, new.campaign_id) as campaign_id,
+       coalesce(old.customer_id, new.customer_id) as customer_id,
+       {_earliest("old.first_us", "new.first_us")} as first_us,
+       case when old.last_us is null or new.last_us > old.last_us then new.last_us else old.last_us end
+           as last_us,
+       {", ".join(f"list_concat(old.{name}, new.{name}) as {name}" for name in _LISTS)}
+from journeys old full join new_journeys new on old.journey = new.journey
+"""
+
+
+def _offset(step: str) -> str:
+    """µs from a journey's entry to a step; a tap can precede the bot's stamp of the welcome: 0 then."""
+    return f"case when {step} is null then null when {step} < entry then 0 else {step} - entry end"
+
+
+# Per question: one row per customer reached, with the time each step was reached and the time it took.
+# A customer in several campaigns (no campaign chosen) is at a step when any of their journeys is; the time
+# is the earliest, the time taken the shortest.
+_JOURNEY_STEPS = f"""
+chosen as (  -- the entry: the journey's first welcome on a day in the range
+    select journey, campaign_id, customer_id, requests, declines, coupons, reveals, reads,
+           list_min(list_filter(welcomes, lambda t: t >= $start_us and t < $end_us)) as entry
+    from journeys
+    where $campaign is null or campaign_id = $campaign
+),
+answered as (  -- customers' taps on the platform's clock, the welcome's stamp on the bot's: an allowance
+    select *,
+           list_min(list_filter(requests, lambda t: t >= entry - $allowance_us and t <= entry + $window_us))
+               as requested,
+           list_min(list_filter(declines, lambda t: t >= entry - $allowance_us and t <= entry + $window_us))
+               as declined
+    from chosen
+    where entry is not null
+),
+after_request as (  -- the coupon is the page's first message after the Yes tap: a watermark past the tap
+    select *,                -- covers it (both on the platform's clock), an older message's does not
+           list_min(list_filter(reveals, lambda t: t >= requested and t <= entry + $window_us)) as revealed,
+           list_min(list_transform(
+               list_filter(reads, lambda r: r.watermark * 1000 > requested and r.ts <= entry + $window_us),
+               lambda r: r.ts)) as read_after,
+           list_min(list_filter(coupons, lambda t: t >= requested)) as coupon_sent
+    from answered
+),
+journey_steps as (
+    select journey, campaign_id, customer_id, entry,
+           entry as reached,
+           {_earliest("requested", "declined")} as responded,
+           requested as coupon_requested,
+           {_earliest("revealed", "case when coupon_sent is not null then read_after end")} as coupon_seen,
+           revealed as coupon_revealed,
+           declined
+    from after_request
+)
+"""
+
+CUSTOMER_STEPS = f"""
+with {_JOURNEY_STEPS}
+select hash(customer_id) as customer,
+       min(customer_id) as customer_id,
+       min(entry) as entry,
+       {", ".join(f"min({step}) as {step}_at, min({_offset(step)}) as {step}_us" for step in STEPS)}
+from journey_steps
+group by hash(customer_id)
+"""
+
+FUNNEL = (
+    "select "
+    + ",\n".join(
+        f"count({step}_us) as {step}_customers, "
+        f"quantile_cont({step}_us, 0.5) as {step}_median, quantile_cont({step}_us, 0.9) as {step}_p90"
+        for step in STEPS
+    )
+    + " from customer_steps"
+)
+
+# Journeys one by one (a customer in two campaigns has two), for analysts and exports.
+JOURNEY_LIST = f"""
+with {_JOURNEY_STEPS}
+select campaign_id, customer_id, make_timestamp(entry)::timestamptz as entry_ts,
+       {", ".join(f"make_timestamp({step})::timestamptz as {step}" for step in STEPS)}
+from journey_steps
+order by entry_ts, customer_id, campaign_id
+"""
+
+TIMELINE = f"""
+select day, step, count(*) as customers
+from ({
+    " union all ".join(
+        f"select {_local_day(f'{step}_at')} as day, '{step}' as step, {index} as position "
+        f"from customer_steps where {step}_at is not null"
+        for index, step in enumerate(STEPS)
+    )
+}) as reached
+group by day, step, position
+order by day, position
+"""
+
+
+def cohorts(period: str) -> str:
+    """Customers by the period of their entry; who revealed the coupon in period k after it.
+
+    `period` is one of PERIODS (checked by the caller): date_trunc needs it as a constant.
+    """
+    truncate = f"date_trunc('{period}', make_timestamp(%s)::timestamptz at time zone $tz)"
+    return f"""
+    with members as (
+        select customer, {truncate % "entry"} as cohort,
+               date_diff('{period}', {truncate % "entry"}, {truncate % "coupon_revealed_at"}) as revealed_in
+        from customer_steps
+    ),
+    sizes as (select cohort, count(*) as cohort_size from members group by cohort),
+    horizon as (  -- the last event in the data: periods ending after it are not complete yet
+        select make_timestamp(max(last_us))::timestamptz at time zone $tz as last_ts
+        from journeys where $campaign is null or campaign_id = $campaign
+    ),
+    grid as (
+        select cohort, cohort_size,
+               unnest(generate_series(0, date_diff('{period}', cohort,
+                                                   date_trunc('{period}', (select last_ts from horizon)))))
+                   as k
+        from sizes
+    )
+    select cast(g.cohort as date) as cohort, cast(g.k as integer) as period,
+           count(m.customer) as customers,
+           round(count(m.customer) / g.cohort_size, 4) as share,
+           g.cohort + to_{period}s(cast(g.k + 1 as integer)) <= (select last_ts from horizon) as complete,
+           g.cohort_size
+    from grid g left join members m on m.cohort = g.cohort and m.revealed_in = g.k
+    group by g.cohort, g.k, g.cohort_size
+    order by g.cohort, g.k
+    """
+
+
+# Clicks on a day in the range, once per event; the step a button stands for is the event it was stored as.
+BUTTONS = """
+with clicks as (
+    select button, event as step, count(distinct event_id) as clicks, count(distinct customer_id) as customers
+    from raw_events
+    where button is not null
+      and ($campaign is null or campaign_id = $campaign)
+      and epoch_us(ts) >= $start_us and epoch_us(ts) < $end_us
+    group by button, event
+)
+select button, clicks, customers, round(clicks / sum(clicks) over (), 4) as share, step
+from clicks
+order by clicks desc, button
+"""
+
+CAMPAIGNS = """
+select campaign_id, make_timestamp(min(first_us))::timestamptz as first_seen,
+       make_timestamp(max(last_us))::timestamptz as last_seen, count(distinct customer_id) as customers
+from journeys
+group by campaign_id
+order by first_seen, campaign_id
+"""
+
+__all__ = [
+    "BUTTONS",
+    "CAMPAIGNS",
+    "CUSTOMER_STEPS",
+    "EVENTS_VIEW",
+    "FUNNEL",
+    "JOURNEYS",
+    "JOURNEY_LIST",
+    "MERGE_JOURNEYS",
+    "PERIODS",
+    "PREVIOUS_STEP",
+    "STEPS",
+    "TIMELINE",
+    "cohorts",
+    "raw_events",
+]

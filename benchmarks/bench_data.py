@@ -3,9 +3,11 @@ flush files the incremental benchmark adds to a copy of one."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 import secrets
+import shutil
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,11 +34,15 @@ def dataset(size: int) -> Path:
     if not (base / "events").exists():
         print("writing 1M sample events (once) …", flush=True)
         write_sample(base, customers=130_000, days=60, seed=1)
+        (base / STAMP).write_text(generator_version())
     if size <= 1_000_000:
+        warn_if_stale(base)
         return base
     copies = round(size / 1_000_000)
     target = CACHE / f"events-{copies}m"
-    if not (target / "events").exists():
+    if (target / "events").exists():
+        warn_if_stale(target)
+    else:
         print(f"making the {copies}M set from the 1M one …", flush=True)
         table = ds.dataset(base / "events", format="parquet", partitioning="hive").to_table()
         for copy in range(copies):
@@ -59,7 +65,26 @@ def dataset(size: int) -> Path:
                     directory / f"copy{copy:02d}.parquet",
                     compression="zstd",
                 )
+        shutil.copy(base / STAMP, target / STAMP)
     return target
+
+
+STAMP = "generator.sha256"
+
+
+def generator_version() -> str:
+    """A digest of the sample generator's code: the cached stores are its output."""
+    return hashlib.sha256((REPO / "analytics" / "sample.py").read_bytes()).hexdigest()
+
+
+def warn_if_stale(store: Path) -> None:
+    # Not made again by itself: another benchmark may be reading the store right now.
+    stamp = store / STAMP
+    if not stamp.exists() or stamp.read_text() != generator_version():
+        print(
+            f"note: {store} was made by another version of analytics/sample.py; delete it to make it again",
+            flush=True,
+        )
 
 
 def event_files(root: Path) -> list[Path]:
@@ -93,7 +118,7 @@ def new_flushes(
             customer = rng.choice(known) if rng.random() < returning else new
             (campaign,) = rng.choices([c for c, _ in CAMPAIGNS], weights=[w for _, w in CAMPAIGNS])
             start = hour_start + timedelta(seconds=rng.uniform(0, 3600))
-            pending += journey(rng, customer, (start - epoch) // timedelta(microseconds=1), campaign)
+            pending += journey(rng, customer, (start - epoch) // timedelta(microseconds=1), campaign).events
         due = [e for e in pending if e.ts <= clock]
         pending = [e for e in pending if e.ts > clock]
         written = []

@@ -74,40 +74,38 @@ def _for_spark(node: exp.Expression) -> exp.Expression:
 
 
 def _for_trino(node: exp.Expression) -> exp.Expression:
-    # sqlglot does not visit what a rule returns: a rule that keeps a node's children translates them.
-    def inner(child: exp.Expression) -> exp.Expression:
-        return child.transform(_for_trino)
-
     name = _function_name(node)
     if name == "hash":  # a 64-bit key, as DuckDB's: xxhash64 of the values, joined by a unit separator
-        values = [inner(value) for value in node.expressions]
-        separator = exp.Chr(expressions=[exp.Literal.number(31)])
-        text = (
-            values[0]
-            if len(values) == 1
-            else exp.Anonymous(this="concat_ws", expressions=[separator, *values])
-        )
+        values = node.expressions
+        text = values[0]
+        for value in values[1:]:
+            text = exp.DPipe(
+                this=exp.DPipe(
+                    this=text, expression=exp.Anonymous(this="chr", expressions=[exp.Literal.number(31)])
+                ),
+                expression=value,
+            )
         return exp.func("from_big_endian_64", exp.func("xxhash64", exp.func("to_utf8", text)))
     if name == "epoch_us":  # Athena reads Parquet times to the millisecond; an integer difference is exact
         epoch = exp.cast(exp.Literal.string("1970-01-01 00:00:00"), "timestamp")
-        since = exp.DateDiff(this=inner(node.expressions[0]), expression=epoch, unit=exp.var("MILLISECOND"))
+        since = exp.DateDiff(this=node.expressions[0], expression=epoch, unit=exp.var("MILLISECOND"))
         return exp.Mul(this=since, expression=exp.Literal.number(1000))
     if isinstance(node, exp.PercentileCont):
         # Trino has no exact quantile: the funnel's median and p90 are approximate there (docs/scale.md).
-        return exp.Anonymous(this="approx_percentile", expressions=[inner(node.this), node.expression])
+        return exp.Anonymous(this="approx_percentile", expressions=[node.this, node.expression])
     if isinstance(node, exp.IgnoreNulls) and isinstance(node.this, exp.AnyValue):
-        return inner(node.this)  # Trino's arbitrary skips nulls, and refuses IGNORE NULLS outside a window
+        return node.this  # Trino's arbitrary skips nulls, and refuses IGNORE NULLS outside a window
     if isinstance(node, exp.Struct):
         # Trino names a row's fields only through a cast; the definitions' one struct (a read receipt's
         # time and watermark) holds integers.
-        fields = [(field.this.name, inner(field.expression)) for field in node.expressions]
+        fields = [(field.this.name, field.expression) for field in node.expressions]
         row_type = exp.DataType.build(
             f"row({', '.join(f'{name} bigint' for name, _ in fields)})", dialect="trino"
         )
         return exp.cast(exp.func("row", *(value for _, value in fields)), row_type)
     if isinstance(node, exp.Add) and _interval_arguments(node.expression):
         unit, amount = _interval_arguments(node.expression)
-        return exp.DateAdd(this=inner(node.this), expression=inner(amount), unit=exp.var(unit.upper()))
+        return exp.DateAdd(this=node.this, expression=amount, unit=exp.var(unit.upper()))
     return node
 
 
@@ -117,7 +115,16 @@ _FIXES = {"spark": _for_spark, "trino": _for_trino, "athena": _for_trino}
 @functools.lru_cache(maxsize=256)
 def _translated(query: str, dialect: str) -> exp.Expression:
     tree = sqlglot.parse_one(query, read="duckdb")
-    return tree.transform(_FIXES[dialect])
+    rule = _FIXES[dialect]
+    # Children before their parent (the reverse of a depth-first walk): a rule sees its arguments translated.
+    for node in reversed(list(tree.walk(bfs=False))):
+        new = rule(node)
+        if new is not node:
+            if node is tree:
+                tree = new
+            else:
+                node.replace(new)
+    return tree
 
 
 def parameters(query: str) -> set[str]:

@@ -107,7 +107,7 @@ def test_the_keyword_form_and_raw_sql_in_duckdbs_dialect(engines):
 
 
 def test_journey_keys_are_64_bit_on_spark_as_on_duckdb(engines):
-    # Spark's own hash() is 32-bit: past ~100,000 journeys two would share a key and merge.
+    # Spark's own hash() is 32-bit: among 77,000 journeys two more likely than not share a key, and merge.
     _, spark_events = engines
     keys = spark_events.sql("select hash(campaign_id, customer_id) as journey from raw_events limit 1")
     assert keys.schema.field("journey").type == pa.int64()

@@ -12,28 +12,22 @@ import altair as alt
 import pyarrow as pa
 import vl_convert
 
-from bot.facts import STEPS
+from bot.facts import STEP_LABELS as STEP_NAMES
+from bot.facts import STEPS, EventName, FunnelStep
 
 # One colour per step, in every chart.
 STEP_COLORS = {
-    "reached": "#4c78a8",
-    "responded": "#72b7b2",
-    "coupon_requested": "#54a24b",
-    "coupon_seen": "#eeca3b",
-    "coupon_revealed": "#f58518",
-    "declined": "#b279a2",
-    "conversation_started": "#9d755d",
+    FunnelStep.REACHED: "#4c78a8",
+    FunnelStep.RESPONDED: "#72b7b2",
+    FunnelStep.COUPON_REQUESTED: "#54a24b",
+    FunnelStep.COUPON_SEEN: "#eeca3b",
+    FunnelStep.COUPON_REVEALED: "#f58518",
+    FunnelStep.DECLINED: "#b279a2",
+    EventName.CONVERSATION_STARTED: "#9d755d",
 }
-STEP_LABELS = {
-    "reached": "Reached",
-    "responded": "Responded",
-    "coupon_requested": "Asked for the coupon",
-    "coupon_seen": "Saw the coupon",
-    "coupon_revealed": "Revealed the code",
-    "declined": "Declined",
-    "conversation_started": "Get Started",
-}
-_ORDER = [*STEPS, "conversation_started"]
+# Steps, and the event a click was stored as, by their names for people.
+STEP_LABELS = {**STEP_NAMES, EventName.CONVERSATION_STARTED: "Get Started"}
+_ORDER = [*STEPS, EventName.CONVERSATION_STARTED]
 _FONT = "system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
 
 

@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 
 from analytics import charts
 from analytics.query import Events
-from analytics.report import kpis
+from analytics.report import kpi_texts, kpis
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "dashboard.ipynb"
 PRESETS = ("Last 7 days", "Last 30 days", "All time", "Custom")
@@ -71,13 +71,7 @@ def date_range(
 
 
 def kpi_tiles_html(figures: dict, attribute: str = "data-kpi") -> str:
-    tiles = [
-        ("reached", "Customers reached", f"{figures['reached']:,}"),
-        ("responded", "Responded", f"{figures['responded_pct']}%"),
-        ("saw", "Saw the coupon", f"{figures['saw_coupon_pct']}%"),
-        ("revealed", "Revealed the code", f"{figures['revealed_pct']}%"),
-        ("declined", "Declined", f"{figures['declined_pct']}%"),
-    ]
+    tiles = [(kpi.key, kpi.label, text) for kpi, text in kpi_texts(figures)]
     return (
         '<div class="pb-tiles">'
         + "".join(
@@ -303,7 +297,7 @@ class Dashboard:
                 chosen,
             )
         timeline = self.events.timeline(**chosen)
-        cohorts = self.events.cohorts(period="week", campaign=chosen["campaign"])
+        cohorts = self.events.cohorts("week", **chosen)
         buttons = self.events.buttons(**chosen)
         comparison = self._comparison(chosen)
         tables = {

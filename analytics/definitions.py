@@ -1,10 +1,11 @@
 """Every metric as SQL, written once in DuckDB's dialect: DuckDB runs it as is, Spark, Athena and Trino get it
 through sqlglot (analytics.spark, docs/scale.md). Definitions in words: docs/metrics.md.
 
-The queries read three relations: `raw_events` (every stored row, `watermark` always present), `journeys`
-(JOURNEYS over raw_events: one row per customer in a campaign, the times of the events the funnel looks at,
-as µs since the epoch) and, per question, `customer_steps` (CUSTOMER_STEPS). Parameters are named (`$name`),
-their values from `Filters.params()`. Event names come from bot.facts, never written here as literals.
+The queries read `raw_events` (every stored row, `watermark` always present), `journeys` (JOURNEYS: one row
+per customer in a campaign, with the times of the events whose order makes the funnel, µs since the epoch),
+`reads` (READS: one row per read receipt) and, per question, `customer_steps` (CUSTOMER_STEPS).
+Parameters are named (`$name`), their values from `Filters.params()`. Event names come from bot.facts,
+never written here as literals.
 """
 
 from __future__ import annotations
@@ -42,9 +43,16 @@ def raw_events(scan: str, columns: set[str]) -> str:
         watermark = f"case when event in {receipts} then {old_watermark} end"
     if "detail" not in columns:
         watermark = "cast(null as bigint)"
+    # Sends keep a digest of the platform's message id (bot.events.message_digest); files written before
+    # hold the id itself, whose digest is computed here alike.
+    unsigned = "('0x' || left(sha256(message_id), 16))::ubigint::hugeint"
+    old_digest = f"({unsigned} - case when {unsigned} >= {2**63} then {2**64} else 0 end)::bigint"
+    digest = "message_digest" if "message_digest" in columns else "cast(null as bigint)"
+    if "message_id" in columns:
+        digest = f"coalesce({digest}, {old_digest})"
     return f"""
     select event_id, ts, event_date, page_id, customer_id, campaign_id, {column("variant", "varchar")},
-           event, {column("button", "varchar")}, {column("message_id", "varchar")},
+           event, {column("button", "varchar")}, {digest} as message_digest,
            {column("detail", "varchar")}, {watermark} as watermark
     from {scan}
     """
@@ -57,36 +65,52 @@ select * from raw_events
 qualify row_number() over (partition by event_id order by ts) = 1
 """
 
-# One row per journey (a customer in a campaign) of `source`; lists of µs since the epoch per kind of event.
-# Journeys of two sources merge by concatenating their lists (MERGE_JOURNEYS): a new file adds to them.
+# The events whose order makes the funnel, each with a code. A journey's `steps` list holds `µs * 8 + code`
+# for each of them: one list carries when and what, and the first event of a kind in a span of time is the
+# smallest number in a span of numbers. (One list is several times cheaper to build than one per kind.)
+_STEP_CODES = {
+    _E.WELCOME_SENT: 1,
+    _E.COUPON_REQUESTED: 2,
+    _E.DECLINED: 3,
+    _E.COUPON_SENT: 4,
+    _E.COUPON_REVEALED: 5,
+}
+_CODE_RANGE = 8
+_STEP_CODE = "case event " + " ".join(f"when '{e}' then {c}" for e, c in _STEP_CODES.items()) + " end"
+_STEP_EVENTS = "(" + ", ".join(f"'{e}'" for e in _STEP_CODES) + ")"
+
+
+def _first(event: EventName, low: str, high: str) -> str:
+    """The µs of a journey's first `event` between `low` and `high` µs (inclusive), or null."""
+    code = _STEP_CODES[event]
+    return (
+        f"list_min(list_filter(steps, lambda s: s % {_CODE_RANGE} = {code} and s >= ({low}) * {_CODE_RANGE}"
+        f" and s < ({high}) * {_CODE_RANGE} + {_CODE_RANGE})) // {_CODE_RANGE}"
+    )
+
+
+# One row per journey (a customer in a campaign) of the rows in `source`, and one row per read receipt.
+# A file that appears later merges in (MERGE_JOURNEYS, and its READS appended): journeys' lists concatenate.
 JOURNEYS = f"""
-select hash(campaign_id, customer_id) as journey,
-       any_value(campaign_id) as campaign_id,
-       any_value(customer_id) as customer_id,
-       min(epoch_us(ts)) as first_us,
-       max(epoch_us(ts)) as last_us,
-       list(epoch_us(ts)) filter (where event = '{_E.WELCOME_SENT}') as welcomes,
-       list(epoch_us(ts)) filter (where event = '{_E.COUPON_REQUESTED}') as requests,
-       list(epoch_us(ts)) filter (where event = '{_E.DECLINED}') as declines,
-       list(epoch_us(ts)) filter (where event = '{_E.COUPON_SENT}') as coupons,
-       list(epoch_us(ts)) filter (where event = '{_E.COUPON_REVEALED}') as reveals,
-       list({{'ts': epoch_us(ts), 'watermark': watermark}}) filter (where event = '{_E.MESSAGE_READ}')
-           as reads
+select campaign_id, hash(customer_id) as customer,
+       list(epoch_us(ts) * {_CODE_RANGE} + {_STEP_CODE}) as steps
 from source
-group by hash(campaign_id, customer_id)
+where event in {_STEP_EVENTS}
+group by campaign_id, hash(customer_id)
 """
 
-_LISTS = ("welcomes", "requests", "declines", "coupons", "reveals", "reads")
+READS = f"""
+select campaign_id, hash(customer_id) as customer, epoch_us(ts) as read_us, watermark * 1000 as watermark_us
+from source
+where event = '{_E.MESSAGE_READ}' and watermark is not null
+"""
 
-MERGE_JOURNEYS = f"""
-select coalesce(old.journey, new.journey) as journey,
-       coalesce(old.campaign_id, new.campaign_id) as campaign_id,
-       coalesce(old.customer_id, new.customer_id) as customer_id,
-       {_earliest("old.first_us", "new.first_us")} as first_us,
-       case when old.last_us is null or new.last_us > old.last_us then new.last_us else old.last_us end
-           as last_us,
-       {", ".join(f"list_concat(old.{name}, new.{name}) as {name}" for name in _LISTS)}
-from journeys old full join new_journeys new on old.journey = new.journey
+MERGE_JOURNEYS = """
+select coalesce(old.campaign_id, new.campaign_id) as campaign_id,
+       coalesce(old.customer, new.customer) as customer,
+       list_concat(old.steps, new.steps) as steps
+from journeys old
+full join new_journeys new on old.campaign_id = new.campaign_id and old.customer = new.customer
 """
 
 
@@ -100,49 +124,50 @@ def _offset(step: str) -> str:
 # is the earliest, the time taken the shortest.
 _JOURNEY_STEPS = f"""
 chosen as (  -- the entry: the journey's first welcome on a day in the range
-    select journey, campaign_id, customer_id, requests, declines, coupons, reveals, reads,
-           list_min(list_filter(welcomes, lambda t: t >= $start_us and t < $end_us)) as entry
+    select campaign_id, customer, steps,
+           {_first(_E.WELCOME_SENT, "$start_us", "$end_us - 1")} as entry
     from journeys
     where $campaign is null or campaign_id = $campaign
 ),
 answered as (  -- customers' taps on the platform's clock, the welcome's stamp on the bot's: an allowance
     select *,
-           list_min(list_filter(requests, lambda t: t >= entry - $allowance_us and t <= entry + $window_us))
-               as requested,
-           list_min(list_filter(declines, lambda t: t >= entry - $allowance_us and t <= entry + $window_us))
-               as declined
+           {_first(_E.COUPON_REQUESTED, "entry - $allowance_us", "entry + $window_us")} as requested,
+           {_first(_E.DECLINED, "entry - $allowance_us", "entry + $window_us")} as declined
     from chosen
     where entry is not null
 ),
-after_request as (  -- the coupon is the page's first message after the Yes tap: a watermark past the tap
-    select *,                -- covers it (both on the platform's clock), an older message's does not
-           list_min(list_filter(reveals, lambda t: t >= requested and t <= entry + $window_us)) as revealed,
-           list_min(list_transform(
-               list_filter(reads, lambda r: r.watermark * 1000 > requested and r.ts <= entry + $window_us),
-               lambda r: r.ts)) as read_after,
-           list_min(list_filter(coupons, lambda t: t >= requested)) as coupon_sent
+after_request as (
+    select *,
+           {_first(_E.COUPON_REVEALED, "requested", "entry + $window_us")} as revealed,
+           {_first(_E.COUPON_SENT, "requested", "$end_of_time")} as coupon_sent
     from answered
 ),
-journey_steps as (
-    select journey, campaign_id, customer_id, entry,
+with_reads as (  -- beside each journey, each read of its coupon: the coupon is the page's first message
+    select a.*, r.read_us  -- after the Yes tap, so a watermark past the tap covers it (both the platform's
+    from after_request a   -- times); a coupon that was never sent was not read
+    left join reads r
+      on r.campaign_id = a.campaign_id and r.customer = a.customer and a.coupon_sent is not null
+     and r.watermark_us > a.requested and r.read_us <= a.entry + $window_us
+),
+journey_steps as (  -- one row per journey and read of its coupon; each step's time or null
+    select campaign_id, customer, entry,
            entry as reached,
            {_earliest("requested", "declined")} as responded,
            requested as coupon_requested,
-           {_earliest("revealed", "case when coupon_sent is not null then read_after end")} as coupon_seen,
+           {_earliest("revealed", "read_us")} as coupon_seen,
            revealed as coupon_revealed,
            declined
-    from after_request
+    from with_reads
 )
 """
 
 CUSTOMER_STEPS = f"""
 with {_JOURNEY_STEPS}
-select hash(customer_id) as customer,
-       min(customer_id) as customer_id,
+select customer,
        min(entry) as entry,
        {", ".join(f"min({step}) as {step}_at, min({_offset(step)}) as {step}_us" for step in STEPS)}
 from journey_steps
-group by hash(customer_id)
+group by customer
 """
 
 FUNNEL = (
@@ -157,10 +182,19 @@ FUNNEL = (
 
 # Journeys one by one (a customer in two campaigns has two), for analysts and exports.
 JOURNEY_LIST = f"""
-with {_JOURNEY_STEPS}
-select campaign_id, customer_id, make_timestamp(entry)::timestamptz as entry_ts,
-       {", ".join(f"make_timestamp({step})::timestamptz as {step}" for step in STEPS)}
-from journey_steps
+with {_JOURNEY_STEPS},
+customer_ids as (
+    select hash(customer_id) as customer, min(customer_id) as customer_id
+    from raw_events
+    where event = '{_E.WELCOME_SENT}'
+    group by hash(customer_id)
+)
+select j.campaign_id, any_value(c.customer_id) as customer_id,
+       make_timestamp(min(j.entry))::timestamptz as entry_ts,
+       {", ".join(f"make_timestamp(min(j.{step}))::timestamptz as {step}" for step in STEPS)}
+from journey_steps j
+join customer_ids c on c.customer = j.customer
+group by j.campaign_id, j.customer
 order by entry_ts, customer_id, campaign_id
 """
 
@@ -192,8 +226,8 @@ def cohorts(period: str) -> str:
     ),
     sizes as (select cohort, count(*) as cohort_size from members group by cohort),
     horizon as (  -- the last event in the data: periods ending after it are not complete yet
-        select make_timestamp(max(last_us))::timestamptz at time zone $tz as last_ts
-        from journeys where $campaign is null or campaign_id = $campaign
+        select max(ts) at time zone $tz as last_ts
+        from raw_events where $campaign is null or campaign_id = $campaign
     ),
     grid as (
         select cohort, cohort_size,
@@ -229,9 +263,8 @@ order by clicks desc, button
 """
 
 CAMPAIGNS = """
-select campaign_id, make_timestamp(min(first_us))::timestamptz as first_seen,
-       make_timestamp(max(last_us))::timestamptz as last_seen, count(distinct customer_id) as customers
-from journeys
+select campaign_id, min(ts) as first_seen, max(ts) as last_seen, count(distinct customer_id) as customers
+from raw_events
 group by campaign_id
 order by first_seen, campaign_id
 """
@@ -247,6 +280,7 @@ __all__ = [
     "MERGE_JOURNEYS",
     "PERIODS",
     "PREVIOUS_STEP",
+    "READS",
     "STEPS",
     "TIMELINE",
     "cohorts",

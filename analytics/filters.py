@@ -13,9 +13,10 @@ DEFAULT_WINDOW = timedelta(days=7)
 
 _US = timedelta(microseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Bounds for an open date range, in µs since the epoch: far outside any event, well inside int64.
-_NO_START = -(2**62)
-_NO_END = 2**62
+# Bounds for an open date range, in µs since the epoch: 9,000 years away, and room to spare in an int64
+# for the definitions' arithmetic.
+_NO_START = -(2**58)
+_NO_END = 2**58
 
 
 class AnalyticsError(ValueError):
@@ -86,5 +87,6 @@ class Filters:
             "end_us": _NO_END if self.end is None else micros(self.end + timedelta(days=1)),
             "window_us": self.window // _US,
             "allowance_us": SEND_ALLOWANCE // _US,
+            "end_of_time": _NO_END,
             "tz": self.tz,
         }

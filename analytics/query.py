@@ -82,7 +82,9 @@ class Events:
         self._connection = duckdb.connect()
         self._connection.execute("set TimeZone = 'UTC'")
         self._files: Signature | None = None  # None: nothing read yet
+        self._raw_events_defined = False  # the `raw_events` view reads every file's schema: on demand
         self._questions: OrderedDict[Filters, str] = OrderedDict()
+        self._campaigns: pa.Table | None = None
         self._table_count = 0
 
     # -- reading the store ---------------------------------------------------------------------------------
@@ -119,13 +121,13 @@ class Events:
         known = self._files or {}
         added = sorted(path for path in listing if path not in known)
         kept = all(listing.get(path) == signature for path, signature in known.items())
-        self._define_raw_events(self._scan(sorted(listing)))
         if self._files is not None and kept:
             if added:
                 self._merge(self._scan(added))
         else:
             self._build(self._scan(sorted(listing)))
         self._files = listing
+        self._raw_events_defined = False
 
     def _load_s3(self) -> None:
         # Read with pyarrow's S3 filesystem: DuckDB's httpfs would download an extension at run time.
@@ -148,8 +150,8 @@ class Events:
             table = SCHEMA.empty_table()
         self._connection.register("stored_events", table)
         scan = self._normalised("stored_events")
-        self._define_raw_events(scan)
         self._build(scan)
+        self._define_raw_events(scan)
         self._files = {}
 
     def _scan(self, paths: list[str]) -> str:
@@ -165,14 +167,19 @@ class Events:
         columns = {row[0] for row in self._connection.sql(f"describe select * from {relation}").fetchall()}
         return f"({sql.raw_events(relation, columns)})"
 
-    def _define_raw_events(self, scan: str) -> None:
-        self._connection.execute(f"create or replace view raw_events as {scan}")
-        self._connection.execute(f"create or replace view events as {sql.EVENTS_VIEW}")
+    def _define_raw_events(self, scan: str | None = None) -> None:
+        """The `raw_events` and `events` views over `scan`, or over every file (reading their schemas)."""
+        if scan is not None or not self._raw_events_defined:
+            scan = scan or self._scan(sorted(self._files or {}))
+            self._connection.execute(f"create or replace view raw_events as {scan}")
+            self._connection.execute(f"create or replace view events as {sql.EVENTS_VIEW}")
+            self._raw_events_defined = True
 
     def _build(self, scan: str) -> None:
         con = self._connection
         con.execute(f"create or replace temp view source as select * from {scan}")
         con.execute(f"create or replace table journeys as {sql.JOURNEYS}")
+        con.execute(f"create or replace table reads as {sql.READS}")
         self._forget_questions()
 
     def _merge(self, scan: str) -> None:
@@ -180,10 +187,12 @@ class Events:
         con.execute(f"create or replace temp view source as select * from {scan}")
         con.execute(f"create or replace temp table new_journeys as {sql.JOURNEYS}")
         con.execute(f"create or replace table journeys as {sql.MERGE_JOURNEYS}")
+        con.execute(f"insert into reads {sql.READS}")
         con.execute("drop table new_journeys")
         self._forget_questions()
 
     def _forget_questions(self) -> None:
+        self._campaigns = None
         for table in self._questions.values():
             self._connection.execute(f"drop table if exists {table}")
         self._questions.clear()
@@ -211,6 +220,8 @@ class Events:
     def _answer(self, query: str, filters: Filters | None = None) -> pa.Table:
         with self._lock:
             self._sync()
+            if "raw_events" in query:
+                self._define_raw_events()
             if filters is None:
                 return self._run(query)
             self._steps_for(filters)
@@ -283,17 +294,23 @@ class Events:
         return self._answer(sql.JOURNEY_LIST, Filters.of(filters, **keywords))
 
     def campaigns(self) -> pa.Table:
-        """Every campaign in the store.
+        """Every campaign in the store (read once per change of the store).
 
         Returns:
             campaign_id, first_seen, last_seen, customers.
         """
-        return self._answer(sql.CAMPAIGNS)
+        with self._lock:
+            self._sync()
+            if self._campaigns is None:
+                self._define_raw_events()
+                self._campaigns = self._run(sql.CAMPAIGNS)
+            return self._campaigns
 
     def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Raw DuckDB over `events` (each event once), `raw_events` (every stored row) and `journeys`."""
         with self._lock:
             self._sync()
+            self._define_raw_events()
             return self._run(query, params)
 
 

@@ -5,37 +5,44 @@ from __future__ import annotations
 import html
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from analytics import charts
+from analytics.filters import Filters
 from analytics.query import Events
+from bot.facts import KPIS, FunnelStep, Kpi
 
 
 def kpis(funnel: pa.Table) -> dict[str, float | int]:
-    """reached, and the share of them who responded, saw the coupon, revealed it, declined (in %)."""
+    """Each headline figure of bot.facts.KPIS by its key: `reached` a count, the others % of reached."""
     counts = dict(zip(funnel.column("step").to_pylist(), funnel.column("customers").to_pylist(), strict=True))
-    reached = counts.get("reached", 0)
+    reached = counts.get(FunnelStep.REACHED, 0)
 
     def pct(step: str) -> float:
         return round(100.0 * counts.get(step, 0) / reached, 1) if reached else 0.0
 
-    return {
-        "reached": reached,
-        "responded_pct": pct("responded"),
-        "saw_coupon_pct": pct("coupon_seen"),
-        "revealed_pct": pct("coupon_revealed"),
-        "declined_pct": pct("declined"),
-    }
+    return {kpi.key: reached if kpi.step is FunnelStep.REACHED else pct(kpi.step) for kpi in KPIS}
 
 
-def metric_tables(events: Events, **filters) -> dict[str, pa.Table]:
+def kpi_texts(figures: dict[str, float | int]) -> list[tuple[Kpi, str]]:
+    """Each KPI with its figure as shown: a count with thousands separators, or a percentage."""
+    return [
+        (kpi, f"{figures[kpi.key]:,}" if kpi.step is FunnelStep.REACHED else f"{figures[kpi.key]}%")
+        for kpi in KPIS
+    ]
+
+
+def metric_tables(events: Events, filters: Filters | None = None, **keywords: Any) -> dict[str, pa.Table]:
+    """Every metric table of one question, by name (funnel, timeline, cohorts, buttons, campaigns)."""
+    question = Filters.of(filters, **keywords)
     return {
-        "funnel": events.funnel(**filters),
-        "timeline": events.timeline(**filters),
-        "cohorts": events.cohorts(campaign=filters.get("campaign")),
-        "buttons": events.buttons(**{k: v for k, v in filters.items() if k != "window"}),
+        "funnel": events.funnel(question),
+        "timeline": events.timeline(question),
+        "cohorts": events.cohorts("week", question),
+        "buttons": events.buttons(question),
         "campaigns": events.campaigns(),
     }
 
@@ -61,16 +68,11 @@ def _table_html(table: pa.Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_report(events: Events, **filters) -> str:
+def render_report(events: Events, **filters: Any) -> str:
+    """One self-contained HTML page of every metric of the question the keywords name (Filters' fields)."""
     tables = metric_tables(events, **filters)
     figures = kpis(tables["funnel"])
-    tiles = [
-        ("Reached", f"{figures['reached']:,}"),
-        ("Responded", f"{figures['responded_pct']}%"),
-        ("Saw the coupon", f"{figures['saw_coupon_pct']}%"),
-        ("Revealed the code", f"{figures['revealed_pct']}%"),
-        ("Declined", f"{figures['declined_pct']}%"),
-    ]
+    tiles = [(kpi.label, text) for kpi, text in kpi_texts(figures)]
     chart_svgs = [
         charts.to_svg(charts.funnel_chart(tables["funnel"])),
         charts.to_svg(charts.timeline_chart(tables["timeline"])),

@@ -4,6 +4,13 @@ Customers arrive by Get Started (some through a QR code, a flyer or an ad), by a
 or by writing a message. Some answer at once, some late (a few after the conversion window), some never;
 some phones send no read receipts; a few sends fail; a few customers come back for a second journey; three
 campaigns overlap. Event ids, payloads and details have the shapes the bot gives them.
+
+The two clocks are the platform's: each page message has the platform's time, somewhere inside the Send API
+call, and the bot stamps it when the call has answered, a round trip later. Customers' actions and receipts
+carry the platform's time, and a receipt's watermark is the platform's time of the last page message
+delivered or read. So a few customers tap *Yes* or *No* before the bot's stamp of the welcome, a second
+device may report reading the welcome after the coupon went out, and a read of the coupon has a watermark
+earlier than the bot's `coupon_sent`.
 """
 
 from __future__ import annotations
@@ -14,12 +21,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tqdm import tqdm
 
-from bot.events import Event, EventName, detail_json
+from bot.events import Event, EventName, detail_json, message_digest
 from bot.store import EventLog
 
 PAGE = "100000000000001"
@@ -30,6 +38,7 @@ PARALLEL_FROM = 20_000  # customers; fewer are written by this process alone
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = 1_000_000  # journeys keep time in microseconds: integer arithmetic is what makes 1M events quick
+_MS = 1000
 _STARTED_BY_POSTBACK = {
     ref: detail_json(trigger="postback", **({"ref": ref, "source": "SHORTLINK"} if ref else {}))
     for ref, _ in REFS
@@ -45,23 +54,30 @@ def _choose(rng: random.Random, options: tuple) -> object:
     return value
 
 
-def _watermark(ms: int) -> str:
-    return f'{{"watermark":{ms}}}'  # what detail_json(watermark=ms) gives, without json.dumps per event
+@dataclass(frozen=True, slots=True)
+class Journey:
+    """One conversation's events, and the platform's time (ms) of each page message, by the digest of its
+    message id: what the platform knows and the bot never records."""
+
+    events: list[Event]
+    platform_ms: dict[int, int]
 
 
 class _Journey:
-    """One conversation as the bot records it: inbound events with the platform's millisecond clock and
-    ids, replies with the ids of the events they answer."""
+    """One conversation as it happens: `now` is the customer's side of it on the platform's clock (µs,
+    actions land on whole milliseconds); `bot_free` is when the bot's last Send API call answered."""
 
     def __init__(self, rng: random.Random, customer: str, campaign: str, start_us: int) -> None:
         self.rng, self.customer, self.campaign = rng, customer, campaign
         self.now = start_us
+        self.bot_free = 0
         self.events: list[Event] = []
+        self.platform_ms: dict[int, int] = {}
 
     def wait(self, seconds: float) -> None:
         self.now += int(seconds * _SECOND)
 
-    def record(self, event_id: str, name: EventName, at_us: int, **columns: str | None) -> Event:
+    def record(self, event_id: str, name: EventName, at_us: int, **columns: str | int | None) -> Event:
         event = Event(
             event_id=event_id,
             ts=_EPOCH + timedelta(microseconds=at_us),
@@ -75,19 +91,57 @@ class _Journey:
         return event
 
     def inbound(self, name: EventName, kind: str, **columns: str | None) -> Event:
-        ms = self.now // 1000
-        return self.record(f"{self.customer}.{ms}.{kind}", name, ms * 1000, **columns)
+        ms = self.now // _MS
+        return self.record(f"{self.customer}.{ms}.{kind}", name, ms * _MS, **columns)
 
-    def receipt(self, name: EventName, kind: str) -> None:
-        self.inbound(name, kind, detail=_watermark(self.now // 1000))
+    def receipt(self, name: EventName, kind: str, watermark_ms: int, digest: int | None = None) -> None:
+        # The bot derives a receipt's id from its watermark, as a redelivered receipt must be one event.
+        ms = self.now // _MS
+        self.record(
+            f"{self.customer}.{watermark_ms}.{kind}",
+            name,
+            ms * _MS,
+            message_digest=digest,
+            watermark=watermark_ms,
+        )
 
-    def reply(self, answers: Event, name: EventName, suffix: str, **columns: str | None) -> None:
-        self.wait(self.rng.uniform(0.3, 1.5))
-        message_id = f"m_{self.customer}{self.now // 1000:x}{suffix}"
-        self.record(f"{answers.event_id}.{suffix}", name, self.now, message_id=message_id, **columns)
+    def _call(self) -> tuple[int, int]:
+        """A Send API call made in answer to what happened at `now`: when it starts and its round trip (µs).
+        The bot sends one customer's replies one after the other."""
+        rng = self.rng
+        start = max(self.now, self.bot_free) + int(rng.uniform(0.02, 0.3) * _SECOND)
+        rtt = rng.uniform(0.1, 1.5) if rng.random() < 0.97 else rng.uniform(2, 8)
+        return start, int(rtt * _SECOND)
+
+    def send(self, answers: Event, name: EventName, suffix: str, **columns: str | None) -> tuple[int, int]:
+        """A page message: the platform's time falls inside the call, the bot stamps it when the call has
+        answered; the customer's side goes on from the platform's time. Returns (platform ms, its digest)."""
+        start, rtt = self._call()
+        platform_ms = (start + int(rtt * self.rng.uniform(0.2, 0.8))) // _MS
+        digest = message_digest(f"m_{self.customer}{platform_ms:x}{suffix}")
+        self.bot_free = start + rtt
+        self.record(f"{answers.event_id}.{suffix}", name, self.bot_free, message_digest=digest, **columns)
+        self.platform_ms[digest] = platform_ms
+        self.now = platform_ms * _MS
+        return platform_ms, digest
+
+    def send_failed(self, answers: Event) -> None:
+        start, rtt = self._call()
+        self.bot_free = start + rtt
+        self.record(f"{answers.event_id}.w.f", EventName.SEND_FAILED, self.bot_free, detail=_SEND_FAILED)
+
+    def delivered(self, platform_ms: int, digest: int) -> None:
+        """The phone reports the message delivered; the watermark is the message's platform time."""
+        self.wait(self.rng.uniform(0.3, 3))
+        self.receipt(EventName.MESSAGE_DELIVERED, "d", platform_ms, digest)
+
+    def read(self, platform_ms: int) -> None:
+        """The customer opens the thread; the watermark is the platform time of the last message there."""
+        self.wait(self.rng.expovariate(1 / 15))
+        self.receipt(EventName.MESSAGE_READ, "rd", platform_ms)
 
 
-def journey(rng: random.Random, customer: str, start_us: int, campaign: str) -> list[Event]:
+def journey(rng: random.Random, customer: str, start_us: int, campaign: str) -> Journey:
     """One customer's conversation, from how it started to where they stopped."""
     j = _Journey(rng, customer, campaign, start_us)
     how, ref = rng.random(), _choose(rng, REFS)
@@ -98,46 +152,72 @@ def journey(rng: random.Random, customer: str, start_us: int, campaign: str) -> 
     elif how < 0.9 and ref is not None:
         started = j.inbound(EventName.CONVERSATION_STARTED, "r", detail=_STARTED_BY_REFERRAL[ref])
     else:
-        text = j.inbound(EventName.TEXT_RECEIVED, "m", message_id=f"m_{customer}{j.now:x}t")
+        text = j.inbound(EventName.TEXT_RECEIVED, "m")
         started = j.record(
             f"{text.event_id}.s",
             EventName.CONVERSATION_STARTED,
-            j.now // 1000 * 1000,
+            j.now // _MS * _MS,
             detail=_STARTED_BY_TEXT,
         )
     if rng.random() < 0.01:
-        j.reply(started, EventName.SEND_FAILED, "w.f", detail=_SEND_FAILED)
-        return j.events
-    j.reply(started, EventName.WELCOME_SENT, "w")
+        j.send_failed(started)
+        return Journey(j.events, j.platform_ms)
+    welcome_ms, welcome_id = j.send(started, EventName.WELCOME_SENT, "w")
+    welcome_stamp = j.bot_free
     receipts = rng.random() < 0.85  # some phones never report reads
-    j.wait(rng.uniform(0.5, 3))
-    j.receipt(EventName.MESSAGE_DELIVERED, "d")
-    if receipts:
-        j.wait(rng.expovariate(1 / 20))
-        j.receipt(EventName.MESSAGE_READ, "rd")
+    answers = rng.random() >= 0.22
+    # A few tap a button as soon as the welcome shows, before the Send API has answered the bot.
+    quick = answers and rng.random() < 0.04
+    # Some report reading the welcome only after the coupon went out (a second device catching up).
+    late_read = receipts and rng.random() < (0.5 if quick else 0.05)
+    if quick:
+        tap_us = j.now + int((welcome_stamp - j.now) * rng.uniform(0.5, 0.95))
+        j.now += (tap_us - j.now) // 4
+        j.receipt(EventName.MESSAGE_DELIVERED, "d", welcome_ms, welcome_id)
+        if receipts and not late_read:
+            j.now += (tap_us - j.now) // 2
+            j.receipt(EventName.MESSAGE_READ, "rd", welcome_ms)
+        j.now = tap_us
+    else:
+        j.delivered(welcome_ms, welcome_id)
+        if receipts and not late_read:
+            j.read(welcome_ms)
+        if not answers:
+            return Journey(j.events, j.platform_ms)
+        # Most answer within minutes, some hours or days later (a few after the 7-day window).
+        j.wait(rng.lognormvariate(4.5, 2.2))
 
-    if rng.random() < 0.22:
-        return j.events  # never answers
-    # Most answer within minutes, some hours or days later (a few after the 7-day window).
-    j.wait(rng.lognormvariate(4.5, 2.2))
     payload = f"{campaign}||"
     if rng.random() < 0.3:
         no = j.inbound(EventName.DECLINED, "p", button=payload + "no")
-        j.reply(no, EventName.THANKS_SENT, "t")
-        j.reply(no, EventName.THANKS_SENT, "i", detail=_IMAGE)
-        return j.events
+        j.send(no, EventName.THANKS_SENT, "t")
+        thanks_ms, thanks_id = j.send(no, EventName.THANKS_SENT, "i", detail=_IMAGE)
+        if late_read:
+            j.wait(rng.uniform(0.2, 2))
+            j.receipt(EventName.MESSAGE_READ, "rd", welcome_ms)
+        j.delivered(thanks_ms, thanks_id)
+        if receipts:
+            j.read(thanks_ms)
+        return Journey(j.events, j.platform_ms)
     yes = j.inbound(EventName.COUPON_REQUESTED, "p", button=payload + "yes")
-    j.reply(yes, EventName.COUPON_SENT, "c")
-    j.wait(rng.uniform(0.5, 3))
-    j.receipt(EventName.MESSAGE_DELIVERED, "d")
-    if receipts:
-        j.wait(rng.expovariate(1 / 15))
-        j.receipt(EventName.MESSAGE_READ, "rd")
-    if rng.random() < 0.62:
+    coupon_ms, coupon_id = j.send(yes, EventName.COUPON_SENT, "c")
+    reveals = rng.random() < 0.62
+    j.delivered(coupon_ms, coupon_id)
+    if late_read:
+        # Reported after the bot's stamp of the coupon, yet it covers the welcome only.
+        j.now = max(j.now, j.bot_free) + int(rng.uniform(0.2, 90) * _SECOND)
+        j.receipt(EventName.MESSAGE_READ, "rd", welcome_ms)
+    # Some read the coupon and stop there; a few never open it.
+    if receipts and (reveals or rng.random() < 0.85):
+        j.read(coupon_ms)
+    if reveals:
         j.wait(rng.lognormvariate(3.5, 1.5))
         reveal = j.inbound(EventName.COUPON_REVEALED, "p", button=payload + "reveal")
-        j.reply(reveal, EventName.CODE_SENT, "k")
-    return j.events
+        code_ms, code_id = j.send(reveal, EventName.CODE_SENT, "k")
+        j.delivered(code_ms, code_id)
+        if receipts:
+            j.read(code_ms)
+    return Journey(j.events, j.platform_ms)
 
 
 def generate(
@@ -160,10 +240,10 @@ def generate(
         if begin > end_us:
             begin = end_us - int(rng.uniform(5, 600) * 60 * _SECOND)
         campaign = str(_choose(rng, CAMPAIGNS))
-        events = journey(rng, customer, begin, campaign)
+        events = journey(rng, customer, begin, campaign).events
         if rng.random() < 0.06:  # comes back for another go
             again = begin + int(rng.uniform(1, 10) * 86400 * _SECOND)
-            events += journey(rng, customer, again, campaign)
+            events += journey(rng, customer, again, campaign).events
         yield [e for e in events if e.ts <= cutoff]
 
 

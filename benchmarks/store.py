@@ -3,7 +3,8 @@
     python benchmarks/store.py [--events N]
 
 The baseline, run in the same process on the same disk, is the naive durable log: one write and one fsync
-per append, no group commit.
+per append, no group commit. Bytes per event are given column by column, against the file the previous
+version wrote of the same events (the platform's message ids themselves where this one keeps their digests).
 """
 
 from __future__ import annotations
@@ -62,15 +63,13 @@ def journey(
     rng: random.Random, customer: str, start: datetime, campaign: Campaign, platform_ids: dict[str, str]
 ) -> list[Event]:
     """One customer's events as the bot records them: the platform's actions through `bot.flow.record`, the
-    replies' outcomes through `Reply.sent`, with the platform's ids and both clocks. The message ids of the
-    customer's clicks go to `platform_ids` (by event id), for the previous version's file."""
+    replies' outcomes through `Reply.sent`, with the platform's ids and both clocks. The platform's ids of the
+    messages sent and delivered go to `platform_ids` (by event id), for the previous version's file."""
     events: list[Event] = []
     ms = int(start.timestamp() * 1000)  # the platform's clock
 
     def act(inbound: Inbound) -> Event:
         events.extend(record(campaign, inbound))
-        if isinstance(inbound, Postback) and inbound.mid is not None:
-            platform_ids[events[-1].event_id] = inbound.mid
         return events[-1]
 
     def click(step: ButtonStep | str, after: float) -> Event:
@@ -89,13 +88,16 @@ def journey(
             sent_at = datetime.fromtimestamp(ms / 1000, UTC) + timedelta(
                 microseconds=rng.randint(2000, 90000)
             )
-            events.append(reply.sent(message_id(rng), sent_at))
+            mid = message_id(rng)
+            events.append(reply.sent(mid, sent_at))
+            platform_ids[events[-1].event_id] = mid
         return ms
 
     def delivered(platform_ms: int) -> None:
         nonlocal ms
         ms += rng.randint(300, 3000)
-        act(Delivery(PAGE, customer, ms, watermark=platform_ms, mids=(events[-1].message_id,)))
+        mid = platform_ids[events[-1].event_id]  # the send just before
+        platform_ids[act(Delivery(PAGE, customer, ms, watermark=platform_ms, mids=(mid,))).event_id] = mid
 
     def read(platform_ms: int, after: float) -> None:
         nonlocal ms
@@ -131,17 +133,17 @@ def realistic_events(n: int, seed: int = 1, platform_ids: dict[str, str] | None 
 
 
 def previous_version_parquet(events: list[Event], platform_ids: dict[str, str]) -> bytes:
-    """The file the previous version wrote of the same events: no `watermark` column (a receipt's watermark
-    was its detail's JSON), the message id of every customer's click kept, customer ids in a dictionary."""
+    """The file the previous version wrote of the same events: the platform's message id itself (a string,
+    delta-coded) where this version keeps its digest."""
+    schema = pa.schema(
+        [pa.field("message_id", pa.string()) if f.name == "message_digest" else f for f in FILE_SCHEMA]
+    )
     rows = []
     for event in events:
         row = event.to_dict()
-        watermark = row.pop("watermark")
-        if watermark is not None:
-            row["detail"] = f'{{"watermark":{watermark}}}'
-        row["message_id"] = platform_ids.get(event.event_id, event.message_id)
+        del row["message_digest"]
+        row["message_id"] = platform_ids.get(event.event_id)
         rows.append(row)
-    schema = pa.schema([field for field in FILE_SCHEMA if field.name != "watermark"])
     table = pa.Table.from_pylist(rows, schema=schema).sort_by(SORT_KEYS)
     sink = io.BytesIO()
     pq.write_table(
@@ -149,8 +151,8 @@ def previous_version_parquet(events: list[Event], platform_ids: dict[str, str]) 
         sink,
         compression="zstd",
         compression_level=9,
-        use_dictionary=["page_id", "customer_id", "campaign_id", "variant", "event", "button", "detail"],
-        column_encoding={"event_id": "DELTA_BYTE_ARRAY", "message_id": "DELTA_BYTE_ARRAY"},
+        use_dictionary=["page_id", "campaign_id", "variant", "event", "button", "detail"],
+        column_encoding={name: "DELTA_BYTE_ARRAY" for name in ("event_id", "customer_id", "message_id")},
         coerce_timestamps="us",
         write_statistics=True,
     )
@@ -209,17 +211,9 @@ def main() -> None:
 
         # Bytes per event: the Parquet file of a realistic day, as the flusher writes it; the baseline is the
         # previous version's file of the same events.
-        files = {
-            "previous version": previous_version_parquet(events, platform_ids),
-            "this version": parquet_bytes(rows_to_table([event_row(e) for e in events])),
-        }
-        for label, body in files.items():
-            print(
-                f"bytes per event on disk, {label + ':':<17}{len(body) / len(events):>10.1f}  "
-                f"({len(events):,} events, {len(body):,} bytes)"
-            )
-            share = ", ".join(f"{name} {size / len(events):.2f}" for name, size in column_sizes(body))
-            print(f"  by column (bytes/event): {share}")
+        previous = previous_version_parquet(events, platform_ids)
+        this = parquet_bytes(rows_to_table([event_row(e) for e in events]))
+        print_bytes_per_event(len(events), previous, this)
 
         # Flush time: a segment of 100,000 appended events to a visible Parquet file.
         timings = []
@@ -236,7 +230,22 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def print_bytes_per_event(count: int, previous: bytes, this: bytes) -> None:
+    """Bytes per event of two files of `count` events, column by column (pages and their headers), then the
+    rest of each file (its footer) and the total."""
+    before, after = dict(column_sizes(previous)), dict(column_sizes(this))
+    names = [*before, *(name for name in after if name not in before), "(footer)", "total"]
+    for sizes, body in ((before, previous), (after, this)):
+        sizes["(footer)"] = len(body) - sum(sizes.values())
+        sizes["total"] = len(body)
+    print(f"bytes per event on disk ({count:,} events)        previous version  this version")
+    for name in names:
+        cells = [f"{sizes[name] / count:.2f}" if name in sizes else "-" for sizes in (before, after)]
+        print(f"  {name:<40}{cells[0]:>16}{cells[1]:>14}")
+
+
 def column_sizes(body: bytes) -> list[tuple[str, int]]:
+    """Each column's bytes in a Parquet file (compressed pages and their headers), largest first."""
     metadata = pq.ParquetFile(io.BytesIO(body)).metadata
     sizes: dict[str, int] = {}
     for group in range(metadata.num_row_groups):

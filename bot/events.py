@@ -5,6 +5,7 @@ Every column and the Arrow schema are defined here and nowhere else; event names
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ SCHEMA = pa.schema(
         pa.field("variant", pa.string(), nullable=True),
         pa.field("event", pa.string(), nullable=False),
         pa.field("button", pa.string(), nullable=True),
-        pa.field("message_id", pa.string(), nullable=True),
+        pa.field("message_digest", pa.int64(), nullable=True),
         pa.field("detail", pa.string(), nullable=True),
         pa.field("watermark", pa.int64(), nullable=True),
     ]
@@ -42,8 +43,9 @@ PARTITION_COLUMN = "event_date"
 FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name != PARTITION_COLUMN])
 
 _REQUIRED = ("event_id", "ts", "page_id", "customer_id", "campaign_id", "event")
-_OPTIONAL_TEXT = ("variant", "button", "message_id", "detail")
-_OPTIONAL = (*_OPTIONAL_TEXT, "watermark")
+_OPTIONAL_TEXT = ("variant", "button", "detail")
+_OPTIONAL_INT = ("message_digest", "watermark")
+_OPTIONAL = ("variant", "button", "message_digest", "detail", "watermark")
 _FIELDS = (*_REQUIRED, *_OPTIONAL)
 _REQUIRED_TEXT = ("event_id", "page_id", "customer_id", "campaign_id")
 
@@ -52,8 +54,10 @@ _REQUIRED_TEXT = ("event_id", "page_id", "customer_id", "campaign_id")
 class Event:
     """One thing that happened: a step of the conversation, a click, a receipt, a failure.
 
-    `watermark` is a read or delivery receipt's: the platform's time (ms since the epoch, on its clock) of the
-    last message read or delivered, not the time of reading. Other events have none.
+    `message_digest` is a send's or a delivery receipt's: `message_digest` of the platform's id of the
+    message sent or delivered. `watermark` is a read or delivery receipt's: the platform's time (ms since the
+    epoch, on its clock) of the last message read or delivered, not the time of reading. Other events have
+    neither.
     """
 
     event_id: str
@@ -64,7 +68,7 @@ class Event:
     event: EventName
     variant: str | None = None
     button: str | None = None
-    message_id: str | None = None
+    message_digest: int | None = None
     detail: str | None = field(default=None)
     watermark: int | None = None
 
@@ -86,7 +90,7 @@ class Event:
             and self.ts.tzinfo is UTC
             and (self.variant is None or self.variant.__class__ is str)
             and (self.button is None or self.button.__class__ is str)
-            and (self.message_id is None or self.message_id.__class__ is str)
+            and (self.message_digest is None or self.message_digest.__class__ is int)
             and (self.detail is None or self.detail.__class__ is str)
             and (self.watermark is None or self.watermark.__class__ is int)
         ):
@@ -103,12 +107,12 @@ class Event:
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
                 raise EventError(f"event key {key!r} must be a string or None, got {type(value).__name__}")
-        watermark = self.watermark
-        if watermark is not None and (watermark.__class__ is bool or not isinstance(watermark, int)):
-            kind = type(watermark).__name__
-            raise EventError(f"event key 'watermark' must be an integer or None, got {kind}")
-        if watermark is not None and watermark.__class__ is not int:
-            object.__setattr__(self, "watermark", int(watermark))  # a subclass of int, stored as a plain int
+        for key in _OPTIONAL_INT:
+            value = getattr(self, key)
+            if value is not None and (value.__class__ is bool or not isinstance(value, int)):
+                raise EventError(f"event key {key!r} must be an integer or None, got {type(value).__name__}")
+            if value is not None and value.__class__ is not int:
+                object.__setattr__(self, key, int(value))  # a subclass of int, stored as a plain int
         if self.event.__class__ is not EventName:
             if self.event is None or self.event == "":
                 raise EventError("event is missing required key 'event'")
@@ -159,6 +163,19 @@ class Event:
         record["event"] = str(self.event)
         record[PARTITION_COLUMN] = self.event_date
         return record
+
+
+def message_digest(message_id: str) -> int:
+    """The stored digest of a platform's message id: the first 8 bytes of the SHA-256 of its UTF-8, read as a
+    signed big-endian int64.
+
+    Enough to find our row of a message the platform names (a webhook, an export) and to tell two sends
+    apart; the id itself cannot be had back from it. SHA-256 so that SQL engines compute it too, e.g. DuckDB:
+    `('0x' || left(sha256(id), 16))::ubigint`, less 2**64 when at least 2**63.
+    """
+    # surrogatepass: an id with a lone surrogate (no real one has; a malformed answer might) still has one.
+    utf8 = message_id.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(utf8).digest()[:8], "big", signed=True)
 
 
 _DETAIL_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)

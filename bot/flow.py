@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from bot.campaign import FIRST_NAME_ROOM, Campaign
-from bot.events import Event, detail_json
+from bot.events import Event, detail_json, message_digest
 from bot.facts import CLICK_EVENTS, Button, ButtonStep, EventName, parse_payload
 from bot.messenger import (
     Delivery,
@@ -86,15 +86,18 @@ class Reply:
         return self.kind is ReplyKind.WELCOME
 
     def sent(self, message_id: str | None, at: datetime) -> Event:
+        """The event recording this reply as sent at `at` (the bot's clock, once the Send API answered), with
+        the digest of the `message_id` the platform gave it, if any."""
         name, _ = _SENT[self.kind]
         detail = detail_json(part="image") if self.kind is ReplyKind.THANKS_IMAGE else None
-        return self._outcome(self.sent_id, name, at, message_id=message_id, detail=detail)
+        digest = message_digest(message_id) if message_id is not None else None
+        return self._outcome(self.sent_id, name, at, message_digest=digest, detail=detail)
 
     def failed(self, at: datetime, *, code: int | None, subcode: int | None, reason: str) -> Event:
         detail = detail_json(reply=str(self.kind), code=code, subcode=subcode, reason=reason)
         return self._outcome(self.failed_id, EventName.SEND_FAILED, at, detail=detail)
 
-    def _outcome(self, event_id: str, name: EventName, at: datetime, **columns: str | None) -> Event:
+    def _outcome(self, event_id: str, name: EventName, at: datetime, **columns: str | int | None) -> Event:
         source = self.answers
         return Event(
             event_id=event_id,
@@ -134,8 +137,8 @@ def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
 
     match inbound:
         # A customer's own message or click keeps its platform id only as the digest in its event id (which
-        # tells two of them in one millisecond apart): nothing reads the id back, and at about 86 random
-        # characters it would be most of what the event costs to store. The bot's sends keep theirs.
+        # tells two of them in one millisecond apart): nothing reads the id back. The bot's sends, and the
+        # delivery receipts that name them, keep a `message_digest` of theirs.
         case Postback(payload=payload, referral=referral):
             button = parse_payload(payload)
             if button is not None and button.campaign_id == campaign.id:
@@ -163,7 +166,7 @@ def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
             return [
                 event(
                     EventName.MESSAGE_DELIVERED,
-                    message_id=mids[-1] if mids else None,
+                    message_digest=message_digest(mids[-1]) if mids else None,
                     watermark=watermark,
                 )
             ]

@@ -1,7 +1,7 @@
 """Sending the replies the flow plans, after the webhook is acknowledged, and recording how each went.
 
 Replies run in the background with bounded concurrency; every one ends as an event (`*_sent` with the
-platform's message id, or `send_failed`). At start-up the replier looks in its own log for clicks it
+platform's message id's digest, or `send_failed`). At start-up the replier looks in its own log for clicks it
 acknowledged but never answered (the process died in between) and answers them, or records them as failed
 once they are too old to be useful.
 """

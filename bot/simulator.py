@@ -1,8 +1,9 @@
 """The built-in stand-in for the Graph API, used in local mode so the whole bot runs with no Facebook app.
 
 It answers the Send and User Profile calls the way the platform does and keeps each customer's messages, so
-the simulator page can show them. The bot's own Graph client talks to it through an httpx transport: the
-production code path, minus the network.
+the simulator page can show them. Each message gets the platform's time when it arrives, inside the bot's
+Send API call; the page sends it back as the watermark of the receipts that cover it, as Messenger does. The
+bot's own Graph client talks to it through an httpx transport: the production code path, minus the network.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
@@ -22,7 +24,8 @@ from bot.graph import read_batch
 @dataclass
 class SimulatedCustomer:
     first_name: str | None = None
-    messages: list[dict] = field(default_factory=list)  # {"message_id", "message"} in the order sent
+    # {"message_id", "message", "timestamp"} in the order sent; the timestamp is the platform's (ms).
+    messages: list[dict] = field(default_factory=list)
 
 
 class GraphStandIn(httpx.AsyncBaseTransport):
@@ -64,7 +67,11 @@ class GraphStandIn(httpx.AsyncBaseTransport):
         message_id = f"m_local{next(self._ids):08d}"
         with self._lock:
             self._customers[customer_id].messages.append(
-                {"message_id": message_id, "message": body.get("message")}
+                {
+                    "message_id": message_id,
+                    "message": body.get("message"),
+                    "timestamp": time.time_ns() // 1_000_000,
+                }
             )
         return {"recipient_id": customer_id, "message_id": message_id}
 

@@ -31,7 +31,15 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from bot.events import FILE_SCHEMA, PARTITION_COLUMN, Event, EventError, EventName, from_table
+from bot.events import (
+    FILE_SCHEMA,
+    PARTITION_COLUMN,
+    Event,
+    EventError,
+    EventName,
+    from_table,
+    message_digest,
+)
 from bot.wal import (
     DirectoryLock,
     Segment,
@@ -179,7 +187,7 @@ def event_row(event: Event) -> list:
         event.variant,
         str(event.event),
         event.button,
-        event.message_id,
+        event.message_digest,
         event.detail,
         event.watermark,
     ]
@@ -189,7 +197,7 @@ def row_event(row: Sequence) -> Event:
     """The event a row made by `event_row` holds (its inverse). Raises EventError for a row that is none."""
     if not is_event_row(row):
         raise EventError(f"not an event row: {row!r:.200}")
-    event_id, micros, page_id, customer_id, campaign_id, variant, name, button, message_id, detail, mark = row
+    event_id, micros, page_id, customer_id, campaign_id, variant, name, button, digest, detail, mark = row
     return Event(
         event_id=event_id,
         ts=_EPOCH + timedelta(microseconds=micros),
@@ -199,7 +207,7 @@ def row_event(row: Sequence) -> Event:
         event=name,
         variant=variant,
         button=button,
-        message_id=message_id,
+        message_digest=digest,
         detail=detail,
         watermark=mark,
     )
@@ -207,7 +215,9 @@ def row_event(row: Sequence) -> Event:
 
 _OPT_STR = (str, type(None))
 _OPT_INT = (int, type(None))
-_ROW_TYPES = (str, int, str, str, str, _OPT_STR, str, _OPT_STR, _OPT_STR, _OPT_STR, _OPT_INT)
+_ROW_TYPES = (str, int, str, str, str, _OPT_STR, str, _OPT_STR, _OPT_INT, _OPT_STR, _OPT_INT)
+_INT_COLUMNS = (_FIELDS.index("message_digest"), _FIELDS.index("watermark"))
+_INT64 = 1 << 63
 _EVENT_NAMES = frozenset(str(name) for name in EventName)
 
 
@@ -219,13 +229,15 @@ def is_event_row(row: object) -> bool:
         and all(isinstance(value, kind) for value, kind in zip(row, _ROW_TYPES, strict=True))
         and all(row[index] for index in (0, 2, 3, 4))
         and row[6] in _EVENT_NAMES
+        # A value the int64 columns cannot hold would fail the flush of every event logged with it.
+        and all(row[index] is None or -_INT64 <= row[index] < _INT64 for index in _INT_COLUMNS)
     )
 
 
 def rows_to_table(rows: Sequence[Sequence]) -> pa.Table:
-    """Rows made by `event_row` (or left in a log by the previous version) as a table with FILE_SCHEMA."""
-    if any(len(row) == _LEGACY_ROW_LENGTH for row in rows):
-        rows = [upgrade_row(row) if len(row) == _LEGACY_ROW_LENGTH else row for row in rows]
+    """Rows made by `event_row` (or left in a log by an earlier version) as a table with FILE_SCHEMA."""
+    if any(is_earlier_row(row) for row in rows):
+        rows = [upgrade_row(row) if is_earlier_row(row) else row for row in rows]
     columns = list(zip(*rows, strict=True)) if rows else [[] for _ in _FIELDS]
     arrays = {}
     for name, values in zip(_FIELDS, columns, strict=True):
@@ -239,27 +251,43 @@ def rows_to_table(rows: Sequence[Sequence]) -> pa.Table:
 
 
 # -- what earlier versions wrote ---------------------------------------------------------------------------
-# Before receipts had a `watermark` column, their watermark was the whole of their detail: `{"watermark":ms}`.
-# Log records and journals of that version hold rows of ten values; its Parquet files lack the column.
+# Two earlier versions kept the platform's message id itself (a string) where this one keeps its digest. The
+# first also kept a receipt's watermark as the whole of its detail, `{"watermark":ms}`: its log records hold
+# rows of ten values, and its Parquet files lack the `watermark` column. The second's rows have eleven values,
+# like this version's, with a string where this version has the digest.
 
-_LEGACY_ROW_LENGTH = 10
+_FIRST_ROW_LENGTH = 10
+_MESSAGE = _FIELDS.index("message_digest")
 _RECEIPTS = frozenset({str(EventName.MESSAGE_READ), str(EventName.MESSAGE_DELIVERED)})
 _LEGACY_DETAIL = r'^\{"watermark":(?P<watermark>-?[0-9]+)\}$'
 _LEGACY_DETAIL_RE = re.compile(_LEGACY_DETAIL)
 
 
+def is_earlier_row(row: Sequence) -> bool:
+    """Whether `row` is of a log record an earlier version wrote (see `upgrade_row`)."""
+    return len(row) == _FIRST_ROW_LENGTH or row[_MESSAGE].__class__ is str
+
+
 def upgrade_row(row: Sequence) -> list:
-    """A row of the previous version as this version's: a receipt's watermark moves to its column."""
-    detail = row[9]
-    match = _LEGACY_DETAIL_RE.match(detail) if row[6] in _RECEIPTS and isinstance(detail, str) else None
-    if match is None:
-        return [*row, None]
-    return [*row[:9], None, int(match["watermark"])]
+    """A row of an earlier version as this version's: a message id becomes its digest, and a receipt's
+    watermark moves from its detail to its column."""
+    if len(row) == _FIRST_ROW_LENGTH:
+        detail = row[9]
+        match = _LEGACY_DETAIL_RE.match(detail) if row[6] in _RECEIPTS and isinstance(detail, str) else None
+        row = [*row, None] if match is None else [*row[:9], None, int(match["watermark"])]
+    message_id = row[_MESSAGE]
+    if not isinstance(message_id, str):
+        return list(row)
+    return [*row[:_MESSAGE], message_digest(message_id), *row[_MESSAGE + 1 :]]
 
 
 def conform_table(table: pa.Table) -> pa.Table:
-    """A stored file's table with FILE_SCHEMA: columns an earlier version did not write read as null, and its
-    receipts' watermarks move from `detail` to their column."""
+    """A stored file's table with FILE_SCHEMA: columns an earlier version did not write read as null, its
+    message ids become their digests, and its receipts' watermarks move from `detail` to their column."""
+    if "message_id" in table.column_names and "message_digest" not in table.column_names:
+        ids = table.column("message_id").to_pylist()
+        digests = [message_digest(mid) if mid is not None else None for mid in ids]
+        table = table.append_column(FILE_SCHEMA.field("message_digest"), pa.array(digests, pa.int64()))
     missing = [name for name in _FIELDS if name not in table.column_names]
     for name in missing:
         table = table.append_column(
@@ -289,9 +317,10 @@ def parquet_bytes(table: pa.Table) -> bytes:
         compression="zstd",
         compression_level=9,
         use_dictionary=_DICTIONARY_COLUMNS,
-        # Ids share long prefixes with their neighbours once rows are sorted (a customer's with the row above,
-        # a receipt's message id with the send's): store only what differs.
-        column_encoding={name: "DELTA_BYTE_ARRAY" for name in ("event_id", "customer_id", "message_id")},
+        # Ids share long prefixes with their neighbours once rows are sorted (a customer's with the row
+        # above): store only what differs. Message digests are random and stay plain: a dictionary costs
+        # more than the repeats it saves (a delivery's digest, just below its send's, zstd finds anyway).
+        column_encoding={name: "DELTA_BYTE_ARRAY" for name in ("event_id", "customer_id")},
         coerce_timestamps="us",
         write_statistics=True,
     )

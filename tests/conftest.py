@@ -21,8 +21,8 @@ def shown_kpis(figures: dict) -> dict[str, str]:
     """The dashboard's KPI tiles as the page shows them, from the analytics API's figures."""
     return {
         "reached": f"{figures['reached']:,}",
-        "responded": f"{figures['responded_pct']}%",
-        "saw": f"{figures['saw_coupon_pct']}%",
-        "revealed": f"{figures['revealed_pct']}%",
-        "declined": f"{figures['declined_pct']}%",
+        "responded": f"{figures['responded']}%",
+        "saw": f"{figures['saw']}%",
+        "revealed": f"{figures['revealed']}%",
+        "declined": f"{figures['declined']}%",
     }

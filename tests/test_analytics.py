@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +15,8 @@ from hypothesis import strategies as st
 
 import analytics
 from analytics import AnalyticsError
-from bot.events import Event, detail_json
+from analytics.sample import write_sample
+from bot.events import Event, detail_json, from_table
 from bot.store import EventLog, event_row, parquet_bytes, partition_dir, rows_to_table, split_by_day
 from tests import reference_metrics as reference
 
@@ -455,3 +457,46 @@ def test_every_metric_matches_a_plain_python_computation(
         for r in stored.buttons(campaign=campaign, start=start, end=end, tz=tz).to_pylist()
     }
     assert buttons == reference.buttons(events, campaign=campaign, start=start, end=end, tz=tz)
+
+
+def test_sample_journeys_on_the_platforms_clocks_match_the_reference(tmp_path):
+    write_sample(tmp_path, customers=400, days=10, seed=3, progress=False)
+    stored = from_table(ds.dataset(tmp_path / "events", format="parquet", partitioning="hive").to_table())
+    events = analytics.open(tmp_path)
+
+    funnel = counts(events.funnel())
+    expected = reference.funnel(stored)
+
+    assert funnel == {step: row["customers"] for step, row in expected.items()}
+    # Customers who read the coupon and stopped there: seen by their read alone.
+    assert funnel["coupon_seen"] > funnel["coupon_revealed"]
+
+
+def test_a_filters_object_and_keywords_ask_the_same_question(tmp_path):
+    events = store(tmp_path, known_journeys())
+    question = analytics.Filters(campaign=SPRING, start=T0.date(), window=timedelta(days=1))
+
+    assert events.funnel(question) == events.funnel(
+        campaign=SPRING, start=T0.date(), window=timedelta(days=1)
+    )
+    assert events.timeline(question) == events.timeline(
+        campaign=SPRING, start=T0.date(), window=timedelta(days=1)
+    )
+    with pytest.raises(AnalyticsError, match="either"):
+        events.funnel(question, campaign=SPRING)
+    with pytest.raises(AnalyticsError, match="unknown filter 'campain'"):
+        events.funnel(campain=SPRING)
+
+
+def test_figures_follow_each_new_file_without_a_rebuild(tmp_path):
+    events = store(tmp_path, Journey("a").at(0, "welcome_sent").events)
+    assert counts(events.funnel())["reached"] == 1
+
+    store(tmp_path, Journey("a").at(60, "coupon_requested").events, Journey("b").at(0, "welcome_sent").events)
+
+    assert counts(events.funnel())["reached"] == 2
+    assert counts(events.funnel())["coupon_requested"] == 1  # a's request, in a later file, joins its journey
+    compacted = tmp_path / "events" / f"event_date={T0.date()}"
+    for path in sorted(compacted.glob("*.parquet"))[1:]:
+        path.unlink()  # a file removed (as compaction replaces files): read everything again
+    assert counts(events.funnel())["reached"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -9,10 +10,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bot.events import FILE_SCHEMA, Event, from_table
+from bot.events import FILE_SCHEMA, Event, from_table, message_digest
 from bot.store import EventLog, compact
 from tests.conftest import REPO
 
@@ -154,39 +154,35 @@ def test_compact_command_merges_closed_days(tmp_path):
     assert len(list(data.glob("events/*/*.parquet"))) == 1
 
 
-def test_a_day_with_files_of_the_previous_version_is_merged_with_receipts_watermarks_in_their_column(
-    tmp_path,
-):
-    # Given a day written partly by the previous version, whose files had no `watermark` column and kept a
-    # receipt's watermark in its detail, and partly by this one.
+def test_a_day_with_files_of_earlier_versions_is_merged_into_one_of_this_versions_schema(tmp_path):
+    # Given a day written partly by this version and partly by two earlier ones (their own files, one
+    # conversation each wrote with its own code): both kept the platform's message ids, the older kept a
+    # receipt's watermark in its detail.
     data = tmp_path / "data"
     write_day(data, files=2, per_file=5)
-    watermark = 1_772_323_200_000  # the platform's time of the last message read, before the receipt
-    read_at = datetime(2026, 3, 1, 0, 0, 5, tzinfo=UTC)
-    previous = pa.table(
-        {
-            "event_id": ["c1.r", "c1.f"],
-            "ts": pa.array([read_at, read_at], pa.timestamp("us", tz="UTC")),
-            "page_id": ["page", "page"],
-            "customer_id": ["c1", "c1"],
-            "campaign_id": ["a", "a"],
-            "variant": pa.nulls(2, pa.string()),
-            "event": ["message_read", "send_failed"],
-            "button": pa.nulls(2, pa.string()),
-            "message_id": pa.nulls(2, pa.string()),
-            "detail": [f'{{"watermark":{watermark}}}', '{"code":551,"reply":"code"}'],
-        }
-    )
-    pq.write_table(previous, data / "events" / f"event_date={DAY}" / "0123456789ab-00000007.parquet")
+    previous = REPO / "tests" / "data" / "previous_versions"
+    for writer, version in (("0123456789ab", "f06ab7d"), ("0123456789ac", "72a54e4")):
+        shutil.copy(
+            previous / f"{version}.parquet", data / "events" / f"event_date={DAY}" / f"{writer}-7.parquet"
+        )
 
     # When the day is compacted
-    assert compact(str(data), grace_s=0) == {DAY: 4}
+    assert compact(str(data), grace_s=0) == {DAY: 5}
 
-    # Then the merged file has this version's schema, every event, and the receipt's watermark in its column.
+    # Then the merged file has this version's schema and every event; the message ids are digests, the
+    # receipts' watermarks are in their column.
     [merged] = data.glob("events/*/*.parquet")
     assert pq.read_schema(merged) == FILE_SCHEMA
     rows = {row["event_id"]: row for row in pq.read_table(merged).to_pylist()}
-    assert len(rows) == 12  # ten of this version (one of them delivered twice), two of the previous
-    assert (rows["c1.r"]["watermark"], rows["c1.r"]["detail"]) == (watermark, None)
-    assert (rows["c1.f"]["watermark"], rows["c1.f"]["detail"]) == (None, '{"code":551,"reply":"code"}')
-    assert {rows[f"e0-{n}"]["watermark"] for n in range(5)} == {None}
+    assert len(rows) == 21  # ten of this version (one of them delivered twice), eleven of the conversation
+    sends = {row["event"]: row for row in rows.values() if row["event"] in ("welcome_sent", "coupon_sent")}
+    assert sends["welcome_sent"]["message_digest"] == message_digest(
+        "m_qr6GPBlzTU4jqP0PBqaIoIAcfn2p3T7uiO5jm0L_PMTKMJhEIUGFkEKQBhGkpCnPXVZNsYdkN7A2Sel0dOz_Iw"
+    )
+    delivered = sorted((r for r in rows.values() if r["event"] == "message_delivered"), key=lambda r: r["ts"])
+    assert [r["message_digest"] for r in delivered] == [
+        sends[name]["message_digest"] for name in ("welcome_sent", "coupon_sent")
+    ]
+    [read] = [row for row in rows.values() if row["event"] == "message_read"]
+    assert (read["watermark"], read["detail"]) == (delivered[1]["watermark"], None)
+    assert {rows[f"e0-{n}"]["message_digest"] for n in range(5)} == {None}

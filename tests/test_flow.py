@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.campaign import Campaign, load_campaign
-from bot.events import EventName
+from bot.events import EventName, message_digest
 from bot.facts import ButtonStep, parse_payload
 from bot.flow import ReplyKind, button_payload, plan_replies, record, render
 from bot.messenger import parse_body
@@ -86,7 +86,7 @@ def test_a_customers_action_keeps_its_platform_id_only_as_a_digest_in_its_event_
         payloads.text("44", "hello", mid="m_text"),
     )
 
-    assert [e.message_id for e in events] == [None] * len(events)
+    assert [e.message_digest for e in events] == [None] * len(events)
     assert not any(mid in repr(events) for mid in ("m_first", "m_second", "m_start", "m_text"))
     assert events[0].event_id != events[1].event_id  # two clicks in one millisecond stay two events
 
@@ -143,7 +143,7 @@ def test_receipts_are_recorded_and_never_answered():
     )
 
     assert names(events) == ["message_delivered", "message_read"]
-    assert events[0].message_id == "m_1"
+    assert [e.message_digest for e in events] == [message_digest("m_1"), None]
     assert [(e.watermark, e.detail) for e in events] == [(1_700_000_000_000, None), (1_700_000_000_500, None)]
     assert replies == []
 
@@ -172,7 +172,8 @@ def test_outcomes_extend_the_id_of_the_event_they_answer():
     failed = reply.failed(later, code=551, subcode=1545041, reason="unavailable")
 
     assert sent.event_id == f"{events[0].event_id}.w"
-    assert sent.message_id == "m_w"
+    assert sent.message_digest == message_digest("m_w")
+    assert "m_w" not in repr(sent)  # the history keeps the digest, not the platform's id
     assert failed.event == EventName.SEND_FAILED
     assert json.loads(failed.detail) == {
         "reply": "welcome",
@@ -180,6 +181,23 @@ def test_outcomes_extend_the_id_of_the_event_they_answer():
         "subcode": 1545041,
         "reason": "unavailable",
     }
+
+
+def test_each_send_keeps_the_digest_of_the_id_the_platform_gave_it():
+    events, [thanks_text, thanks_image] = act(
+        payloads.postback("42", button_payload(CAMPAIGN, ButtonStep.NO))
+    )
+    later = events[0].ts + timedelta(seconds=1)
+
+    text, image = thanks_text.sent("m_text", later), thanks_image.sent("m_image", later)
+    unanswered = thanks_text.sent(None, later)  # a Send API answer that named no message
+
+    assert (text.message_digest, image.message_digest) == (
+        message_digest("m_text"),
+        message_digest("m_image"),
+    )
+    assert text.message_digest != image.message_digest
+    assert unanswered.message_digest is None
 
 
 def test_a_reply_is_owed_until_its_outcome_is_logged():

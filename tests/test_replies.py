@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from bot.events import message_digest
 from bot.facts import ButtonStep
 from bot.flow import Reply, button_payload
 from bot.graph import read_batch
@@ -66,6 +67,10 @@ async def test_no_more_than_concurrency_events_are_answered_at_once_and_the_rest
     await asyncio.wait_for(sending, 5)
     assert sorted(event.customer_id for event in outcomes) == [str(5000 + n) for n in range(10)]
     assert {event.event for event in outcomes} == {"coupon_sent"}
+    # Each keeps the digest of the id the platform answered for it, alone or in a batch.
+    assert {e.customer_id: e.message_digest for e in outcomes} == {
+        e.customer_id: message_digest(f"m_{e.customer_id}") for e in outcomes
+    }
     assert replier.pending == 0
 
 

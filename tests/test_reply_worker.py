@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from bot.events import EventError
+from bot.events import EventError, message_digest
 from bot.facts import ButtonStep
 from bot.flow import button_payload
 from bot.replies import Replier
@@ -43,8 +43,11 @@ def test_the_replies_handed_over_together_travel_as_one_line_by_event_in_order()
 
 def test_a_row_gives_back_the_event_it_was_made_of():
     event = declined()[0].answers
-    assert row_event(event_row(event)) == event
-    assert row_event(json.loads(json.dumps(event_row(event)))) == event  # as it travels
+    sent = declined()[0].sent("m_1", NOW)
+    for made in (event, sent):
+        assert row_event(event_row(made)) == made
+        assert row_event(json.loads(json.dumps(event_row(made)))) == made  # as it travels
+    assert row_event(json.loads(json.dumps(event_row(sent)))).message_digest == message_digest("m_1")
 
 
 @pytest.mark.parametrize(
@@ -149,8 +152,9 @@ async def test_replies_that_come_while_a_dead_worker_is_replaced_are_sent_all_th
     await fallback.graph.aclose()
     events.close()  # the worker's outcomes are written without waiting: all of them by now
     with EventLog.open(str(tmp_path / "data"), tmp_path / "wal") as log:
-        sent = {e.customer_id: e.message_id for e in log.recent(datetime(2000, 1, 1, tzinfo=UTC))}
-    assert sent == {"7001": "m_worker", "7002": "m_bot", "7003": "m_worker"}
+        sent = {e.customer_id: e.message_digest for e in log.recent(datetime(2000, 1, 1, tzinfo=UTC))}
+    worker, bot = message_digest("m_worker"), message_digest("m_bot")
+    assert sent == {"7001": worker, "7002": bot, "7003": worker}
 
 
 # A stand-in worker with a bug: each outcome comes with a row that is no event.
@@ -183,8 +187,8 @@ async def test_an_outcome_row_that_is_no_event_is_not_logged_and_the_others_are(
     events.close()
     with EventLog.open(str(tmp_path / "data"), tmp_path / "wal") as log:
         logged = log.recent(datetime(2000, 1, 1, tzinfo=UTC))
-    assert sorted((e.customer_id, e.message_id) for e in logged) == [
-        ("7001", "m_worker"),
-        ("7002", "m_worker"),
+    assert sorted((e.customer_id, e.message_digest) for e in logged) == [
+        ("7001", message_digest("m_worker")),
+        ("7002", message_digest("m_worker")),
     ]
     assert "1 unreadable outcomes from the reply worker" in caplog.text

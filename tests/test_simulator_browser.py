@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 import analytics
+from bot.events import message_digest
 from tests.bot_process import BotProcess, make_home, stored_events
 from tests.browser import ARTIFACTS, chromium_page
 
@@ -55,6 +58,11 @@ def test_three_customers_play_the_conversation_in_the_simulator(tmp_path):
             }
             assert page.outside_requests == []
             page.wait_for_function("window.simulatorIdle()")  # the last receipts acknowledged
+            # What the platform (the stand-in) knows of each page message: its id and the platform's time.
+            platform = {
+                cid: httpx.get(f"{bot.url}/simulator/messages", params={"customer": cid}).json()
+                for cid in customers.values()
+            }
         assert bot.stop() == 0
 
     events = stored_events(data)
@@ -106,7 +114,32 @@ def test_three_customers_play_the_conversation_in_the_simulator(tmp_path):
         "coupon_revealed": 1,
         "declined": 1,
     }
+    for cid in customers.values():
+        assert_receipts_carry_the_platforms_time(cid, platform[cid], events)
     bob_start = next(
         e for e in events if e["customer_id"] == customers["Bob"] and e["event"] == "conversation_started"
     )
     assert json.loads(bob_start["detail"])["ref"] == "till-qr"
+
+
+def assert_receipts_carry_the_platforms_time(customer: str, messages: list[dict], events: list[dict]) -> None:
+    """Each receipt's watermark is the platform's time of the last page message it covers, earlier than the
+    receipt and than the bot's own stamp of that message (taken once the Send API answered)."""
+    platform_ms = {message_digest(m["message_id"]): m["timestamp"] for m in messages}
+    mine = [e for e in events if e["customer_id"] == customer]
+    stamped = {e["message_digest"]: micros(e["ts"]) for e in mine if e["event"].endswith("_sent")}
+    assert set(stamped) == set(platform_ms)
+    receipts = [e for e in mine if e["event"] in ("message_delivered", "message_read")]
+    assert {e["event"] for e in receipts} == {"message_delivered", "message_read"}
+    for receipt in receipts:
+        mark = receipt["watermark"]
+        if receipt["event"] == "message_delivered":
+            assert mark == platform_ms[receipt["message_digest"]], receipt  # the last message delivered
+        covered = [mid for mid, ms in platform_ms.items() if ms == mark]
+        assert covered, f"{receipt} covers no page message"
+        assert mark * 1000 < micros(receipt["ts"])
+        assert all(mark * 1000 < stamped[mid] for mid in covered)
+
+
+def micros(ts: datetime) -> int:
+    return (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)

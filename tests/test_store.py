@@ -15,11 +15,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bot.events import FILE_SCHEMA, Event
+from bot.events import FILE_SCHEMA, Event, message_digest
 from bot.store import EventLog, StoreError, event_row
 from bot.wal import Segment, SyncProcess, WriteAheadLog, encode_rows, list_segments, read_records
 from tests.conftest import REPO
@@ -657,82 +656,111 @@ def test_append_soon_to_a_closed_log_is_refused(data):
         log.append_soon([event_row(event(1))])
 
 
-# -- what the previous version left: receipts' watermarks inside `detail`, rows of ten values ----------------
+# -- what earlier versions left -----------------------------------------------------------------------------
+# tests/data/previous_versions holds one conversation as two earlier versions wrote it, with their own code
+# (see write.py there): a write-ahead log record's rows and the Parquet file their flusher made. Both kept the
+# platform's message ids; f06ab7d also kept receipts' watermarks inside `detail` (rows of ten values).
 
-# The previous version's Parquet schema: FILE_SCHEMA without `watermark`.
-PREVIOUS_FILE_SCHEMA = pa.schema([field for field in FILE_SCHEMA if field.name != "watermark"])
-WATERMARK = 1_772_366_399_000  # the platform's time of the coupon message read, before the receipt's own time
+PREVIOUS = REPO / "tests" / "data" / "previous_versions"
+VERSIONS = ["f06ab7d", "72a54e4"]
+WELCOME_ID = "m_qr6GPBlzTU4jqP0PBqaIoIAcfn2p3T7uiO5jm0L_PMTKMJhEIUGFkEKQBhGkpCnPXVZNsYdkN7A2Sel0dOz_Iw"
+COUPON_SHOWN_AT = 1_772_366_420_700  # the platform's time of the coupon message: delivered and read up to it
 
 
-def previous_version_rows() -> list[list]:
-    """A coupon's send, its read receipt and a failure, as the previous version's `event_row` gave them."""
-    micros = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+def previous_rows(version: str) -> list[list]:
+    return json.loads((PREVIOUS / f"{version}.rows.json").read_bytes())
 
-    def row(n: int, name: str, message_id: str | None, detail: str | None) -> list:
-        return [
-            f"c1.{n}",
-            micros + n * 1_000_000,
-            "page",
-            "c1",
-            "spring-sale",
-            None,
-            name,
-            None,
-            message_id,
-            detail,
-        ]
 
-    failure = '{"code":551,"reason":"unavailable","reply":"code","subcode":null}'
-    return [
-        row(1, "coupon_sent", "m_coupon", None),
-        row(2, "message_read", None, f'{{"watermark":{WATERMARK}}}'),
-        row(3, "send_failed", None, failure),
+def assert_upgraded(events: list[Event], version: str) -> None:
+    """The conversation the version wrote, as this version has it: each message id it kept is that id's
+    digest, each receipt's watermark is in its column."""
+    old = {row[0]: row for row in previous_rows(version)}
+    new = {e.event_id: e for e in events if e.event_id in old}
+    assert new.keys() == old.keys()
+    for event_id, row in old.items():
+        assert new[event_id].message_digest == (message_digest(row[8]) if row[8] is not None else None)
+    by_name = {str(e.event): e for e in new.values()}
+    assert by_name["welcome_sent"].message_digest == message_digest(WELCOME_ID)
+    delivered = [e for e in new.values() if e.event == "message_delivered"]
+    assert [e.message_digest for e in delivered] == [
+        by_name["welcome_sent"].message_digest,
+        by_name["coupon_sent"].message_digest,
     ]
-
-
-def assert_upgraded(events: list[Event]) -> None:
-    by_name = {str(e.event): e for e in events if e.event_id.startswith("c1.")}
-    assert len(by_name) == 3
-    assert (by_name["message_read"].watermark, by_name["message_read"].detail) == (WATERMARK, None)
-    assert by_name["coupon_sent"].message_id == "m_coupon"
-    assert by_name["send_failed"].watermark is None
+    assert (by_name["message_read"].watermark, by_name["message_read"].detail) == (COUPON_SHOWN_AT, None)
+    assert (delivered[1].watermark, delivered[1].detail) == (COUPON_SHOWN_AT, None)
     assert json.loads(by_name["send_failed"].detail)["code"] == 551
 
 
-def test_a_log_the_previous_version_left_replays_with_receipts_watermarks_in_their_column(tmp_path):
+def stored_digests(path: Path) -> dict[str, int | None]:
+    query = f"select event_id, message_digest from read_parquet('{path}')"
+    return dict(duckdb.connect().execute(query).fetchall())
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_log_an_earlier_version_left_replays_with_digests_of_its_message_ids(tmp_path, version):
+    # Given the log record the earlier version wrote, left unflushed when it stopped
     wal = tmp_path / "wal"
     wal.mkdir()
     options = {"segment_bytes": 1 << 20, "segment_age_s": 3600}
     previous = WriteAheadLog(wal, first_seq=1, on_segment_closed=lambda _: None, **options)
-    previous.sync({previous.write_unsynced(encode_rows(previous_version_rows()))})
+    previous.sync({previous.write_unsynced((PREVIOUS / f"{version}.rows.json").read_bytes())})
+    previous.close()
+
+    # When this version starts on it, then the events replay, read back and are flushed as this version's
+    with EventLog.open(str(tmp_path / "data"), wal) as log:
+        assert_upgraded(log.replayed, version)
+        assert_upgraded(log.recent(T0), version)
+    [path] = (tmp_path / "data").glob("events/*/*.parquet")
+    assert pq.read_schema(path) == FILE_SCHEMA
+    ids = {row[0]: row[8] for row in previous_rows(version)}
+    assert stored_digests(path) == {key: message_digest(mid) if mid else None for key, mid in ids.items()}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_files_an_earlier_version_wrote_are_read_back_with_digests_of_its_message_ids(data, version):
+    # Given a file the earlier version's flusher wrote, among this writer's own
+    with open_log(data) as log:
+        writer_id = log.writer_id
+    folder = data / "events" / "event_date=2026-03-01"
+    folder.mkdir(parents=True)
+    shutil.copy(PREVIOUS / f"{version}.parquet", folder / f"{writer_id}-00000000.parquet")
+    assert "message_id" in pq.read_schema(folder / f"{writer_id}-00000000.parquet").names
+
+    # When this version logs a send of its own and reads its recent events back
+    with open_log(data) as log:
+        log.append_blocking([event(99, event="coupon_sent", message_digest=message_digest("m_new"))])
+        log.flush_blocking()
+        recent = log.recent(T0)
+
+    # Then the earlier file's events have digests, and this version's send keeps its own
+    assert_upgraded(recent, version)
+    assert [e.message_digest for e in recent if e.event_id == "e99"] == [message_digest("m_new")]
+
+
+def test_rows_of_this_and_earlier_versions_in_one_log_replay_together(tmp_path):
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    options = {"segment_bytes": 1 << 20, "segment_age_s": 3600}
+    rows = [*previous_rows("f06ab7d")[:3], *previous_rows("72a54e4")[3:]]
+    mine = event(99, event="welcome_sent", message_digest=-(2**63))
+    previous = WriteAheadLog(wal, first_seq=1, on_segment_closed=lambda _: None, **options)
+    previous.sync({previous.write_unsynced(encode_rows([*rows, event_row(mine)]))})
     previous.close()
 
     with EventLog.open(str(tmp_path / "data"), wal) as log:
-        assert_upgraded(log.replayed)
-        assert_upgraded(log.recent(T0))
-    [path] = (tmp_path / "data").glob("events/*/*.parquet")
-    assert pq.read_schema(path) == FILE_SCHEMA
-    query = f"select watermark, detail from read_parquet('{path}') where event = 'message_read'"
-    assert duckdb.connect().execute(query).fetchall() == [(WATERMARK, None)]
+        replayed = {e.event_id: e for e in log.replayed}
+    assert replayed["e99"] == mine
+    digests = {row[0]: replayed[row[0]].message_digest for row in rows}
+    assert digests == {row[0]: message_digest(row[8]) if row[8] else None for row in rows}
 
 
-def test_files_the_previous_version_wrote_are_read_back_with_receipts_watermarks_in_their_column(data):
+def test_append_soon_refuses_a_digest_no_int64_holds(data):
+    # A value Parquet's int64 cannot hold would fail the flush of every event logged with it.
     with open_log(data) as log:
-        writer_id = log.writer_id
-    old = pa.Table.from_pylist(
-        [dict(zip(PREVIOUS_FILE_SCHEMA.names, row, strict=True)) for row in previous_version_rows()],
-        schema=pa.schema([pa.field("ts", pa.int64()) if f.name == "ts" else f for f in PREVIOUS_FILE_SCHEMA]),
-    ).cast(PREVIOUS_FILE_SCHEMA)
-    folder = data / "events" / "event_date=2026-03-01"
-    folder.mkdir(parents=True)
-    pq.write_table(old, folder / f"{writer_id}-00000000.parquet", compression="zstd")
-
-    with open_log(data) as log:
-        log.append_blocking([event(9, event="message_read", watermark=WATERMARK + 9_000)])
-        log.flush_blocking()
-        recent = log.recent(T0)
-    assert_upgraded(recent)
-    assert [(e.event_id, e.watermark) for e in recent if e.event == "message_read"] == [
-        ("c1.2", WATERMARK),
-        ("e9", WATERMARK + 9_000),
-    ]
+        for digest in (2**63, -(2**63) - 1):
+            bad = event_row(event(2))
+            bad[8] = digest
+            with pytest.raises(ValueError, match="not an event row"):
+                log.append_soon([event_row(event(1)), bad])
+        log.append_soon([event_row(event(3, message_digest=2**63 - 1))])
+    assert stored(data) == [("e3", 1)]

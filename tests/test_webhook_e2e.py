@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.events import message_digest
 from tests import payloads
 from tests.bot_process import PAGE_TOKEN, VERIFY_TOKEN, BotProcess, make_home, stored_events
 from tests.conftest import MESSENGER_FIXTURES, REPO
@@ -223,8 +224,11 @@ def test_every_step_of_the_conversation(bot, graph, data):
     )
     started = events[0]
     assert json.loads(started["detail"])["ref"] == "till-qr"
-    sent_ids = {s["message_id"] for s in graph.sent}
-    assert {e["message_id"] for e in events if e["event"].endswith("_sent")} == sent_ids
+    sent_ids = {message_digest(s["message_id"]) for s in graph.sent}
+    assert {e["message_digest"] for e in events if e["event"].endswith("_sent")} == sent_ids
+    delivered = next(e for e in events if e["event"] == "message_delivered")
+    assert delivered["message_digest"] == message_digest(graph.sent[1]["message_id"])  # the coupon
+    assert not any("m_fake" in str(value) for e in events for value in e.values())  # digests, not the ids
     read = next(e for e in events if e["event"] == "message_read")
     assert (read["watermark"], read["detail"]) == (coupon_sent_at + 1, None)
     assert len({e["event_id"] for e in events}) == len(events)
@@ -286,10 +290,11 @@ def test_many_customers_at_once_are_answered_through_batch_requests(bot, graph, 
     # A welcome that went in a batch is the same message as one sent alone.
     assert len({json.dumps(welcome, sort_keys=True) for welcome in welcomes}) == 1
     events = stored_events(data)
-    message_ids = {s["message_id"] for s in graph.sent}
+    digests = {message_digest(s["message_id"]) for s in graph.sent}
     for customer in customers:
         assert by_customer(events, customer) == ["conversation_started", "welcome_sent"]
-    assert {e["message_id"] for e in events if e["event"] == "welcome_sent"} == message_ids
+    assert {e["message_digest"] for e in events if e["event"] == "welcome_sent"} == digests
+    assert len(digests) == len(customers)
 
 
 def test_receipts_optins_echoes_and_standby_are_acknowledged_never_answered(bot, graph, data):

@@ -1,0 +1,48 @@
+"""The docs name what the code names: steps, KPIs, events and the clock allowance, from bot.facts."""
+
+from __future__ import annotations
+
+import re
+
+from bot.facts import KPIS, PREVIOUS_STEP, SEND_ALLOWANCE, STEPS, EventName
+from tests.conftest import REPO
+
+METRICS = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
+README = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())  # lines rejoined
+
+
+def section(text: str, heading: str) -> str:
+    start = text.index(f"## {heading}")
+    following = text.find("\n## ", start + 1)
+    return text[start : following if following != -1 else None]
+
+
+def test_the_funnel_table_lists_every_step_in_order_with_what_it_is_a_share_of():
+    table = section(METRICS, "The funnel")
+    rows = re.findall(r"^\| `(\w+)` \|.*\| (—|\w+) \|$", table, flags=re.MULTILINE)
+
+    assert [step for step, _ in rows] == [str(step) for step in STEPS]
+    assert {step: share for step, share in rows if share != "—"} == {
+        str(step): str(previous) for step, previous in PREVIOUS_STEP.items()
+    }
+
+
+def test_every_kpi_is_named_with_its_step_in_the_glossary_and_the_readme():
+    kpis = " ".join(section(METRICS, "KPIs").split())
+    for kpi in KPIS:
+        assert f"**{kpi.label}**" in kpis, kpi.label
+        assert f"`{kpi.step}`" in kpis, kpi.step
+        assert kpi.label in README, kpi.label
+
+
+def test_every_event_name_is_in_the_glossary():
+    events = section(METRICS, "Events and the platform's two clocks")
+    named = set(re.findall(r"`(\w+)`", events))
+
+    assert {str(name) for name in EventName} <= named
+
+
+def test_the_clock_allowance_is_stated_as_the_code_has_it():
+    assert f"{SEND_ALLOWANCE.seconds} seconds (`SEND_ALLOWANCE`" in METRICS
+    funnel = section(METRICS, "The funnel")
+    assert funnel.count(f"at most {SEND_ALLOWANCE.seconds} s before the entry") == 2  # requested, declined

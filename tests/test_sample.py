@@ -1,0 +1,155 @@
+"""The sample journeys keep the platform's two clocks: what the dashboard, the tests and the benchmarks read
+must have the semantics of real Messenger data (docs: DESIGN.md, "Two clocks")."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from datetime import UTC, datetime, timedelta
+
+import pyarrow
+import pyarrow.compute as pc
+import pyarrow.dataset
+import pytest
+
+from analytics.sample import Journey, generate, journey, write_sample
+from bot.events import Event
+from bot.facts import SEND_ALLOWANCE, EventName
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+START_US = 1_772_000_000 * 1_000_000  # 2026-02-25
+SENT = {EventName.WELCOME_SENT, EventName.COUPON_SENT, EventName.THANKS_SENT, EventName.CODE_SENT}
+RECEIPTS = {EventName.MESSAGE_DELIVERED, EventName.MESSAGE_READ}
+CLICKS = {EventName.COUPON_REQUESTED, EventName.DECLINED}
+
+
+@pytest.fixture(scope="module")
+def journeys() -> list[Journey]:
+    rng = random.Random(20)
+    return [
+        journey(rng, str(6_000_000_000_000_000 + i), START_US + i * 60_000_000, "spring-sale")
+        for i in range(4000)
+    ]
+
+
+def us(event: Event) -> int:
+    return (event.ts - EPOCH) // timedelta(microseconds=1)
+
+
+def sent_by_platform_time(j: Journey) -> dict[int, Event]:
+    """The bot's record of each page message, by the platform's time of that message."""
+    return {j.platform_ms[e.message_digest]: e for e in j.events if e.event in SENT}
+
+
+def first(j: Journey, name: EventName) -> Event | None:
+    return next((e for e in j.events if e.event == name), None)
+
+
+def test_every_page_message_is_stamped_by_the_bot_a_round_trip_after_the_platforms_time(journeys):
+    trips = []
+    for j in journeys:
+        sent = [e for e in j.events if e.event in SENT]
+        assert {e.message_digest for e in sent} == set(j.platform_ms)
+        for e in sent:
+            trip = us(e) - j.platform_ms[e.message_digest] * 1000
+            assert 0 < trip <= SEND_ALLOWANCE.total_seconds() * 1_000_000, e
+            trips.append(trip / 1_000_000)
+
+    assert 0.1 < statistics.median(trips) < 1.5
+    assert max(trips) > 2  # now and then the Send API is slow
+
+
+def test_every_watermark_is_the_platform_time_of_an_earlier_page_message(journeys):
+    checked = 0
+    for j in journeys:
+        sent = sent_by_platform_time(j)
+        delivered = set()
+        for e in sorted((e for e in j.events if e.event in RECEIPTS), key=lambda e: e.ts):
+            mark = e.watermark
+            assert mark in sent, f"{e} covers no page message"
+            assert mark * 1000 < us(e)  # the receipt comes after the message it covers
+            assert mark * 1000 < us(sent[mark])  # and the bot stamped that message later still
+            if e.event == EventName.MESSAGE_DELIVERED:
+                assert e.message_digest == sent[mark].message_digest
+                delivered.add(mark)
+            else:
+                assert mark in delivered  # a customer reads what reached the phone
+            checked += 1
+        assert all(e.watermark is None for e in j.events if e.event not in RECEIPTS)
+        assert all(e.detail is None for e in j.events if e.event in RECEIPTS)  # as the bot records them
+    assert checked > 10_000
+
+
+def test_each_message_is_delivered_after_the_previous_customer_action(journeys):
+    for j in journeys:
+        events = sorted(j.events, key=lambda e: e.ts)
+        clicks = [e for e in events if e.event in CLICKS | {EventName.COUPON_REVEALED}]
+        sent = sent_by_platform_time(j)
+        for click in clicks:
+            answer = next(m for m, e in sent.items() if e.event_id.startswith(click.event_id + "."))
+            assert answer * 1000 > us(click)  # the platform has the answer after the click
+
+
+def test_a_few_customers_tap_before_the_bots_stamp_of_the_welcome(journeys):
+    quick = 0
+    for j in journeys:
+        welcome = first(j, EventName.WELCOME_SENT)
+        click = next((e for e in j.events if e.event in CLICKS), None)
+        if welcome is None or click is None:
+            continue
+        assert us(click) > j.platform_ms[welcome.message_digest] * 1000  # never before the welcome was there
+        quick += click.ts < welcome.ts
+
+    assert 0.01 * len(journeys) < quick < 0.06 * len(journeys)
+
+
+def test_a_read_of_the_welcome_may_arrive_after_the_coupon_was_sent(journeys):
+    late = 0
+    for j in journeys:
+        welcome, coupon = first(j, EventName.WELCOME_SENT), first(j, EventName.COUPON_SENT)
+        if coupon is None:
+            continue
+        late += any(
+            e.event == EventName.MESSAGE_READ
+            and e.ts > coupon.ts
+            and e.watermark == j.platform_ms[welcome.message_digest]
+            for e in j.events
+        )
+
+    assert late > 0.01 * len(journeys)
+
+
+def test_some_read_the_coupon_and_go_no_further(journeys):
+    read_only = 0
+    for j in journeys:
+        coupon = first(j, EventName.COUPON_SENT)
+        if coupon is None or first(j, EventName.COUPON_REVEALED) is not None:
+            continue
+        coupon_ms = j.platform_ms[coupon.message_digest]
+        reads = [e for e in j.events if e.event == EventName.MESSAGE_READ and e.watermark == coupon_ms]
+        # Its watermark is earlier than the bot's stamp of the coupon: the read covers the coupon anyway.
+        assert all(e.watermark * 1000 < us(coupon) for e in reads)
+        read_only += bool(reads)
+
+    assert read_only > 0.05 * len(journeys)
+
+
+def test_the_same_seed_gives_the_same_events_and_another_seed_others():
+    end = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def sample(seed: int) -> list[Event]:
+        return [e for events in generate(range(300), 10, seed=seed, end=end) for e in events]
+
+    assert sample(4) == sample(4)
+    assert sample(4) != sample(5)
+
+
+def test_the_written_sample_keeps_each_receipts_watermark_in_its_column(tmp_path):
+    write_sample(tmp_path, customers=200, days=5, seed=9, progress=False)
+
+    table = pyarrow.dataset.dataset(tmp_path / "events", partitioning="hive").to_table()
+    receipts = table.filter(pc.is_in(table["event"], pyarrow.array(sorted(RECEIPTS))))
+    assert receipts.num_rows > 200
+    assert receipts["watermark"].null_count == 0
+    stamped = pc.cast(receipts["ts"], pyarrow.int64())
+    assert pc.all(pc.less(pc.multiply(receipts["watermark"], 1000), stamped)).as_py()

@@ -58,7 +58,7 @@ def _interval_arguments(node: exp.Expression) -> tuple[str, exp.Expression] | No
 
 def _for_spark(node: exp.Expression) -> exp.Expression:
     name = _function_name(node)
-    if name == "hash":  # DuckDB's hash is 64-bit, Spark's 32-bit (journey keys would collide): xxhash64
+    if name == "hash":  # DuckDB's hash is 64-bit, Spark's 32-bit (customer keys would collide): xxhash64
         return exp.Anonymous(this="xxhash64", expressions=node.expressions)
     if name == "epoch_us":
         return exp.Anonymous(this="unix_micros", expressions=node.expressions)
@@ -103,6 +103,9 @@ def _for_trino(node: exp.Expression) -> exp.Expression:
             f"row({', '.join(f'{name} bigint' for name, _ in fields)})", dialect="trino"
         )
         return exp.cast(exp.func("row", *(value for _, value in fields)), row_type)
+    if isinstance(node, exp.IntDiv):
+        # Trino divides integers as integers; sqlglot's floor of a double would lose µs past 2**53.
+        return exp.Div(this=node.this, expression=node.expression, typed=True)
     if isinstance(node, exp.Add) and _interval_arguments(node.expression):
         unit, amount = _interval_arguments(node.expression)
         return exp.DateAdd(this=node.this, expression=amount, unit=exp.var(unit.upper()))
@@ -127,7 +130,7 @@ def _translated(query: str, dialect: str) -> exp.Expression:
     return tree
 
 
-def parameters(query: str) -> set[str]:
+def _parameters(query: str) -> set[str]:
     """The names of a query's `$name` parameters."""
     return {node.name for node in _translated(query, "spark").find_all(exp.Placeholder) if node.name}
 
@@ -159,7 +162,8 @@ def transpile(
             return node
 
         tree = tree.transform(bind)
-    return tree.sql(dialect=dialect, pretty=pretty)
+    # Comments are left out: sqlglot moves a line comment to where it no longer says anything.
+    return tree.sql(dialect=dialect, pretty=pretty, comments=False)
 
 
 # -- a local Spark session -----------------------------------------------------------------------------------
@@ -216,7 +220,7 @@ class SparkEvents:
         self._spark = (spark or local_session()).newSession()
         self._spark.conf.set("spark.sql.session.timeZone", "UTC")
         self._lock = threading.Lock()
-        self._journeys: DataFrame | None = None  # None: the store is not read yet
+        self._cached: list[DataFrame] | None = None  # None: the store is not read yet
         self._questions: dict[Filters, DataFrame] = {}
 
     # -- reading the store ---------------------------------------------------------------------------------
@@ -234,30 +238,37 @@ class SparkEvents:
         return self._spark.read.schema(schema).option("basePath", root).parquet(root)
 
     def _read(self) -> None:
-        """Read the store into `raw_events`, `events` and the cached `journeys` (under the lock)."""
+        """Read the store: the views `raw_events` and `events`, the cached `journeys` and `reads` (under the
+        lock)."""
         from py4j.protocol import Py4JJavaError
 
+        self._forget()
         for attempt in range(_READ_ATTEMPTS):
             self._scan().createOrReplaceTempView("stored_events")
             self._view("raw_events", sql.raw_events("stored_events", set(SCHEMA.names)))
             self._view("events", sql.EVENTS_VIEW)
             self._view("source", "select * from raw_events")
-            journeys = self._spark.sql(transpile(sql.JOURNEYS)).cache()
+            self._cached = [self._cache("journeys", sql.JOURNEYS), self._cache("reads", sql.READS)]
             try:
-                journeys.count()  # read now, once: every question reads the cached journeys
-                break
+                for table in self._cached:
+                    table.count()  # read now, once: every question reads these
+                return
             except Py4JJavaError as error:
-                journeys.unpersist()
+                self._forget()
                 # A file listed and then replaced by compaction before it was read: list again.
                 if attempt == _READ_ATTEMPTS - 1 or "FILE_NOT_EXIST" not in str(error):
                     raise
-        if self._journeys is not None:
-            self._journeys.unpersist()
-        for steps in self._questions.values():
-            steps.unpersist()
+
+    def _cache(self, name: str, query: str) -> DataFrame:
+        table = self._spark.sql(transpile(query)).cache()
+        table.createOrReplaceTempView(name)
+        return table
+
+    def _forget(self) -> None:
+        for table in [*(self._cached or ()), *self._questions.values()]:
+            table.unpersist()
+        self._cached = None
         self._questions.clear()
-        journeys.createOrReplaceTempView("journeys")
-        self._journeys = journeys
 
     def _view(self, name: str, query: str) -> None:
         self._spark.sql(transpile(query)).createOrReplaceTempView(name)
@@ -271,14 +282,14 @@ class SparkEvents:
     def _frame(self, query: str, params: dict[str, Any] | None = None) -> DataFrame:
         if params:
             # Spark refuses values for parameters a query does not use; the definitions share one set.
-            used = parameters(query)
+            used = _parameters(query)
             params = {name: value for name, value in params.items() if name in used}
         # Spark binds the values itself (named parameter markers): nothing is spliced into the text.
         return self._spark.sql(transpile(query), args=params or None)
 
     def _answer(self, query: str, filters: Filters | None = None) -> pa.Table:
         with self._lock:
-            if self._journeys is None:
+            if self._cached is None:
                 self._read()
             if filters is None:
                 return _arrow(self._frame(query))
@@ -331,10 +342,10 @@ class SparkEvents:
         return self._answer(sql.CAMPAIGNS)
 
     def sql(self, query: str, params: dict[str, Any] | None = None) -> pa.Table:
-        """A query in DuckDB's dialect, translated and run on Spark over `events`, `raw_events` and
-        `journeys`: the same text runs on either engine."""
+        """A query in DuckDB's dialect, translated and run on Spark over `events`, `raw_events`, `journeys`
+        and `reads`: the same text runs on either engine."""
         with self._lock:
-            if self._journeys is None:
+            if self._cached is None:
                 self._read()
             return _arrow(self._frame(query, params))
 
@@ -352,11 +363,11 @@ STORED_TABLE = "stored_events"
 
 def statements(filters: Filters, dialect: str = "athena", period: str = "week") -> dict[str, str]:
     """The definitions as statements Athena or Trino run over a table `stored_events` of the store's files
-    (docs/scale.md): views `raw_events` and `journeys`, then the funnel, timeline and cohorts of one
+    (docs/scale.md): views `raw_events`, `journeys` and `reads`, then the funnel, timeline and cohorts of one
     question, its parameters written in as literals.
 
     Returns:
-        name -> SQL text: raw_events, journeys (CREATE VIEW), funnel, timeline, cohorts.
+        name -> SQL text: raw_events, journeys, reads (CREATE VIEW), funnel, timeline, cohorts.
     """
     params = filters.params()
 
@@ -375,6 +386,7 @@ def statements(filters: Filters, dialect: str = "athena", period: str = "week") 
     return {
         "raw_events": view("raw_events", sql.raw_events(STORED_TABLE, set(SCHEMA.names))),
         "journeys": view("journeys", _joined([("source", "select * from raw_events")], sql.JOURNEYS)),
+        "reads": view("reads", _joined([("source", "select * from raw_events")], sql.READS)),
         "funnel": pretty(_joined([("customer_steps", sql.CUSTOMER_STEPS)], sql.FUNNEL)),
         "timeline": pretty(_joined([("customer_steps", sql.CUSTOMER_STEPS)], sql.TIMELINE)),
         "cohorts": pretty(_joined([("customer_steps", sql.CUSTOMER_STEPS)], sql.cohorts(period))),

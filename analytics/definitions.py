@@ -142,31 +142,41 @@ after_request as (
            {_first(_E.COUPON_SENT, "requested", "$end_of_time")} as coupon_sent
     from answered
 ),
-with_reads as (  -- beside each journey, each read of its coupon: the coupon is the page's first message
-    select a.*, r.read_us  -- after the Yes tap, so a watermark past the tap covers it (both the platform's
-    from after_request a   -- times); a coupon that was never sent was not read
-    left join reads r
+read_after as (  -- the first read of the coupon: the coupon is the page's first message after the Yes tap,
+    select a.campaign_id, a.customer, min(r.read_us) as read_us  -- so a watermark past the tap covers it
+    from after_request a                                          -- (both the platform's times); a coupon
+    join reads r                                                  -- never sent was never read
       on r.campaign_id = a.campaign_id and r.customer = a.customer and a.coupon_sent is not null
      and r.watermark_us > a.requested and r.read_us <= a.entry + $window_us
+    group by a.campaign_id, a.customer
 ),
-journey_steps as (  -- one row per journey and read of its coupon; each step's time or null
-    select campaign_id, customer, entry,
-           entry as reached,
-           {_earliest("requested", "declined")} as responded,
-           requested as coupon_requested,
-           {_earliest("revealed", "read_us")} as coupon_seen,
-           revealed as coupon_revealed,
-           declined
-    from with_reads
+journey_steps as (  -- one row per journey; each step's time or null
+    select a.campaign_id, a.customer, a.entry,
+           a.entry as reached,
+           {_earliest("a.requested", "a.declined")} as responded,
+           a.requested as coupon_requested,
+           {_earliest("a.revealed", "r.read_us")} as coupon_seen,
+           a.revealed as coupon_revealed,
+           a.declined
+    from after_request a
+    left join read_after r on r.campaign_id = a.campaign_id and r.customer = a.customer
 )
 """
 
+# Customers in several campaigns are grouped; the others (nearly all) pass as they are, which saves a
+# grouping of every customer. MULTI_CAMPAIGN_CUSTOMERS is kept beside the journeys.
+MULTI_CAMPAIGN_CUSTOMERS = "select customer from journeys group by customer having count(*) > 1"
+
 CUSTOMER_STEPS = f"""
 with {_JOURNEY_STEPS}
-select customer,
-       min(entry) as entry,
+select customer, entry, {", ".join(f"{step} as {step}_at, {_offset(step)} as {step}_us" for step in STEPS)}
+from journey_steps
+where customer not in (select customer from multi_campaign_customers)
+union all
+select customer, min(entry),
        {", ".join(f"min({step}) as {step}_at, min({_offset(step)}) as {step}_us" for step in STEPS)}
 from journey_steps
+where customer in (select customer from multi_campaign_customers)
 group by customer
 """
 
@@ -189,12 +199,10 @@ customer_ids as (
     where event = '{_E.WELCOME_SENT}'
     group by hash(customer_id)
 )
-select j.campaign_id, any_value(c.customer_id) as customer_id,
-       make_timestamp(min(j.entry))::timestamptz as entry_ts,
-       {", ".join(f"make_timestamp(min(j.{step}))::timestamptz as {step}" for step in STEPS)}
+select j.campaign_id, c.customer_id, make_timestamp(j.entry)::timestamptz as entry_ts,
+       {", ".join(f"make_timestamp(j.{step})::timestamptz as {step}" for step in STEPS)}
 from journey_steps j
 join customer_ids c on c.customer = j.customer
-group by j.campaign_id, j.customer
 order by entry_ts, customer_id, campaign_id
 """
 
@@ -278,6 +286,7 @@ __all__ = [
     "JOURNEYS",
     "JOURNEY_LIST",
     "MERGE_JOURNEYS",
+    "MULTI_CAMPAIGN_CUSTOMERS",
     "PERIODS",
     "PREVIOUS_STEP",
     "READS",

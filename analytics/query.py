@@ -81,6 +81,8 @@ class Events:
         self._lock = threading.Lock()
         self._connection = duckdb.connect()
         self._connection.execute("set TimeZone = 'UTC'")
+        # Every query that returns rows in an order says so; the others may run in parallel throughout.
+        self._connection.execute("set preserve_insertion_order = false")
         self._files: Signature | None = None  # None: nothing read yet
         self._raw_events_defined = False  # the `raw_events` view reads every file's schema: on demand
         self._questions: OrderedDict[Filters, str] = OrderedDict()
@@ -180,7 +182,7 @@ class Events:
         con.execute(f"create or replace temp view source as select * from {scan}")
         con.execute(f"create or replace table journeys as {sql.JOURNEYS}")
         con.execute(f"create or replace table reads as {sql.READS}")
-        self._forget_questions()
+        self._journeys_changed()
 
     def _merge(self, scan: str) -> None:
         con = self._connection
@@ -189,6 +191,12 @@ class Events:
         con.execute(f"create or replace table journeys as {sql.MERGE_JOURNEYS}")
         con.execute(f"insert into reads {sql.READS}")
         con.execute("drop table new_journeys")
+        self._journeys_changed()
+
+    def _journeys_changed(self) -> None:
+        self._connection.execute(
+            f"create or replace table multi_campaign_customers as {sql.MULTI_CAMPAIGN_CUSTOMERS}"
+        )
         self._forget_questions()
 
     def _forget_questions(self) -> None:

@@ -166,6 +166,14 @@ def transpile(
     return tree.sql(dialect=dialect, pretty=pretty, comments=False)
 
 
+# What every question reads, built from the store once (each may read those before it).
+_STORED_RELATIONS = (
+    ("journeys", sql.JOURNEYS),
+    ("reads", sql.READS),
+    ("multi_campaign_customers", sql.MULTI_CAMPAIGN_CUSTOMERS),
+)
+
+
 # -- a local Spark session -----------------------------------------------------------------------------------
 
 
@@ -238,8 +246,8 @@ class SparkEvents:
         return self._spark.read.schema(schema).option("basePath", root).parquet(root)
 
     def _read(self) -> None:
-        """Read the store: the views `raw_events` and `events`, the cached `journeys` and `reads` (under the
-        lock)."""
+        """Read the store: the views `raw_events` and `events`, and the relations every question reads,
+        cached (under the lock)."""
         from py4j.protocol import Py4JJavaError
 
         self._forget()
@@ -248,7 +256,7 @@ class SparkEvents:
             self._view("raw_events", sql.raw_events("stored_events", set(SCHEMA.names)))
             self._view("events", sql.EVENTS_VIEW)
             self._view("source", "select * from raw_events")
-            self._cached = [self._cache("journeys", sql.JOURNEYS), self._cache("reads", sql.READS)]
+            self._cached = [self._cache(name, query) for name, query in _STORED_RELATIONS]
             try:
                 for table in self._cached:
                     table.count()  # read now, once: every question reads these
@@ -343,7 +351,7 @@ class SparkEvents:
 
     def sql(self, query: str, params: dict[str, Any] | None = None) -> pa.Table:
         """A query in DuckDB's dialect, translated and run on Spark over `events`, `raw_events`, `journeys`
-        and `reads`: the same text runs on either engine."""
+        and `reads` (as analytics.Events.sql): the same text runs on either engine."""
         with self._lock:
             if self._cached is None:
                 self._read()
@@ -363,11 +371,12 @@ STORED_TABLE = "stored_events"
 
 def statements(filters: Filters, dialect: str = "athena", period: str = "week") -> dict[str, str]:
     """The definitions as statements Athena or Trino run over a table `stored_events` of the store's files
-    (docs/scale.md): views `raw_events`, `journeys` and `reads`, then the funnel, timeline and cohorts of one
-    question, its parameters written in as literals.
+    (docs/scale.md): views of the stored rows and of the relations built from them, then the funnel,
+    timeline and cohorts of one question, its parameters written in as literals.
 
     Returns:
-        name -> SQL text: raw_events, journeys, reads (CREATE VIEW), funnel, timeline, cohorts.
+        name -> SQL text: raw_events, journeys, reads, multi_campaign_customers (CREATE VIEW); funnel,
+        timeline, cohorts.
     """
     params = filters.params()
 
@@ -385,8 +394,10 @@ def statements(filters: Filters, dialect: str = "athena", period: str = "week") 
 
     return {
         "raw_events": view("raw_events", sql.raw_events(STORED_TABLE, set(SCHEMA.names))),
-        "journeys": view("journeys", _joined([("source", "select * from raw_events")], sql.JOURNEYS)),
-        "reads": view("reads", _joined([("source", "select * from raw_events")], sql.READS)),
+        **{
+            name: view(name, _joined([("source", "select * from raw_events")], query))
+            for name, query in _STORED_RELATIONS
+        },
         "funnel": pretty(_joined([("customer_steps", sql.CUSTOMER_STEPS)], sql.FUNNEL)),
         "timeline": pretty(_joined([("customer_steps", sql.CUSTOMER_STEPS)], sql.TIMELINE)),
         "cohorts": pretty(_joined([("customer_steps", sql.CUSTOMER_STEPS)], sql.cohorts(period))),
@@ -404,11 +415,14 @@ def _ctes(tree: exp.Expression) -> tuple[exp.Expression, list[tuple[str, exp.Exp
 
 
 def _joined(relations: list[tuple[str, str]], query: str) -> str:
-    """`query` as one statement, the relations it reads (each with its own WITH clause) written in as
-    common table expressions before its own."""
+    """`query` as one statement, those of the relations it reads (each with its own WITH clause) written in
+    as common table expressions before its own."""
     final, own = _ctes(sqlglot.parse_one(query, read="duckdb"))
+    read = {table.name for table in sqlglot.parse_one(query, read="duckdb").find_all(exp.Table)}
     pairs = []
     for name, relation in relations:
+        if name not in read:
+            continue
         body, inner = _ctes(sqlglot.parse_one(relation, read="duckdb"))
         pairs += [*inner, (name, body)]
     for name, relation in [*pairs, *own]:

@@ -1,0 +1,144 @@
+"""The metric definitions on Spark give the figures DuckDB gives, on the same files and questions.
+
+One local Spark session (two cores) serves the module; the sample is the analytics sample, written by the
+bot's own event writer, with one file copied under another name (a replayed flush: its rows count once).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import analytics
+from analytics.filters import AnalyticsError, Filters
+from analytics.query import Events
+from analytics.sample import write_sample
+from analytics.spark import SparkEvents, local_session
+
+TODAY = datetime.now(UTC).date()
+
+QUESTIONS = {
+    "everything": Filters(),
+    "a campaign": Filters(campaign="spring-sale"),
+    "a date range in a time zone": Filters(
+        start=TODAY - timedelta(days=30), end=TODAY - timedelta(days=8), tz="America/New_York"
+    ),
+    "a campaign, a range and a one-day window": Filters(
+        campaign="summer-sale",
+        start=TODAY - timedelta(days=40),
+        end=TODAY,
+        window=timedelta(days=1),
+        tz="Asia/Kolkata",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    write_sample(root, customers=1500, days=60, progress=False)
+    # A replayed flush: the same rows in a second file of the same day.
+    first = sorted(root.glob("events/*/*.parquet"))[0]
+    shutil.copy(first, first.with_name("replayed-" + first.name))
+    return root
+
+
+@pytest.fixture(scope="module")
+def spark():
+    session = local_session()
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def engines(store, spark) -> tuple[Events, SparkEvents]:
+    return Events(str(store)), SparkEvents(str(store), spark=spark)
+
+
+def assert_same(spark_table: pa.Table, duckdb_table: pa.Table) -> None:
+    """Equal columns, types and rows; floats to within rounding (Spark and DuckDB sum in another order)."""
+    assert spark_table.schema == duckdb_table.schema
+    assert spark_table.num_rows == duckdb_table.num_rows
+    for spark_row, duckdb_row in zip(spark_table.to_pylist(), duckdb_table.to_pylist(), strict=True):
+        for column, expected in duckdb_row.items():
+            value = spark_row[column]
+            if isinstance(expected, float) and isinstance(value, float):
+                assert math.isclose(value, expected, rel_tol=1e-9), (column, spark_row, duckdb_row)
+            else:
+                assert value == expected, (column, spark_row, duckdb_row)
+
+
+@pytest.mark.parametrize("question", QUESTIONS.values(), ids=QUESTIONS.keys())
+def test_funnel_timeline_and_cohorts_equal_duckdb(engines, question):
+    duckdb_events, spark_events = engines
+    funnel = duckdb_events.funnel(question)
+    assert funnel.column("customers")[0].as_py() > 0  # a question with customers: equality means something
+    assert_same(spark_events.funnel(question), funnel)
+    assert_same(spark_events.timeline(question), duckdb_events.timeline(question))
+    assert_same(spark_events.cohorts("week", question), duckdb_events.cohorts("week", question))
+
+
+@pytest.mark.parametrize("period", ["day", "month"])
+def test_daily_and_monthly_cohorts_equal_duckdb(engines, period):
+    duckdb_events, spark_events = engines
+    question = QUESTIONS["a date range in a time zone"]
+    assert_same(spark_events.cohorts(period, question), duckdb_events.cohorts(period, question))
+
+
+def test_buttons_journeys_and_campaigns_equal_duckdb(engines):
+    duckdb_events, spark_events = engines
+    question = QUESTIONS["a date range in a time zone"]
+    assert_same(spark_events.buttons(question), duckdb_events.buttons(question))
+    assert_same(spark_events.journeys(question), duckdb_events.journeys(question))
+    assert_same(spark_events.campaigns(), duckdb_events.campaigns())
+
+
+def test_the_keyword_form_and_raw_sql_in_duckdbs_dialect(engines):
+    duckdb_events, spark_events = engines
+    assert_same(spark_events.funnel(campaign="loyalty"), duckdb_events.funnel(campaign="loyalty"))
+    query = "select count(*) as stored, count(distinct event_id) as events from raw_events where ts >= $since"
+    since = datetime.now(UTC) - timedelta(days=10)
+    assert_same(spark_events.sql(query, {"since": since}), duckdb_events.sql(query, {"since": since}))
+
+
+def test_customer_keys_are_64_bit_on_spark_as_on_duckdb(engines):
+    # Spark's own hash() is 32-bit: among 77,000 customers two more likely than not share a key, and merge.
+    _, spark_events = engines
+    keys = spark_events.sql("select hash(customer_id) as customer from raw_events limit 1")
+    assert keys.schema.field("customer").type == pa.int64()
+
+
+def test_a_campaign_is_bound_as_a_value_never_as_sql(engines):
+    duckdb_events, spark_events = engines
+    hostile = "spring-sale' or campaign_id <> '"
+    funnel = spark_events.funnel(campaign=hostile)
+    assert funnel.column("customers").to_pylist() == [0] * funnel.num_rows
+    assert_same(funnel, duckdb_events.funnel(campaign=hostile))
+
+
+def test_bad_questions_get_the_same_errors(engines):
+    _, spark_events = engines
+    with pytest.raises(AnalyticsError, match="period"):
+        spark_events.cohorts("year")
+    with pytest.raises(AnalyticsError, match="time zone"):
+        spark_events.funnel(tz="Mars/Olympus")
+
+
+def test_refresh_reads_files_written_since(tmp_path, spark):
+    events = SparkEvents(str(tmp_path), spark=spark)
+    assert events.campaigns().num_rows == 0  # an empty store answers, with nothing
+    write_sample(tmp_path, customers=50, days=5, progress=False)
+    reached = events.refresh().funnel().column("customers")[0].as_py()
+    assert reached == Events(str(tmp_path)).funnel().column("customers")[0].as_py() > 0
+
+
+def test_open_with_the_spark_engine(store, spark):
+    events = analytics.open(store, engine="spark")
+    assert isinstance(events, SparkEvents)
+    with pytest.raises(AnalyticsError, match="engine"):
+        analytics.open(store, engine="postgres")

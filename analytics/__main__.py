@@ -1,4 +1,4 @@
-"""Command line: `python -m analytics sample | report | dashboard`."""
+"""Command line: `python -m analytics sample | report | dashboard | sql`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8866)
 
+    statements = commands.add_parser(
+        "sql", help="print the metrics of one question as Athena or Trino SQL (docs/scale.md)"
+    )
+    statements.add_argument("--dialect", choices=("athena", "trino"), default="athena")
+    statements.add_argument("--campaign")
+    statements.add_argument("--start", type=date.fromisoformat, help="first day, YYYY-MM-DD (in --tz)")
+    statements.add_argument("--end", type=date.fromisoformat, help="last day, YYYY-MM-DD (in --tz)")
+    statements.add_argument("--tz", default="UTC", help="an IANA time zone (default: UTC)")
+    statements.add_argument("--window-days", type=float, default=7.0, help="conversion window (default: 7)")
+
     args = parser.parse_args(argv)
     if args.command == "sample":
         from analytics.sample import write_sample
@@ -54,6 +64,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.csv:
             for path in write_csv(metric_tables(events, **filters), args.csv):
                 print(f"wrote {path}")
+        return 0
+    if args.command == "sql":
+        from datetime import timedelta
+
+        from analytics.filters import AnalyticsError, Filters
+        from analytics.spark import statements as athena_statements
+
+        try:
+            question = Filters(
+                campaign=args.campaign,
+                start=args.start,
+                end=args.end,
+                window=timedelta(days=args.window_days),
+                tz=args.tz,
+            )
+        except AnalyticsError as error:
+            parser.error(str(error))
+        for name, text in athena_statements(question, args.dialect).items():
+            print(f"-- {name}\n{text};\n")
         return 0
     if args.command == "dashboard":
         from analytics.dashboard import serve

@@ -47,7 +47,8 @@ def test_the_doc_shows_how_its_sql_was_generated():
 
 @pytest.mark.parametrize("name", list(GENERATED))
 def test_the_docs_sql_is_what_the_definitions_generate(name):
-    # On a change of analytics/definitions.py, paste the new text from analytics.spark.statements.
+    # On a change of analytics/definitions.py, paste the new text: python -m analytics sql --campaign
+    # spring-sale --start 2026-03-01 --end 2026-03-31 --tz Europe/Paris
     assert sql_blocks().get(name) == statements(EXAMPLE, "athena")[name]
 
 
@@ -76,3 +77,26 @@ def test_the_table_has_the_event_columns_and_projects_event_date():
     assert properties[f"projection.{PARTITION_COLUMN}.type"] == "date"
     assert properties[f"projection.{PARTITION_COLUMN}.format"] == "yyyy-MM-dd"
     assert properties["storage.location.template"] == f"{location}{PARTITION_COLUMN}=${{{PARTITION_COLUMN}}}/"
+
+
+def test_the_sql_command_prints_the_docs_statements(capsys):
+    from analytics.__main__ import main
+
+    main(
+        [
+            "sql",
+            "--campaign",
+            "spring-sale",
+            "--start",
+            "2026-03-01",
+            "--end",
+            "2026-03-31",
+            "--tz",
+            "Europe/Paris",
+        ]
+    )
+
+    printed = capsys.readouterr().out
+    for name, text in sql_blocks().items():
+        if name != STORED_TABLE:
+            assert f"-- {name}\n{text};" in printed, name

@@ -95,14 +95,6 @@ def _for_trino(node: exp.Expression) -> exp.Expression:
         return exp.Anonymous(this="approx_percentile", expressions=[node.this, node.expression])
     if isinstance(node, exp.IgnoreNulls) and isinstance(node.this, exp.AnyValue):
         return node.this  # Trino's arbitrary skips nulls, and refuses IGNORE NULLS outside a window
-    if isinstance(node, exp.Struct):
-        # Trino names a row's fields only through a cast; the definitions' one struct (a read receipt's
-        # time and watermark) holds integers.
-        fields = [(field.this.name, field.expression) for field in node.expressions]
-        row_type = exp.DataType.build(
-            f"row({', '.join(f'{name} bigint' for name, _ in fields)})", dialect="trino"
-        )
-        return exp.cast(exp.func("row", *(value for _, value in fields)), row_type)
     if isinstance(node, exp.IntDiv):
         # Trino divides integers as integers; sqlglot's floor of a double would lose µs past 2**53.
         return exp.Div(this=node.this, expression=node.expression, typed=True)

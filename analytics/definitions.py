@@ -10,6 +10,7 @@ never written here as literals.
 
 from __future__ import annotations
 
+from analytics.filters import AnalyticsError
 from bot.facts import PREVIOUS_STEP, STEPS, EventName
 
 PERIODS = ("day", "week", "month")
@@ -223,8 +224,11 @@ order by day, position
 def cohorts(period: str) -> str:
     """Customers by the period of their entry; who revealed the coupon in period k after it.
 
-    `period` is one of PERIODS (checked by the caller): date_trunc needs it as a constant.
+    Raises:
+        AnalyticsError: a period not in PERIODS (date_trunc needs it as a constant in the text).
     """
+    if period not in PERIODS:
+        raise AnalyticsError(f"period must be one of {', '.join(PERIODS)}, not {period!r}")
     truncate = f"date_trunc('{period}', make_timestamp(%s)::timestamptz at time zone $tz)"
     return f"""
     with members as (

@@ -178,25 +178,36 @@ class Events:
             self._raw_events_defined = True
 
     def _build(self, scan: str) -> None:
-        con = self._connection
-        con.execute(f"create or replace temp view source as select * from {scan}")
-        con.execute(f"create or replace table journeys as {sql.JOURNEYS}")
-        con.execute(f"create or replace table reads as {sql.READS}")
-        self._journeys_changed()
+        self._change_journeys(
+            f"create or replace temp view source as select * from {scan}",
+            f"create or replace table journeys as {sql.JOURNEYS}",
+            f"create or replace table reads as {sql.READS}",
+        )
 
     def _merge(self, scan: str) -> None:
-        con = self._connection
-        con.execute(f"create or replace temp view source as select * from {scan}")
-        con.execute(f"create or replace temp table new_journeys as {sql.JOURNEYS}")
-        con.execute(f"create or replace table journeys as {sql.MERGE_JOURNEYS}")
-        con.execute(f"insert into reads {sql.READS}")
-        con.execute("drop table new_journeys")
-        self._journeys_changed()
-
-    def _journeys_changed(self) -> None:
-        self._connection.execute(
-            f"create or replace table multi_campaign_customers as {sql.MULTI_CAMPAIGN_CUSTOMERS}"
+        self._change_journeys(
+            f"create or replace temp view source as select * from {scan}",
+            f"create or replace temp table new_journeys as {sql.JOURNEYS}",
+            f"create or replace table journeys as {sql.MERGE_JOURNEYS}",
+            f"insert into reads {sql.READS}",
+            "drop table new_journeys",
         )
+
+    def _change_journeys(self, *statements: str) -> None:
+        """Run `statements` in one transaction (a file that vanishes midway leaves the tables as they were),
+        then the customers in several campaigns; forget every question's answers."""
+        con = self._connection
+        con.execute("begin transaction")
+        try:
+            for statement in (
+                *statements,
+                f"create or replace table multi_campaign_customers as {sql.MULTI_CAMPAIGN_CUSTOMERS}",
+            ):
+                con.execute(statement)
+        except BaseException:
+            con.execute("rollback")
+            raise
+        con.execute("commit")
         self._forget_questions()
 
     def _forget_questions(self) -> None:

@@ -39,6 +39,8 @@ from urllib.parse import parse_qs
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.ports import free_port  # noqa: E402
+
 SECRET = "benchmark-app-secret"
 TOKEN = "benchmark-page-token"
 PAGE = "111899832631525"
@@ -258,12 +260,6 @@ def load_main(port: int, phase: str, seconds: float, rate: float, mix: str) -> N
 
 
 # -- orchestration -------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 30) -> None:

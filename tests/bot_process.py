@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,11 @@ import httpx
 
 from bot.messenger import sign
 from tests.conftest import REPO
+from tests.ports import free_port
 
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
 PAGE_TOKEN = "test-page-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_home(root: Path) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ import psutil
 import psycopg
 import pytest
 from psycopg import sql
+
+from tests.ports import free_port
 
 # The server refuses to run as root; under root (CI) it runs as this user, which owns its directory.
 UNPRIVILEGED_USER = "nobody"
@@ -39,12 +40,6 @@ shared_buffers = 32MB
 # About a hundred concurrent clients, and room for the fixtures' own connections.
 max_connections = 150
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def is_running(process: psutil.Process) -> bool:

@@ -18,9 +18,9 @@ import pytest
 import analytics
 from analytics.report import kpis
 from analytics.sample import write_sample
-from tests.bot_process import free_port
 from tests.browser import ARTIFACTS, chromium_page
 from tests.conftest import REPO, shown_kpis
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

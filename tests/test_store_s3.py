@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, date, datetime, timedelta
 
 import boto3
@@ -12,14 +11,9 @@ from moto.server import ThreadedMotoServer
 
 from bot.events import Event
 from bot.store import EventLog, compact, open_filesystem
+from tests.ports import free_port
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

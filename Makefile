@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench lint chromium clean
+.PHONY: install run test bench lint chromium postgresql clean
 
 install: $(STAMP)
 
@@ -21,10 +21,17 @@ chromium:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# The store's tests start their own PostgreSQL server (tests/postgres.py) from Debian's binaries.
+postgresql:
+	@{ ls /usr/lib/postgresql/*/bin/postgres || test -x "$$(pg_config --bindir)/postgres"; } >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
 run: $(STAMP)
 	$(PY) -m bot run-local
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium postgresql
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# A real PostgreSQL server: the fixtures postgres_server, postgres_url and postgres_database_url.
+pytest_plugins = ["tests.postgres"]
+
 REPO = Path(__file__).resolve().parent.parent
 # Real Messenger payloads (webhook bodies, and Send API bodies in send/); see their SOURCES.md.
 MESSENGER_FIXTURES = Path(__file__).resolve().parent / "data" / "messenger"

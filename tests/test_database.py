@@ -93,12 +93,10 @@ class Store:
             connection.close()
 
 
-ENGINES = ["sqlite"]
-
-
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    url = None
+    """An empty store: a SQLite file in this test's directory, or a fresh database on the suite's server."""
+    url = request.getfixturevalue("postgres_database_url") if request.param == "postgresql" else None
     return Store(url, tmp_path / "data", Clock(BOT_T0))
 
 

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -176,6 +177,7 @@ from bot.migrations import MIGRATIONS, Migration
 
 url, data_dir, gate = (sys.argv[1] or None), Path(sys.argv[2]), Path(sys.argv[3])
 step = Migration(2, sys.argv[4], tuple(sys.argv[5:]))
+print("ready", flush=True)
 deadline = time.monotonic() + 60
 while not gate.exists():
     if time.monotonic() > deadline:
@@ -200,12 +202,14 @@ def test_processes_opening_at_once_apply_a_step_once(store: Store, tmp_path: Pat
                 *SLOW_STEP.statements,
             ],
             env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(4)
     ]
-    gate.touch()
+    assert [process.stdout.readline() for process in processes] == ["ready\n"] * 4
+    gate.touch()  # all four are past their imports: they open within a millisecond or so
     outcomes = [(process.wait(timeout=120), process.stderr.read()) for process in processes]
 
     assert outcomes == [(0, "")] * 4
@@ -339,6 +343,7 @@ def test_seen_marks_are_kept_for_the_retention_then_pruned(store: Store, databas
     asyncio.run(record(database, old))
     store.clock.advance(timedelta(days=7, seconds=1))
     asyncio.run(record(database, recent))
+    store.clock.advance(timedelta(hours=1))
 
     assert database.prune_seen(timedelta(days=7)) == 2
 
@@ -357,14 +362,16 @@ def test_concurrent_claimers_never_get_the_same_reply(store: Store, database: Da
 
     def claim_until_none_left(claimer: Database) -> None:
         start.wait()
-        while replies := claimer.claim(7, LEASE):
+        deadline = time.monotonic() + 60
+        while (replies := claimer.claim(7, LEASE)) and time.monotonic() < deadline:
             claimed.extend(reply.sent_id for reply in replies)
 
-    threads = [threading.Thread(target=claim_until_none_left, args=(c,)) for c in claimers * 2]
+    threads = [threading.Thread(target=claim_until_none_left, args=(c,), daemon=True) for c in claimers * 2]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
     for claimer in claimers:
         claimer.close()
 

@@ -111,8 +111,20 @@ def _moment(micros: int) -> datetime:
 
 
 def _event_values(event: Event) -> tuple:
-    record = event.to_dict()
-    return tuple(_micros(event.ts) if name == "ts" else record[name] for name in _EVENT_FIELDS)
+    """The event's values in _EVENT_FIELDS order (spelled out: `record` does this for every event)."""
+    return (
+        event.event_id,
+        _micros(event.ts),
+        event.page_id,
+        event.customer_id,
+        event.campaign_id,
+        str(event.event),
+        event.variant,
+        event.button,
+        event.message_digest,
+        event.detail,
+        event.watermark,
+    )
 
 
 def _event(row: Sequence[Any]) -> Event:
@@ -323,26 +335,26 @@ class Database:
                     [value for event_id in chunk for value in (event_id, now)],
                 )
                 fresh.update(event_id for (event_id,) in cursor.fetchall())
-            news, event_rows, reply_rows = [], [], []
+            news, event_rows, reply_rows = [], {}, []
             for events, replies, _ in group:
-                new = []
+                new, new_ids = [], set()
                 for event in events:
                     if event.event_id in fresh:
                         fresh.discard(event.event_id)  # the first caller with an id has it
                         new.append(event)
+                        new_ids.add(event.event_id)
+                        event_rows[event.event_id] = _event_values(event)
                 news.append(new)
-                event_rows.extend(_event_values(event) for event in new)
-                new_ids = {event.event_id for event in new}
                 ordinals: dict[str, int] = {}
                 for reply in replies:
                     answered = reply.answers.event_id
                     if answered in new_ids:
                         ordinal = ordinals[answered] = ordinals.get(answered, -1) + 1
                         reply_rows.append(
-                            (reply.sent_id, str(reply.kind), ordinal, now, *_event_values(reply.answers))
+                            (reply.sent_id, str(reply.kind), ordinal, now, *event_rows[answered])
                         )
             if event_rows:
-                cursor.executemany(self.engine.sql(_INSERT_EVENT), event_rows)
+                cursor.executemany(self.engine.sql(_INSERT_EVENT), event_rows.values())
             if reply_rows:
                 cursor.executemany(self.engine.sql(_INSERT_REPLY), reply_rows)
         return news

@@ -66,13 +66,10 @@ class Batch:
 class _Engine:
     name: str  # "sqlite" or "postgresql", as bot.migrations names them
     where: str  # the database, for messages (never a password)
-    connect: Callable[[], Any]
+    connect: Callable[[], Any]  # a DB-API connection in autocommit mode, taking `?` placeholders
     error: type[Exception]  # the driver's base exception
     begin: str  # SQLite takes the write lock at BEGIN: no transaction fails upgrading a read to a write
     skip_locked: str  # PostgreSQL: a claim passes over rows another claim holds instead of waiting
-
-    def sql(self, text: str) -> str:
-        return text.replace("?", "%s") if self.name == "postgresql" else text
 
 
 def _sqlite(path: Path) -> _Engine:
@@ -90,12 +87,21 @@ def _sqlite(path: Path) -> _Engine:
 def _postgresql(url: str) -> _Engine:
     import psycopg  # only needed with a PostgreSQL URL
 
+    class QmarkCursor(psycopg.Cursor):
+        """Takes `?` placeholders, as sqlite3 does: one text of each statement serves both engines."""
+
+        def execute(self, query: str, params: Any = None, **options: Any) -> QmarkCursor:
+            return super().execute(query.replace("?", "%s"), params, **options)
+
+        def executemany(self, query: str, params_seq: Any, **options: Any) -> None:
+            super().executemany(query.replace("?", "%s"), params_seq, **options)
+
     info = psycopg.conninfo.conninfo_to_dict(url)
     where = f"PostgreSQL {info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
     return _Engine(
         "postgresql",
         where,
-        lambda: psycopg.connect(url, autocommit=True),
+        lambda: psycopg.connect(url, autocommit=True, cursor_factory=QmarkCursor),
         psycopg.Error,
         "BEGIN",
         "FOR UPDATE SKIP LOCKED",
@@ -150,10 +156,13 @@ WHERE reply_id IN (
     )
     ORDER BY due_at, reply_id LIMIT ? {{skip_locked}}
 )
-RETURNING ordinal, kind, {_EVENT_COLUMNS}"""
+RETURNING kind, {_EVENT_COLUMNS}"""
 _TAKE_BATCH = """
 UPDATE events SET batch = ?
 WHERE seq IN (SELECT seq FROM events WHERE batch IS NULL ORDER BY seq LIMIT ? {skip_locked})"""
+
+
+_Waiting = tuple[Sequence[Event], Sequence[Reply], asyncio.Future]  # a webhook for the next commit
 
 
 class Database:
@@ -169,7 +178,7 @@ class Database:
         self._connections: list[Any] = []
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(1, "promobot-database")  # runs `record`'s commits, one at a time
-        self._waiting: list[tuple[Sequence[Event], Sequence[Reply], asyncio.Future]] = []
+        self._waiting: list[_Waiting] = []
         self._committer: asyncio.Task | None = None
         self._closed = False
 
@@ -201,9 +210,7 @@ class Database:
             migrate(database._connection(), engine.name, migrations)
             with database._transaction() as cursor:
                 cursor.execute(
-                    engine.sql(
-                        "INSERT INTO store_identity (one, store_id) VALUES (1, ?) ON CONFLICT DO NOTHING"
-                    ),
+                    "INSERT INTO store_identity (one, store_id) VALUES (1, ?) ON CONFLICT DO NOTHING",
                     (secrets.token_hex(6),),
                 )
                 cursor.execute("SELECT store_id FROM store_identity")
@@ -226,7 +233,7 @@ class Database:
             connection.close()
 
     def check(self) -> None:
-        """Raise DatabaseError unless the database answers (for health checks)."""
+        """Raise DatabaseError unless the database takes a write transaction (for health checks)."""
         with self._transaction() as cursor:
             cursor.execute("SELECT 1 FROM schema_migrations LIMIT 1")
 
@@ -276,7 +283,7 @@ class Database:
         """The rows of one read (its own snapshot: no explicit transaction, no write lock)."""
         connection = self._connection()
         try:
-            return connection.execute(self.engine.sql(sql), params).fetchall()
+            return connection.execute(sql, params).fetchall()
         except self.engine.error as exc:
             self._forget(connection)
             raise DatabaseError(f"{self.engine.where} failed: {exc}") from exc
@@ -315,9 +322,7 @@ class Database:
         finally:
             self._committer = None
 
-    def _commit(
-        self, group: list[tuple[Sequence[Event], Sequence[Reply], asyncio.Future]]
-    ) -> list[list[Event]]:
+    def _commit(self, group: list[_Waiting]) -> list[list[Event]]:
         """One transaction for every webhook of `group`; the new events of each."""
         now = _micros(self.clock())
         with self._transaction() as cursor:
@@ -328,10 +333,8 @@ class Database:
                 chunk = ids[start : start + _ROWS_PER_STATEMENT]
                 values = ", ".join(["(?, ?)"] * len(chunk))
                 cursor.execute(
-                    self.engine.sql(
-                        f"INSERT INTO seen (event_id, seen_at) VALUES {values}"
-                        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
-                    ),
+                    f"INSERT INTO seen (event_id, seen_at) VALUES {values}"
+                    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
                     [value for event_id in chunk for value in (event_id, now)],
                 )
                 fresh.update(event_id for (event_id,) in cursor.fetchall())
@@ -354,17 +357,15 @@ class Database:
                             (reply.sent_id, str(reply.kind), ordinal, now, *event_rows[answered])
                         )
             if event_rows:
-                cursor.executemany(self.engine.sql(_INSERT_EVENT), event_rows.values())
+                cursor.executemany(_INSERT_EVENT, event_rows.values())
             if reply_rows:
-                cursor.executemany(self.engine.sql(_INSERT_REPLY), reply_rows)
+                cursor.executemany(_INSERT_REPLY, reply_rows)
         return news
 
     def prune_seen(self, retention: timedelta = SEEN_RETENTION) -> int:
         """Forget seen marks older than `retention`; returns how many. Blocking."""
         with self._transaction() as cursor:
-            cursor.execute(
-                self.engine.sql("DELETE FROM seen WHERE seen_at < ?"), (_micros(self.clock() - retention),)
-            )
+            cursor.execute("DELETE FROM seen WHERE seen_at < ?", (_micros(self.clock() - retention),))
             return cursor.rowcount
 
     # -- the outbox -----------------------------------------------------------------------------------------
@@ -375,31 +376,28 @@ class Database:
         now = self.clock()
         with self._transaction() as cursor:
             cursor.execute(
-                self.engine.sql(_CLAIM.format(skip_locked=self.engine.skip_locked)),
+                _CLAIM.format(skip_locked=self.engine.skip_locked),
                 (_micros(now + lease), _micros(now), limit),
             )
             rows = cursor.fetchall()
-        replies = [(ordinal, Reply(ReplyKind(kind), _event(event))) for ordinal, kind, *event in rows]
-        replies.sort(key=lambda claimed: (claimed[1].answers.ts, claimed[1].answers.event_id, claimed[0]))
-        return [reply for _, reply in replies]
+        replies = [Reply(ReplyKind(kind), _event(event)) for kind, *event in rows]
+        return sorted(replies, key=lambda reply: (reply.answers.ts, reply.sent_id))
 
     def complete(self, reply_id: str, outcome: Event) -> bool:
         """End a reply: delete it from the outbox and buffer its outcome event (`*_sent`, `send_failed`) in
         the same transaction. Returns False, recording nothing, when it was not owed any more (another
         sender completed it after this one's lease ran out). Blocking."""
         with self._transaction() as cursor:
-            cursor.execute(self.engine.sql("DELETE FROM outbox WHERE reply_id = ?"), (reply_id,))
+            cursor.execute("DELETE FROM outbox WHERE reply_id = ?", (reply_id,))
             if cursor.rowcount == 0:
                 return False
-            cursor.execute(self.engine.sql(_INSERT_EVENT), _event_values(outcome))
+            cursor.execute(_INSERT_EVENT, _event_values(outcome))
             return True
 
     def retry(self, reply_id: str, at: datetime) -> None:
         """Release a claimed reply, to be claimed again from `at`. Blocking."""
         with self._transaction() as cursor:
-            cursor.execute(
-                self.engine.sql("UPDATE outbox SET due_at = ? WHERE reply_id = ?"), (_micros(at), reply_id)
-            )
+            cursor.execute("UPDATE outbox SET due_at = ? WHERE reply_id = ?", (_micros(at), reply_id))
 
     # -- flush batches --------------------------------------------------------------------------------------
 
@@ -412,15 +410,12 @@ class Database:
             return None  # without a write transaction: the flusher asks often
         with self._transaction() as cursor:
             cursor.execute(
-                self.engine.sql("INSERT INTO batches (created_at) VALUES (?) RETURNING batch"),
-                (_micros(self.clock()),),
+                "INSERT INTO batches (created_at) VALUES (?) RETURNING batch", (_micros(self.clock()),)
             )
             (number,) = cursor.fetchone()
-            cursor.execute(
-                self.engine.sql(_TAKE_BATCH.format(skip_locked=self.engine.skip_locked)), (number, limit)
-            )
+            cursor.execute(_TAKE_BATCH.format(skip_locked=self.engine.skip_locked), (number, limit))
             if cursor.rowcount == 0:  # another flusher took them meanwhile
-                cursor.execute(self.engine.sql("DELETE FROM batches WHERE batch = ?"), (number,))
+                cursor.execute("DELETE FROM batches WHERE batch = ?", (number,))
                 return None
         rows = self._query(f"SELECT {_EVENT_COLUMNS} FROM events WHERE batch = ? ORDER BY seq", (number,))
         return Batch(number, tuple(_event(row) for row in rows))
@@ -438,5 +433,5 @@ class Database:
     def flushed(self, number: int) -> None:
         """Forget a batch whose file is written. Blocking."""
         with self._transaction() as cursor:
-            cursor.execute(self.engine.sql("DELETE FROM events WHERE batch = ?"), (number,))
-            cursor.execute(self.engine.sql("DELETE FROM batches WHERE batch = ?"), (number,))
+            cursor.execute("DELETE FROM events WHERE batch = ?", (number,))
+            cursor.execute("DELETE FROM batches WHERE batch = ?", (number,))

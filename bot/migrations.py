@@ -82,12 +82,11 @@ MIGRATIONS: tuple[Migration, ...] = (
 def migrate(connection: Any, engine: str, steps: Sequence[Migration] = MIGRATIONS) -> list[int]:
     """Apply the `steps` this database has not had, in order, in one locked transaction.
 
-    Parameters: `connection` a DB-API connection in autocommit mode (sqlite3 or psycopg); `engine`
+    Parameters: `connection` a DB-API connection in autocommit mode taking `?` placeholders; `engine`
     "sqlite" or "postgresql"; `steps` ordered by version.
     Returns: the versions applied now (empty when the schema was current).
     Raises: MigrationError when the database has a step this code does not know (a newer promobot's).
     """
-    placeholder = "?" if engine == "sqlite" else "%s"
     cursor = connection.cursor()
     try:
         if engine == "sqlite":
@@ -115,9 +114,7 @@ def migrate(connection: Any, engine: str, steps: Sequence[Migration] = MIGRATION
                 for statement in step.statements:
                     cursor.execute(statement.format(auto_id=_AUTO_ID[engine]))
                 cursor.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)".replace(
-                        "?", placeholder
-                    ),
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (step.version, step.name, datetime.now(UTC).isoformat()),
                 )
                 applied.append(step.version)

@@ -506,3 +506,24 @@ def test_a_batch_is_read_again_with_the_same_rows_until_flushed(database: Databa
     assert database.pending_batches() == [batch]
     database.flushed(batch.number)
     assert database.pending_batches() == []
+
+
+# -- PostgreSQL only -----------------------------------------------------------------------------------------
+
+
+def test_a_lost_postgresql_connection_fails_one_transaction_then_is_opened_again(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    store = Store(postgres_database_url, tmp_path, Clock(BOT_T0))
+    database = store.open()
+    asyncio.run(record(database, webhook("c1")))
+    # What a server restart or a failover does to every connection the bot holds.
+    store.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+    with pytest.raises(DatabaseError, match=r"^PostgreSQL .* failed"):
+        asyncio.run(record(database, webhook("c2")))
+    assert asyncio.run(record(database, webhook("c2"))) == webhook("c2")  # the platform's redelivery
+    database.close()

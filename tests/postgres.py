@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -18,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from psycopg import sql
@@ -45,6 +45,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def is_running(process: psutil.Process) -> bool:
+    """Whether a process still runs; a zombie, which no one may reap, has ended."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 class PostgresError(RuntimeError):
@@ -124,7 +132,6 @@ class PostgresServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
                 **self._as_owner(),
             )
         self._wait_until_accepting()
@@ -132,9 +139,21 @@ class PostgresServer:
 
     def kill(self) -> None:
         """Kill the postmaster and every backend with SIGKILL, as a crash of the machine would."""
-        os.killpg(self.pid, signal.SIGKILL)
+        postmaster = psutil.Process(self.pid)
+        # Backends lead their own process groups, so each is killed by its id; the postmaster, stopped
+        # first, forks no new one meanwhile.
+        postmaster.suspend()
+        backends = postmaster.children()
+        for process in [postmaster, *backends]:
+            process.kill()
         self.process.wait(timeout=STOP_TIMEOUT)
         self.process = None
+        # A backend holds the cluster's shared memory until it has exited, and the next start needs it free.
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(is_running(backend) for backend in backends):
+            if time.monotonic() > deadline:
+                raise PostgresError(f"backends outlived SIGKILL: {backends}")
+            time.sleep(0.01)
 
     def stop(self) -> None:
         """Shut the server down (`pg_ctl stop -m fast`) if it runs, and remove its directory."""
@@ -150,8 +169,7 @@ class PostgresServer:
                 try:
                     self.process.wait(timeout=STOP_TIMEOUT)
                 except subprocess.TimeoutExpired:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                    self.process.wait(timeout=STOP_TIMEOUT)
+                    self.kill()
                     raise PostgresError(
                         f"pg_ctl stop did not stop the server: {stopped.stdout}{stopped.stderr}"
                     ) from None

@@ -31,15 +31,15 @@ def test_the_server_is_postgresql_15_or_newer(postgres_url: str) -> None:
         assert conn.info.server_version >= 150000
 
 
-def test_the_server_keeps_commits_durable_and_takes_a_hundred_clients(postgres_url: str) -> None:
+def test_the_server_listens_on_loopback_keeps_commits_durable_and_takes_a_hundred_clients(
+    postgres_url: str,
+) -> None:
+    names = ["listen_addresses", "fsync", "synchronous_commit", "full_page_writes", "max_connections"]
     with psycopg.connect(postgres_url) as conn:
-        settings = dict(
-            conn.execute(
-                "SELECT name, setting FROM pg_settings"
-                " WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'max_connections')"
-            ).fetchall()
-        )
+        rows = conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", [names]).fetchall()
+    settings = dict(rows)
 
+    assert settings["listen_addresses"] == "127.0.0.1"
     assert settings["fsync"] == settings["synchronous_commit"] == settings["full_page_writes"] == "on"
     assert int(settings["max_connections"]) >= 100 + 3
 

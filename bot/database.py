@@ -1,0 +1,437 @@
+"""The bot's exact, shared state in a SQL database: seen marks, the events buffer, the outbox, flush batches.
+
+One SQLite file by default (one process on a persistent disk), or PostgreSQL for a `postgresql://` URL
+(several instances, ephemeral disks). The schema lives in bot.migrations and is brought up to date at open.
+
+- `record` writes a webhook's new events, their seen marks and the replies they call for in one transaction;
+  concurrent callers share transactions (group commit).
+- `claim` / `complete` / `retry`: senders lease replies from the outbox; a sender that dies lets its lease
+  run out and the reply goes to another.
+- `next_batch` / `pending_batches` / `flushed`: the flusher moves events out in numbered batches.
+
+Times are stored as µs since the epoch (UTC), from the bot's clock except for the events' own `ts`.
+"""
+
+# The SQL is assembled from constant column lists and placeholders; every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bot.events import Event
+from bot.flow import Reply, ReplyKind
+from bot.migrations import MIGRATIONS, Migration, migrate
+
+SQLITE_FILE = "promobot.sqlite3"
+SEEN_RETENTION = timedelta(days=7)  # Messenger redelivers an unacknowledged webhook for at most a day
+BUSY_TIMEOUT_S = 10.0  # SQLite: how long a writer waits for another process's transaction
+_ROWS_PER_STATEMENT = 1000  # seen marks per INSERT: under both engines' limits on bound values
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_EVENT_FIELDS = (
+    *("event_id", "ts", "page_id", "customer_id", "campaign_id", "event"),
+    *("variant", "button", "message_digest", "detail", "watermark"),
+)
+_EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
+
+
+class DatabaseError(RuntimeError):
+    """The database could not do what was asked (unreachable, locked too long, full, closed)."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Events given to the flusher under one number: the same rows whenever the batch is read again."""
+
+    number: int
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Engine:
+    name: str  # "sqlite" or "postgresql", as bot.migrations names them
+    where: str  # the database, for messages (never a password)
+    connect: Callable[[], Any]  # a DB-API connection in autocommit mode, taking `?` placeholders
+    error: type[Exception]  # the driver's base exception
+    begin: str  # SQLite takes the write lock at BEGIN: no transaction fails upgrading a read to a write
+    skip_locked: str  # PostgreSQL: a claim passes over rows another claim holds instead of waiting
+
+
+def _sqlite(path: Path) -> _Engine:
+    def connect() -> sqlite3.Connection:
+        # Autocommit: transactions are begun and ended explicitly. One connection per thread, but all are
+        # closed by the thread that closes the database. FULL: a commit survives a crash of the machine.
+        connection = sqlite3.connect(path, BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        return connection
+
+    return _Engine("sqlite", f"SQLite {path}", connect, sqlite3.Error, "BEGIN IMMEDIATE", "")
+
+
+def _postgresql(url: str) -> _Engine:
+    import psycopg  # only needed with a PostgreSQL URL
+
+    class QmarkCursor(psycopg.Cursor):
+        """Takes `?` placeholders, as sqlite3 does: one text of each statement serves both engines."""
+
+        def execute(self, query: str, params: Any = None, **options: Any) -> QmarkCursor:
+            return super().execute(query.replace("?", "%s"), params, **options)
+
+        def executemany(self, query: str, params_seq: Any, **options: Any) -> None:
+            super().executemany(query.replace("?", "%s"), params_seq, **options)
+
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    where = f"PostgreSQL {info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+    return _Engine(
+        "postgresql",
+        where,
+        lambda: psycopg.connect(url, autocommit=True, cursor_factory=QmarkCursor),
+        psycopg.Error,
+        "BEGIN",
+        "FOR UPDATE SKIP LOCKED",
+    )
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _US
+
+
+def _moment(micros: int) -> datetime:
+    return _EPOCH + micros * _US
+
+
+def _event_values(event: Event) -> tuple:
+    """The event's values in _EVENT_FIELDS order (spelled out: `record` does this for every event)."""
+    return (
+        event.event_id,
+        _micros(event.ts),
+        event.page_id,
+        event.customer_id,
+        event.campaign_id,
+        str(event.event),
+        event.variant,
+        event.button,
+        event.message_digest,
+        event.detail,
+        event.watermark,
+    )
+
+
+def _event(row: Sequence[Any]) -> Event:
+    record = dict(zip(_EVENT_FIELDS, row, strict=True))
+    record["ts"] = _moment(record["ts"])
+    return Event.from_dict(record)
+
+
+_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_REPLY = (
+    f"INSERT INTO outbox (reply_id, kind, ordinal, due_at, {_EVENT_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reply_id) DO NOTHING"
+)
+# Due and not leased, and no earlier reply to the same event still owed: a thank-you's text goes before its
+# image, whichever sender claims them.
+_CLAIM = f"""
+UPDATE outbox SET due_at = ?, claims = claims + 1
+WHERE reply_id IN (
+    SELECT reply_id FROM outbox AS reply
+    WHERE due_at <= ? AND NOT EXISTS (
+        SELECT 1 FROM outbox AS earlier
+        WHERE earlier.event_id = reply.event_id AND earlier.ordinal < reply.ordinal
+    )
+    ORDER BY due_at, reply_id LIMIT ? {{skip_locked}}
+)
+RETURNING kind, {_EVENT_COLUMNS}"""
+_TAKE_BATCH = """
+UPDATE events SET batch = ?
+WHERE seq IN (SELECT seq FROM events WHERE batch IS NULL ORDER BY seq LIMIT ? {skip_locked})"""
+
+
+_Waiting = tuple[Sequence[Event], Sequence[Reply], asyncio.Future]  # a webhook for the next commit
+
+
+class Database:
+    """The transactional store. Open with `Database.open`; blocking methods are safe from any thread (each
+    thread has its own connection); `record` is for the event loop."""
+
+    def __init__(self, engine: _Engine, clock: Callable[[], datetime]) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.commits = 0  # transactions `record` has committed, for metrics
+        self.store_id = ""
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(1, "promobot-database")  # runs `record`'s commits, one at a time
+        self._waiting: list[_Waiting] = []
+        self._committer: asyncio.Task | None = None
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None,
+        data_dir: Path,
+        *,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> Database:
+        """Open the store and bring its schema up to date.
+
+        Parameters: `url` a `postgresql://` (or `postgres://`) URL, or None for the SQLite file in
+        `data_dir`; `migrations` the schema's steps; `clock` the bot's clock (aware, UTC).
+        Raises: DatabaseError (unreachable, unknown URL scheme), MigrationError (a newer schema).
+        """
+        if url is None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            engine = _sqlite(data_dir / SQLITE_FILE)
+        elif url.startswith(("postgresql://", "postgres://")):
+            engine = _postgresql(url)
+        else:
+            scheme = url.split(":", 1)[0]
+            raise DatabaseError(f"database URL scheme {scheme!r} is not supported: use postgresql:// or none")
+        database = cls(engine, clock)
+        try:
+            migrate(database._connection(), engine.name, migrations)
+            with database._transaction() as cursor:
+                cursor.execute(
+                    "INSERT INTO store_identity (one, store_id) VALUES (1, ?) ON CONFLICT DO NOTHING",
+                    (secrets.token_hex(6),),
+                )
+                cursor.execute("SELECT store_id FROM store_identity")
+                (database.store_id,) = cursor.fetchone()
+        except engine.error as exc:
+            database.close()
+            raise DatabaseError(f"{engine.where} could not be opened: {exc}") from exc
+        except BaseException:
+            database.close()
+            raise
+        return database
+
+    def close(self) -> None:
+        """Close every connection; call once `record`'s callers have their answers."""
+        self._closed = True
+        self._writer.shutdown(wait=True)
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+
+    def check(self) -> None:
+        """Raise DatabaseError unless the database takes a write transaction (for health checks)."""
+        with self._transaction() as cursor:
+            cursor.execute("SELECT 1 FROM schema_migrations LIMIT 1")
+
+    # -- connections and transactions ---------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            if self._closed:
+                raise DatabaseError(f"{self.engine.where} is closed")
+            try:
+                connection = self.engine.connect()
+            except self.engine.error as exc:
+                raise DatabaseError(f"{self.engine.where} is unreachable: {exc}") from exc
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    def _forget(self, connection: Any) -> None:
+        """Drop a connection that failed: the next transaction of this thread opens a new one."""
+        self._local.connection = None
+        with self._lock:
+            if connection in self._connections:
+                self._connections.remove(connection)
+        with contextlib.suppress(Exception):
+            connection.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A cursor inside a transaction, committed when the block ends; engine errors as DatabaseError."""
+        connection = self._connection()
+        try:
+            with contextlib.closing(connection.cursor()) as cursor:
+                cursor.execute(self.engine.begin)
+                try:
+                    yield cursor
+                except BaseException:
+                    cursor.execute("ROLLBACK")
+                    raise
+                cursor.execute("COMMIT")
+        except self.engine.error as exc:
+            self._forget(connection)
+            raise DatabaseError(f"{self.engine.where} failed: {exc}") from exc
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one read (its own snapshot: no explicit transaction, no write lock)."""
+        connection = self._connection()
+        try:
+            return connection.execute(sql, params).fetchall()
+        except self.engine.error as exc:
+            self._forget(connection)
+            raise DatabaseError(f"{self.engine.where} failed: {exc}") from exc
+
+    # -- recording webhooks --------------------------------------------------------------------------------
+
+    async def record(self, events: Sequence[Event], replies: Sequence[Reply]) -> list[Event]:
+        """Record a webhook's events and the replies they call for, once committed.
+
+        Events whose id was recorded before (a redelivery, by this process or another) are left out, and so
+        are their replies. Callers that arrive while a commit runs share the next transaction.
+        Returns: the events that were new, in order. Raises: DatabaseError (nothing of it was recorded).
+        """
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((events, replies, future))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_waiting())
+        return await future
+
+    async def _commit_waiting(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                try:
+                    news = await loop.run_in_executor(self._writer, self._commit, group)
+                except Exception as exc:
+                    for _, _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                self.commits += 1
+                for (_, _, future), new in zip(group, news, strict=True):
+                    if not future.done():  # its caller may have been cancelled meanwhile
+                        future.set_result(new)
+        finally:
+            self._committer = None
+
+    def _commit(self, group: list[_Waiting]) -> list[list[Event]]:
+        """One transaction for every webhook of `group`; the new events of each."""
+        now = _micros(self.clock())
+        with self._transaction() as cursor:
+            # Sorted: two transactions inserting the same ids take their locks in one order (no deadlock).
+            ids = sorted({event.event_id for events, _, _ in group for event in events})
+            fresh: set[str] = set()
+            for start in range(0, len(ids), _ROWS_PER_STATEMENT):
+                chunk = ids[start : start + _ROWS_PER_STATEMENT]
+                values = ", ".join(["(?, ?)"] * len(chunk))
+                cursor.execute(
+                    f"INSERT INTO seen (event_id, seen_at) VALUES {values}"
+                    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                    [value for event_id in chunk for value in (event_id, now)],
+                )
+                fresh.update(event_id for (event_id,) in cursor.fetchall())
+            news, event_rows, reply_rows = [], {}, []
+            for events, replies, _ in group:
+                new, new_ids = [], set()
+                for event in events:
+                    if event.event_id in fresh:
+                        fresh.discard(event.event_id)  # the first caller with an id has it
+                        new.append(event)
+                        new_ids.add(event.event_id)
+                        event_rows[event.event_id] = _event_values(event)
+                news.append(new)
+                ordinals: dict[str, int] = {}
+                for reply in replies:
+                    answered = reply.answers.event_id
+                    if answered in new_ids:
+                        ordinal = ordinals[answered] = ordinals.get(answered, -1) + 1
+                        reply_rows.append(
+                            (reply.sent_id, str(reply.kind), ordinal, now, *event_rows[answered])
+                        )
+            if event_rows:
+                cursor.executemany(_INSERT_EVENT, event_rows.values())
+            if reply_rows:
+                cursor.executemany(_INSERT_REPLY, reply_rows)
+        return news
+
+    def prune_seen(self, retention: timedelta = SEEN_RETENTION) -> int:
+        """Forget seen marks older than `retention`; returns how many. Blocking."""
+        with self._transaction() as cursor:
+            cursor.execute("DELETE FROM seen WHERE seen_at < ?", (_micros(self.clock() - retention),))
+            return cursor.rowcount
+
+    # -- the outbox -----------------------------------------------------------------------------------------
+
+    def claim(self, limit: int, lease: timedelta) -> list[Reply]:
+        """Lease up to `limit` replies that are due, oldest first, for `lease`; no other claim gets them
+        until the lease runs out (`complete` or `retry` ends it sooner). Blocking."""
+        now = self.clock()
+        with self._transaction() as cursor:
+            cursor.execute(
+                _CLAIM.format(skip_locked=self.engine.skip_locked),
+                (_micros(now + lease), _micros(now), limit),
+            )
+            rows = cursor.fetchall()
+        replies = [Reply(ReplyKind(kind), _event(event)) for kind, *event in rows]
+        return sorted(replies, key=lambda reply: (reply.answers.ts, reply.sent_id))
+
+    def complete(self, reply_id: str, outcome: Event) -> bool:
+        """End a reply: delete it from the outbox and buffer its outcome event (`*_sent`, `send_failed`) in
+        the same transaction. Returns False, recording nothing, when it was not owed any more (another
+        sender completed it after this one's lease ran out). Blocking."""
+        with self._transaction() as cursor:
+            cursor.execute("DELETE FROM outbox WHERE reply_id = ?", (reply_id,))
+            if cursor.rowcount == 0:
+                return False
+            cursor.execute(_INSERT_EVENT, _event_values(outcome))
+            return True
+
+    def retry(self, reply_id: str, at: datetime) -> None:
+        """Release a claimed reply, to be claimed again from `at`. Blocking."""
+        with self._transaction() as cursor:
+            cursor.execute("UPDATE outbox SET due_at = ? WHERE reply_id = ?", (_micros(at), reply_id))
+
+    # -- flush batches --------------------------------------------------------------------------------------
+
+    def next_batch(self, limit: int) -> Batch | None:
+        """Number the oldest `limit` events not in a batch, commit that, then return them (None: no events).
+
+        Until `flushed(number)`, the batch comes back from `pending_batches` with the same rows: after a
+        crash, the flusher writes the same file again. Blocking."""
+        if not self._query("SELECT seq FROM events WHERE batch IS NULL LIMIT 1"):
+            return None  # without a write transaction: the flusher asks often
+        with self._transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO batches (created_at) VALUES (?) RETURNING batch", (_micros(self.clock()),)
+            )
+            (number,) = cursor.fetchone()
+            cursor.execute(_TAKE_BATCH.format(skip_locked=self.engine.skip_locked), (number, limit))
+            if cursor.rowcount == 0:  # another flusher took them meanwhile
+                cursor.execute("DELETE FROM batches WHERE batch = ?", (number,))
+                return None
+        rows = self._query(f"SELECT {_EVENT_COLUMNS} FROM events WHERE batch = ? ORDER BY seq", (number,))
+        return Batch(number, tuple(_event(row) for row in rows))
+
+    def pending_batches(self) -> list[Batch]:
+        """Batches numbered and not yet flushed, oldest first. Blocking."""
+        rows = self._query(
+            f"SELECT batch, {_EVENT_COLUMNS} FROM events WHERE batch IS NOT NULL ORDER BY batch, seq"
+        )
+        batches: dict[int, list[Event]] = {}
+        for row in rows:
+            batches.setdefault(row[0], []).append(_event(row[1:]))
+        return [Batch(number, tuple(events)) for number, events in batches.items()]
+
+    def flushed(self, number: int) -> None:
+        """Forget a batch whose file is written. Blocking."""
+        with self._transaction() as cursor:
+            cursor.execute("DELETE FROM events WHERE batch = ?", (number,))
+            cursor.execute("DELETE FROM batches WHERE batch = ?", (number,))

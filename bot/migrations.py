@@ -1,0 +1,127 @@
+"""The transactional store's schema, as numbered steps applied in order when the database is opened.
+
+A table `schema_migrations` lists the steps a database has had. Opening runs the missing ones, all in one
+transaction that holds a lock (PostgreSQL: an advisory lock; SQLite: BEGIN IMMEDIATE), so that processes
+starting together apply each step once. A step is never edited once released: a change is a new step.
+
+Why not Alembic: it is built around SQLAlchemy, which this package does not use (no ORM, plain drivers on
+two engines), for a handful of tables. The dozen lines below are the whole mechanism, and the steps are the
+SQL an operator would read anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# The type of a column that numbers rows, never reusing a number (batch numbers name files).
+_AUTO_ID = {
+    "sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    "postgresql": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+}
+# The key of the PostgreSQL advisory lock that migrations hold ("promobot" in ASCII).
+MIGRATION_LOCK = 0x70726F6D6F626F74
+
+
+class MigrationError(RuntimeError):
+    """A database this version of promobot cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema: its number, what it does, its statements (`{auto_id}`: see _AUTO_ID)."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+# The columns of an event, in the order of bot.events.Event's fields; times are µs since the epoch (UTC), as
+# BIGINT on both engines, so that a value means the same whichever engine stores it.
+_EVENT_COLUMNS = """
+    event_id TEXT NOT NULL,
+    ts BIGINT NOT NULL,
+    page_id TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    campaign_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    variant TEXT,
+    button TEXT,
+    message_digest BIGINT,
+    detail TEXT,
+    watermark BIGINT"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "seen marks, events buffer, batches, outbox",
+        (
+            # Which inbound events were recorded, when (the bot's clock): a redelivery is recorded once.
+            "CREATE TABLE seen (event_id TEXT PRIMARY KEY, seen_at BIGINT NOT NULL)",
+            "CREATE INDEX seen_by_time ON seen (seen_at)",
+            # A batch of events on its way to a Parquet file; its number names the file.
+            "CREATE TABLE batches (batch {auto_id}, created_at BIGINT NOT NULL)",
+            # Events waiting for the flusher; `batch` is set once they are given to one.
+            f"CREATE TABLE events (seq {{auto_id}}, batch BIGINT, {_EVENT_COLUMNS})",
+            "CREATE INDEX events_by_batch ON events (batch)",
+            # Replies owed: the event each answers, in `ordinal` order among that event's replies. A claimed
+            # reply's `due_at` is the end of its lease.
+            "CREATE TABLE outbox (reply_id TEXT PRIMARY KEY, kind TEXT NOT NULL, ordinal INTEGER NOT NULL,"
+            f" due_at BIGINT NOT NULL, claims INTEGER NOT NULL DEFAULT 0, {_EVENT_COLUMNS})",
+            "CREATE INDEX outbox_by_due ON outbox (due_at)",
+            "CREATE INDEX outbox_by_event ON outbox (event_id, ordinal)",
+            # One row: this database's name for its files, the same whichever instance writes them.
+            "CREATE TABLE store_identity (one INTEGER PRIMARY KEY CHECK (one = 1), store_id TEXT NOT NULL)",
+        ),
+    ),
+)
+
+
+def migrate(connection: Any, engine: str, steps: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Apply the `steps` this database has not had, in order, in one locked transaction.
+
+    Parameters: `connection` a DB-API connection in autocommit mode taking `?` placeholders; `engine`
+    "sqlite" or "postgresql"; `steps` ordered by version.
+    Returns: the versions applied now (empty when the schema was current).
+    Raises: MigrationError when the database has a step this code does not know (a newer promobot's).
+    """
+    cursor = connection.cursor()
+    try:
+        if engine == "sqlite":
+            cursor.execute("BEGIN IMMEDIATE")  # the write lock, before the version is read
+        else:
+            cursor.execute("BEGIN")
+            cursor.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        try:
+            cursor.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            cursor.execute("SELECT version FROM schema_migrations")
+            had = {version for (version,) in cursor.fetchall()}
+            unknown = had - {step.version for step in steps}
+            if unknown:
+                raise MigrationError(
+                    f"the database has schema version {max(unknown)}, which this promobot does not know "
+                    f"(it knows up to {max(step.version for step in steps)}): run a newer promobot"
+                )
+            applied = []
+            for step in sorted(steps, key=lambda step: step.version):
+                if step.version in had:
+                    continue
+                for statement in step.statements:
+                    cursor.execute(statement.format(auto_id=_AUTO_ID[engine]))
+                cursor.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (step.version, step.name, datetime.now(UTC).isoformat()),
+                )
+                applied.append(step.version)
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+        return applied
+    finally:
+        cursor.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -23,10 +24,10 @@ from bot.events import Event, detail_json, message_digest
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind, plan_replies
 from bot.migrations import MIGRATIONS, Migration, MigrationError
+from tests import builders
 from tests.conftest import REPO
 
-PAGE = "100000000000001"
-CAMPAIGN = "spring-sale"
+PAGE, CAMPAIGN = builders.PAGE, builders.CAMPAIGN
 # The platform's time of the customers' actions; the bot's clock starts a little later.
 PLATFORM_T0 = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 BOT_T0 = PLATFORM_T0 + timedelta(seconds=2)
@@ -108,19 +109,7 @@ def database(store: Store) -> Iterator[Database]:
     database.close()
 
 
-def customer_event(
-    customer: str, n: int, name: EventName = EventName.CONVERSATION_STARTED, **columns
-) -> Event:
-    """A customer's action, on the platform's clock, `n` seconds after the first."""
-    return Event(
-        event_id=f"m_{customer}_{n}",
-        ts=PLATFORM_T0 + timedelta(seconds=n),
-        page_id=PAGE,
-        customer_id=customer,
-        campaign_id=CAMPAIGN,
-        event=name,
-        **columns,
-    )
+customer_event = functools.partial(builders.customer_event, start=PLATFORM_T0)
 
 
 def webhook(customer: str, n: int = 0) -> list[Event]:

@@ -7,6 +7,7 @@ Every test runs on SQLite and on PostgreSQL; those about where files land also o
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import subprocess
@@ -14,7 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import boto3
@@ -28,11 +29,11 @@ from bot.facts import EventName
 from bot.flow import plan_replies
 from bot.flusher import Flusher, FlushError, flush_once
 from bot.store import FileStore
+from tests import builders
 from tests.conftest import REPO
 from tests.ports import free_port
 
-PAGE = "100000000000001"
-CAMPAIGN = "spring-sale"
+PAGE, CAMPAIGN = builders.PAGE, builders.CAMPAIGN
 # The platform's time of the customers' actions: the first ones on the evening of one UTC day, the later ones
 # past midnight, on the next.
 PLATFORM_T0 = datetime(2026, 3, 14, 23, 59, 50, tzinfo=UTC)
@@ -77,19 +78,7 @@ def data(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mon
     return f"s3://{bucket}/shop"
 
 
-def customer_event(
-    customer: str, n: int, name: EventName = EventName.CONVERSATION_STARTED, **columns
-) -> Event:
-    """A customer's action, on the platform's clock, `n` seconds after the first."""
-    return Event(
-        event_id=f"m_{customer}_{n}",
-        ts=PLATFORM_T0 + timedelta(seconds=n),
-        page_id=PAGE,
-        customer_id=customer,
-        campaign_id=CAMPAIGN,
-        event=name,
-        **columns,
-    )
+customer_event = functools.partial(builders.customer_event, start=PLATFORM_T0)
 
 
 def webhook(customer: str, n: int) -> list[Event]:

@@ -353,15 +353,11 @@ def tune_garbage_collector() -> None:
 def serve(mode: Mode, host: str = "127.0.0.1", port: int = 8000) -> None:
     """The bot under uvicorn until SIGINT/SIGTERM, then flush and exit 0.
 
-    `python -m bot serve` runs it in server mode; `run-local` in local mode, on 127.0.0.1 only.
-    Raises:
-        ValueError: local mode asked to listen on anything but loopback.
+    `python -m bot serve` runs it in server mode; `run-local` in local mode, on 127.0.0.1 only
+    (`bot.local.serve_local`).
     """
     import uvicorn
 
-    if mode is Mode.LOCAL and host != "127.0.0.1":
-        # Local mode hands its signing secret to any browser that asks: never beyond this machine.
-        raise ValueError(f"local mode listens on 127.0.0.1 only, not {host!r}")
     settings, _ = load_settings(mode)
     configure_logging(settings.log_level)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again with the handlers it

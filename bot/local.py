@@ -111,6 +111,7 @@ def serve_local(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m bot.local", description=serve_local.__doc__)
     parser.add_argument("--port", type=int, default=8000)
+    # No --host: local mode hands its signing secret to any browser that asks, so never beyond this machine.
     serve(Mode.LOCAL, host="127.0.0.1", port=parser.parse_args(argv).port)
 
 

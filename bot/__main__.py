@@ -10,7 +10,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the webhook service under uvicorn")
+    serve = commands.add_parser(
+        "serve",
+        help="run the webhook service under uvicorn (needs PROMOBOT_APP_SECRET, PROMOBOT_VERIFY_TOKEN and "
+        "PROMOBOT_PAGE_TOKEN)",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
 
@@ -29,13 +33,19 @@ def main(argv: list[str] | None = None) -> int:
         help="keep replaced files this long for readers already listing them (default 600)",
     )
 
-    commands.add_parser("run-local", help="seed sample data, start the bot and the dashboard (make run)")
+    commands.add_parser(
+        "run-local",
+        help="seed sample data, start the bot with its Messenger simulator and the dashboard on 127.0.0.1, "
+        "no Facebook app needed (make run)",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "serve":
         from bot.app import serve as run_server
+        from bot.config import Mode
 
-        return run_server(host=args.host, port=args.port)
+        run_server(Mode.SERVER, host=args.host, port=args.port)
+        return 0
     if args.command == "compact":
         from bot.store import compact_command
 

@@ -10,9 +10,7 @@ import asyncio
 import contextlib
 import gc
 import hmac
-import json
 import logging
-import secrets
 import signal
 import sys
 from collections import OrderedDict
@@ -24,19 +22,19 @@ from pathlib import Path
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from bot import flow
 from bot.campaign import Campaign, CampaignError, load_campaign
-from bot.config import ConfigError, Settings
+from bot.config import ConfigError, Mode, Settings
 from bot.events import Event
 from bot.graph import GraphClient, RetryPolicy
 from bot.messenger import SIGNATURE_HEADER, MalformedBody, parse_body, verify_signature
 from bot.replies import Replier, owed_replies, utc_now
 from bot.reply_worker import ReplyProcess
-from bot.simulator import GraphStandIn
+from bot.simulator import GraphStandIn, simulator_routes
 from bot.store import EventLog, StoreError
 
 log = logging.getLogger("promobot")
@@ -45,7 +43,6 @@ log = logging.getLogger("promobot")
 MAX_BODY_BYTES = 4 * 1024 * 1024
 SHUTDOWN_REPLY_GRACE_S = 10.0
 SEEN_IDS = 100_000
-LOCAL_PAGE_ID = "100000000000001"  # the simulated business page in local mode
 
 
 @dataclass
@@ -61,7 +58,6 @@ class Runtime:
     app_secret: str
     verify_token: str
     image_path: Path | None
-    stand_in: GraphStandIn | None
     inline_replies: bool
     seen: OrderedDict[str, None]
 
@@ -97,36 +93,28 @@ def create_app(
     `reply_process` sends replies from a worker process (`python -m bot serve` does), so that the Graph
     API's cost never slows acknowledgements; local mode keeps them in-process, for its built-in stand-in.
     It also has the event log fsync from a process of its own (quicker under load than a thread).
+    In local mode (`settings.mode`) the app talks to a stand-in Graph API and serves the Messenger simulator
+    at `/`; in any other mode those routes do not exist.
     """
+    local = settings.mode is Mode.LOCAL
+    stand_in = GraphStandIn() if local else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         campaign_dir = settings.campaign.parent
         campaign = load_campaign(settings.campaign, data_dir=campaign_dir)
-        stand_in = None
-        if settings.local_mode:
-            # No Meta app: sign and verify with secrets of this process, talk to the built-in stand-in.
-            app_secret, verify_token, page_token = (secrets.token_hex(16) for _ in range(3))
-            stand_in = GraphStandIn()
-            transport = graph_transport or stand_in
+        transport = graph_transport or stand_in
+        if local:
             log.warning(
-                "local mode: no PROMOBOT_APP_SECRET/VERIFY_TOKEN/PAGE_TOKEN set, so promobot talks to its "
-                "built-in Messenger simulator at %s/ instead of Facebook",
+                "local mode: promobot talks to its built-in Messenger simulator at %s/ instead of Facebook",
                 settings.public_url,
             )
-        else:
-            app_secret, verify_token, page_token = (
-                settings.app_secret,
-                settings.verify_token,
-                settings.page_token,
+        elif campaign.image_is_local and not settings.public_url.startswith("https://"):
+            log.warning(
+                "the thank-you image is served at %s, but Messenger only fetches https URLs: set "
+                "PROMOBOT_PUBLIC_URL to the bot's public https address",
+                settings.public_url,
             )
-            transport = graph_transport
-            if campaign.image_is_local and not settings.public_url.startswith("https://"):
-                log.warning(
-                    "the thank-you image is served at %s, but Messenger only fetches https URLs: set "
-                    "PROMOBOT_PUBLIC_URL to the bot's public https address",
-                    settings.public_url,
-                )
         events = await asyncio.to_thread(
             EventLog.open,
             settings.data,
@@ -137,8 +125,8 @@ def create_app(
         graph = GraphClient(
             base_url=settings.graph_url,
             version=settings.graph_version,
-            page_token=page_token,
-            app_secret=app_secret,
+            page_token=settings.page_token,
+            app_secret=settings.app_secret,
             retry=retry
             or RetryPolicy(
                 request_timeout_s=settings.graph_timeout_s, deadline_s=4 * settings.graph_timeout_s
@@ -152,7 +140,7 @@ def create_app(
             image_url=image_url(settings, campaign),
             max_age_s=settings.reply_max_age_s,
         )
-        use_worker = reply_process and not inline_replies and not settings.local_mode
+        use_worker = reply_process and not inline_replies and not local
         outbox = ReplyProcess(events, replier) if use_worker else replier
         if isinstance(outbox, ReplyProcess):
             await outbox.start_worker()
@@ -163,10 +151,9 @@ def create_app(
             graph=graph,
             replier=replier,
             outbox=outbox,
-            app_secret=app_secret,
-            verify_token=verify_token,
+            app_secret=settings.app_secret,
+            verify_token=settings.verify_token,
             image_path=campaign_dir / campaign.thanks_image if campaign.image_is_local else None,
-            stand_in=stand_in,
             inline_replies=inline_replies,
             seen=OrderedDict(),
         )
@@ -201,9 +188,7 @@ def create_app(
             Route("/webhook", verify, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/media/{name:path}", media, methods=["GET", "HEAD"]),
-            Route("/", simulator_page, methods=["GET"]),
-            Route("/simulator/messages", simulator_messages, methods=["GET"]),
-            Route("/simulator/customers", simulator_customer, methods=["POST"]),
+            *(simulator_routes(stand_in, settings.app_secret) if stand_in is not None else []),
         ],
         lifespan=lifespan,
     )
@@ -331,46 +316,6 @@ async def media(request: Request) -> Response:
     return FileResponse(runtime.image_path, headers={"Cache-Control": "public, max-age=3600"})
 
 
-# -- the Messenger simulator (local mode only) ------------------------------------------------------------
-
-SIMULATOR_PAGE = Path(__file__).with_name("simulator.html")
-
-
-async def simulator_page(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    if runtime.stand_in is None:
-        return PlainTextResponse("promobot is running; its webhook is at /webhook", status_code=200)
-    # The page signs its webhooks like the platform does, with this process's throwaway local-mode secret.
-    config = json.dumps({"secret": runtime.app_secret, "page": LOCAL_PAGE_ID}).replace("</", "<\\/")
-    html = SIMULATOR_PAGE.read_text(encoding="utf-8").replace("__CONFIG__", config)
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
-
-
-async def simulator_messages(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    if runtime.stand_in is None:
-        return PlainTextResponse("not found", status_code=404)
-    try:
-        after = int(request.query_params.get("after", "0"))
-    except ValueError:
-        return PlainTextResponse("`after` must be a number", status_code=400)
-    customer = request.query_params.get("customer", "")
-    return JSONResponse(runtime.stand_in.messages(customer, after=max(0, after)))
-
-
-async def simulator_customer(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    if runtime.stand_in is None:
-        return PlainTextResponse("not found", status_code=404)
-    try:
-        body = await request.json()
-        customer, first_name = str(body["id"]), body.get("first_name")
-    except (ValueError, KeyError, TypeError):
-        return PlainTextResponse('expected {"id": …, "first_name": …}', status_code=400)
-    runtime.stand_in.set_first_name(customer, first_name if isinstance(first_name, str) else None)
-    return JSONResponse({"id": customer})
-
-
 # -- running it ----------------------------------------------------------------------------------------------
 
 
@@ -381,10 +326,11 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
-def load_settings() -> tuple[Settings, Campaign]:
-    """Settings and campaign, checked before the server starts; exits with the reason when they are wrong."""
+def load_settings(mode: Mode) -> tuple[Settings, Campaign]:
+    """Settings for `mode` and the campaign, checked before the server starts; exits with the reason when
+    they are wrong."""
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(mode=mode)
         campaign = load_campaign(settings.campaign, data_dir=settings.campaign.parent)
     except (ConfigError, CampaignError) as exc:
         sys.exit(f"promobot cannot start: {exc}")
@@ -404,11 +350,15 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """`python -m bot serve`: the bot under uvicorn until SIGINT/SIGTERM, then flush and exit 0."""
+def serve(mode: Mode, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """The bot under uvicorn until SIGINT/SIGTERM, then flush and exit 0.
+
+    `python -m bot serve` runs it in server mode; `run-local` in local mode, on 127.0.0.1 only
+    (`bot.local.serve_local`).
+    """
     import uvicorn
 
-    settings, _ = load_settings()
+    settings, _ = load_settings(mode)
     configure_logging(settings.log_level)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again with the handlers it
     # found at start. Finding these, it returns instead: a stop that flushed every event exits with 0.

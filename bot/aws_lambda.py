@@ -13,6 +13,7 @@ import os
 from mangum import Mangum
 
 from bot.app import configure_logging, create_app, load_settings
+from bot.config import Mode
 from bot.graph import RetryPolicy
 
 # Replies are sent before the webhook is answered, and Messenger expects the answer within 5 seconds.
@@ -21,7 +22,7 @@ _INLINE_RETRY = RetryPolicy(deadline_s=3.0, request_timeout_s=1.5, first_backoff
 
 def build_handler() -> Mangum:
     os.environ.setdefault("PROMOBOT_WAL", "/tmp/promobot-wal")  # noqa: S108 - Lambda's only writable disk
-    settings, _ = load_settings()
+    settings, _ = load_settings(Mode.LAMBDA)
     configure_logging(settings.log_level)
     app = create_app(settings, inline_replies=True, retry=_INLINE_RETRY, owed_from_store=False)
     return Mangum(app, lifespan="on")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,7 +15,19 @@ class ConfigError(ValueError):
     """A setting that is missing, malformed or inconsistent; the message names the variable."""
 
 
-# Without these three the bot runs in local mode, against its built-in Messenger simulator.
+class Mode(StrEnum):
+    """How the bot runs: chosen by the command that starts it, never guessed from the environment."""
+
+    # `make run` / `python -m bot run-local`: throwaway secrets, the built-in Messenger simulator and stand-in
+    # Graph API, on 127.0.0.1 only. Never talks to a real page.
+    LOCAL = "local"
+    # `python -m bot serve`: a real page's webhook, all three platform secrets required.
+    SERVER = "server"
+    # `bot.aws_lambda.handler`: as a server, with replies sent inside the invocation.
+    LAMBDA = "lambda"
+
+
+# A server or a Lambda talks to a real page: it needs all three; local mode ignores them.
 _PLATFORM_SECRETS = ("PROMOBOT_APP_SECRET", "PROMOBOT_VERIFY_TOKEN", "PROMOBOT_PAGE_TOKEN")
 
 
@@ -22,9 +36,10 @@ MESSAGING_WINDOW_S = 24 * 3600.0  # how long after a customer's message the page
 
 @dataclass(frozen=True)
 class Settings:
-    app_secret: str | None = None
-    verify_token: str | None = None
-    page_token: str | None = None
+    mode: Mode = Mode.SERVER
+    app_secret: str = ""
+    verify_token: str = ""
+    page_token: str = ""
     graph_url: str = "https://graph.facebook.com"
     graph_version: str = "v25.0"
     data: str = "./data"
@@ -43,11 +58,6 @@ class Settings:
     # How old buffered events may grow before they are written as Parquet: how fresh the dashboard is.
     flush_seconds: float = 60.0
     log_level: str = "INFO"
-
-    @property
-    def local_mode(self) -> bool:
-        """True when no Meta app is configured: the bot talks to its built-in simulator."""
-        return self.app_secret is None
 
     @property
     def data_is_s3(self) -> bool:
@@ -71,21 +81,30 @@ class Settings:
         return f"Settings({shown})"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, mode: Mode = Mode.SERVER) -> Settings:
+        """Read and check the settings for `mode` from `environ` (default: the process's environment).
+
+        Raises:
+            ConfigError: a setting is missing or malformed (in server and lambda mode, any of the three
+                platform secrets); the message names the variables.
+        """
         env = os.environ if environ is None else environ
 
         def get(name: str) -> str | None:
             value = env.get(name, "").strip()
             return value or None
 
-        secrets = {name: get(name) for name in _PLATFORM_SECRETS}
-        given = [name for name, value in secrets.items() if value]
-        if given and len(given) != len(secrets):
-            missing = [name for name in _PLATFORM_SECRETS if name not in given]
-            raise ConfigError(
-                f"{', '.join(given)} set but {', '.join(missing)} not: set all three to talk to Messenger, "
-                "or none for local mode"
-            )
+        if mode is Mode.LOCAL:
+            # Whatever the shell holds, local mode never talks to a real page: secrets of this process only.
+            platform = {name: secrets.token_hex(16) for name in _PLATFORM_SECRETS}
+        else:
+            platform = {name: get(name) or "" for name in _PLATFORM_SECRETS}
+            missing = [name for name, value in platform.items() if not value]
+            if missing:
+                raise ConfigError(
+                    f"{', '.join(missing)} not set: {mode} mode talks to Messenger and needs "
+                    f"{', '.join(_PLATFORM_SECRETS)}; to try the bot without a Facebook app, run `make run`"
+                )
 
         graph_url = (get("PROMOBOT_GRAPH_URL") or cls.graph_url).rstrip("/")
         public_url = (get("PROMOBOT_PUBLIC_URL") or cls.public_url).rstrip("/")
@@ -123,9 +142,10 @@ class Settings:
         flush_seconds = seconds("PROMOBOT_FLUSH_SECONDS", cls.flush_seconds, minimum=0.1)
         wal = get("PROMOBOT_WAL")
         return cls(
-            app_secret=secrets["PROMOBOT_APP_SECRET"],
-            verify_token=secrets["PROMOBOT_VERIFY_TOKEN"],
-            page_token=secrets["PROMOBOT_PAGE_TOKEN"],
+            mode=mode,
+            app_secret=platform["PROMOBOT_APP_SECRET"],
+            verify_token=platform["PROMOBOT_VERIFY_TOKEN"],
+            page_token=platform["PROMOBOT_PAGE_TOKEN"],
             graph_url=graph_url,
             graph_version=get("PROMOBOT_GRAPH_VERSION") or cls.graph_version,
             data=data,

@@ -3,10 +3,16 @@
 Seeds a demo store with sample journeys on the first run (so the dashboard has something to show), starts the
 bot in local mode (the Messenger simulator at http://127.0.0.1:8000) and the dashboard
 (http://127.0.0.1:8866) on that store, and stops both cleanly on Ctrl-C, events flushed.
+
+The bot runs in a process of its own, `python -m bot.local --port N`: an internal entry point, not a
+documented command, and it listens on 127.0.0.1 only. A process of its own, because then it stops like a
+server does (SIGTERM, replies drained, events flushed, exit 0), a crash of either server is seen here, and
+the tests can start a local bot alone on a port of their choosing.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -15,6 +21,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from bot.config import Mode
 
 DEMO = Path("data/demo")  # kept apart from ./data, where a live bot's events go
 BOT_URL = "http://127.0.0.1:8000"
@@ -32,10 +40,6 @@ def run_local() -> int:
     env = {
         **os.environ,
         "PROMOBOT_DATA": str(DEMO),
-        # Local mode: whatever the shell holds, the demo never talks to a real page.
-        "PROMOBOT_APP_SECRET": "",
-        "PROMOBOT_VERIFY_TOKEN": "",
-        "PROMOBOT_PAGE_TOKEN": "",
         "PROMOBOT_FLUSH_SECONDS": os.environ.get("PROMOBOT_FLUSH_SECONDS", "5"),
     }
     if not (DEMO / "events").exists():
@@ -57,7 +61,7 @@ def run_local() -> int:
             env=env,
         )
     processes = [
-        subprocess.Popen([sys.executable, "-m", "bot", "serve", "--port", "8000"], env=env),
+        subprocess.Popen([sys.executable, "-m", "bot.local", "--port", "8000"], env=env),
         subprocess.Popen(
             [sys.executable, "-m", "analytics", "dashboard", "--data", str(DEMO), "--port", "8866"], env=env
         ),
@@ -99,3 +103,17 @@ def wait_until_up(url: str, processes: list[subprocess.Popen], timeout_s: float 
         except (urllib.error.URLError, OSError):
             time.sleep(0.3)
     return False
+
+
+def serve_local(argv: list[str] | None = None) -> None:
+    """`python -m bot.local [--port N]`: the bot alone in local mode, on 127.0.0.1 (`run_local` starts it)."""
+    from bot.app import serve
+
+    parser = argparse.ArgumentParser(prog="python -m bot.local", description=serve_local.__doc__)
+    parser.add_argument("--port", type=int, default=8000)
+    # No --host: local mode hands its signing secret to any browser that asks, so never beyond this machine.
+    serve(Mode.LOCAL, host="127.0.0.1", port=parser.parse_args(argv).port)
+
+
+if __name__ == "__main__":
+    serve_local()

@@ -4,6 +4,9 @@ It answers the Send and User Profile calls the way the platform does and keeps e
 the simulator page can show them. Each message gets the platform's time when it arrives, inside the bot's
 Send API call; the page sends it back as the watermark of the receipts that cover it, as Messenger does. The
 bot's own Graph client talks to it through an httpx transport: the production code path, minus the network.
+
+Its memory is bounded (the last messages of each of the most recently active customers), and its routes, the
+simulator page included, exist only in local mode: `create_app` adds them when it builds a stand-in.
 """
 
 from __future__ import annotations
@@ -12,36 +15,70 @@ import itertools
 import json
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 import httpx
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from bot.graph import read_batch
+
+LOCAL_PAGE_ID = "100000000000001"  # the simulated business page in local mode
+SIMULATOR_PAGE = Path(__file__).with_name("simulator.html")
+MAX_CUSTOMERS = 1_000  # customers remembered, the most recently active ones
+MAX_MESSAGES = 200  # messages remembered per customer, the last ones
 
 
 @dataclass
 class SimulatedCustomer:
     first_name: str | None = None
     # {"message_id", "message", "timestamp"} in the order sent; the timestamp is the platform's (ms).
-    messages: list[dict] = field(default_factory=list)
+    messages: deque[dict] = field(default_factory=deque)
+    dropped: int = 0  # messages forgotten from the front: indices stay those of every message ever sent
 
 
 class GraphStandIn(httpx.AsyncBaseTransport):
-    def __init__(self) -> None:
+    """The Graph API's Send and User Profile calls, in memory.
+
+    Parameters:
+        max_customers: customers remembered; the one least recently sent to or named is forgotten first.
+        max_messages: messages remembered per customer; the oldest is forgotten first.
+    """
+
+    def __init__(self, max_customers: int = MAX_CUSTOMERS, max_messages: int = MAX_MESSAGES) -> None:
         self._lock = threading.Lock()
-        self._customers: dict[str, SimulatedCustomer] = defaultdict(SimulatedCustomer)
+        self._customers: OrderedDict[str, SimulatedCustomer] = OrderedDict()
+        self._max_customers = max_customers
+        self._max_messages = max_messages
         self._ids = itertools.count(1)
+
+    def _customer(self, customer_id: str) -> SimulatedCustomer:
+        """The customer, made the most recently active (created if new, the oldest forgotten if too many)."""
+        customer = self._customers.get(customer_id)
+        if customer is None:
+            customer = self._customers[customer_id] = SimulatedCustomer()
+            if len(self._customers) > self._max_customers:
+                self._customers.popitem(last=False)
+        else:
+            self._customers.move_to_end(customer_id)
+        return customer
 
     def set_first_name(self, customer_id: str, first_name: str | None) -> None:
         with self._lock:
-            self._customers[customer_id].first_name = first_name
+            self._customer(customer_id).first_name = first_name
 
     def messages(self, customer_id: str, after: int = 0) -> list[dict]:
-        """Messages sent to a customer, from index `after` on."""
+        """Messages sent to a customer and still remembered, from index `after` (counting every message
+        ever sent to them) on."""
         with self._lock:
-            return list(self._customers[customer_id].messages[after:])
+            customer = self._customers.get(customer_id)
+            if customer is None:
+                return []
+            return list(customer.messages)[max(0, after - customer.dropped) :]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.strip("/").split("/")
@@ -66,18 +103,23 @@ class GraphStandIn(httpx.AsyncBaseTransport):
         customer_id = str(body.get("recipient", {}).get("id", ""))
         message_id = f"m_local{next(self._ids):08d}"
         with self._lock:
-            self._customers[customer_id].messages.append(
+            customer = self._customer(customer_id)
+            customer.messages.append(
                 {
                     "message_id": message_id,
                     "message": body.get("message"),
                     "timestamp": time.time_ns() // 1_000_000,
                 }
             )
+            if len(customer.messages) > self._max_messages:
+                customer.messages.popleft()
+                customer.dropped += 1
         return {"recipient_id": customer_id, "message_id": message_id}
 
     def _profile(self, customer_id: str) -> dict:
         with self._lock:
-            name = self._customers[customer_id].first_name if customer_id in self._customers else None
+            customer = self._customers.get(customer_id)
+            name = customer.first_name if customer is not None else None
         profile = {"id": customer_id}
         if name:
             profile["first_name"] = name
@@ -85,3 +127,41 @@ class GraphStandIn(httpx.AsyncBaseTransport):
 
 
 UNSUPPORTED = {"error": {"message": "unsupported call", "type": "OAuthException", "code": 100}}
+
+
+def simulator_routes(stand_in: GraphStandIn, app_secret: str) -> list[Route]:
+    """The simulator page at `/` and what it polls, for local mode only.
+
+    Parameters:
+        stand_in: the Graph API stand-in the bot sends to; the page shows what it received.
+        app_secret: local mode's throwaway secret, which the page signs its webhooks with.
+    """
+
+    async def page(request: Request) -> Response:
+        # The page signs its webhooks like the platform does, with this process's throwaway secret.
+        config = json.dumps({"secret": app_secret, "page": LOCAL_PAGE_ID}).replace("</", "<\\/")
+        html = SIMULATOR_PAGE.read_text(encoding="utf-8").replace("__CONFIG__", config)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    async def messages(request: Request) -> Response:
+        try:
+            after = int(request.query_params.get("after", "0"))
+        except ValueError:
+            return PlainTextResponse("`after` must be a number", status_code=400)
+        customer = request.query_params.get("customer", "")
+        return JSONResponse(stand_in.messages(customer, after=max(0, after)))
+
+    async def customer(request: Request) -> Response:
+        try:
+            body = await request.json()
+            customer_id, first_name = str(body["id"]), body.get("first_name")
+        except (ValueError, KeyError, TypeError):
+            return PlainTextResponse('expected {"id": …, "first_name": …}', status_code=400)
+        stand_in.set_first_name(customer_id, first_name if isinstance(first_name, str) else None)
+        return JSONResponse({"id": customer_id})
+
+    return [
+        Route("/", page, methods=["GET"]),
+        Route("/simulator/messages", messages, methods=["GET"]),
+        Route("/simulator/customers", customer, methods=["POST"]),
+    ]

@@ -1,4 +1,5 @@
-"""The bot as users run it: `python -m bot serve` in its own process, on a real port."""
+"""The bot as users run it, in its own process on a real port: `python -m bot serve` (server mode), or the
+local-mode bot that `python -m bot run-local` starts."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import duckdb
 import httpx
 
+from bot.config import Mode
 from bot.messenger import sign
 from tests.conftest import REPO
 from tests.ports import free_port
@@ -32,8 +34,11 @@ def make_home(root: Path) -> Path:
 
 
 class BotProcess:
-    def __init__(self, data: Path, graph_url: str, **env: str) -> None:
+    """The bot in `mode`: server (`python -m bot serve`, with the test secrets) or local (as run-local)."""
+
+    def __init__(self, data: Path, graph_url: str, mode: Mode = Mode.SERVER, **env: str) -> None:
         self.data = data
+        self.mode = mode
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -55,7 +60,7 @@ class BotProcess:
     def start(self) -> BotProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot", "serve", "--port", str(self.port)],
+                [sys.executable, *bot_command(self.mode), "--port", str(self.port)],
                 cwd=REPO,
                 env=self.env,
                 stdout=log,
@@ -105,6 +110,13 @@ class BotProcess:
     def __exit__(self, *exc_info: object) -> None:
         if self.process is not None and self.process.poll() is None:
             self.kill()
+
+
+def bot_command(mode: Mode) -> list[str]:
+    """The interpreter's arguments that start the bot in `mode` (before `--port`)."""
+    if mode is Mode.LOCAL:
+        return ["-m", "bot.local"]  # what `python -m bot run-local` starts
+    return ["-m", "bot", "serve"]
 
 
 def stored_events(data: Path) -> list[dict]:

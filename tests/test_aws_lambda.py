@@ -115,3 +115,25 @@ def test_successive_invocations_each_store_their_events(handler, graph):
     events = stored_events(data)
     assert sorted({e["customer_id"] for e in events}) == ["4003", "4004"]
     assert len(events) == 4
+
+
+def test_the_function_has_no_simulator(handler):
+    app, _ = handler
+    for path in ("/", "/simulator/messages"):
+        event = copy.deepcopy(HTTP_API)
+        event["routeKey"] = event["requestContext"]["routeKey"] = f"GET {path}"
+        event["rawPath"] = event["requestContext"]["http"]["path"] = path
+        event["requestContext"]["http"]["method"] = "GET"
+        event["body"] = None
+
+        response = app(event, Context())
+
+        assert response["statusCode"] == 404, path
+        assert APP_SECRET not in response["body"]
+
+
+def test_a_function_without_its_page_token_refuses_to_start_naming_it(handler, monkeypatch):
+    monkeypatch.delenv("PROMOBOT_PAGE_TOKEN")
+
+    with pytest.raises(SystemExit, match=r"^promobot cannot start: PROMOBOT_PAGE_TOKEN not set: lambda mode"):
+        build_handler()

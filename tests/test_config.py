@@ -2,25 +2,53 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import ConfigError, Settings
+from bot.config import ConfigError, Mode, Settings
+
+SECRETS = {"PROMOBOT_APP_SECRET": "s", "PROMOBOT_VERIFY_TOKEN": "v", "PROMOBOT_PAGE_TOKEN": "t"}
 
 
-def test_no_platform_secrets_means_local_mode():
-    settings = Settings.from_env({})
-    assert settings.local_mode
+def test_local_mode_needs_no_secrets_and_takes_the_defaults():
+    settings = Settings.from_env({}, Mode.LOCAL)
+
+    assert settings.mode is Mode.LOCAL
     assert settings.data == "./data"
     assert settings.campaign == Path("data/campaign.toml")
     assert settings.wal_path == Path("data/wal")
 
 
-def test_all_three_secrets_mean_platform_mode():
-    env = {"PROMOBOT_APP_SECRET": "s", "PROMOBOT_VERIFY_TOKEN": "v", "PROMOBOT_PAGE_TOKEN": "t"}
-    assert not Settings.from_env(env).local_mode
+def test_local_mode_ignores_the_environments_secrets_for_throwaway_ones():
+    first, second = Settings.from_env(SECRETS, Mode.LOCAL), Settings.from_env(SECRETS, Mode.LOCAL)
+
+    for name in ("app_secret", "verify_token", "page_token"):
+        assert getattr(first, name) not in ("", *SECRETS.values())
+        assert getattr(first, name) != getattr(second, name)  # never a secret anyone else knows
 
 
-def test_partial_platform_config_is_refused_naming_what_is_missing():
-    with pytest.raises(ConfigError, match="PROMOBOT_PAGE_TOKEN"):
-        Settings.from_env({"PROMOBOT_APP_SECRET": "s", "PROMOBOT_VERIFY_TOKEN": "v"})
+@pytest.mark.parametrize("mode", [Mode.SERVER, Mode.LAMBDA])
+def test_a_server_with_all_three_secrets_uses_them(mode):
+    settings = Settings.from_env(SECRETS, mode)
+
+    assert settings.mode is mode
+    assert (settings.app_secret, settings.verify_token, settings.page_token) == ("s", "v", "t")
+
+
+@pytest.mark.parametrize("mode", [Mode.SERVER, Mode.LAMBDA])
+def test_a_server_without_secrets_is_refused_naming_all_three(mode):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"PROMOBOT_APP_SECRET": "  "}, mode)
+
+    assert str(refused.value).startswith(
+        "PROMOBOT_APP_SECRET, PROMOBOT_VERIFY_TOKEN, PROMOBOT_PAGE_TOKEN not set"
+    )
+    assert f"{mode} mode" in str(refused.value)
+
+
+@pytest.mark.parametrize("missing", list(SECRETS))
+def test_a_server_missing_one_secret_is_refused_naming_only_that_one(missing):
+    env = {name: value for name, value in SECRETS.items() if name != missing}
+
+    with pytest.raises(ConfigError, match=f"^{missing} not set"):
+        Settings.from_env(env)  # server mode unless told otherwise
 
 
 def test_secrets_never_appear_in_repr():
@@ -31,7 +59,7 @@ def test_secrets_never_appear_in_repr():
 
 
 def test_s3_store_keeps_its_wal_on_local_disk():
-    settings = Settings.from_env({"PROMOBOT_DATA": "s3://bucket/prefix"})
+    settings = Settings.from_env({"PROMOBOT_DATA": "s3://bucket/prefix"}, Mode.LOCAL)
     assert settings.data_is_s3
     assert not str(settings.wal_path).startswith("s3:")
 
@@ -49,11 +77,11 @@ def test_s3_store_keeps_its_wal_on_local_disk():
 )
 def test_malformed_settings_are_refused_by_name(env, name):
     with pytest.raises(ConfigError, match=name):
-        Settings.from_env(env)
+        Settings.from_env({**SECRETS, **env})
 
 
 def test_graph_timeout_and_flush_interval_are_seconds():
-    settings = Settings.from_env({"PROMOBOT_GRAPH_TIMEOUT": "0.5", "PROMOBOT_FLUSH_SECONDS": "2"})
+    settings = Settings.from_env({**SECRETS, "PROMOBOT_GRAPH_TIMEOUT": "0.5", "PROMOBOT_FLUSH_SECONDS": "2"})
 
     assert (settings.graph_timeout_s, settings.flush_seconds) == (0.5, 2.0)
 
@@ -61,4 +89,4 @@ def test_graph_timeout_and_flush_interval_are_seconds():
 @pytest.mark.parametrize("value", ["soon", "0", "-1", "nan"])
 def test_a_bad_number_of_seconds_is_refused_naming_the_variable(value):
     with pytest.raises(ConfigError, match="PROMOBOT_GRAPH_TIMEOUT"):
-        Settings.from_env({"PROMOBOT_GRAPH_TIMEOUT": value})
+        Settings.from_env({"PROMOBOT_GRAPH_TIMEOUT": value}, Mode.LOCAL)

@@ -10,18 +10,17 @@ import httpx
 import pytest
 
 import analytics
+from bot.config import Mode
 from bot.events import message_digest
 from tests.bot_process import BotProcess, make_home, stored_events
 from tests.browser import ARTIFACTS, chromium_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-LOCAL_MODE = {"PROMOBOT_APP_SECRET": "", "PROMOBOT_VERIFY_TOKEN": "", "PROMOBOT_PAGE_TOKEN": ""}
-
 
 def test_three_customers_play_the_conversation_in_the_simulator(tmp_path):
     data = make_home(tmp_path)
-    with BotProcess(data, "https://graph.invalid", **LOCAL_MODE) as bot:
+    with BotProcess(data, "https://graph.invalid", Mode.LOCAL) as bot:
         assert "local mode" in bot.log()
         with chromium_page(offline_except=bot.url) as page:
             page.goto(bot.url + "/")

@@ -834,10 +834,11 @@ def compact(
 
 def compact_command(data: str | None, day: str | None, grace_s: float = DEFAULT_GRACE_S) -> int:
     """`python -m bot compact`: merge each closed day's files (or one day's) into one file."""
-    from bot.config import ConfigError, Settings
+    from bot.config import ConfigError, Mode, Settings
 
     try:
-        data = data or Settings.from_env().data
+        # Compaction touches only the event files: it needs PROMOBOT_DATA, never the platform's secrets.
+        data = data or Settings.from_env(mode=Mode.LOCAL).data
     except ConfigError as exc:
         print(f"promobot: {exc}", flush=True)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -151,6 +152,26 @@ def test_compact_command_merges_closed_days(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "2026-03-01: 4 files merged into one" in result.stdout
+    assert len(list(data.glob("events/*/*.parquet"))) == 1
+
+
+def test_compact_command_reads_the_store_from_the_environment_without_the_platforms_secrets(tmp_path):
+    data = tmp_path / "data"
+    write_day(data, files=2, per_file=10)
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("PROMOBOT_APP_SECRET", "PROMOBOT_VERIFY_TOKEN", "PROMOBOT_PAGE_TOKEN")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "compact", "--grace", "0"],
+        cwd=REPO,
+        env={**environment, "PROMOBOT_DATA": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
     assert len(list(data.glob("events/*/*.parquet"))) == 1
 
 

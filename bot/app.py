@@ -1,7 +1,8 @@
-"""Wiring: the HTTP routes, and the lifespan that opens the campaign, the event log and the Graph client.
+"""Wiring: the HTTP routes, and the lifespan that opens the campaign, the store, the sender and the flusher.
 
-A webhook POST is checked (size, signature, shape), turned into events by the flow, made durable in the
-event log, and only then acknowledged; the replies go out after the acknowledgement.
+A webhook POST is checked (size, signature, shape), turned into events by the flow, and recorded with the
+replies it calls for in one transaction of the store; only then is it acknowledged. The sender sends the
+replies from the store's outbox, and the flusher moves the events to Parquet.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hmac
 import logging
 import signal
 import sys
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,20 +29,22 @@ from starlette.types import Receive, Scope, Send
 from bot import flow
 from bot.campaign import Campaign, CampaignError, load_campaign
 from bot.config import ConfigError, Mode, Settings
-from bot.events import Event
+from bot.database import Database, DatabaseError
+from bot.flusher import Flusher
 from bot.graph import GraphClient, RetryPolicy
 from bot.messenger import SIGNATURE_HEADER, MalformedBody, parse_body, verify_signature
-from bot.replies import Replier, owed_replies, utc_now
-from bot.reply_worker import ReplyProcess
+from bot.replies import Replier
+from bot.sender import LEASE_MARGIN_S, Sender
 from bot.simulator import GraphStandIn, simulator_routes
-from bot.store import EventLog, StoreError
+from bot.store import FileStore
 
 log = logging.getLogger("promobot")
 
 # Real webhook bodies reach hundreds of KB (batched entries); anything past this is not the platform.
 MAX_BODY_BYTES = 4 * 1024 * 1024
 SHUTDOWN_REPLY_GRACE_S = 10.0
-SEEN_IDS = 100_000
+# Replies are sent before a Lambda's webhook is answered, and Messenger expects the answer within seconds.
+INLINE_RETRY = RetryPolicy(deadline_s=3.0, request_timeout_s=1.5, first_backoff_s=0.1, max_backoff_s=1.0)
 
 
 @dataclass
@@ -51,23 +53,13 @@ class Runtime:
 
     settings: Settings
     campaign: Campaign
-    events: EventLog
-    graph: GraphClient
-    replier: Replier
-    outbox: Replier | ReplyProcess  # where replies go after the acknowledgement
+    database: Database
+    sender: Sender
+    flusher: Flusher
     app_secret: str
     verify_token: str
     image_path: Path | None
-    inline_replies: bool
-    seen: OrderedDict[str, None]
-
-    def first_time(self, event_id: str) -> bool:
-        if event_id in self.seen:
-            return False
-        self.seen[event_id] = None
-        if len(self.seen) > SEEN_IDS:
-            self.seen.popitem(last=False)
-        return True
+    send_inline: bool  # send before acknowledging: the host freezes the process once it has answered
 
 
 def image_url(settings: Settings, campaign: Campaign) -> str:
@@ -76,25 +68,52 @@ def image_url(settings: Settings, campaign: Campaign) -> str:
     return campaign.thanks_image
 
 
+def graph_client(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy | None = None
+) -> GraphClient:
+    """The Graph API client `settings` call for (Lambda: a retry policy that fits inside the webhook)."""
+    if retry is None:
+        retry = (
+            INLINE_RETRY
+            if settings.mode is Mode.LAMBDA
+            else RetryPolicy(
+                request_timeout_s=settings.graph_timeout_s, deadline_s=4 * settings.graph_timeout_s
+            )
+        )
+    return GraphClient(
+        base_url=settings.graph_url,
+        version=settings.graph_version,
+        page_token=settings.page_token,
+        app_secret=settings.app_secret,
+        retry=retry,
+        transport=transport,
+    )
+
+
+def check_no_legacy_wal(settings: Settings) -> None:
+    """Refuse to start over events an earlier promobot left unflushed in its write-ahead log.
+
+    Raises: ConfigError naming the directory and what to do.
+    """
+    folder = settings.legacy_wal
+    if folder.is_dir() and any(folder.glob("*.wal")):
+        raise ConfigError(
+            f"{folder} holds events an earlier promobot had not yet written to {settings.data}: start that "
+            "version once more and stop it with Ctrl-C or SIGTERM (it writes them out), then start this one"
+        )
+
+
 def create_app(
     settings: Settings,
     *,
     graph_transport: httpx.AsyncBaseTransport | None = None,
-    inline_replies: bool = False,
     retry: RetryPolicy | None = None,
-    owed_from_store: bool = True,
-    reply_process: bool = False,
 ) -> PromobotApp:
-    """The bot. `graph_transport` replaces the network under the Graph client (tests, the simulator).
+    """The bot for `settings.mode`. `graph_transport` replaces the network under the Graph client (tests);
+    `retry` its retry policy.
 
-    `inline_replies` sends replies before answering the webhook, for hosts that freeze the process once the
-    response is out (AWS Lambda). `owed_from_store=False` looks for replies owed after a crash only among the
-    events the write-ahead log replayed, not in the store: right where every run flushes before it ends.
-    `reply_process` sends replies from a worker process (`python -m bot serve` does), so that the Graph
-    API's cost never slows acknowledgements; local mode keeps them in-process, for its built-in stand-in.
-    It also has the event log fsync from a process of its own (quicker under load than a thread).
-    In local mode (`settings.mode`) the app talks to a stand-in Graph API and serves the Messenger simulator
-    at `/`; in any other mode those routes do not exist.
+    In local mode the app talks to a stand-in Graph API and serves the Messenger simulator at `/`; in any
+    other mode those routes do not exist. In Lambda mode replies are sent before the webhook is answered.
     """
     local = settings.mode is Mode.LOCAL
     stand_in = GraphStandIn() if local else None
@@ -103,7 +122,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         campaign_dir = settings.campaign.parent
         campaign = load_campaign(settings.campaign, data_dir=campaign_dir)
-        transport = graph_transport or stand_in
+        check_no_legacy_wal(settings)
         if local:
             log.warning(
                 "local mode: promobot talks to its built-in Messenger simulator at %s/ instead of Facebook",
@@ -115,71 +134,47 @@ def create_app(
                 "PROMOBOT_PUBLIC_URL to the bot's public https address",
                 settings.public_url,
             )
-        events = await asyncio.to_thread(
-            EventLog.open,
-            settings.data,
-            settings.wal_path,
-            flush_age_s=settings.flush_seconds,
-            sync_process=reply_process,
-        )
-        graph = GraphClient(
-            base_url=settings.graph_url,
-            version=settings.graph_version,
-            page_token=settings.page_token,
-            app_secret=settings.app_secret,
-            retry=retry
-            or RetryPolicy(
-                request_timeout_s=settings.graph_timeout_s, deadline_s=4 * settings.graph_timeout_s
-            ),
-            transport=transport,
-        )
+        database = await asyncio.to_thread(Database.open, settings.database, Path(settings.data))
+        graph = graph_client(settings, graph_transport or stand_in, retry)
         replier = Replier(
-            campaign,
-            graph,
-            events,
-            image_url=image_url(settings, campaign),
-            max_age_s=settings.reply_max_age_s,
+            campaign, graph, image_url=image_url(settings, campaign), max_age_s=settings.reply_max_age_s
         )
-        use_worker = reply_process and not inline_replies and not local
-        outbox = ReplyProcess(events, replier) if use_worker else replier
-        if isinstance(outbox, ReplyProcess):
-            await outbox.start_worker()
-        runtime = Runtime(
+        # Longer than a reply can take (a profile lookup and a send, each within the retry deadline).
+        lease = timedelta(seconds=2 * graph.retry.deadline_s + LEASE_MARGIN_S)
+        sender = Sender(database, replier, lease=lease)
+        if database.engine.name == "sqlite":
+            # This process is the store's only user: what a previous run had claimed is owed now.
+            released = await asyncio.to_thread(database.release_leases)
+            if released:
+                log.info("%d replies owed from before the last stop; sending them now", released)
+        flusher = Flusher(database, FileStore(settings.data), interval_s=settings.flush_seconds).start()
+        send_inline = settings.mode is Mode.LAMBDA
+        if not send_inline:
+            sender.start()
+        app.state.runtime = Runtime(
             settings=settings,
             campaign=campaign,
-            events=events,
-            graph=graph,
-            replier=replier,
-            outbox=outbox,
+            database=database,
+            sender=sender,
+            flusher=flusher,
             app_secret=settings.app_secret,
             verify_token=settings.verify_token,
             image_path=campaign_dir / campaign.thanks_image if campaign.image_is_local else None,
-            inline_replies=inline_replies,
-            seen=OrderedDict(),
+            send_inline=send_inline,
         )
-        app.state.runtime = runtime
         try:
-            # Clicks acknowledged by a previous run that died before answering them.
-            if owed_from_store:
-                horizon = utc_now() - timedelta(seconds=settings.reply_max_age_s) - timedelta(days=1)
-                recent = await asyncio.to_thread(events.recent, horizon)
-            else:
-                recent = events.replayed
-            for event in recent:
-                runtime.first_time(event.event_id)
-            owed = owed_replies(recent)
-            if owed:
-                log.info("%d replies owed from before the last stop; sending them now", len(owed))
-                outbox.start(owed)
-            log.info("promobot ready: campaign %r, events in %s", campaign.id, settings.data)
+            log.info(
+                "promobot ready: campaign %r, state in %s, events in %s",
+                campaign.id,
+                database.engine.where,
+                settings.data,
+            )
             yield
         finally:
-            if isinstance(outbox, ReplyProcess):
-                await outbox.close(SHUTDOWN_REPLY_GRACE_S)
-            else:
-                await replier.drain(SHUTDOWN_REPLY_GRACE_S)
+            await sender.close(SHUTDOWN_REPLY_GRACE_S)
             await graph.aclose()
-            await asyncio.to_thread(events.close)
+            await asyncio.to_thread(flusher.close)
+            await asyncio.to_thread(database.close)
             log.info("promobot stopped; events flushed")
 
     app = PromobotApp(
@@ -251,27 +246,26 @@ class WebhookReceiver:
         except MalformedBody as exc:
             return PlainTextResponse(f"malformed notification: {exc}", status_code=400)
 
-        new: list[Event] = []
-        for action in inbound:
-            for event in flow.record(runtime.campaign, action):
-                if runtime.first_time(event.event_id):  # a redelivered webhook is recorded and answered once
-                    new.append(event)
-        if new:
-            try:
-                await runtime.events.append(new)
-            except StoreError as exc:
-                for event in new:
-                    runtime.seen.pop(event.event_id, None)
-                log.error("webhook not acknowledged, events could not be recorded: %s", exc)
-                # The platform redelivers what is not acknowledged: nothing is lost while the store recovers.
-                return PlainTextResponse(
-                    "events could not be recorded", status_code=503, headers={"Retry-After": "5"}
-                )
-        replies = [reply for event in new for reply in flow.plan_replies(event)]
-        if runtime.inline_replies:
-            await runtime.replier.send(replies)
-        else:
-            runtime.outbox.start(replies)
+        events = [event for action in inbound for event in flow.record(runtime.campaign, action)]
+        if not events:
+            return ACKNOWLEDGED
+        replies = [reply for event in events for reply in flow.plan_replies(event)]
+        try:
+            # Only events not recorded before are kept, with their replies: a redelivered webhook, whichever
+            # instance it reaches, is recorded and answered once.
+            new = await runtime.database.record(events, replies)
+        except DatabaseError as exc:
+            log.error("webhook not acknowledged, events could not be recorded: %s", exc)
+            # The platform redelivers what is not acknowledged: nothing is lost while the store recovers.
+            return PlainTextResponse(
+                "events could not be recorded", status_code=503, headers={"Retry-After": "5"}
+            )
+        if replies and new:
+            if runtime.send_inline:
+                with contextlib.suppress(DatabaseError):  # owed in the outbox: the next invocation sends them
+                    await runtime.sender.send_due()
+            else:
+                runtime.sender.wake()
         return ACKNOWLEDGED
 
 
@@ -300,12 +294,14 @@ class PromobotApp(Starlette):
 async def healthz(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     try:
-        await asyncio.to_thread(runtime.events.check)
-    except StoreError as exc:
+        await asyncio.to_thread(runtime.database.check)
+    except DatabaseError as exc:
         return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
-    return JSONResponse(
-        {"status": "ok", "campaign": runtime.campaign.id, "replies_in_flight": runtime.outbox.pending}
-    )
+    health = {"status": "ok", "campaign": runtime.campaign.id, "replies_in_flight": runtime.sender.pending}
+    if runtime.flusher.last_error is not None:
+        # Events wait in the store meanwhile: the bot still works, the dashboard falls behind.
+        health["flush_error"] = str(runtime.flusher.last_error)
+    return JSONResponse(health)
 
 
 async def media(request: Request) -> Response:
@@ -338,7 +334,7 @@ def load_settings(mode: Mode) -> tuple[Settings, Campaign]:
 
 
 def tune_garbage_collector() -> None:
-    """For a long-running process (the server, the reply worker), once it has made what it starts with.
+    """For a long-running process (the server), once it has made what it starts with.
 
     All of that lives as long as the process: frozen out of the cyclic garbage collector's sight, its full
     collections stop walking tens of thousands of objects (a 30+ ms pause each, the webhook's p99). And the
@@ -364,7 +360,7 @@ def serve(mode: Mode, host: str = "127.0.0.1", port: int = 8000) -> None:
     # found at start. Finding these, it returns instead: a stop that flushed every event exits with 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda signum, frame: None)
-    app = create_app(settings, reply_process=True)
+    app = create_app(settings)
     tune_garbage_collector()
     uvicorn.run(
         app,

@@ -31,6 +31,7 @@ class Mode(StrEnum):
 _PLATFORM_SECRETS = ("PROMOBOT_APP_SECRET", "PROMOBOT_VERIFY_TOKEN", "PROMOBOT_PAGE_TOKEN")
 
 
+SQLITE_FILE = "promobot.sqlite3"
 MESSAGING_WINDOW_S = 24 * 3600.0  # how long after a customer's message the page may answer it (RESPONSE)
 
 
@@ -45,9 +46,10 @@ class Settings:
     data: str = "./data"
     campaign: Path = Path("data/campaign.toml")
     public_url: str = "http://127.0.0.1:8000"
-    # Where the write-ahead log lives. It must be a local disk; by default it sits in the data
-    # directory, or, when events go to object storage, in `.promobot-wal` (on Lambda: /tmp).
-    wal_dir: Path | None = None
+    # The transactional store: a `postgresql://` URL (several instances, ephemeral disks), or a
+    # `sqlite:///path` one. None: an SQLite file in the data directory, or, when events go to object
+    # storage, in `.promobot/` (on Lambda: /tmp/promobot, which a cold start does not keep).
+    database_url: str | None = None
     # A reply owed for an acknowledged click is still sent after a restart if it is younger than this;
     # older ones are recorded as `send_failed` (a coupon an hour late only confuses). At most a day: the
     # platform's window for a RESPONSE.
@@ -64,16 +66,26 @@ class Settings:
         return self.data.startswith("s3://")
 
     @property
-    def wal_path(self) -> Path:
-        if self.wal_dir is not None:
-            return self.wal_dir
-        if self.data_is_s3:
-            return Path(".promobot-wal")
-        return Path(self.data) / "wal"
+    def database(self) -> str:
+        """The store's URL: `database_url`, or the SQLite file's."""
+        if self.database_url is not None:
+            return self.database_url
+        if self.mode is Mode.LAMBDA:
+            folder = Path("/tmp/promobot")  # noqa: S108 - Lambda's only writable disk
+        elif self.data_is_s3:
+            folder = Path(".promobot")
+        else:
+            folder = Path(self.data)
+        return f"sqlite:///{folder / SQLITE_FILE}"
+
+    @property
+    def legacy_wal(self) -> Path:
+        """Where promobot before its transactional store kept its write-ahead log."""
+        return Path(".promobot-wal") if self.data_is_s3 else Path(self.data) / "wal"
 
     def __repr__(self) -> str:
         # Never print secrets, not even in a traceback.
-        hidden = {"app_secret", "verify_token", "page_token"}
+        hidden = {"app_secret", "verify_token", "page_token", "database_url"}  # a URL may hold a password
         shown = ", ".join(
             f"{name}={'***' if name in hidden and getattr(self, name) else getattr(self, name)!r}"
             for name in (f.name for f in fields(self))
@@ -140,7 +152,14 @@ class Settings:
 
         graph_timeout_s = seconds("PROMOBOT_GRAPH_TIMEOUT", cls.graph_timeout_s, minimum=0.1)
         flush_seconds = seconds("PROMOBOT_FLUSH_SECONDS", cls.flush_seconds, minimum=0.1)
-        wal = get("PROMOBOT_WAL")
+        database_url = get("PROMOBOT_DATABASE_URL") or get("DATABASE_URL")  # Heroku names it DATABASE_URL
+        if database_url is not None and not database_url.startswith(
+            ("postgresql://", "postgres://", "sqlite:///")
+        ):
+            scheme = database_url.split(":", 1)[0]
+            raise ConfigError(
+                f"PROMOBOT_DATABASE_URL has scheme {scheme!r}: use postgresql://… or sqlite:///path"
+            )
         return cls(
             mode=mode,
             app_secret=platform["PROMOBOT_APP_SECRET"],
@@ -151,7 +170,7 @@ class Settings:
             data=data,
             campaign=Path(get("PROMOBOT_CAMPAIGN") or cls.campaign),
             public_url=public_url,
-            wal_dir=Path(wal) if wal else None,
+            database_url=database_url,
             reply_max_age_s=reply_max_age_s,
             graph_timeout_s=graph_timeout_s,
             flush_seconds=flush_seconds,

@@ -193,18 +193,21 @@ class Database:
     ) -> Database:
         """Open the store and bring its schema up to date.
 
-        Parameters: `url` a `postgresql://` (or `postgres://`) URL, or None for the SQLite file in
-        `data_dir`; `migrations` the schema's steps; `clock` the bot's clock (aware, UTC).
+        Parameters: `url` a `postgresql://` (or `postgres://`) or `sqlite:///path` URL, or None for the
+        SQLite file in `data_dir`; `migrations` the schema's steps; `clock` the bot's clock (aware, UTC).
         Raises: DatabaseError (unreachable, unknown URL scheme), MigrationError (a newer schema).
         """
-        if url is None:
-            data_dir.mkdir(parents=True, exist_ok=True)
-            engine = _sqlite(data_dir / SQLITE_FILE)
+        if url is None or url.startswith("sqlite:///"):
+            path = data_dir / SQLITE_FILE if url is None else Path(url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            engine = _sqlite(path)
         elif url.startswith(("postgresql://", "postgres://")):
             engine = _postgresql(url)
         else:
             scheme = url.split(":", 1)[0]
-            raise DatabaseError(f"database URL scheme {scheme!r} is not supported: use postgresql:// or none")
+            raise DatabaseError(
+                f"database URL scheme {scheme!r} is not supported: use postgresql:// or sqlite:///"
+            )
         database = cls(engine, clock)
         try:
             migrate(database._connection(), engine.name, migrations)
@@ -382,6 +385,30 @@ class Database:
             rows = cursor.fetchall()
         replies = [Reply(ReplyKind(kind), _event(event)) for kind, *event in rows]
         return sorted(replies, key=lambda reply: (reply.answers.ts, reply.sent_id))
+
+    def due(self) -> bool:
+        """Whether a reply is due now (a read: no write transaction). Blocking."""
+        return bool(self._query("SELECT 1 FROM outbox WHERE due_at <= ? LIMIT 1", (_micros(self.clock()),)))
+
+    def release_leases(self) -> int:
+        """Make every leased reply due now; returns how many. For a store only this process uses (SQLite):
+        after a crash, its replies are owed at once instead of when their leases run out. Blocking."""
+        now = _micros(self.clock())
+        with self._transaction() as cursor:
+            cursor.execute("UPDATE outbox SET due_at = ? WHERE due_at > ?", (now, now))
+            return cursor.rowcount
+
+    def complete_many(self, outcomes: Sequence[tuple[str, Event]]) -> int:
+        """`complete` for each (reply id, outcome), in one transaction; returns how many were still owed.
+        Blocking."""
+        completed = 0
+        with self._transaction() as cursor:
+            for reply_id, outcome in outcomes:
+                cursor.execute("DELETE FROM outbox WHERE reply_id = ?", (reply_id,))
+                if cursor.rowcount:
+                    cursor.execute(_INSERT_EVENT, _event_values(outcome))
+                    completed += 1
+        return completed
 
     def complete(self, reply_id: str, outcome: Event) -> bool:
         """End a reply: delete it from the outbox and buffer its outcome event (`*_sent`, `send_failed`) in

@@ -1,10 +1,5 @@
-"""Sending the replies the flow plans, after the webhook is acknowledged, and recording how each went.
-
-Replies run in the background with bounded concurrency; every one ends as an event (`*_sent` with the
-platform's message id's digest, or `send_failed`). At start-up the replier looks in its own log for clicks it
-acknowledged but never answered (the process died in between) and answers them, or records them as failed
-once they are too old to be useful.
-"""
+"""Sending replies through the Graph API: each ends as an outcome event (`*_sent` with the digest of the
+platform's message id, or `send_failed`) handed to the caller's `record`; bot.sender stores it."""
 
 from __future__ import annotations
 
@@ -16,10 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 from bot.campaign import Campaign
 from bot.events import Event
-from bot.flow import Reply, ReplyKind, plan_replies, render
+from bot.flow import Reply, ReplyKind, render
 from bot.graph import Attempts, Encoded, GraphClient, SendError
 from bot.messenger import send_body
-from bot.store import EventLog, StoreError, event_row
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +46,6 @@ class Replier:
         self,
         campaign: Campaign,
         graph: GraphClient,
-        events: EventLog | None,
         *,
         image_url: str,
         max_age_s: float,
@@ -61,7 +54,6 @@ class Replier:
     ) -> None:
         self.campaign = campaign
         self.graph = graph
-        self.events = events
         self.image_url = image_url
         self.max_age = timedelta(seconds=max_age_s)
         self.clock = clock
@@ -76,7 +68,7 @@ class Replier:
     def pending(self) -> int:
         return len(self._active) + len(self._queued)
 
-    def start(self, replies: Iterable[Reply], record: Record | None = None) -> None:
+    def start(self, replies: Iterable[Reply], record: Record) -> None:
         """Send in the background. Replies to one event go out in order (thank-you text, then image).
 
         At most `concurrency` events are answered at once, however many are waiting: a reply's deadline
@@ -85,8 +77,8 @@ class Replier:
         """
         self._enqueue(by_event(replies), record, None)
 
-    async def send(self, replies: Iterable[Reply], record: Record | None = None) -> None:
-        """Send now: returns once every reply has its outcome (recorded by `record`, by default the log)."""
+    async def send(self, replies: Iterable[Reply], record: Record) -> None:
+        """Send now: returns once every reply has its outcome (given to `record`)."""
         groups = by_event(replies)
         if not groups:
             return
@@ -102,20 +94,10 @@ class Replier:
         self._enqueue(groups, record, done)
         await finished
 
-    def _enqueue(
-        self, groups: list[list[Reply]], record: Record | None, done: Callable[[], None] | None
-    ) -> None:
+    def _enqueue(self, groups: list[list[Reply]], record: Record, done: Callable[[], None] | None) -> None:
         for group in groups:
-            self._queued.append(_Answer(group, record or self._record, done))
+            self._queued.append(_Answer(group, record, done))
         self._admit()
-
-    def _record(self, reply: Reply, outcome: Event) -> None:
-        # Without waiting for the disk: an outcome lost in a crash of the machine means the reply is sent
-        # again at the next start.
-        try:
-            self.events.append_soon([event_row(outcome)])
-        except StoreError as exc:
-            log.error("could not record the outcome of a %s reply: %s", reply.kind, exc)
 
     def _admit(self) -> None:
         if self._admitting:
@@ -225,15 +207,3 @@ def by_event(replies: Iterable[Reply]) -> list[list[Reply]]:
     for reply in replies:
         groups.setdefault(reply.answers.event_id, []).append(reply)
     return list(groups.values())
-
-
-def owed_replies(recent: Iterable[Event]) -> list[Reply]:
-    """Replies planned for logged events that have neither a sent nor a failed outcome in the log."""
-    events = list(recent)
-    outcomes = {event.event_id for event in events}
-    return [
-        reply
-        for event in events
-        for reply in plan_replies(event)
-        if reply.sent_id not in outcomes and reply.failed_id not in outcomes
-    ]

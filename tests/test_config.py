@@ -13,7 +13,7 @@ def test_local_mode_needs_no_secrets_and_takes_the_defaults():
     assert settings.mode is Mode.LOCAL
     assert settings.data == "./data"
     assert settings.campaign == Path("data/campaign.toml")
-    assert settings.wal_path == Path("data/wal")
+    assert settings.database == "sqlite:///data/promobot.sqlite3"
 
 
 def test_local_mode_ignores_the_environments_secrets_for_throwaway_ones():
@@ -52,16 +52,34 @@ def test_a_server_missing_one_secret_is_refused_naming_only_that_one(missing):
 
 
 def test_secrets_never_appear_in_repr():
-    env = {"PROMOBOT_APP_SECRET": "hush", "PROMOBOT_VERIFY_TOKEN": "v", "PROMOBOT_PAGE_TOKEN": "EAAGsecret"}
+    env = {
+        "PROMOBOT_APP_SECRET": "hush",
+        "PROMOBOT_VERIFY_TOKEN": "v",
+        "PROMOBOT_PAGE_TOKEN": "EAAGsecret",
+        "DATABASE_URL": "postgres://promobot:pgpassword@db.example:5432/promobot",
+    }
     text = repr(Settings.from_env(env))
     assert "hush" not in text
     assert "EAAGsecret" not in text
+    assert "pgpassword" not in text
 
 
-def test_s3_store_keeps_its_wal_on_local_disk():
+def test_s3_store_keeps_its_sqlite_state_on_local_disk():
     settings = Settings.from_env({"PROMOBOT_DATA": "s3://bucket/prefix"}, Mode.LOCAL)
     assert settings.data_is_s3
-    assert not str(settings.wal_path).startswith("s3:")
+    assert settings.database == "sqlite:///.promobot/promobot.sqlite3"
+    assert Settings.from_env({**SECRETS, "PROMOBOT_DATA": "s3://b/p"}, Mode.LAMBDA).database.startswith(
+        "sqlite:////tmp/"
+    )
+
+
+def test_the_database_url_comes_from_promobot_or_heroku_naming():
+    heroku = Settings.from_env({**SECRETS, "DATABASE_URL": "postgres://u:p@h/db"})
+    ours = Settings.from_env(
+        {**SECRETS, "DATABASE_URL": "postgres://u:p@h/db", "PROMOBOT_DATABASE_URL": "postgresql://o@h/x"}
+    )
+    assert heroku.database == "postgres://u:p@h/db"
+    assert ours.database == "postgresql://o@h/x"
 
 
 @pytest.mark.parametrize(
@@ -69,6 +87,7 @@ def test_s3_store_keeps_its_wal_on_local_disk():
     [
         ({"PROMOBOT_GRAPH_URL": "graph.facebook.com"}, "PROMOBOT_GRAPH_URL"),
         ({"PROMOBOT_DATA": "s3://"}, "PROMOBOT_DATA"),
+        ({"PROMOBOT_DATABASE_URL": "mysql://h/db"}, "PROMOBOT_DATABASE_URL has scheme 'mysql'"),
         ({"PROMOBOT_REPLY_MAX_AGE": "soon"}, "PROMOBOT_REPLY_MAX_AGE"),
         ({"PROMOBOT_REPLY_MAX_AGE": "-1"}, "PROMOBOT_REPLY_MAX_AGE"),
         ({"PROMOBOT_REPLY_MAX_AGE": "nan"}, "PROMOBOT_REPLY_MAX_AGE"),

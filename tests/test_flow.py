@@ -12,7 +12,6 @@ from bot.events import EventName, message_digest
 from bot.facts import ButtonStep, parse_payload
 from bot.flow import ReplyKind, button_payload, plan_replies, record, render
 from bot.messenger import parse_body
-from bot.replies import owed_replies
 from tests import payloads
 from tests.conftest import REPO
 
@@ -198,15 +197,3 @@ def test_each_send_keeps_the_digest_of_the_id_the_platform_gave_it():
     )
     assert text.message_digest != image.message_digest
     assert unanswered.message_digest is None
-
-
-def test_a_reply_is_owed_until_its_outcome_is_logged():
-    events, [_reply] = act(payloads.postback("42", "GET_STARTED"))
-    answered, _ = act(payloads.postback("43", "GET_STARTED"))
-    answered.append(plan_replies(answered[0])[0].sent("m_1", datetime.now(UTC)))
-    failed, _ = act(payloads.postback("44", "GET_STARTED"))
-    failed.append(plan_replies(failed[0])[0].failed(datetime.now(UTC), code=551, subcode=None, reason="x"))
-
-    owed = owed_replies(events + answered + failed)
-
-    assert [r.customer_id for r in owed] == ["42"]

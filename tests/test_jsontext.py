@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from bot.reply_worker import decode_outcomes
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bot import jsontext
-from bot.reply_worker import decode_outcomes
 from bot.wal import decode_rows, encode_rows
 
 json_values = st.recursive(

@@ -55,7 +55,7 @@ async def test_no_more_than_concurrency_events_are_answered_at_once_and_the_rest
         await gate.wait()
         return sent_ok(request)
 
-    replier = Replier(CAMPAIGN, graph_over(platform), None, image_url="", max_age_s=1e9, concurrency=3)
+    replier = Replier(CAMPAIGN, graph_over(platform), image_url="", max_age_s=1e9, concurrency=3)
     outcomes = []
     sending = asyncio.create_task(
         replier.send(coupon_replies(10), lambda reply, event: outcomes.append(event))
@@ -78,7 +78,7 @@ async def test_a_backlog_of_expired_replies_is_recorded_failed_without_a_call():
     calls = []
     late = datetime.now(UTC) + timedelta(days=2)
     graph = graph_over(lambda request: calls.append(request) or sent_ok(request))
-    replier = Replier(CAMPAIGN, graph, None, image_url="", max_age_s=60, clock=lambda: late)
+    replier = Replier(CAMPAIGN, graph, image_url="", max_age_s=60, clock=lambda: late)
     outcomes = []
     await replier.send(coupon_replies(3000), lambda reply, event: outcomes.append(event))
     assert len(outcomes) == 3000
@@ -91,7 +91,7 @@ async def test_replies_still_unsent_when_the_drain_times_out_get_no_outcome():
     async def platform(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(3600)  # the platform never answers
 
-    replier = Replier(CAMPAIGN, graph_over(platform), None, image_url="", max_age_s=1e9)
+    replier = Replier(CAMPAIGN, graph_over(platform), image_url="", max_age_s=1e9)
     outcomes = []
     replier.start(coupon_replies(2), lambda reply, event: outcomes.append(event))
     waiting = asyncio.create_task(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -394,31 +392,3 @@ def test_a_reply_owed_when_the_bot_died_is_sent_after_restart(data, graph):
     failed = next(e for e in events if e["customer_id"] == "3002" and e["event"] == "send_failed")
     assert "expired" in json.loads(failed["detail"])["reason"]
     assert graph.messages_to("3002") == []
-
-
-def test_replies_go_on_when_the_reply_worker_dies(bot, graph, data):
-    # `python -m bot serve` sends replies from a worker process; kill it and the bot starts another.
-    workers = subprocess.run(
-        ["pgrep", "-f", "bot.reply_worker", "-P", str(bot.process.pid)],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    assert len(workers) == 1
-    graph.script_sends("5001", Answer(delay_s=2))  # in flight when the worker dies: resent by the next one
-    bot.post(payloads.envelope(payloads.postback("5001", "GET_STARTED")))
-    deadline = time.monotonic() + 15
-    while graph.attempts.get("5001", 0) == 0:  # the click is with the worker, waiting on the Graph API
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-
-    os.kill(int(workers[0]), signal.SIGKILL)
-    bot.post(payloads.envelope(payloads.postback("5002", "GET_STARTED")))
-
-    graph.wait_for("5001", 1)
-    graph.wait_for("5002", 1)
-    wait_until_idle(bot)
-    assert bot.stop() == 0
-    events = stored_events(data)
-    assert by_customer(events, "5001") == ["conversation_started", "welcome_sent"]
-    assert by_customer(events, "5002") == ["conversation_started", "welcome_sent"]

@@ -20,7 +20,7 @@ from bot.replies import Replier
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0  # how often an idle sender looks for replies it was not told of (other instances, leases)
-LEASE_MARGIN_S = 30.0
+LEASE_MARGIN_S = 10.0  # on top of the time a reply can take: scheduling, storing its outcome
 
 
 class Sender:

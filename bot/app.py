@@ -295,9 +295,15 @@ async def healthz(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     try:
         await asyncio.to_thread(runtime.database.check)
+        owed = await asyncio.to_thread(runtime.database.owed)
     except DatabaseError as exc:
         return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
-    health = {"status": "ok", "campaign": runtime.campaign.id, "replies_in_flight": runtime.sender.pending}
+    health = {
+        "status": "ok",
+        "campaign": runtime.campaign.id,
+        "replies_owed": owed,
+        "replies_in_flight": runtime.sender.pending,
+    }
     if runtime.flusher.last_error is not None:
         # Events wait in the store meanwhile: the bot still works, the dashboard falls behind.
         health["flush_error"] = str(runtime.flusher.last_error)

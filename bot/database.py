@@ -390,6 +390,10 @@ class Database:
         """Whether a reply is due now (a read: no write transaction). Blocking."""
         return bool(self._query("SELECT 1 FROM outbox WHERE due_at <= ? LIMIT 1", (_micros(self.clock()),)))
 
+    def owed(self) -> int:
+        """How many replies the outbox holds, claimed or not. Blocking."""
+        return self._query("SELECT count(*) FROM outbox")[0][0]
+
     def release_leases(self) -> int:
         """Make every leased reply due now; returns how many. For a store only this process uses (SQLite):
         after a crash, its replies are owed at once instead of when their leases run out. Blocking."""

@@ -43,7 +43,7 @@ def handler(tmp_path: Path, graph, monkeypatch):
         "PROMOBOT_GRAPH_URL": graph.url,
         "PROMOBOT_DATA": str(data),
         "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
-        "PROMOBOT_WAL": str(tmp_path / "lambda-tmp" / "wal"),
+        "PROMOBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'lambda-tmp' / 'promobot.sqlite3'}",
     }.items():
         monkeypatch.setenv(name, value)
     return build_handler(), data

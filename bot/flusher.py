@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 5.0
 DEFAULT_BATCH_SIZE = 10_000
+PRUNE_EVERY_S = 3600.0  # how often the seen marks past their retention are forgotten
 
 
 class FlushError(RuntimeError):
@@ -69,7 +70,8 @@ def _make_directory(directory: Path) -> None:
 
 
 class Flusher:
-    """Runs `flush_once` in a thread every `interval_s` seconds, or sooner when asked, and once more at close.
+    """Runs `flush_once` in a thread every `interval_s` seconds, or sooner when asked, and once more at close;
+    every `prune_every_s` a round also forgets the seen marks past their retention (`Database.prune_seen`).
 
     A round that fails is logged and the next round tries again: its events stay in the database.
 
@@ -83,8 +85,11 @@ class Flusher:
         *,
         interval_s: float = DEFAULT_INTERVAL_S,
         limit: int = DEFAULT_BATCH_SIZE,
+        prune_every_s: float = PRUNE_EVERY_S,
     ) -> None:
         self.database = database
+        self.prune_every_s = prune_every_s
+        self._pruned_at: float | None = None
         self.files = files
         self.interval_s = interval_s
         self.limit = limit
@@ -119,6 +124,9 @@ class Flusher:
     def _round(self) -> None:
         started = time.perf_counter()
         try:
+            if self._pruned_at is None or started - self._pruned_at >= self.prune_every_s:
+                self.database.prune_seen()
+                self._pruned_at = started
             count = flush_once(self.database, self.files, self.limit)
         except (FlushError, DatabaseError) as exc:
             self.last_error = exc

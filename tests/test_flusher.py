@@ -15,7 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -23,7 +23,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 import analytics
-from bot.database import Database
+from bot.database import SEEN_RETENTION, Database
 from bot.events import Event, detail_json
 from bot.facts import EventName
 from bot.flow import plan_replies
@@ -32,6 +32,7 @@ from bot.store import FileStore
 from tests import builders
 from tests.conftest import REPO
 from tests.ports import free_port
+from tests.test_database import BOT_T0, Clock
 
 PAGE, CAMPAIGN = builders.PAGE, builders.CAMPAIGN
 # The platform's time of the customers' actions: the first ones on the evening of one UTC day, the later ones
@@ -143,7 +144,7 @@ def test_recorded_events_end_up_in_their_day_partitions_each_once(database: Data
 FLUSH_AND_DIE = """
 import os, signal, sys
 from pathlib import Path
-from bot.database import Database
+from bot.database import SEEN_RETENTION, Database
 from bot.flusher import flush_once
 from bot.store import FileStore
 
@@ -268,6 +269,20 @@ def test_close_flushes_what_came_since_the_last_round(database: Database, tmp_pa
     flusher.close()
 
     assert stored_ids(files) == ["m_c1_0", "m_c1_1"]
+
+
+def test_a_round_forgets_seen_marks_past_their_retention(database_url, tmp_path: Path) -> None:
+    clock = Clock(BOT_T0)
+    database = Database.open(database_url, tmp_path / "state", clock=clock)
+    record(database, webhook("c1", 0))
+    clock.now += SEEN_RETENTION + timedelta(hours=1)
+    record(database, webhook("c2", 10))  # still recent when the round runs
+
+    Flusher(database, FileStore(str(tmp_path / "data")), interval_s=3600).close()
+
+    again = asyncio.run(database.record(webhook("c1", 0) + webhook("c2", 10), []))
+    database.close()
+    assert [event.customer_id for event in again] == ["c1", "c1"]  # a redelivery that late counts anew
 
 
 def wait_for(condition: Callable[[], bool], deadline_s: float = DEADLINE_S) -> None:

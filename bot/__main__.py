@@ -1,4 +1,4 @@
-"""Command line: `python -m bot serve | compact | run-local`."""
+"""Command line: `python -m bot serve | migrate | compact | run-local`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+
+    commands.add_parser(
+        "migrate",
+        help="bring the store's schema up to date and exit (serve does it too; for a release phase that runs "
+        "before new instances start)",
+    )
 
     compact = commands.add_parser(
         "compact", help="merge the event files of each day over for a whole day into one"
@@ -46,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
         run_server(Mode.SERVER, host=args.host, port=args.port)
         return 0
+    if args.command == "migrate":
+        return migrate()
     if args.command == "compact":
         from bot.store import compact_command
 
@@ -56,6 +64,25 @@ def main(argv: list[str] | None = None) -> int:
         return run_local()
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def migrate() -> int:
+    """Open the store named by the environment (PROMOBOT_DATABASE_URL, DATABASE_URL, or the SQLite file in
+    PROMOBOT_DATA), applying the schema steps it lacks; it needs none of the platform's secrets."""
+    from pathlib import Path
+
+    from bot.config import ConfigError, Mode, Settings
+    from bot.database import Database, DatabaseError
+    from bot.migrations import MigrationError
+
+    try:
+        settings = Settings.from_env(mode=Mode.LOCAL)  # only the store's settings are read
+        Database.open(settings.database, Path(settings.data)).close()
+    except (ConfigError, DatabaseError, MigrationError) as exc:
+        print(f"promobot migrate: {exc}", file=sys.stderr)
+        return 1
+    print("promobot migrate: the schema is up to date")
+    return 0
 
 
 if __name__ == "__main__":

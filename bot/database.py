@@ -35,6 +35,7 @@ from bot.migrations import MIGRATIONS, Migration, migrate
 
 SQLITE_FILE = "promobot.sqlite3"
 SEEN_RETENTION = timedelta(days=7)  # Messenger redelivers an unacknowledged webhook for at most a day
+CONNECT_TIMEOUT_S = 5  # PostgreSQL: seconds to wait for a connection, unless the URL says otherwise
 BUSY_TIMEOUT_S = 10.0  # SQLite: how long a writer waits for another process's transaction
 _ROWS_PER_STATEMENT = 1000  # seen marks per INSERT: under both engines' limits on bound values
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -97,11 +98,13 @@ def _postgresql(url: str) -> _Engine:
             super().executemany(query.replace("?", "%s"), params_seq, **options)
 
     info = psycopg.conninfo.conninfo_to_dict(url)
+    # Without a limit, a server that drops packets holds a webhook (or start-up) for minutes.
+    timeout = {} if "connect_timeout" in info else {"connect_timeout": CONNECT_TIMEOUT_S}
     where = f"PostgreSQL {info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
     return _Engine(
         "postgresql",
         where,
-        lambda: psycopg.connect(url, autocommit=True, cursor_factory=QmarkCursor),
+        lambda: psycopg.connect(url, autocommit=True, cursor_factory=QmarkCursor, **timeout),
         psycopg.Error,
         "BEGIN",
         "FOR UPDATE SKIP LOCKED",

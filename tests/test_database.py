@@ -516,3 +516,32 @@ def test_a_lost_postgresql_connection_fails_one_transaction_then_is_opened_again
         asyncio.run(record(database, webhook("c2")))
     assert asyncio.run(record(database, webhook("c2"))) == webhook("c2")  # the platform's redelivery
     database.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_migrate_brings_the_schema_up_to_date_without_the_platforms_secrets(
+    engine, request, tmp_path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMOBOT_") and k != "DATABASE_URL"}
+    env["PROMOBOT_DATA"] = str(tmp_path / "data")
+    if engine == "postgresql":
+        env["DATABASE_URL"] = request.getfixturevalue("postgres_database_url")  # as Heroku sets it
+    command = [sys.executable, "-m", "bot", "migrate"]
+    result = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    store = Store(env.get("DATABASE_URL"), tmp_path / "data", Clock(BOT_T0))
+    assert store.rows("SELECT version FROM schema_migrations") == [(step.version,) for step in MIGRATIONS]
+
+
+def test_migrate_names_an_unreachable_database(tmp_path) -> None:
+    env = {**os.environ, "PROMOBOT_DATABASE_URL": "postgresql://promobot@127.0.0.1:9/promobot"}
+    command = [sys.executable, "-m", "bot", "migrate"]
+    result = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert result.returncode == 1
+    assert "PostgreSQL 127.0.0.1:9/promobot is unreachable" in result.stderr

@@ -108,7 +108,7 @@ def create_app(
     *,
     graph_transport: httpx.AsyncBaseTransport | None = None,
     retry: RetryPolicy | None = None,
-) -> PromobotApp:
+) -> Starlette:
     """The bot for `settings.mode`. `graph_transport` replaces the network under the Graph client (tests);
     `retry` its retry policy.
 
@@ -177,7 +177,7 @@ def create_app(
             await asyncio.to_thread(database.close)
             log.info("promobot stopped; events flushed")
 
-    app = PromobotApp(
+    app = Starlette(
         routes=[
             Route("/webhook", WEBHOOK, methods=["POST"]),
             Route("/webhook", verify, methods=["GET"]),
@@ -206,8 +206,8 @@ async def verify(request: Request) -> Response:
 
 
 class WebhookReceiver:
-    """POST /webhook, as a plain ASGI app: the route every notification takes, without a Request object,
-    an exception-wrapping layer and a new Response for each. `PromobotApp` calls it ahead of its router."""
+    """POST /webhook, as a plain ASGI app: the route every notification takes, without a Request object and
+    a new Response for each. Every error it can meet is answered as an HTTP status."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.answer(scope["app"].state.runtime, scope, receive)
@@ -274,21 +274,6 @@ _ACKNOWLEDGED_START = {"type": "http.response.start", "status": 200, "headers": 
 _ACKNOWLEDGED_BODY = {"type": "http.response.body", "body": ACKNOWLEDGED.body}
 _SIGNATURE = SIGNATURE_HEADER.lower().encode()
 WEBHOOK = WebhookReceiver()
-
-
-class PromobotApp(Starlette):
-    """The Starlette app, with the route almost every request takes dispatched ahead of the middleware.
-
-    A notification has no use for Starlette's error and exception layers and its router (a fifth of what
-    acknowledging one costs): the webhook answers every error it can meet itself, as an HTTP status.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/webhook" and scope["method"] == "POST":
-            scope["app"] = self
-            await WEBHOOK(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
 
 
 async def healthz(request: Request) -> Response:

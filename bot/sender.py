@@ -40,6 +40,7 @@ class Sender:
         self._storing: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def pending(self) -> int:
@@ -55,10 +56,15 @@ class Sender:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for loses a cancellation that arrives as the
+            # event is set, and the sender would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                async with asyncio.timeout(IDLE_POLL_S):
+                    await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 await self.round()
             except DatabaseError as exc:
@@ -119,6 +125,8 @@ class Sender:
     async def close(self, grace_s: float) -> None:
         """Stop claiming, give the replies in flight up to `grace_s` to end, and store their outcomes. What
         has not ended stays owed in the outbox."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -204,3 +204,12 @@ async def test_replies_claimed_by_a_run_that_died_are_owed_at_once_after_release
     platform = Platform()
     await sender_for(database, platform).send_due()
     assert len(platform.messages["7006"]) == 1
+
+
+async def test_a_sender_woken_as_it_is_closed_stops(database):
+    for _ in range(20):
+        sender = sender_for(database, Platform())
+        sender.start()
+        await asyncio.sleep(0.01)  # waiting for work
+        sender.wake()  # work arrives as the server stops
+        await asyncio.wait_for(sender.close(1), 5)

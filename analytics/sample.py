@@ -1,4 +1,4 @@
-"""Realistic sample journeys, written through the bot's own event writer: for demos, tests and benchmarks.
+"""Realistic sample journeys, written as the bot's own event files: for demos, tests and benchmarks.
 
 Customers arrive by Get Started (some through a QR code, a flyer or an ad), by a referral in an open thread,
 or by writing a message. Some answer at once, some late (a few after the conversion window), some never;
@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -28,12 +27,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bot.events import Event, EventName, detail_json, message_digest
-from bot.store import EventLog
+from bot.store import FileStore, write_events
 
 PAGE = "100000000000001"
 CAMPAIGNS = (("spring-sale", 0.55), ("summer-sale", 0.3), ("loyalty", 0.15))
 REFS = (("till-qr", 0.45), ("flyer", 0.2), ("ad-spring", 0.15), (None, 0.2))
-BATCH = 50_000
 PARALLEL_FROM = 20_000  # customers; fewer are written by this process alone
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -248,28 +246,20 @@ def generate(
 
 
 def _write_part(out: Path, customers: range, days: int, seed: int, end: datetime, counter=None) -> int:
-    """One writer's share of the customers, through an event log of its own; returns how many events."""
+    """One writer's share of the customers, as one file per day; returns how many events."""
     written = 0
-    batch: list[Event] = []
-    # A write-ahead log of its own: the sample is a writer apart from any bot sharing the store, so no bot
-    # takes the sample's conversations for its own (and answers them).
-    wal = Path(tempfile.mkdtemp(prefix="promobot-sample-wal-"))
-    # Segments of 32 MB: the log's flusher thread turns earlier ones into Parquet while later ones are
-    # generated.
-    with EventLog.open(str(out), wal, flush_age_s=3600, flush_bytes=32 * 1024 * 1024) as log:
-        for done, events in enumerate(generate(customers, days, seed=seed, end=end), start=1):
-            batch += events
-            if len(batch) >= BATCH:
-                log.append_blocking(batch)
-                written += len(batch)
-                batch = []
-                if counter is not None:
-                    with counter.get_lock():
-                        counter.value = done
-        log.append_blocking(batch)
-        written += len(batch)
-    # Everything is in Parquet once the log is closed; a log that could not flush stays for a rerun.
-    shutil.rmtree(wal, ignore_errors=True)
+
+    def events() -> Iterator[Event]:
+        nonlocal written
+        for done, customer_events in enumerate(generate(customers, days, seed=seed, end=end), start=1):
+            written += len(customer_events)
+            yield from customer_events
+            if counter is not None and done % 1000 == 0:
+                counter.value = done
+
+    # A name of its own: parts written at once, and samples written into the same store again, never collide
+    # with each other or with a bot's files.
+    write_events(FileStore(str(out)), events(), f"sample-{uuid.uuid4().hex[:12]}")
     return written
 
 
@@ -286,7 +276,7 @@ def _write_part_in_worker(*args) -> int:
 
 
 def write_sample(out: Path, customers: int, days: int, *, seed: int = 7, progress: bool = True) -> int:
-    """Write sample events into the store at `out` with the bot's event log; returns how many.
+    """Write sample events into the store at `out` (a directory or `s3://bucket/prefix`); returns how many.
 
     Large samples are written by two processes, each a writer of its own (as two bot instances sharing a
     store are): building a million events and their Parquet files is CPU work for two cores. Customers are
@@ -297,7 +287,7 @@ def write_sample(out: Path, customers: int, days: int, *, seed: int = 7, progres
         return _write_part(out, range(customers), days, seed, end)
     half = customers // 2
     parts = [(out, range(0, half), days, seed, end), (out, range(half, customers), days, seed + 1, end)]
-    context = multiprocessing.get_context("spawn")  # the caller may hold threads (DuckDB, the log's)
+    context = multiprocessing.get_context("spawn")  # the caller may hold threads (DuckDB's)
     counters = [context.Value("q", 0) for _ in parts]
     bar = tqdm(total=customers, unit="customer", disable=not progress)
     pools = [

@@ -1,10 +1,20 @@
-"""Event store benchmark: durable appends per second, bytes per event on disk, flush time.
+"""Event store benchmark: webhooks recorded per second by the transactional store, bytes per event on disk,
+flush time.
 
-    python benchmarks/store.py [--events N]
+    python benchmarks/store.py [--webhooks N] [--events N] [--rounds 3] [--engines sqlite postgresql]
 
-The baseline, run in the same process on the same disk, is the naive durable log: one write and one fsync
-per append, no group commit. Bytes per event are given column by column, against the file the previous
-version wrote of the same events (the platform's message ids themselves where this one keeps their digests).
+`Database.record` commits a webhook's events, their seen marks and the replies they call for in one
+transaction; callers that arrive while a commit runs share the next one (group commit). It is measured with
+one lone caller and with 100 concurrent callers on one event loop (the server's webhook requests), on SQLite
+(a file on this disk, synchronous=FULL) and on PostgreSQL (a server started for the run, fsync on). The
+baseline, run in the same process against a fresh database of the same schema and settings, is a plain
+transaction per group: the driver's `executemany` INSERT of the same rows (seen marks, events, replies owed),
+one transaction per group of the size `record`'s transactions had in the run it is compared with (1 for the
+lone caller). Each is run `--rounds` times, alternately, and the medians are shown.
+
+Bytes per event are given column by column, against the file the previous version wrote of the same events
+(the platform's message ids themselves where this one keeps their digests). Flush time is `flush_once`
+writing 100,000 recorded events to visible Parquet files.
 """
 
 from __future__ import annotations
@@ -13,15 +23,19 @@ import argparse
 import asyncio
 import base64
 import io
-import os
 import random
 import shutil
+import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,12 +43,14 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.campaign import Campaign
+from bot.database import SQLITE_FILE, Database
 from bot.events import FILE_SCHEMA, Event
 from bot.facts import ButtonStep
-from bot.flow import button_payload, plan_replies, record
+from bot.flow import Reply, button_payload, plan_replies, record
+from bot.flusher import flush_once
 from bot.messenger import Delivery, Inbound, Postback, Read, Referral
-from bot.store import SORT_KEYS, EventLog, event_row, parquet_bytes, rows_to_table
-from bot.wal import encode_rows
+from bot.store import SORT_KEYS, FileStore, event_row, parquet_bytes, rows_to_table
+from tests.postgres import PostgresServer
 
 PAGE = "111899832631525"
 CAMPAIGNS = [
@@ -159,73 +175,195 @@ def previous_version_parquet(events: list[Event], platform_ids: dict[str, str]) 
     return sink.getvalue()
 
 
-def naive_appends_per_s(directory: Path, events: list[Event], seconds: float = 2.0) -> float:
-    """The baseline: one write and one fsync per append."""
-    path = directory / "naive.log"
-    count = 0
-    started = time.perf_counter()
-    with open(path, "ab", buffering=0) as file:
-        while time.perf_counter() - started < seconds:
-            file.write(encode_rows([event_row(events[count % len(events)])]))
-            os.fdatasync(file.fileno())
-            count += 1
-    return count / (time.perf_counter() - started)
+Webhook = tuple[list[Event], list[Reply]]
+CALLERS = 100
+FLUSHED = 100_000
 
 
-async def concurrent_appends_per_s(log: EventLog, events: list[Event], appenders: int, batch: int) -> float:
-    per_appender = len(events) // appenders
+def webhooks(events: list[Event]) -> list[Webhook]:
+    """One webhook per event, with the replies it calls for, as the server records them."""
+    return [([event], plan_replies(event)) for event in events]
 
-    async def appender(index: int) -> None:
-        mine = events[index * per_appender : (index + 1) * per_appender]
-        for start in range(0, len(mine), batch):
-            await log.append(mine[start : start + batch])
 
-    started = time.perf_counter()
-    await asyncio.gather(*(appender(i) for i in range(appenders)))
-    return per_appender * appenders / (time.perf_counter() - started)
+# -- the two engines -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Engine:
+    """Where fresh databases come from: `fresh()` gives `Database.open`'s (url, data directory) of an empty
+    one; `connect(url, directory)` a plain DB-API connection to it in autocommit mode, for the baseline."""
+
+    name: str
+    fresh: Callable[[], tuple[str | None, Path]]
+    connect: Callable[[str | None, Path], Any]
+    begin: str
+    placeholder: str
+
+
+@contextmanager
+def sqlite_engine(workdir: Path) -> Iterator[Engine]:
+    count = iter(range(1_000_000))
+
+    def fresh() -> tuple[str | None, Path]:
+        return None, workdir / f"sqlite-{next(count)}"
+
+    def connect(_url: str | None, directory: Path) -> sqlite3.Connection:
+        # The settings `Database` uses: a commit survives a crash of the machine.
+        connection = sqlite3.connect(directory / SQLITE_FILE, isolation_level=None)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        return connection
+
+    yield Engine("SQLite", fresh, connect, "BEGIN IMMEDIATE", "?")
+
+
+@contextmanager
+def postgresql_engine(workdir: Path) -> Iterator[Engine]:
+    import psycopg
+
+    count = iter(range(1_000_000))
+    with PostgresServer() as server:
+
+        def fresh() -> tuple[str | None, Path]:
+            return server.create_database(f"bench_{next(count)}"), workdir
+
+        def connect(url: str | None, _directory: Path) -> Any:
+            return psycopg.connect(url, autocommit=True)
+
+        yield Engine("PostgreSQL", fresh, connect, "BEGIN", "%s")
+
+
+ENGINES = {"sqlite": sqlite_engine, "postgresql": postgresql_engine}
+
+
+# -- recording webhooks --------------------------------------------------------------------------------------
+
+
+def record_rate(engine: Engine, hooks: list[Webhook], callers: int) -> tuple[float, float]:
+    """Webhooks per second through `Database.record` from `callers` at once, and webhooks per transaction."""
+
+    async def run(database: Database) -> float:
+        async def caller(index: int) -> None:
+            for events, replies in hooks[index::callers]:
+                await database.record(events, replies)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(index) for index in range(callers)))
+        return time.perf_counter() - started
+
+    database = Database.open(*engine.fresh())
+    try:
+        elapsed = asyncio.run(run(database))
+        return len(hooks) / elapsed, len(hooks) / database.commits
+    finally:
+        database.close()
+
+
+# The database's events and outbox tables name their columns as the files do.
+EVENT_COLUMNS = ", ".join(FILE_SCHEMA.names)
+
+
+def baseline_rate(engine: Engine, hooks: list[Webhook], group: int) -> float:
+    """Webhooks per second written by hand: one transaction per `group` webhooks, an `executemany` INSERT
+    per table of the rows `Database.record` writes for them."""
+    url, directory = engine.fresh()
+    Database.open(url, directory).close()  # the schema
+    connection = engine.connect(url, directory)
+    marks = ", ".join([engine.placeholder] * 2)
+    values = ", ".join([engine.placeholder] * 11)
+    insert_seen = f"INSERT INTO seen (event_id, seen_at) VALUES ({marks})"
+    insert_event = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({values})"
+    reply_marks = ", ".join([engine.placeholder] * 4)
+    insert_reply = (
+        f"INSERT INTO outbox (reply_id, kind, ordinal, due_at, {EVENT_COLUMNS})"
+        f" VALUES ({reply_marks}, {values})"
+    )
+    try:
+        cursor = connection.cursor()
+        started = time.perf_counter()
+        for start in range(0, len(hooks), group):
+            now = time.time_ns() // 1000
+            chunk = hooks[start : start + group]
+            events = [event for found, _ in chunk for event in found]
+            replies = [
+                (reply.sent_id, str(reply.kind), ordinal, now, *event_row(reply.answers))
+                for _, owed in chunk
+                for ordinal, reply in enumerate(owed)
+            ]
+            cursor.execute(engine.begin)
+            cursor.executemany(insert_seen, [(event.event_id, now) for event in events])
+            cursor.executemany(insert_event, [event_row(event) for event in events])
+            if replies:
+                cursor.executemany(insert_reply, replies)
+            cursor.execute("COMMIT")
+        return len(hooks) / (time.perf_counter() - started)
+    finally:
+        connection.close()
+
+
+def compare_record(engine: Engine, hooks: list[Webhook], callers: int, rounds: int) -> None:
+    """`record` and its baseline, alternately, `rounds` times each; prints the medians."""
+    ours, theirs, groups = [], [], []
+    for _ in range(rounds):
+        rate, group = record_rate(engine, hooks, callers)
+        ours.append(rate)
+        groups.append(group)
+        theirs.append(baseline_rate(engine, hooks, max(1, round(group))))
+    rate, base, group = (statistics.median(values) for values in (ours, theirs, groups))
+    who = f"{callers} concurrent callers" if callers > 1 else "1 lone caller"
+    print(
+        f"{engine.name + ',':<12}{who + ':':<22}{rate:>9,.0f} webhooks/s   "
+        f"baseline {base:>9,.0f}/s ({rate / base:.2f}x)   {group:>6.1f} webhooks per transaction"
+    )
+
+
+def flush_ms(engine: Engine, events: list[Event], workdir: Path, rounds: int) -> float:
+    """Median time of `flush_once` writing `events`, recorded beforehand, to Parquet files."""
+    timings = []
+    for run in range(rounds):
+        database = Database.open(*engine.fresh())
+        try:
+            asyncio.run(database.record(events, []))
+            files = FileStore(str(workdir / f"flushed-{engine.name}-{run}"))
+            started = time.perf_counter()
+            assert flush_once(database, files) == len(events)
+            timings.append(time.perf_counter() - started)
+        finally:
+            database.close()
+    return statistics.median(timings) * 1e3
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--webhooks", type=int, default=10_000, help="for 100 callers; a tenth for one")
+    parser.add_argument("--events", type=int, default=200_000, help="for bytes per event")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
     args = parser.parse_args()
     platform_ids: dict[str, str] = {}
-    events = realistic_events(args.events, platform_ids=platform_ids)
+    events = realistic_events(max(args.events, args.webhooks, FLUSHED), platform_ids=platform_ids)
+    hooks = webhooks(events[: args.webhooks])
     workdir = Path(tempfile.mkdtemp(prefix="promobot-bench-", dir=Path(__file__).resolve().parent.parent))
     try:
-        naive = naive_appends_per_s(workdir, events)
-        print(f"baseline, one fsync per append:          {naive:>12,.0f} events/s")
-        for appenders, batch in ((1, 1), (100, 1), (1, 100), (100, 100)):
-            label = (
-                f"{appenders} appender{'s' if appenders > 1 else ''}, "
-                f"{batch} event{'s' if batch > 1 else ''}/append"
+        flushes = {}
+        for name in args.engines:
+            with ENGINES[name](workdir) as engine:
+                compare_record(engine, hooks[: max(1, len(hooks) // 10)], 1, args.rounds)
+                compare_record(engine, hooks, CALLERS, args.rounds)
+                flushes[engine.name] = flush_ms(engine, events[:FLUSHED], workdir, args.rounds)
+        for name, ms in flushes.items():
+            print(
+                f"flush of {FLUSHED:,} events from {name} to Parquet (median of {args.rounds}): {ms:,.0f} ms"
             )
-            wal = workdir / f"wal-{appenders}-{batch}"
-            log = EventLog.open(str(workdir / "data"), wal, flush_age_s=3600, flush_bytes=1 << 40)
-            sample = events[: min(len(events), 20_000 if batch == 1 and appenders == 1 else len(events))]
-            rate = asyncio.run(concurrent_appends_per_s(log, sample, appenders, batch))
-            log.close()
-            print(f"{label + ':':<41}{rate:>12,.0f} events/s  ({rate / naive:.1f}x baseline)")
 
         # Bytes per event: the Parquet file of a realistic day, as the flusher writes it; the baseline is the
         # previous version's file of the same events.
-        previous = previous_version_parquet(events, platform_ids)
-        this = parquet_bytes(rows_to_table([event_row(e) for e in events]))
-        print_bytes_per_event(len(events), previous, this)
-
-        # Flush time: a segment of 100,000 appended events to a visible Parquet file.
-        timings = []
-        for run in range(3):
-            wal = workdir / f"wal-flush-{run}"
-            log = EventLog.open(str(workdir / f"flush-{run}"), wal, flush_age_s=3600, flush_bytes=1 << 40)
-            log.append_blocking(events[:100_000])
-            started = time.perf_counter()
-            log.flush_blocking()
-            timings.append(time.perf_counter() - started)
-            log.close()
-        print(f"flush of 100,000 events (median of 3):   {statistics.median(timings) * 1e3:>12.0f} ms")
+        sample = events[: args.events]
+        previous = previous_version_parquet(sample, platform_ids)
+        this = parquet_bytes(rows_to_table([event_row(e) for e in sample]))
+        print_bytes_per_event(len(sample), previous, this)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

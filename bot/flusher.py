@@ -13,8 +13,15 @@ import time
 from pathlib import Path
 
 from bot.database import Batch, Database, DatabaseError
-from bot.store import FileStore, event_row, parquet_bytes, partition_dir, rows_to_table, split_by_day
-from bot.wal import fsync_directory
+from bot.store import (
+    FileStore,
+    event_row,
+    fsync_directory,
+    parquet_bytes,
+    partition_dir,
+    rows_to_table,
+    split_by_day,
+)
 
 log = logging.getLogger(__name__)
 

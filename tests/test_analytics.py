@@ -3,6 +3,7 @@ datasets checked against a plain-Python computation of every metric."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -17,12 +18,13 @@ import analytics
 from analytics import AnalyticsError
 from analytics.sample import write_sample
 from bot.events import Event, detail_json, from_table
-from bot.store import EventLog, event_row, parquet_bytes, partition_dir, rows_to_table, split_by_day
+from bot.store import FileStore, write_events
 from tests import reference_metrics as reference
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SPRING = "spring-sale"
+FILE_NUMBERS = itertools.count(1)
 
 
 class Journey:
@@ -54,10 +56,9 @@ class Journey:
 
 
 def store(root: Path, *batches: list[Event]) -> analytics.Events:
-    """Each batch through the bot's event log, closed in between: one set of Parquet files per batch."""
+    """Each batch as the flusher writes one: a Parquet file per day, named in the order they were written."""
     for batch in batches:
-        with EventLog.open(str(root), root / "wal") as log:
-            log.append_blocking(batch)
+        write_events(FileStore(str(root)), batch, f"writer-{next(FILE_NUMBERS):08d}")
     return analytics.open(root)
 
 
@@ -340,8 +341,7 @@ def test_an_empty_store_gives_empty_answers_then_sees_new_files(tmp_path):
     assert events.campaigns().num_rows == 0
     assert events.timeline().num_rows == 0
 
-    with EventLog.open(str(tmp_path), tmp_path / "wal") as log:
-        log.append_blocking(Journey("n").at(0, "welcome_sent").events)
+    store(tmp_path, Journey("n").at(0, "welcome_sent").events)
 
     assert counts(events.funnel())["reached"] == 1  # no reopening needed
 
@@ -405,12 +405,7 @@ def datasets(draw) -> list[Event]:
 def write_files(root: Path, events: list[Event]) -> None:
     """Two Parquet files per day, as two writers would leave them, written the way the flusher writes."""
     for part, chunk in enumerate((events[::2], events[1::2])):
-        if not chunk:
-            continue
-        for day, table in split_by_day(rows_to_table([event_row(e) for e in chunk])).items():
-            directory = root / partition_dir(day)
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / f"writer{part}-00000001.parquet").write_bytes(parquet_bytes(table))
+        write_events(FileStore(str(root)), chunk, f"writer{part}-00000001")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,46 +7,42 @@ import shutil
 import subprocess
 import sys
 import threading
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
 
-from bot.events import FILE_SCHEMA, Event, from_table, message_digest
-from bot.store import EventLog, compact
+from bot.events import FILE_SCHEMA, Event, message_digest
+from bot.store import FileStore, compact, write_events
 from tests.conftest import REPO
 
 DAY = date(2026, 3, 1)
 
 
 def write_day(data: Path, files: int, per_file: int) -> None:
+    """`files` files of `per_file` events each on DAY, as a writer leaves them, and one more holding a
+    redelivered copy of the first event."""
     start = datetime(2026, 3, 1, tzinfo=UTC)
-    with EventLog.open(str(data), data.parent / "wal") as log:
-        for f in range(files):
-            log.append_blocking(
-                [
-                    Event(
-                        event_id=f"e{f}-{n}",
-                        ts=start + timedelta(minutes=f * per_file + n),
-                        page_id="page",
-                        customer_id=f"c{n % 9}",
-                        campaign_id=("a", "b")[n % 2],
-                        event="welcome_sent",
-                    )
-                    for n in range(per_file)
-                ]
+    store = FileStore(str(data))
+    writer = uuid.uuid4().hex[:12]  # each call a writer of its own, as a new bot instance is
+    first = None
+    for f in range(files):
+        events = [
+            Event(
+                event_id=f"e{f}-{n}",
+                ts=start + timedelta(minutes=f * per_file + n),
+                page_id="page",
+                customer_id=f"c{n % 9}",
+                campaign_id=("a", "b")[n % 2],
+                event="welcome_sent",
             )
-            log.flush_blocking()
-        # A redelivered event, stored again in a later file.
-        log.append_blocking([Event.from_dict(_first(data))])
-
-
-def _first(data: Path) -> dict:
-    files = f"{data}/events/*/*.parquet"
-    query = f"select * from read_parquet('{files}') where event_id = 'e0-0' limit 1"
-    table = duckdb.connect().sql(query).to_arrow_table()
-    return from_table(table)[0].to_dict()
+            for n in range(per_file)
+        ]
+        first = first or events[0]
+        write_events(store, events, f"{writer}-{f:08d}")
+    write_events(store, [first], f"{writer}-{files:08d}")
 
 
 def distinct_and_total(data: Path) -> tuple[int, int]:
@@ -116,24 +112,22 @@ def test_replaced_files_stay_for_the_grace_period(tmp_path):
 
 
 def test_only_days_over_for_a_whole_day_are_compacted(tmp_path):
-    # Today is still written to; yesterday still holds the clicks of the last 24 hours, whose replies a bot
-    # restarting after a crash looks for among its own files (merged, they would no longer be its own).
+    # Today is still written to, and so may yesterday be by a flusher catching up after midnight.
     data = tmp_path / "data"
+    store = FileStore(str(data))
     now = datetime.now(UTC)
     days = {"today": now, "yesterday": now - timedelta(days=1), "before": now - timedelta(days=2)}
-    with EventLog.open(str(data), tmp_path / "wal") as log:
-        for name, ts in days.items():
-            for n in range(2):
-                event = Event(
-                    event_id=f"{name}{n}",
-                    ts=ts,
-                    page_id="p",
-                    customer_id="c",
-                    campaign_id="a",
-                    event="welcome_sent",
-                )
-                log.append_blocking([event])
-                log.flush_blocking()
+    for name, ts in days.items():
+        for n in range(2):
+            event = Event(
+                event_id=f"{name}{n}",
+                ts=ts,
+                page_id="p",
+                customer_id="c",
+                campaign_id="a",
+                event="welcome_sent",
+            )
+            write_events(store, [event], f"writer-{name}{n}")
 
     assert compact(str(data), grace_s=0) == {days["before"].date(): 2}
     files_per_day = [len(list(data.glob(f"events/event_date={ts.date()}/*.parquet"))) for ts in days.values()]

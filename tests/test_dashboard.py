@@ -15,7 +15,7 @@ from analytics.report import kpis
 from analytics.sample import write_sample
 from bot.events import Event
 from bot.facts import EventName
-from bot.store import EventLog
+from bot.store import FileStore, write_events
 from tests.conftest import shown_kpis
 
 
@@ -62,8 +62,7 @@ def test_files_written_after_it_was_built_are_read_when_it_is_brought_up_to_date
         campaign_id="spring-sale",
         event=EventName.WELCOME_SENT,
     )
-    with EventLog.open(str(store), store / "other-writer-wal") as log:  # a second writer's new file
-        log.append_blocking([newcomer])
+    write_events(FileStore(str(store)), [newcomer], "other-writer-00000001")  # a second writer's new file
 
     assert not dashboard.is_current()
     assert "being read" in dashboard.first_paint_html(stale=True)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from bot.reply_worker import decode_outcomes
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bot import jsontext
-from bot.wal import decode_rows, encode_rows
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
@@ -44,24 +42,14 @@ def test_what_is_not_json_is_a_value_error(data):
 
 def test_a_lone_surrogate_is_written_as_the_replacement_character():
     # E.g. in a Graph API error message, read by httpx's json, then recorded in a send_failed detail.
-    row = ["e1", 1, "p", "c", "spring-sale", None, "send_failed", None, None, '{"reason":"bad \ud800"}']
+    value = {"reason": "bad \ud800", "key \udc00": ["m_\ud83d"]}
 
-    payload = encode_rows([row])
+    payload = jsontext.dumps(value)
 
     payload.decode("utf-8")  # valid UTF-8
-    assert decode_rows(payload) == [[*row[:9], '{"reason":"bad \ufffd"}']]
+    assert jsontext.loads(payload) == {"reason": "bad \ufffd", "key \ufffd": ["m_\ufffd"]}
 
 
 def test_a_value_json_cannot_hold_is_still_a_type_error():
     with pytest.raises(TypeError):
         jsontext.dumps({"when": object()})
-
-
-def test_a_line_from_the_worker_with_a_lone_surrogate_is_recorded():
-    row = ["e1.w", 1, "p", "c", "spring-sale", None, "welcome_sent", None, "m_\ud800", None]
-    line = jsontext.dumps([["e1.w", row]])
-
-    answered, rows = decode_outcomes([line])
-
-    assert answered == ["e1.w"]
-    assert rows[0][8] == "m_\ufffd"

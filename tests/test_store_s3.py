@@ -1,7 +1,8 @@
-"""The event store on S3: a real S3-compatible server (moto) on loopback, reached through pyarrow.fs."""
+"""Event files on S3: a real S3-compatible server (moto) on loopback, reached through pyarrow.fs."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
 
 import boto3
@@ -9,8 +10,10 @@ import pyarrow.dataset as ds
 import pytest
 from moto.server import ThreadedMotoServer
 
+from bot.database import Database
 from bot.events import Event
-from bot.store import EventLog, compact, open_filesystem
+from bot.flusher import FlushError, flush_once
+from bot.store import FileStore, compact, open_filesystem, write_events
 from tests.ports import free_port
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -60,55 +63,74 @@ def stored_ids(data: str) -> list[str]:
     return sorted(dataset.to_table(columns=["event_id"]).column("event_id").to_pylist())
 
 
-def test_events_reach_s3_as_hive_partitioned_parquet(bucket, s3_endpoint, tmp_path):
+def record(database: Database, events: list[Event]) -> None:
+    asyncio.run(database.record(events, []))
+
+
+def test_events_reach_s3_as_hive_partitioned_parquet(bucket, s3_endpoint):
     data = f"s3://{bucket}/shop"
-    with EventLog.open(data, tmp_path / "wal") as log:
-        log.append_blocking([event(n) for n in range(50)])
-        log.append_blocking([event(100, ts=datetime(2026, 3, 2, tzinfo=UTC))])
-    keys = objects(bucket, s3_endpoint)
-    assert [k.rsplit("/", 1)[0] for k in keys] == [
-        "shop/events/event_date=2026-03-01",
-        "shop/events/event_date=2026-03-02",
+    events = [event(n) for n in range(50)] + [event(100, ts=datetime(2026, 3, 2, tzinfo=UTC))]
+
+    assert write_events(FileStore(data), events, "writer-00000001") == 2
+
+    assert objects(bucket, s3_endpoint) == [
+        "shop/events/event_date=2026-03-01/writer-00000001.parquet",
+        "shop/events/event_date=2026-03-02/writer-00000001.parquet",
     ]
-    assert all(k.endswith(".parquet") and f"/{log.writer_id}-" in k for k in keys)
     assert stored_ids(data) == sorted([f"e{n}" for n in range(50)] + ["e100"])
 
 
-def test_two_writers_share_one_bucket(bucket, tmp_path):
+def test_the_flushers_of_two_bot_instances_share_one_bucket(bucket, s3_endpoint, tmp_path):
     data = f"s3://{bucket}/shop"
-    with EventLog.open(data, tmp_path / "a") as a, EventLog.open(data, tmp_path / "b") as b:
-        a.append_blocking([event(n) for n in range(0, 20, 2)])
-        b.append_blocking([event(n) for n in range(1, 20, 2)])
-    assert stored_ids(data) == sorted(f"e{n}" for n in range(20))
+    a, b = Database.open(None, tmp_path / "a"), Database.open(None, tmp_path / "b")
+    try:
+        record(a, [event(n) for n in range(0, 20, 2)])
+        record(b, [event(n) for n in range(1, 20, 2)])
+
+        assert flush_once(a, FileStore(data)) == flush_once(b, FileStore(data)) == 10
+
+        writers = {key.rsplit("/", 1)[1].split("-")[0] for key in objects(bucket, s3_endpoint)}
+        assert writers == {a.store_id, b.store_id}
+        assert stored_ids(data) == sorted(f"e{n}" for n in range(20))
+    finally:
+        a.close()
+        b.close()
 
 
-def test_an_unreachable_bucket_keeps_events_in_the_log(tmp_path, monkeypatch, s3_endpoint):
+def test_an_unreachable_bucket_keeps_the_events_in_the_database_until_it_is_there(
+    tmp_path, monkeypatch, s3_endpoint
+):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    log = EventLog.open("s3://no-such-bucket/x", tmp_path / "wal", flush_age_s=3600)
-    log.append_blocking([event(1)])
-    with pytest.raises(Exception, match="flushing events"):
-        log.flush_blocking()
-    with pytest.raises(Exception, match="flushing events"):
-        log.close()
-    # The acknowledged event is still in the log and goes out once the bucket exists.
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="no-such-bucket")
-    with EventLog.open("s3://no-such-bucket/x", tmp_path / "wal"):
-        pass
-    assert stored_ids("s3://no-such-bucket/x") == ["e1"]
+    database = Database.open(None, tmp_path / "state")
+    try:
+        record(database, [event(1)])
+        files = FileStore("s3://no-such-bucket/x")
+
+        with pytest.raises(FlushError, match="could not be written to s3://no-such-bucket/x"):
+            flush_once(database, files)
+        assert [e.event_id for batch in database.pending_batches() for e in batch.events] == ["e1"]
+
+        boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+            Bucket="no-such-bucket"
+        )
+        assert flush_once(database, files) == 1
+        assert stored_ids("s3://no-such-bucket/x") == ["e1"]
+        assert database.pending_batches() == []
+    finally:
+        database.close()
 
 
-def test_compaction_on_s3_leaves_one_file_per_day(bucket, s3_endpoint, tmp_path):
+def test_compaction_on_s3_leaves_one_file_per_day(bucket, s3_endpoint):
     data = f"s3://{bucket}/shop"
-    with EventLog.open(data, tmp_path / "wal") as log:
-        for n in range(0, 30, 10):
-            log.append_blocking([event(k) for k in range(n, n + 10)])
-            log.flush_blocking()
+    for n in range(0, 30, 10):
+        write_events(FileStore(data), [event(k) for k in range(n, n + 10)], f"writer-{n:08d}")
     assert len(objects(bucket, s3_endpoint)) == 3
+
     assert compact(data, grace_s=0) == {date(2026, 3, 1): 3}
+
     [key] = objects(bucket, s3_endpoint)
     assert "/compacted-" in key
     assert stored_ids(data) == sorted(f"e{n}" for n in range(30))

@@ -1,5 +1,5 @@
-"""Writes what an earlier version of promobot left behind, with that version's own code: the rows of a
-write-ahead log record and the Parquet file its flusher made of them, for one customer's conversation.
+"""Writes what an earlier version of promobot left behind, with that version's own code: the Parquet file its
+flusher made of one customer's conversation.
 
     git archive <commit> bot data | tar -x -C /tmp/old
     PYTHONPATH=/tmp/old python tests/data/previous_versions/write.py tests/data/previous_versions/<commit>
@@ -20,7 +20,6 @@ from bot.campaign import load_campaign
 from bot.flow import button_payload, plan_replies, record
 from bot.messenger import parse_body
 from bot.store import event_row, parquet_bytes, rows_to_table
-from bot.wal import encode_rows
 
 try:
     from bot.facts import ButtonStep
@@ -80,7 +79,6 @@ def main(out: Path) -> None:
                 owed += plan_replies(event)
     rows = [event_row(event) for event in events]
     out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.rows.json").write_bytes(encode_rows(rows))
     Path(f"{out}.parquet").write_bytes(parquet_bytes(rows_to_table(rows)))
 
 

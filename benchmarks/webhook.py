@@ -457,9 +457,8 @@ def cpu_by_part(server: Server, graph_pid: int) -> dict[str, float]:
         import psutil
 
         postmaster = psutil.Process(server.postgres_pid)
-        parts["PostgreSQL"] = sum(
-            sum(process.cpu_times()[:2]) for process in [postmaster, *postmaster.children(recursive=True)]
-        )
+        backends = [child.pid for child in postmaster.children(recursive=True)]
+        parts["PostgreSQL"] = sum(map(cpu_seconds, [postmaster.pid, *backends]))  # 0 for one gone since
     parts["fake Graph API"] = cpu_seconds(graph_pid)
     return parts
 

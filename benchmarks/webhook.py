@@ -39,16 +39,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.ports import free_port  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.postgres import PostgresServer
 
 SECRET = "benchmark-app-secret"
 TOKEN = "benchmark-page-token"
@@ -357,7 +360,7 @@ def wait_ready(port: int, process: subprocess.Popen, log: Path | None = None, ti
 
 
 @contextlib.contextmanager
-def running(name: str, workdir: Path, graph_port: int, postgres: Any) -> Any:
+def running(name: str, workdir: Path, graph_port: int, postgres: PostgresServer | None) -> Iterator[Server]:
     """Start the baseline or the bot (`python -m bot serve`, as deployed) and stop it with SIGTERM."""
     workdir.mkdir(parents=True)
     port = free_port()
@@ -370,8 +373,14 @@ def running(name: str, workdir: Path, graph_port: int, postgres: Any) -> Any:
         data.mkdir(parents=True)
         for file in ("campaign.toml", "thanks.png"):
             shutil.copy(REPO / "data" / file, data / file)
+        # Nothing of the caller's shell steers the bot (its store, its flush interval): only what is set here.
+        inherited = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("PROMOBOT_") and key != "DATABASE_URL"
+        }
         env = {
-            **os.environ,
+            **inherited,
             "PROMOBOT_APP_SECRET": SECRET,
             "PROMOBOT_VERIFY_TOKEN": "v",
             "PROMOBOT_PAGE_TOKEN": TOKEN,
@@ -381,13 +390,15 @@ def running(name: str, workdir: Path, graph_port: int, postgres: Any) -> Any:
             "PROMOBOT_PUBLIC_URL": "https://promobot.invalid",
             "PROMOBOT_LOG_LEVEL": "WARNING",
         }
-        if name == "postgres":
+        if name == "sqlite":
+            from bot.database import SQLITE_FILE
+
+            store = f"sqlite:///{data / SQLITE_FILE}"  # the default: PROMOBOT_DATABASE_URL unset
+        elif postgres is not None:
             store = env["PROMOBOT_DATABASE_URL"] = postgres.create_database(workdir.name.replace("-", "_"))
             postgres_pid = postgres.pid
         else:
-            from bot.database import SQLITE_FILE
-
-            store = f"sqlite:///{data / SQLITE_FILE}"
+            raise ValueError("the PostgreSQL bot needs a PostgreSQL server")
         command = [sys.executable, "-m", "bot", "serve", "--port", str(port)]
     with open(log, "wb") as output:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)

@@ -1,19 +1,24 @@
-"""Webhook benchmark: signed webhook requests per second and acknowledgement latency of the bot.
+"""Webhook benchmark: signed webhooks per second and acknowledgement latency of the bot, with its SQLite
+store and with PostgreSQL, against a raw ASGI baseline.
 
-    python benchmarks/webhook.py [--seconds 5] [--rate 1000] [--rounds 5]
+    python benchmarks/webhook.py [--seconds 3] [--rate 1000] [--rounds 3] [--servers baseline sqlite postgres]
 
-The baseline, run in the same session on the same machine, is a bare Starlette endpoint under the same
-uvicorn that only checks the signature and answers 200. The bot does everything it does in production:
-parses, records the events durably (fsync), acknowledges, and sends the replies to a fake Graph API.
+The baseline is a raw ASGI app (no Starlette) that reads the body, checks the signature and answers 200
+`EVENT_RECEIVED`, under the uvicorn options of `python -m bot serve` (same event loop, HTTP implementation,
+no access log). The bot is `python -m bot serve` in a process of its own, as deployed: it parses, records
+the events and the replies they call for in its transactional store (committed before it acknowledges), and
+sends the replies to a fake Graph API from the store's outbox. It runs twice: with its default SQLite store,
+and with PostgreSQL (a server this script starts, a fresh database each round).
+
 Load comes from a separate process over loopback (on uvloop, so that it takes little of the CPU it shares
-with the server), keep-alive connections, with realistic bodies (half of them clicks that call for replies,
-half delivery and read receipts), each one distinct. Bare endpoint and bot are measured in turn, for a few
-rounds, and the medians reported: on a shared host the machine's speed drifts by tens of per cent within
-minutes.
+with the servers), keep-alive connections, with realistic bodies (customers' journeys: each click, then the
+delivery and read receipts of the message answering it), each one distinct. Baseline, SQLite and PostgreSQL
+are measured in turn, for a few rounds, and the medians reported: on a shared host the machine's speed drifts
+by tens of per cent within minutes.
 
 Two measurements per server:
-- throughput: 64 connections sending as fast as answers come back;
-- latency at a fixed rate (default 1,000 requests/s, open loop: latency counts from when a request was due,
+- throughput: 64 connections sending as fast as answers come back (closed loop);
+- latency at a fixed rate (default 1,000 webhooks/s, open loop: latency counts from when a request was due,
   so a stalled server cannot hide its queue).
 """
 
@@ -28,12 +33,16 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,28 +50,79 @@ sys.path.insert(0, str(REPO))
 
 from tests.ports import free_port  # noqa: E402
 
+if TYPE_CHECKING:
+    from tests.postgres import PostgresServer
+
 SECRET = "benchmark-app-secret"
 TOKEN = "benchmark-page-token"
 PAGE = "111899832631525"
+SERVERS = ("baseline", "sqlite", "postgres")
+LABELS = {"baseline": "raw ASGI baseline", "sqlite": "promobot, SQLite", "postgres": "promobot, PostgreSQL"}
 
 
-# -- the servers ---------------------------------------------------------------------------------------------
+# -- the baseline --------------------------------------------------------------------------------------------
+
+ACKNOWLEDGED = b"EVENT_RECEIVED"
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
-def bare_app():
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
+async def baseline_app(scope: dict, receive: Callable, send: Callable) -> None:
+    """Raw ASGI: read the body, check its signature, answer 200 `EVENT_RECEIVED` (403 for a bad signature).
 
+    Any path and method: the load posts to /webhook only.
+    """
     from bot.messenger import verify_signature
 
-    async def webhook(request):
-        body = await request.body()
-        if not verify_signature(SECRET, body, request.headers.get("x-hub-signature-256")):
-            return PlainTextResponse("bad signature", status_code=403)
-        return PlainTextResponse("EVENT_RECEIVED")
+    if scope["type"] == "lifespan":  # uvicorn runs the bot with lifespan="on": the baseline takes part too
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    signature = None
+    for name, value in scope["headers"]:
+        if name == b"x-hub-signature-256":
+            signature = value.decode("latin-1")
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    status, text = (
+        (200, ACKNOWLEDGED) if verify_signature(SECRET, body, signature) else (403, b"bad signature")
+    )
+    headers = [(b"content-length", str(len(text)).encode()), *_TEXT]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": text})
 
-    return Starlette(routes=[Route("/webhook", webhook, methods=["POST"])])
+
+def uvicorn_options(log_level: str) -> dict[str, Any]:
+    """The options `bot.app.serve` gives uvicorn.run, besides the app, host and port (kept equal by
+    tests/test_bench_webhook.py): loop and HTTP implementation are uvicorn's defaults for both."""
+    from bot.app import SHUTDOWN_REPLY_GRACE_S
+
+    return {
+        "log_level": log_level,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": SHUTDOWN_REPLY_GRACE_S,
+        "proxy_headers": False,
+        "access_log": False,
+        "server_header": False,
+    }
+
+
+def serve_baseline(port: int) -> None:
+    """The baseline under uvicorn, in a process set up as the bot's server sets up its own."""
+    import uvicorn
+
+    from bot.app import tune_garbage_collector
+
+    tune_garbage_collector()
+    uvicorn.run(baseline_app, host="127.0.0.1", port=port, **uvicorn_options("warning"))
+
+
+# -- the fake Graph API and the load -------------------------------------------------------------------------
 
 
 SENT = b'{"recipient_id":"1","message_id":"m_%d"}'
@@ -123,14 +183,15 @@ CLICKS = ("start", "yes", "delivery", "read")
 MIXES = {"journeys": JOURNEY, "clicks": CLICKS}
 
 
-def bodies(count: int, mix: str = "journeys") -> list[tuple[bytes, bytes]]:
-    """Distinct signed webhook bodies: clicks and receipts of many customers."""
+def bodies(count: int, mix: str = "journeys", start: int = 0) -> list[tuple[bytes, bytes]]:
+    """Distinct signed webhook bodies: clicks and receipts of many customers (those numbered from `start`,
+    a multiple of 36: where journeys begin)."""
     from bot.messenger import sign
 
     kinds = MIXES[mix]
     now = int(time.time() * 1000)
     out = []
-    for i in range(count):
+    for i in range(start, start + count):
         customer = str(10**15 + i // len(kinds))
         base = {"sender": {"id": customer}, "recipient": {"id": PAGE}, "timestamp": now + i}
         match kinds[i % len(kinds)]:
@@ -240,33 +301,57 @@ def percentiles(latencies: list[float]) -> dict:
     }
 
 
-def load_main(port: int, phase: str, seconds: float, rate: float, mix: str) -> None:
-    # Distinct bodies per phase (a body seen before is a redelivery, which the bot answers without work),
-    # signed before the clock starts, enough for 20,000 requests/s.
-    count = int(20_000 * seconds)
-    work = bodies(2 * count, mix)
-    work = work[:count] if phase == "rate" else work[count:]
+# Where each phase's customers begin: a body seen before is a redelivery, which the bot answers without work.
+FIRST_CUSTOMER = {"throughput": 0, "rate": 36_000_000, "warmup": 72_000_000}
+MAX_RATE = 40_000  # webhooks/s a throughput phase has bodies for
+
+
+def load_main(port: int, phase: str, seconds: float, rate: float, mix: str, warmup: float) -> None:
+    # Signed before the clock starts.
+    count = int((MAX_RATE if phase == "throughput" else rate) * seconds)
+    work = bodies(count, mix, FIRST_CUSTOMER[phase])
+    warm = bodies(int(rate * warmup), mix, FIRST_CUSTOMER["warmup"]) if phase == "rate" and warmup else []
     # The load shares the machine with the server: uvloop keeps its share of the CPU small.
     run = asyncio.run
     with contextlib.suppress(ImportError):
         import uvloop
 
         run = uvloop.run
+
+    async def load() -> dict:
+        if phase == "throughput":
+            return await throughput(port, work, seconds)
+        if warm:  # a server that has just started (first connections, transactions, imports) is not timed
+            await at_rate(port, warm, rate, warmup)
+        return await at_rate(port, work, rate, seconds)
+
     before = resource.getrusage(resource.RUSAGE_SELF)
-    result = run(at_rate(port, work, rate, seconds) if phase == "rate" else throughput(port, work, seconds))
+    result = run(load())
     after = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     print(json.dumps(result))
 
 
-# -- orchestration -------------------------------------------------------------------------------------------
+# -- the servers under test ----------------------------------------------------------------------------------
 
 
-def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 30) -> None:
+@dataclass
+class Server:
+    """A server the load runs against: its port, its process, and for the bot the store's URL."""
+
+    name: str
+    port: int
+    process: subprocess.Popen
+    store: str | None = None
+    postgres_pid: int | None = None
+
+
+def wait_ready(port: int, process: subprocess.Popen, log: Path | None = None, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"server on port {port} exited with {process.returncode}")
+            output = log.read_text(errors="replace") if log and log.exists() else ""
+            raise SystemExit(f"server on port {port} exited with {process.returncode}\n{output}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -274,85 +359,310 @@ def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 30) -> N
     raise SystemExit(f"server on port {port} did not start")
 
 
-def run_load(port: int, phase: str, seconds: float, rate: float, mix: str) -> dict:
-    output = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "load",
-            "--port",
-            str(port),
-            "--phase",
-            phase,
-            "--seconds",
-            str(seconds),
-            "--rate",
-            str(rate),
-            "--mix",
-            mix,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+@contextlib.contextmanager
+def running(name: str, workdir: Path, graph_port: int, postgres: PostgresServer | None) -> Iterator[Server]:
+    """Start the baseline or the bot (`python -m bot serve`, as deployed) and stop it with SIGTERM."""
+    workdir.mkdir(parents=True)
+    port = free_port()
+    log = workdir / f"{name}.log"
+    store = postgres_pid = None
+    if name == "baseline":
+        command, env = [sys.executable, __file__, "baseline", "--port", str(port)], dict(os.environ)
+    else:
+        data = workdir / "data"
+        data.mkdir(parents=True)
+        for file in ("campaign.toml", "thanks.png"):
+            shutil.copy(REPO / "data" / file, data / file)
+        # Nothing of the caller's shell steers the bot (its store, its flush interval): only what is set here.
+        inherited = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("PROMOBOT_") and key != "DATABASE_URL"
+        }
+        env = {
+            **inherited,
+            "PROMOBOT_APP_SECRET": SECRET,
+            "PROMOBOT_VERIFY_TOKEN": "v",
+            "PROMOBOT_PAGE_TOKEN": TOKEN,
+            "PROMOBOT_GRAPH_URL": f"http://127.0.0.1:{graph_port}",
+            "PROMOBOT_DATA": str(data),
+            "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
+            "PROMOBOT_PUBLIC_URL": "https://promobot.invalid",
+            "PROMOBOT_LOG_LEVEL": "WARNING",
+        }
+        if name == "sqlite":
+            from bot.database import SQLITE_FILE
+
+            store = f"sqlite:///{data / SQLITE_FILE}"  # the default: PROMOBOT_DATABASE_URL unset
+        elif postgres is not None:
+            store = env["PROMOBOT_DATABASE_URL"] = postgres.create_database(workdir.name.replace("-", "_"))
+            postgres_pid = postgres.pid
+        else:
+            raise ValueError("the PostgreSQL bot needs a PostgreSQL server")
+        command = [sys.executable, "-m", "bot", "serve", "--port", str(port)]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(port, process, log)
+        yield Server(name, port, process, store, postgres_pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
 
 
-def wait_idle(port: int | None, timeout_s: float = 120) -> None:
+def replies_owed(store: str) -> int:
+    """Replies still in the bot's outbox (sent or given up ones leave it)."""
+    if store.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(store) as connection:
+            return connection.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    path = store.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+        return connection.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+
+def wait_idle(server: Server, timeout_s: float = 120) -> None:
     """Wait until the bot has sent every reply, so one phase's replies do not weigh on the next."""
-    if port is None:
+    if server.store is None:
         return
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if httpx.get(f"http://127.0.0.1:{port}/healthz").json()["replies_in_flight"] == 0:
+        health = httpx.get(f"http://127.0.0.1:{server.port}/healthz").json()
+        if health["replies_in_flight"] == 0 and replies_owed(server.store) == 0:
             return
-        time.sleep(0.2)
+        time.sleep(0.1)
+    raise SystemExit(f"{LABELS[server.name]} still owed replies after {timeout_s:.0f} s")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc; 0 where there is none)."""
+# -- measuring -----------------------------------------------------------------------------------------------
+
+
+def run_load(port: int, phase: str, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "load", "--port", str(port), "--phase", phase]
+    command += ["--seconds", str(args.seconds), "--rate", str(args.rate), "--mix", args.mix]
+    command += ["--warmup", str(args.warmup)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process (or one of its threads) so far, from Linux's /proc."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children(pid: int) -> list[int]:
-    """A process's children (the bot's reply worker)."""
-    pids = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        pids += [int(child) for child in task.read_text().split()]
-    return pids
+def cpu_by_part(server: Server, graph_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the server's event loop (its main thread), its other threads (the store's
+    commits, the flusher), PostgreSQL (postmaster and backends) and the fake Graph API."""
+    pid = server.process.pid
+    loop = cpu_seconds(pid, pid)
+    parts = {"event loop": loop, "other threads": cpu_seconds(pid) - loop}
+    if server.postgres_pid is not None:
+        import psutil
+
+        postmaster = psutil.Process(server.postgres_pid)
+        backends = [child.pid for child in postmaster.children(recursive=True)]
+        parts["PostgreSQL"] = sum(map(cpu_seconds, [postmaster.pid, *backends]))  # 0 for one gone since
+    parts["fake Graph API"] = cpu_seconds(graph_pid)
+    return parts
 
 
-def measure(port: int, args: argparse.Namespace, *, server: int, graph: int, bot: bool) -> dict:
-    """Both phases; for the throughput phase, the CPU each process spent per request (replies included)."""
-    health_port = port if bot else None
-    at_rate_figures = run_load(port, "rate", args.seconds, args.rate, args.mix)
-    wait_idle(health_port)
-    processes = {"server": [server], "reply worker": children(server), "fake Graph API": [graph]}
-    before = {name: sum(map(cpu_seconds, pids)) for name, pids in processes.items()}
-    figures = run_load(port, "throughput", args.seconds, args.rate, args.mix)
-    wait_idle(health_port)  # the replies to this phase's clicks count too
-    requests = figures["requests"]
-    cpu = {name: (sum(map(cpu_seconds, pids)) - before[name]) / requests for name, pids in processes.items()}
-    cpu["load generator"] = figures.pop("cpu_s") / requests
-    return {**figures, "at_rate": at_rate_figures, "cpu_ms": {k: v * 1000 for k, v in cpu.items() if v > 0}}
+def measure(server: Server, args: argparse.Namespace, graph_pid: int) -> dict:
+    """Both phases; for the throughput phase, the CPU each part spent per webhook (its replies included)."""
+    at_rate = run_load(server.port, "rate", args)
+    wait_idle(server)
+    before = cpu_by_part(server, graph_pid)
+    figures = run_load(server.port, "throughput", args)
+    wait_idle(server)  # the replies to this phase's clicks count too
+    after = cpu_by_part(server, graph_pid)
+    requests = max(figures["requests"], 1)
+    cpu = {part: (after[part] - before[part]) / requests * 1000 for part in after}
+    cpu["load generator"] = figures.pop("cpu_s") / requests * 1000
+    return {**figures, "at_rate": at_rate, "cpu_ms": cpu}
+
+
+# -- report --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A goal of issue 15, met or not by the medians."""
+
+    text: str
+    server: str
+    figure: Callable[[dict], float]  # of the medians
+    unit: str
+    met: Callable[[float], bool]
+    at_rate: bool = False  # only measured at 1,000 webhooks/s
+
+
+GOALS = (
+    Goal(
+        "p99 ≤ 10 ms at 1,000 webhooks/s, SQLite",
+        "sqlite",
+        lambda m: m["sqlite"]["at_rate_p99_ms"],
+        "ms",
+        lambda v: v <= 10,
+        at_rate=True,
+    ),
+    Goal(
+        "p99 ≤ 10 ms at 1,000 webhooks/s, PostgreSQL",
+        "postgres",
+        lambda m: m["postgres"]["at_rate_p99_ms"],
+        "ms",
+        lambda v: v <= 10,
+        at_rate=True,
+    ),
+    Goal(
+        "SQLite throughput ≥ 0.35× the raw baseline's",
+        "sqlite",
+        lambda m: m["sqlite"]["ratio"],
+        "×",
+        lambda v: v >= 0.35,
+    ),
+    Goal(
+        "PostgreSQL ≥ 2,000 webhooks/s",
+        "postgres",
+        lambda m: m["postgres"]["requests_per_s"],
+        "/s",
+        lambda v: v >= 2000,
+    ),
+)
+
+
+def medians(rounds: list[dict[str, dict]]) -> dict[str, dict[str, float]]:
+    """Per server, the median over rounds of each figure; `ratio` is the median of each round's ratio of
+    the server's throughput to the baseline's of the same round."""
+    out: dict[str, dict[str, float]] = {}
+    for name in rounds[0]:
+
+        def median(pick: Callable[[dict], float], name: str = name) -> float:
+            return statistics.median(pick(figures[name]) for figures in rounds)
+
+        out[name] = {
+            "requests_per_s": median(lambda f: f["requests_per_s"]),
+            "p50_ms": median(lambda f: f["p50_ms"]),
+            "p99_ms": median(lambda f: f["p99_ms"]),
+            "at_rate_p50_ms": median(lambda f: f["at_rate"]["p50_ms"]),
+            "at_rate_p99_ms": median(lambda f: f["at_rate"]["p99_ms"]),
+            "errors": sum(f[name]["errors"] + f[name]["at_rate"]["errors"] for f in rounds),
+            **{
+                f"cpu_ms {part}": median(lambda f, p=part: f["cpu_ms"][p])
+                for part in rounds[0][name]["cpu_ms"]
+            },
+        }
+        if "baseline" in rounds[0]:
+            out[name]["ratio"] = statistics.median(
+                figures[name]["requests_per_s"] / figures["baseline"]["requests_per_s"] for figures in rounds
+            )
+    return out
+
+
+def report(args: argparse.Namespace, rounds: list[dict[str, dict]]) -> dict[str, dict[str, float]]:
+    """Print the medians over the rounds, the CPU per webhook and the goals; return the medians."""
+    figures = medians(rounds)
+    rate = f"{args.rate:,.0f}/s"
+    print(f"\nmedians of {len(rounds)} rounds of {args.seconds:g} s per phase")
+    print(
+        f"{'':<22}{'webhooks/s':>11}{'× baseline':>11}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'at ' + rate + ': p50 ms':>22}{'p99 ms':>8}"
+    )
+    for name, median in figures.items():
+        ratio = f"{median['ratio']:.2f}" if "ratio" in median else ""
+        errors = f"  errors: {median['errors']}" if median["errors"] else ""
+        print(
+            f"{LABELS[name]:<22}{median['requests_per_s']:>11,.0f}{ratio:>11}{median['p50_ms']:>8.1f}"
+            f"{median['p99_ms']:>8.1f}{median['at_rate_p50_ms']:>22.1f}{median['at_rate_p99_ms']:>8.1f}{errors}"
+        )
+    print("CPU per webhook in the throughput phase (replies included), ms:")
+    for name, median in figures.items():
+        parts = [
+            (key.removeprefix("cpu_ms "), value) for key, value in median.items() if key.startswith("cpu_ms")
+        ]
+        print(f"  {LABELS[name]:<22}" + ", ".join(f"{part} {ms:.3f}" for part, ms in parts if ms > 0))
+    print("goals:")
+    for goal in GOALS:
+        if goal.server not in figures or (goal.unit == "×" and "baseline" not in figures):
+            continue
+        if goal.at_rate and args.rate != 1000:
+            print(f"  {goal.text}: not measured (--rate {args.rate:g})")
+            continue
+        value = goal.figure(figures)
+        shown = (
+            f"{value:,.0f}/s"
+            if goal.unit == "/s"
+            else f"{value:.2f}×"
+            if goal.unit == "×"
+            else f"{value:.1f} ms"
+        )
+        print(f"  {goal.text}: {shown}, {'met' if goal.met(value) else 'NOT MET'}")
+    return figures
+
+
+# -- orchestration -------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> None:
+    from tests.postgres import PostgresServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="promobot-webhook-bench-"))
+    graph_port = free_port()
+    graph = subprocess.Popen([sys.executable, __file__, "graph", "--port", str(graph_port)])
+    postgres = PostgresServer() if "postgres" in args.servers else None
+    print(f"load average at start: {', '.join(f'{load:.2f}' for load in os.getloadavg())}")
+    try:
+        if postgres is not None:
+            postgres.start()
+        wait_ready(graph_port, graph)
+        rounds = []
+        for number in range(args.rounds):
+            # The servers one after the other, round after round: a machine whose speed drifts (a shared
+            # host) weighs on all of them alike.
+            figures = {}
+            for name in args.servers:
+                with running(name, workdir / f"round-{number}-{name}", graph_port, postgres) as server:
+                    figures[name] = measure(server, args, graph.pid)
+            rounds.append(figures)
+            summary = (
+                f"{name} {f['requests_per_s']:,.0f}/s, p99 at rate {f['at_rate']['p99_ms']:.1f} ms"
+                for name, f in figures.items()
+            )
+            print(f"round {number + 1}: " + "; ".join(summary))
+        medians = report(args, rounds)
+        print(f"load average at end: {', '.join(f'{load:.2f}' for load in os.getloadavg())}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"rounds": rounds, "medians": medians}, indent=1))
+    finally:
+        graph.kill()
+        graph.wait()
+        if postgres is not None:
+            postgres.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("role", nargs="?", default="run", choices=["run", "bare", "graph", "load"])
+    parser.add_argument("role", nargs="?", default="run", choices=["run", "baseline", "graph", "load"])
     parser.add_argument("--port", type=int)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="of each phase (default 3)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="webhooks/s of the latency phase")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds at the fixed rate, not timed, after a start"
+    )
     parser.add_argument("--phase", choices=["rate", "throughput"], default="rate")
-    parser.add_argument("--rounds", type=int, default=5, help="bare endpoint and bot, this many times each")
+    parser.add_argument("--rounds", type=int, default=3, help="every server this many times (default 3)")
+    parser.add_argument(
+        "--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="which to measure (default all)"
+    )
     parser.add_argument(
         "--mix",
         choices=sorted(MIXES),
@@ -360,108 +670,20 @@ def main() -> None:
         help="journeys (default): customers' journeys, each click followed by the receipts of its answer; "
         "clicks: half clicks, half receipts",
     )
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write every round's figures and the medians here"
+    )
     args = parser.parse_args()
 
-    if args.role == "bare":
-        import uvicorn
-
-        uvicorn.run(bare_app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
-        return
-    if args.role == "graph":
+    if args.role == "baseline":
+        serve_baseline(args.port)
+    elif args.role == "graph":
         asyncio.run(fake_graph(args.port))
-        return
-    if args.role == "load":
-        load_main(args.port, args.phase, args.seconds, args.rate, args.mix)
-        return
-
-    workdir = Path(tempfile.mkdtemp(prefix="promobot-webhook-bench-"))
-    graph_port = free_port()
-    graph = subprocess.Popen([sys.executable, __file__, "graph", "--port", str(graph_port)])
-    try:
-        wait_ready(graph_port, graph)
-        rounds = []
-        for number in range(args.rounds):
-            # Bare endpoint and bot one after the other, round after round: a machine whose speed drifts
-            # (a shared host) weighs on both alike.
-            baseline = run_bare(args, graph.pid)
-            measured = run_bot(args, graph_port, graph.pid, workdir / f"round-{number}")
-            rounds.append((baseline, measured))
-            if args.rounds > 1:
-                print(
-                    f"round {number + 1}: bare {baseline['requests_per_s']:,.0f}/s, promobot "
-                    f"{measured['requests_per_s']:,.0f}/s, "
-                    f"{measured['requests_per_s'] / baseline['requests_per_s']:.2f}x; at {args.rate:,.0f}/s "
-                    f"p99 {baseline['at_rate']['p99_ms']:.1f} / {measured['at_rate']['p99_ms']:.1f} ms"
-                )
-        report(args, rounds)
-    finally:
-        graph.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def run_bare(args: argparse.Namespace, graph_pid: int) -> dict:
-    port = free_port()
-    bare = subprocess.Popen([sys.executable, __file__, "bare", "--port", str(port)])
-    try:
-        wait_ready(port, bare)
-        return measure(port, args, server=bare.pid, graph=graph_pid, bot=False)
-    finally:
-        bare.send_signal(signal.SIGTERM)
-        bare.wait(timeout=60)
-
-
-def run_bot(args: argparse.Namespace, graph_port: int, graph_pid: int, workdir: Path) -> dict:
-    data = workdir / "data"
-    data.mkdir(parents=True)
-    for name in ("campaign.toml", "thanks.png"):
-        shutil.copy(REPO / "data" / name, data / name)
-    env = {
-        **os.environ,
-        "PROMOBOT_APP_SECRET": SECRET,
-        "PROMOBOT_VERIFY_TOKEN": "v",
-        "PROMOBOT_PAGE_TOKEN": TOKEN,
-        "PROMOBOT_GRAPH_URL": f"http://127.0.0.1:{graph_port}",
-        "PROMOBOT_DATA": str(data),
-        "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
-        "PROMOBOT_LOG_LEVEL": "WARNING",
-    }
-    port = free_port()
-    bot = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--port", str(port)], cwd=REPO, env=env)
-    try:
-        wait_ready(port, bot)
-        return measure(port, args, server=bot.pid, graph=graph_pid, bot=True)
-    finally:
-        bot.send_signal(signal.SIGTERM)
-        bot.wait(timeout=60)
-
-
-def report(args: argparse.Namespace, rounds: list[tuple[dict, dict]]) -> None:
-    """Medians over the rounds (the round whose promobot/bare ratio is the median, for the CPU figures)."""
-    middle = sorted(rounds, key=lambda r: r[1]["requests_per_s"] / r[0]["requests_per_s"])[len(rounds) // 2]
-
-    def median(side: int, *keys: str) -> float:
-        values = []
-        for pair in rounds:
-            value = pair[side]
-            for key in keys:
-                value = value[key]
-            values.append(value)
-        return statistics.median(values)
-
-    print(f"{'':<34}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}   at {args.rate:,.0f}/s: p50 ms, p99 ms")
-    for side, label in ((0, "bare endpoint (signature only)"), (1, "promobot webhook")):
-        errors = sum(pair[side]["errors"] + pair[side]["at_rate"]["errors"] for pair in rounds)
-        print(
-            f"{label:<34}{median(side, 'requests_per_s'):>12,.0f}{median(side, 'p50_ms'):>9.1f}"
-            f"{median(side, 'p99_ms'):>9.1f}   {median(side, 'at_rate', 'p50_ms'):>15.1f}, "
-            f"{median(side, 'at_rate', 'p99_ms'):.1f}" + (f"  errors: {errors}" if errors else "")
-        )
-    print("CPU per request in the throughput phase, ms:")
-    for label, figures in (("bare endpoint", middle[0]), ("promobot", middle[1])):
-        print(f"  {label:<15}" + ", ".join(f"{name} {ms:.3f}" for name, ms in figures["cpu_ms"].items()))
-    ratios = sorted(bot["requests_per_s"] / bare["requests_per_s"] for bare, bot in rounds)
-    spread = f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
-    print(f"promobot / bare endpoint throughput: {statistics.median(ratios):.2f}x{spread}")
+    elif args.role == "load":
+        load_main(args.port, args.phase, args.seconds, args.rate, args.mix, args.warmup)
+    else:
+        args.servers = [name for name in SERVERS if name in args.servers]  # always in this order
+        run(args)
 
 
 if __name__ == "__main__":

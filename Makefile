@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench lint chromium postgresql clean
+.PHONY: install run test bench lint chromium postgresql lambda clean
 
 install: $(STAMP)
 
@@ -43,5 +43,25 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# The AWS Lambda package: the bot and its dependencies (not the analytics') as Lambda's Linux wheels,
+# whatever this machine is, plus the campaign; build/promobot-lambda.zip is what to upload.
+LAMBDA_PYTHON   ?= 3.12
+# Lambda's python3.12 runs on Amazon Linux 2023 (glibc 2.34): wheels for glibc 2.17 or 2.28 both run there.
+LAMBDA_PLATFORMS ?= manylinux2014_x86_64 manylinux_2_28_x86_64
+LAMBDA_DIR      ?= build/lambda
+LAMBDA_ZIP      ?= build/promobot-lambda.zip
+
+lambda: $(STAMP)
+	rm -rf $(LAMBDA_DIR) $(LAMBDA_ZIP) build/wheel
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir build/wheel .
+	$(PY) -m pip install --quiet --no-compile --target $(LAMBDA_DIR) \
+	  $(addprefix --platform ,$(LAMBDA_PLATFORMS)) --implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: \
+	  "$$(ls build/wheel/promobot-*.whl)[lambda]"
+	rm -rf $(LAMBDA_DIR)/bin
+	mkdir -p $(LAMBDA_DIR)/data
+	cp data/campaign.toml data/thanks.png $(LAMBDA_DIR)/data/
+	cd $(LAMBDA_DIR) && $(abspath $(PY)) -m zipfile -c $(abspath $(LAMBDA_ZIP)) .
+	@du -sh $(LAMBDA_DIR) $(LAMBDA_ZIP)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build

@@ -1,4 +1,4 @@
-"""The business's dashboard: widgets over the analytics API, shown by Voilà from notebooks/dashboard.ipynb.
+"""The business's dashboard: widgets over the analytics API, shown by Voilà from its notebook (package data).
 
 KPI tiles, funnel, timeline, cohort heatmap, buttons and a per-campaign comparison; filters for campaign and
 dates; a refresh button; CSV downloads of the tables shown. Charts are SVG drawn on the server by vl-convert,
@@ -25,7 +25,10 @@ from analytics import charts
 from analytics.query import Events
 from analytics.report import kpi_texts, kpis
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "dashboard.ipynb"
+# Package data, like the Voilà template beside it: an installed package (a wheel, the container image) has
+# them too. notebooks/dashboard.ipynb links here for analysts who open it in JupyterLab.
+SHARE = Path(__file__).resolve().with_name("share")
+NOTEBOOK = SHARE / "dashboard.ipynb"
 PRESETS = ("Last 7 days", "Last 30 days", "All time", "Custom")
 
 STYLE = """
@@ -336,11 +339,9 @@ def serve(data: str | None = None, host: str = "127.0.0.1", port: int = 8866) ->
     """`python -m analytics dashboard`: Voilà on `host:port`, protected by PROMOBOT_DASHBOARD_TOKEN if set."""
     source = data or os.environ.get("PROMOBOT_DATA", "data")
     if not source.startswith("s3://"):
-        source = str(Path(source).resolve())  # the notebook's kernel runs in notebooks/
+        source = str(Path(source).resolve())  # the notebook's kernel runs in the notebook's directory
     # Our Voilà template (the lab one, minus its CDN stylesheets) lives in analytics/share.
-    jupyter_path = os.pathsep.join(
-        filter(None, [str(Path(__file__).with_name("share")), os.environ.get("JUPYTER_PATH")])
-    )
+    jupyter_path = os.pathsep.join(filter(None, [str(SHARE), os.environ.get("JUPYTER_PATH")]))
     env = {**os.environ, "PROMOBOT_DATA": source, "JUPYTER_PATH": jupyter_path}
     token = os.environ.get("PROMOBOT_DASHBOARD_TOKEN", "")
     if host not in ("127.0.0.1", "localhost", "::1") and not token:

@@ -1,23 +1,57 @@
-"""AWS Lambda entry point: `bot.aws_lambda.handler`, behind API Gateway or a Lambda function URL.
+"""AWS Lambda entry point: `bot.aws_lambda.handler`, behind API Gateway or a Lambda function URL, and invoked
+on a schedule by an EventBridge rule.
 
 A frozen Lambda runs nothing after it has answered, so everything happens inside the invocation: Mangum
 runs the app's start-up and shut-down around every request, the replies are sent before the webhook is
 answered, and shutting down flushes the events to `PROMOBOT_DATA` (an `s3://` bucket). Keep the state in
 PostgreSQL (`PROMOBOT_DATABASE_URL`): without it, an SQLite file in /tmp lasts only as long as the container.
+
+A reply can still be left owed: the function timed out or its container was stopped mid-send, or the Graph
+API asked for a retry later. The scheduled invocation (`{"source": "aws.events", ...}`, e.g. every minute)
+sends whatever is owed once its lease has run out, and flushes the events.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from mangum import Mangum
+from starlette.applications import Starlette
 
 from bot.app import configure_logging, create_app, load_settings
 from bot.config import Mode
 
+log = logging.getLogger("promobot")
+
+SCHEDULED_SOURCE = "aws.events"  # the `source` of every event an EventBridge rule sends
+
 
 def build_handler() -> Mangum:
+    """The app in Lambda mode, wrapped for API Gateway and function URL events."""
     settings, _ = load_settings(Mode.LAMBDA)
     configure_logging(settings.log_level)
     return Mangum(create_app(settings), lifespan="on")
+
+
+def is_scheduled(event: dict) -> bool:
+    """Whether `event` comes from an EventBridge rule (a schedule) rather than an HTTP request."""
+    return event.get("source") == SCHEDULED_SOURCE
+
+
+async def send_owed(app: Starlette) -> dict:
+    """Run the app's start-up, send every reply due, then its shut-down (which flushes the events).
+
+    Returns: `{"replies_owed": n}`, the replies still owed (leased by a running invocation, or to be retried).
+    Raises: DatabaseError (the store cannot be reached): the invocation fails, the next one tries again.
+    """
+    async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        await runtime.sender.send_due()
+        owed = await asyncio.to_thread(runtime.database.owed)
+    if owed:
+        log.info("%d replies still owed; the next scheduled invocation sends those due by then", owed)
+    return {"replies_owed": owed}
 
 
 _handler: Mangum | None = None
@@ -28,4 +62,7 @@ def handler(event: dict, context: object) -> dict:
     global _handler
     if _handler is None:
         _handler = build_handler()
+    if is_scheduled(event):
+        # Mangum set up this loop when it was built, and runs every request on it.
+        return asyncio.get_event_loop().run_until_complete(send_owed(_handler.app))
     return _handler(event, context)

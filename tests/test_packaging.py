@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+
+from packaging.specifiers import SpecifierSet
 
 from tests.conftest import REPO
 
@@ -45,5 +49,28 @@ def test_everything_the_containerfile_copies_is_in_the_repository():
                 assert (REPO / source).exists(), source
 
 
-def test_the_procfile_binds_herokus_port():
-    assert (REPO / "Procfile").read_text().strip() == "web: python -m bot serve --host 0.0.0.0 --port $PORT"
+def test_the_procfile_binds_herokus_port_and_migrates_in_the_release_phase():
+    processes = dict(line.split(": ", 1) for line in (REPO / "Procfile").read_text().splitlines() if line)
+
+    assert processes == {
+        "release": "python -m bot migrate",
+        "web": "python -m bot serve --host 0.0.0.0 --port $PORT",
+    }
+
+
+def test_app_json_provisions_postgres_and_asks_for_the_secrets_and_the_bucket():
+    manifest = json.loads((REPO / "app.json").read_text())
+
+    assert {"plan": "heroku-postgresql"} in manifest["addons"]
+    required = {name for name, spec in manifest["env"].items() if spec.get("required")}
+    secrets = {"PROMOBOT_APP_SECRET", "PROMOBOT_VERIFY_TOKEN", "PROMOBOT_PAGE_TOKEN"}
+    assert required >= {*secrets, "PROMOBOT_DATA"}
+    assert all(spec.get("description") for spec in manifest["env"].values())
+
+
+def test_herokus_python_version_is_a_major_version_the_package_supports():
+    version = (REPO / ".python-version").read_text().strip()
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+
+    assert re.fullmatch(r"3\.\d+", version)  # the buildpack then brings its security releases
+    assert f"{version}.0" in SpecifierSet(requires)

@@ -145,6 +145,10 @@ def parse_body(body: bytes) -> list[Inbound]:
         document = jsontext.loads(body)
     except ValueError as exc:
         raise MalformedBody(f"not JSON: {exc}") from None
+    except RecursionError:
+        # orjson refuses nesting past 1,024 levels; the standard library, which reads what orjson refuses,
+        # recurses once a level (and so does the scrubbing of what it read). No notification nests past ten.
+        raise MalformedBody("not JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise MalformedBody("the body is not a JSON object")
     entries = document.get("entry")
@@ -174,15 +178,13 @@ def _walk(entries: list) -> Iterator[Inbound]:
 
 
 def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | None:
-    sender = item.get("sender")
-    customer = sender.get("id") if isinstance(sender, dict) else None
-    if not customer:
+    customer = _party_id(item.get("sender"))
+    if customer is None:
         return None  # e.g. a checkbox-plugin opt-in, known only by a user_ref: nobody to answer
-    recipient = item.get("recipient")
-    page = (recipient.get("id") if isinstance(recipient, dict) else None) or entry_id
-    if not page:
+    page = _party_id(item.get("recipient")) or _id(entry_id)
+    if page is None:
         return None
-    base = {"page_id": str(page), "customer_id": str(customer), "ts_ms": _millis(item.get("timestamp"))}
+    base = {"page_id": page, "customer_id": customer, "ts_ms": _millis(item.get("timestamp"))}
 
     if isinstance(message := item.get("message"), dict):
         if message.get("is_echo"):
@@ -207,9 +209,9 @@ def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | Non
     if isinstance(referral := item.get("referral"), dict):
         return ReferralEvent(**base, referral=_referral(referral))
     if isinstance(delivery := item.get("delivery"), dict):
-        mids = delivery.get("mids") or ()
-        watermark = _millis(delivery.get("watermark"))
-        return Delivery(**base, watermark=watermark, mids=tuple(str(m) for m in mids if isinstance(m, str)))
+        mids = delivery.get("mids")
+        mids = tuple(m for m in mids if isinstance(m, str)) if isinstance(mids, list) else ()
+        return Delivery(**base, watermark=_millis(delivery.get("watermark")), mids=mids)
     if isinstance(read := item.get("read"), dict):
         return Read(**base, watermark=_millis(read.get("watermark")))
     return None  # an event kind promobot does not act on (reactions, opt-ins, handovers, …)
@@ -230,6 +232,21 @@ def _millis(value: object) -> int:
     if not 0 <= millis <= _LAST_MS:
         raise ValueError(f"timestamp {value!r} is out of range")
     return millis
+
+
+def _party_id(party: object) -> str | None:
+    """The id of a `sender` or `recipient` object."""
+    return _id(party.get("id")) if isinstance(party, dict) else None
+
+
+def _id(value: object) -> str | None:
+    """An id as a string: a string, or an integer as some payloads carry it; None for anything else (a list,
+    an object, true, a fraction), which names nobody."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def _text(value: object) -> str | None:

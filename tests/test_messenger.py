@@ -206,6 +206,52 @@ def test_a_body_that_is_not_a_notification_is_malformed(body):
         parse_body(body)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"entry": ' + b"[" * 1_100 + b"]" * 1_100 + b"}",
+        # Below orjson's limit, but a NaN sends it to the standard library, which recurses once a level.
+        b'{"entry": [], "x": ' + b"[" * 600 + b"NaN" + b"]" * 600 + b"}",
+    ],
+    ids=["100,000 deep", "1,100 deep", "600 deep with a NaN"],
+)
+def test_a_body_nested_too_deeply_is_malformed(body):
+    with pytest.raises(MalformedBody, match="nested too deeply"):
+        parse_body(body)
+
+
+@pytest.mark.parametrize("customer", [["42"], {"id": "42"}, True, 4.2, float("nan"), "", None])
+def test_a_sender_id_that_is_no_id_names_nobody(customer):
+    bad = payloads.text("5")
+    bad["sender"]["id"] = customer
+    good = payloads.text("6")
+
+    [message] = parse_body(payloads.envelope(bad, good))
+
+    assert message.customer_id == "6"
+
+
+def test_a_numeric_sender_id_is_read_as_its_digits():
+    item = payloads.text("5")
+    item["sender"]["id"] = 1254459154682919
+
+    [message] = parse_body(payloads.envelope(item))
+
+    assert message.customer_id == "1254459154682919"
+
+
+@pytest.mark.parametrize("mids", ["m_a", {"m_a": 1}, 3, None, [1, None, "m_b"]])
+def test_a_receipt_with_mids_of_the_wrong_type_keeps_its_watermark(mids):
+    item = payloads.delivery("5", [], 1_700_000_000_123)
+    item["delivery"]["mids"] = mids
+
+    [delivered] = parse_body(payloads.envelope(item))
+
+    assert delivered.watermark == 1_700_000_000_123
+    assert delivered.mids == (("m_b",) if isinstance(mids, list) else ())
+
+
 def test_json_beyond_the_fast_parser_is_still_read():
     # A lone surrogate escape, an integer beyond 64 bits and NaN: valid for Python's json, refused by
     # orjson. The events are kept, the lone surrogate made U+FFFD so they can be stored as UTF-8.

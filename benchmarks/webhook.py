@@ -99,8 +99,9 @@ async def baseline_app(scope: dict, receive: Callable, send: Callable) -> None:
 
 def uvicorn_options(log_level: str) -> dict[str, Any]:
     """The options `bot.app.serve` gives uvicorn.run, besides the app, host and port (kept equal by
-    tests/test_bench_webhook.py): loop and HTTP implementation are uvicorn's defaults for both."""
+    tests/test_bench_webhook.py): the loop is uvicorn's default for both."""
     from bot.app import SHUTDOWN_REPLY_GRACE_S
+    from bot.http import BoundedHttpToolsProtocol
 
     return {
         "log_level": log_level,
@@ -109,6 +110,7 @@ def uvicorn_options(log_level: str) -> dict[str, Any]:
         "proxy_headers": False,
         "access_log": False,
         "server_header": False,
+        "http": BoundedHttpToolsProtocol,
     }
 
 

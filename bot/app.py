@@ -345,6 +345,8 @@ def serve(mode: Mode, host: str = "127.0.0.1", port: int = 8000) -> None:
     """
     import uvicorn
 
+    from bot.http import BoundedHttpToolsProtocol
+
     settings, _ = load_settings(mode)
     configure_logging(settings.log_level)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again with the handlers it
@@ -365,4 +367,5 @@ def serve(mode: Mode, host: str = "127.0.0.1", port: int = 8000) -> None:
         proxy_headers=False,
         access_log=False,
         server_header=False,  # no need to tell the world which server answers
+        http=BoundedHttpToolsProtocol,  # a header section past 64 KiB is refused, not read whole
     )

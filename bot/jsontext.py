@@ -20,7 +20,11 @@ def loads(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
+        pass
+    try:
         return scrub(json.loads(data))  # raises json.JSONDecodeError or UnicodeDecodeError, both ValueErrors
+    except RecursionError:  # the standard library recurses once per level of nesting
+        raise ValueError("not JSON that can be read: nested too deeply") from None
 
 
 def dumps(value: Any) -> bytes:

@@ -25,12 +25,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from bot import jsontext
 from bot.graph import read_batch
 
 LOCAL_PAGE_ID = "100000000000001"  # the simulated business page in local mode
 SIMULATOR_PAGE = Path(__file__).with_name("simulator.html")
 MAX_CUSTOMERS = 1_000  # customers remembered, the most recently active ones
 MAX_MESSAGES = 200  # messages remembered per customer, the last ones
+MAX_CUSTOMER_BODY = 4096  # a simulated customer: an id and a first name
+MAX_NAME = 100  # characters kept of a simulated customer's id and first name
 
 
 @dataclass
@@ -152,12 +155,21 @@ def simulator_routes(stand_in: GraphStandIn, app_secret: str) -> list[Route]:
         return JSONResponse(stand_in.messages(customer, after=max(0, after)))
 
     async def customer(request: Request) -> Response:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_CUSTOMER_BODY:
+                return PlainTextResponse("body too large", status_code=413)
         try:
-            body = await request.json()
-            customer_id, first_name = str(body["id"]), body.get("first_name")
-        except (ValueError, KeyError, TypeError):
+            document = jsontext.loads(body)
+            customer_id, first_name = document["id"], document.get("first_name")
+        except (ValueError, KeyError, TypeError, AttributeError):
             return PlainTextResponse('expected {"id": …, "first_name": …}', status_code=400)
-        stand_in.set_first_name(customer_id, first_name if isinstance(first_name, str) else None)
+        if not isinstance(customer_id, str | int) or isinstance(customer_id, bool) or not str(customer_id):
+            return PlainTextResponse("`id` must be a string or a number", status_code=400)
+        customer_id = str(customer_id)[:MAX_NAME]
+        name = first_name[:MAX_NAME] if isinstance(first_name, str) else None
+        stand_in.set_first_name(customer_id, name)
         return JSONResponse({"id": customer_id})
 
     return [

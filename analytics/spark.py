@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,6 +181,9 @@ def local_session(cores: int = 2) -> SparkSession:
     if active is not None:
         return active
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # else Spark warns that the host name is loopback
+    # Python workers run this interpreter, not whichever `python3` the PATH (or a .python-version) names:
+    # PySpark refuses workers of another minor version.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = (
         SparkSession.builder.master(f"local[{cores}]")
         .appName("promobot-analytics")

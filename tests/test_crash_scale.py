@@ -139,12 +139,19 @@ def deliver_at_once(bots: Sequence[BotProcess], click: Click) -> list[int]:
 # -- the store and the Graph API, seen from outside ----------------------------------------------------------
 
 
-def owed_replies(database_url: str | None, data: Path) -> list[tuple[str, int]]:
-    """(reply id, times claimed) of every reply the store still owes, read from it directly."""
-    if database_url is None:
-        connection = sqlite3.connect(data / SQLITE_FILE)
-    else:
-        connection = psycopg.connect(database_url)
+def poll(condition: Callable[[], object], timeout_s: float = SETTLE_S) -> None:
+    """Return once `condition()` holds, or once `timeout_s` has passed: the caller asserts what it needs."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def owed_replies(store: str | Path) -> list[tuple[str, int]]:
+    """(reply id, times claimed) of every reply the store still owes, read from it directly.
+
+    Parameters: `store` a PostgreSQL URL, or the data directory that holds the SQLite file.
+    """
+    connection = sqlite3.connect(store / SQLITE_FILE) if isinstance(store, Path) else psycopg.connect(store)
     with contextlib.closing(connection):
         return connection.execute("SELECT reply_id, claims FROM outbox ORDER BY reply_id").fetchall()
 
@@ -154,21 +161,15 @@ def customer_of(reply_id: str) -> str:
     return reply_id.split(".", 1)[0]
 
 
-def settle(bots: Sequence[BotProcess], database_url: str | None, data: Path) -> None:
+def settle(bots: Sequence[BotProcess], store: str | Path) -> None:
     """Wait until the store owes no reply and no instance has one in flight."""
-    deadline = time.monotonic() + SETTLE_S
-    while owed_replies(database_url, data) or any(
-        bot.client.get("/healthz").json()["replies_in_flight"] for bot in bots
-    ):
-        assert time.monotonic() < deadline, f"replies still owed: {owed_replies(database_url, data)}"
-        time.sleep(0.05)
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout_s: float = SETTLE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    poll(
+        lambda: (
+            not owed_replies(store)
+            and not any(bot.client.get("/healthz").json()["replies_in_flight"] for bot in bots)
+        )
+    )
+    assert owed_replies(store) == []
 
 
 def welcomes(graph: FakeGraph, customers: set[str]) -> Counter[str]:
@@ -207,7 +208,10 @@ def assert_stored_once_and_answered(rows: Sequence[dict], acknowledged: set[str]
 
 def test_a_server_killed_under_load_loses_nothing_it_acknowledged(tmp_path, graph, database_url):
     data = make_home(tmp_path)
-    env = {"PROMOBOT_DATABASE_URL": database_url} if database_url else {}
+    env = {"PROMOBOT_FLUSH_SECONDS": "0.2"}  # flushing under way when the process dies
+    if database_url:
+        env["PROMOBOT_DATABASE_URL"] = database_url
+    store = database_url or data
     # Replies certainly in flight at the kill: their sends hang until the client gives up.
     hung = [get_started(f"59{n:04d}") for n in range(3)]
     for click in hung:
@@ -218,26 +222,21 @@ def test_a_server_killed_under_load_loses_nothing_it_acknowledged(tmp_path, grap
 
     with BotProcess(data, graph.url, **env) as first:
         load = Load([first], with_redeliveries(deliveries), threads=6)
-        wait_until(
-            lambda: len(load.acknowledged()) >= 100 and all(graph.attempts.get(c.customer) for c in hung),
-            "the load to be under way and the hanging sends to be attempted",
-        )
+        poll(lambda: len(load.acknowledged()) >= 100 and all(graph.attempts.get(c.customer) for c in hung))
+        assert [c.customer for c in hung if not graph.attempts.get(c.customer)] == []
         first.process.kill()  # SIGKILL; the requests under way break
         load.halt()
         first.kill()
     acknowledged = load.acknowledged()
-    in_flight = [reply_id for reply_id, claims in owed_replies(database_url, data) if claims]
+    in_flight = [reply_id for reply_id, claims in owed_replies(store) if claims]
 
     for click in hung:
         graph.script_sends(click.customer)  # the platform answers again
     with BotProcess(data, graph.url, **env) as second:
         # Replies the dead process held are owed at once (SQLite) or when their leases run out (PostgreSQL).
-        wait_until(
-            lambda: not unanswered(graph, acknowledged),
-            "every acknowledged click's welcome",
-            LEASE_S + SETTLE_S,
-        )
-        settle([second], database_url, data)
+        poll(lambda: not unanswered(graph, acknowledged), LEASE_S + SETTLE_S)
+        assert unanswered(graph, acknowledged) == set()
+        settle([second], store)
         assert second.stop() == 0
 
     cut_off = [click for click, status in load.answers if status != 200]
@@ -277,8 +276,9 @@ def test_two_instances_store_and_answer_each_click_once(
         alternating = Load([a, b], with_redeliveries(spread), threads=6)
         alternating.wait()
         customers = {click.customer for click in same + spread}
-        wait_until(lambda: not unanswered(graph, customers), "every click's welcome")
-        settle([a, b], postgres_database_url, home_a)
+        poll(lambda: not unanswered(graph, customers))
+        assert unanswered(graph, customers) == set()
+        settle([a, b], postgres_database_url)
         assert (a.stop(), b.stop()) == (0, 0)
 
     assert {*both, *(status for _, status in alternating.answers)} == {200}
@@ -300,6 +300,9 @@ def test_a_new_dyno_sends_what_a_killed_one_owed(tmp_path, graph, postgres_datab
     graph.script_sends(slow.customer, *[HANG] * 5)
     old_dyno, new_dyno = tmp_path / "dyno-1", tmp_path / "dyno-2"
 
+    def owed_customers() -> list[str]:
+        return [customer_of(reply) for reply, _ in owed_replies(postgres_database_url)]
+
     # Nothing flushed while it lives: what it acknowledged is only in PostgreSQL when it dies.
     with BotProcess(make_home(old_dyno), graph.url, PROMOBOT_FLUSH_SECONDS="3600", **env) as first:
         for click in answered:
@@ -307,14 +310,9 @@ def test_a_new_dyno_sends_what_a_killed_one_owed(tmp_path, graph, postgres_datab
             graph.wait_for(click.customer, 1)
         before_claim = time.monotonic()
         assert first.post(slow.body).status_code == 200
-        wait_until(lambda: graph.attempts.get(slow.customer), "the slow send to be attempted")
-        wait_until(
-            lambda: (
-                [customer_of(reply) for reply, _ in owed_replies(postgres_database_url, old_dyno)]
-                == [slow.customer]
-            ),
-            "only the slow reply to be owed",
-        )
+        poll(lambda: graph.attempts.get(slow.customer) and owed_customers() == [slow.customer])
+        assert graph.attempts.get(slow.customer)
+        assert owed_customers() == [slow.customer]  # the others' outcomes are stored: only it is in flight
         first.kill()
     assert object_keys(bucket, s3_endpoint) == []  # what it acknowledged is in PostgreSQL alone
     assert sorted(path.name for path in (old_dyno / "data").iterdir()) == ["campaign.toml", "thanks.png"]
@@ -328,7 +326,7 @@ def test_a_new_dyno_sends_what_a_killed_one_owed(tmp_path, graph, postgres_datab
         graph.wait_for(later.customer, 1)
         graph.wait_for(slow.customer, 1, timeout_s=LEASE_S + SETTLE_S)
         sent_at = time.monotonic()
-        settle([second], postgres_database_url, new_dyno)
+        settle([second], postgres_database_url)
         assert second.stop() == 0
 
     # Not before the dead dyno's lease ran out: until then, no one could tell it from a live, slow one.

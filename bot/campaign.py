@@ -10,8 +10,10 @@ import re
 import string
 import tomllib
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # The Messenger Platform's limits (Send API reference): a text message holds 2,000 characters, a button
 # template's text 640, a button title 20.
@@ -29,6 +31,10 @@ class CampaignError(ValueError):
     """The campaign file is unusable; the message names the file, the key and the reason."""
 
 
+DEFAULT_CODE_TEXT = "Your code: {code}\nValid until {expires}.\nAt the till, show this link: {link}"
+MAX_VALID_DAYS = 366
+
+
 @dataclass(frozen=True)
 class Campaign:
     id: str
@@ -37,15 +43,41 @@ class Campaign:
     no: str
     coupon_text: str
     reveal: str
-    code: str
+    code: str | None  # the code everyone gets; None with single-use `codes`
     thanks_text: str
     # An https URL, or a path relative to the data directory that the bot serves under /media/.
     thanks_image: str
     variant: str | None = None
+    # Single-use codes: a codes file under the data directory (bot.codes), what to say once they are all
+    # handed out, the code message (placeholders {code}, {expires}, {link}), and how long a code is valid.
+    codes: str | None = None
+    all_gone: str | None = None
+    code_text: str = DEFAULT_CODE_TEXT
+    expires: date | None = None  # the last day a code is valid, in `timezone`
+    valid_days: int | None = None  # or: days from the reveal
+    timezone: str = "UTC"
 
     @property
     def image_is_local(self) -> bool:
         return not self.thanks_image.startswith(("https://", "http://"))
+
+    @property
+    def single_use(self) -> bool:
+        return self.codes is not None
+
+    @property
+    def zone(self) -> tzinfo:
+        return UTC if self.timezone == "UTC" else ZoneInfo(self.timezone)
+
+    def code_expiry(self, revealed_at: datetime) -> datetime | None:
+        """When a code handed out at `revealed_at` stops being valid (the end of its last day), or None."""
+        if self.expires is not None:
+            last_day = self.expires
+        elif self.valid_days is not None:
+            last_day = revealed_at.astimezone(self.zone).date() + timedelta(days=self.valid_days)
+        else:
+            return None
+        return datetime.combine(last_day + timedelta(days=1), time(), self.zone).astimezone(UTC)
 
 
 # key -> (limit, placeholders allowed)
@@ -56,10 +88,14 @@ _TEXTS = {
     "coupon.text": (TEMPLATE_TEXT_LIMIT, set()),
     "coupon.reveal": (BUTTON_TITLE_LIMIT, set()),
     "coupon.code": (TEXT_LIMIT, set()),
+    "coupon.all_gone": (TEXT_LIMIT, set()),
+    "coupon.code_text": (TEXT_LIMIT - 300, {"code", "expires", "link"}),  # room for a code, a date and a link
     "thanks.text": (TEXT_LIMIT, set()),
     "thanks.image_url": (TEXT_LIMIT, set()),
 }
-_TOP_LEVEL = {"id", "variant", "welcome", "coupon", "thanks"}
+_OPTIONAL = {"coupon.code", "coupon.all_gone", "coupon.code_text"}  # checked together below
+_COUPON_SETTINGS = {"codes", "expires", "valid_days"}
+_TOP_LEVEL = {"id", "variant", "timezone", "welcome", "coupon", "thanks"}
 
 
 def load_campaign(path: Path, data_dir: Path | None = None) -> Campaign:
@@ -101,6 +137,8 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
         if not isinstance(table, dict):
             raise fail(section, "missing section" if table is None else "must be a table")
         expected = {key.split(".")[1] for key in _TEXTS if key.startswith(section + ".")}
+        if section == "coupon":
+            expected |= _COUPON_SETTINGS
         for key in table:
             if key not in expected:
                 raise fail(f"{section}.{key}", f"unknown key (expected {', '.join(sorted(expected))})")
@@ -109,6 +147,8 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
         section, name = key.split(".")
         value = raw[section].get(name)
         if value is None:
+            if key in _OPTIONAL:
+                continue
             raise fail(key, "missing")
         if not isinstance(value, str):
             raise fail(key, "must be a string")
@@ -119,6 +159,18 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
         _check_placeholders(value, allowed, lambda reason, key=key: fail(key, reason))
         # Texts without placeholders are stored as customers will read them ("{{" becomes "{").
         values[key] = value if allowed else value.format()
+
+    coupon = _single_use(raw["coupon"], values, fail)
+    timezone = raw.get("timezone", "UTC")
+    try:
+        if not isinstance(timezone, str):
+            raise ValueError
+        if timezone != "UTC":
+            ZoneInfo(timezone)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise fail(
+            "timezone", f"{timezone!r} is not a time zone name such as 'Europe/Paris' or 'UTC'"
+        ) from None
 
     image = values["thanks.image_url"]
     parts = urlsplit(image)
@@ -142,10 +194,59 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
         no=values["welcome.no"],
         coupon_text=values["coupon.text"],
         reveal=values["coupon.reveal"],
-        code=values["coupon.code"],
+        code=values.get("coupon.code"),
         thanks_text=values["thanks.text"],
         thanks_image=image,
+        timezone=timezone,
+        **coupon,
     )
+
+
+def _single_use(table: dict, values: dict[str, str], fail) -> dict:
+    """The single-use settings of the [coupon] table, checked: `code` or `codes`, and what goes with each."""
+    codes = table.get("codes")
+    if codes is None:
+        if "coupon.code" not in values:
+            raise fail("coupon.code", "missing (or give coupon.codes, a file of single-use codes)")
+        for key in ("all_gone", "code_text", "expires", "valid_days"):
+            if key in table:
+                raise fail(f"coupon.{key}", "only with coupon.codes (single-use codes)")
+        return {}
+    if "coupon.code" in values:
+        raise fail(
+            "coupon.codes", "give either coupon.code (one code for everyone) or coupon.codes, not both"
+        )
+    if not isinstance(codes, str) or not codes.strip():
+        raise fail("coupon.codes", "must be the name of a file under the data directory")
+    relative = Path(codes)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise fail("coupon.codes", "must be a file inside the data directory")
+    if "coupon.all_gone" not in values:
+        raise fail("coupon.all_gone", "missing: what customers read once every code is handed out")
+    settings: dict = {"codes": codes, "all_gone": values["coupon.all_gone"]}
+    if "coupon.code_text" in values:
+        settings["code_text"] = values["coupon.code_text"]
+    expires, valid_days = table.get("expires"), table.get("valid_days")
+    if expires is not None and valid_days is not None:
+        raise fail("coupon.valid_days", "give either coupon.expires or coupon.valid_days, not both")
+    if expires is not None:
+        if isinstance(expires, str):
+            try:
+                expires = date.fromisoformat(expires)
+            except ValueError:
+                raise fail("coupon.expires", f"{expires!r} is not a date (YYYY-MM-DD)") from None
+        if not isinstance(expires, date) or isinstance(expires, datetime):
+            raise fail("coupon.expires", "must be a date, YYYY-MM-DD")
+        settings["expires"] = expires
+    if valid_days is not None:
+        if (
+            isinstance(valid_days, bool)
+            or not isinstance(valid_days, int)
+            or not 1 <= valid_days <= MAX_VALID_DAYS
+        ):
+            raise fail("coupon.valid_days", f"must be a whole number of days from 1 to {MAX_VALID_DAYS}")
+        settings["valid_days"] = valid_days
+    return settings
 
 
 def _check_placeholders(text: str, allowed: set[str], fail) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import sqlite3
 import threading
@@ -29,8 +30,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bot import pool
 from bot.events import Event
-from bot.flow import Reply, ReplyKind
+from bot.facts import EventName
+from bot.flow import IssuedCode, Reply, ReplyKind
 from bot.migrations import MIGRATIONS, Migration, migrate
 
 SQLITE_FILE = "promobot.sqlite3"
@@ -71,6 +74,7 @@ class _Engine:
     error: type[Exception]  # the driver's base exception
     begin: str  # SQLite takes the write lock at BEGIN: no transaction fails upgrading a read to a write
     skip_locked: str  # PostgreSQL: a claim passes over rows another claim holds instead of waiting
+    conflict: type[Exception]  # the driver's error for a unique index violated
 
 
 def _sqlite(path: Path) -> _Engine:
@@ -82,7 +86,9 @@ def _sqlite(path: Path) -> _Engine:
         connection.execute("PRAGMA synchronous = FULL")
         return connection
 
-    return _Engine("sqlite", f"SQLite {path}", connect, sqlite3.Error, "BEGIN IMMEDIATE", "")
+    return _Engine(
+        "sqlite", f"SQLite {path}", connect, sqlite3.Error, "BEGIN IMMEDIATE", "", sqlite3.IntegrityError
+    )
 
 
 def _postgresql(url: str) -> _Engine:
@@ -108,6 +114,7 @@ def _postgresql(url: str) -> _Engine:
         psycopg.Error,
         "BEGIN",
         "FOR UPDATE SKIP LOCKED",
+        psycopg.errors.UniqueViolation,
     )
 
 
@@ -136,16 +143,36 @@ def _event_values(event: Event) -> tuple:
     )
 
 
+def _issued(code: str | None, token: str | None, expires_at: int | None) -> IssuedCode | None:
+    if code is None or token is None:
+        return None
+    return IssuedCode(code, token, None if expires_at is None else _moment(expires_at))
+
+
 def _event(row: Sequence[Any]) -> Event:
     record = dict(zip(_EVENT_FIELDS, row, strict=True))
     record["ts"] = _moment(record["ts"])
     return Event.from_dict(record)
 
 
+def _reply_values(reply: Reply, ordinal: int, now: int) -> tuple:
+    issued = reply.issued
+    code = (
+        (None, None, None)
+        if issued is None
+        else (issued.code, issued.token, _micros_or_none(issued.expires_at))
+    )
+    return (reply.sent_id, str(reply.kind), ordinal, now, *code, *_event_values(reply.answers))
+
+
+def _micros_or_none(moment: datetime | None) -> int | None:
+    return None if moment is None else _micros(moment)
+
+
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_REPLY = (
-    f"INSERT INTO outbox (reply_id, kind, ordinal, due_at, {_EVENT_COLUMNS})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reply_id) DO NOTHING"
+    f"INSERT INTO outbox (reply_id, kind, ordinal, due_at, code, token, expires_at, {_EVENT_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reply_id) DO NOTHING"
 )
 # Due and not leased, and no earlier reply to the same event still owed: a thank-you's text goes before its
 # image, whichever sender claims them.
@@ -159,7 +186,7 @@ WHERE reply_id IN (
     )
     ORDER BY due_at, reply_id LIMIT ? {{skip_locked}}
 )
-RETURNING kind, {_EVENT_COLUMNS}"""
+RETURNING kind, code, token, expires_at, {_EVENT_COLUMNS}"""
 _TAKE_BATCH = """
 UPDATE events SET batch = ?
 WHERE seq IN (SELECT seq FROM events WHERE batch IS NULL ORDER BY seq LIMIT ? {skip_locked})"""
@@ -184,6 +211,8 @@ class Database:
         self._waiting: list[_Waiting] = []
         self._committer: asyncio.Task | None = None
         self._closed = False
+        # Campaigns with single-use codes, and when a code handed out at a reveal's time stops being valid.
+        self._expiry: dict[str, Callable[[datetime], datetime | None]] = {}
 
     @classmethod
     def open(
@@ -355,18 +384,68 @@ class Database:
                         event_rows[event.event_id] = _event_values(event)
                 news.append(new)
                 ordinals: dict[str, int] = {}
-                for reply in replies:
-                    answered = reply.answers.event_id
-                    if answered in new_ids:
-                        ordinal = ordinals[answered] = ordinals.get(answered, -1) + 1
-                        reply_rows.append(
-                            (reply.sent_id, str(reply.kind), ordinal, now, *event_rows[answered])
-                        )
+                owed = [reply for reply in replies if reply.answers.event_id in new_ids]
+                for reply in self._hand_out_codes(cursor, owed, now, new, event_rows):
+                    ordinals[reply.answers.event_id] = ordinal = ordinals.get(reply.answers.event_id, -1) + 1
+                    reply_rows.append(_reply_values(reply, ordinal, now))
             if event_rows:
                 cursor.executemany(_INSERT_EVENT, event_rows.values())
             if reply_rows:
                 cursor.executemany(_INSERT_REPLY, reply_rows)
         return news
+
+    def _hand_out_codes(
+        self, cursor: Any, replies: list[Reply], now: int, new: list[Event], event_rows: dict
+    ) -> list[Reply]:
+        """`replies` with a code for each code reply of a campaign with single-use codes; where none is left,
+        the `all_gone` reply instead, and a `coupon_pool_empty` event added to `new` and `event_rows`."""
+        pooled = sorted(
+            (reply.answers.campaign_id, reply.answers.customer_id, index)
+            for index, reply in enumerate(replies)
+            if reply.kind is ReplyKind.CODE and reply.answers.campaign_id in self._expiry
+        )  # in one order in every transaction: two handing out codes to the same customers never deadlock
+        for campaign_id, customer_id, index in pooled:
+            reply = replies[index]
+            expiry = self._expiry[campaign_id](reply.answers.ts)
+            issued = pool.issue(
+                cursor,
+                campaign_id,
+                customer_id,
+                now_us=now,
+                expires_us=None if expiry is None else _micros(expiry),
+                skip_locked=self.engine.skip_locked,
+                conflict=self.engine.conflict,
+            )
+            if issued is not None:
+                replies[index] = Reply(ReplyKind.CODE, reply.answers, _issued(*issued))
+                continue
+            replies[index] = Reply(ReplyKind.ALL_GONE, reply.answers)
+            empty = dataclasses.replace(
+                reply.answers,
+                event_id=f"{reply.answers.event_id}.e",
+                event=EventName.COUPON_POOL_EMPTY,
+                button=None,
+            )
+            new.append(empty)
+            event_rows[empty.event_id] = _event_values(empty)
+        return replies
+
+    def add_codes(
+        self, campaign_id: str, codes: Sequence[str], expiry: Callable[[datetime], datetime | None]
+    ) -> pool.PoolStatus:
+        """Give the campaign single-use codes: add those of `codes` its pool lacks, and from now on hand one
+        out with each code reply (`expiry` of the reveal's time: when it stops being valid). Returns the
+        pool's size and how many are free. Blocking."""
+        with self._transaction() as cursor:
+            pool.add_codes(cursor, campaign_id, codes)
+            status = pool.status(cursor, campaign_id)
+        self._expiry[campaign_id] = expiry
+        return status
+
+    def pool_status(self, campaign_id: str) -> pool.PoolStatus:
+        """How many codes the campaign's pool holds, and how many are free. Blocking."""
+        with self._transaction() as cursor:
+            return pool.status(cursor, campaign_id)
 
     def prune_seen(self, retention: timedelta = SEEN_RETENTION) -> int:
         """Forget seen marks older than `retention`; returns how many. Blocking."""
@@ -386,7 +465,10 @@ class Database:
                 (_micros(now + lease), _micros(now), limit),
             )
             rows = cursor.fetchall()
-        replies = [Reply(ReplyKind(kind), _event(event)) for kind, *event in rows]
+        replies = [
+            Reply(ReplyKind(kind), _event(event), _issued(code, token, expires_at))
+            for kind, code, token, expires_at, *event in rows
+        ]
         return sorted(replies, key=lambda reply: (reply.answers.ts, reply.sent_id))
 
     def due(self) -> bool:

@@ -21,6 +21,9 @@ class EventName(StrEnum):
     COUPON_SENT = "coupon_sent"
     COUPON_REVEALED = "coupon_revealed"  # clicked "Reveal the coupon"
     CODE_SENT = "code_sent"  # the code shown in answer to the reveal
+    COUPON_POOL_EMPTY = "coupon_pool_empty"  # a reveal found every single-use code handed out
+    ALL_GONE_SENT = "all_gone_sent"  # the message saying so
+    COUPON_REDEEMED = "coupon_redeemed"  # a single-use code used at the till
     THANKS_SENT = "thanks_sent"
     MESSAGE_DELIVERED = "message_delivered"
     MESSAGE_READ = "message_read"

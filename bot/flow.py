@@ -12,7 +12,7 @@ What a button means travels in its payload (`campaign|variant|step`), so any ins
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from bot.campaign import FIRST_NAME_ROOM, Campaign
@@ -44,6 +44,7 @@ class ReplyKind(StrEnum):
     CODE = "code"
     THANKS_TEXT = "thanks_text"
     THANKS_IMAGE = "thanks_image"
+    ALL_GONE = "all_gone"  # instead of the code, when the campaign's single-use codes are all handed out
 
 
 # What each reply records when it is sent, and the suffix of that event's id.
@@ -53,6 +54,7 @@ _SENT = {
     ReplyKind.CODE: (EventName.CODE_SENT, "k"),
     ReplyKind.THANKS_TEXT: (EventName.THANKS_SENT, "t"),
     ReplyKind.THANKS_IMAGE: (EventName.THANKS_SENT, "i"),
+    ReplyKind.ALL_GONE: (EventName.ALL_GONE_SENT, "g"),
 }
 _ANSWERS = {
     EventName.CONVERSATION_STARTED: (ReplyKind.WELCOME,),
@@ -63,11 +65,22 @@ _ANSWERS = {
 
 
 @dataclass(frozen=True, slots=True)
+class IssuedCode:
+    """A single-use code handed to a customer: the code, its till link's token, when it stops being valid."""
+
+    code: str
+    token: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
-    """One message owed to a customer, answering the logged event `answers`."""
+    """One message owed to a customer, answering the logged event `answers` (a code reply of a campaign with
+    single-use codes: with the `issued` code)."""
 
     kind: ReplyKind
     answers: Event
+    issued: IssuedCode | None = None
 
     @property
     def customer_id(self) -> str:
@@ -199,12 +212,27 @@ def render(campaign: Campaign, kind: ReplyKind, *, first_name: str | None, image
                 campaign.coupon_text, [(campaign.reveal, button_payload(campaign, ButtonStep.REVEAL))]
             )
         case ReplyKind.CODE:
+            if campaign.code is None:
+                raise ValueError("a campaign of single-use codes renders each code with render_code")
             return text_message(campaign.code)
+        case ReplyKind.ALL_GONE:
+            return text_message(campaign.all_gone or "")
         case ReplyKind.THANKS_TEXT:
             return text_message(campaign.thanks_text)
         case ReplyKind.THANKS_IMAGE:
             return image_message(image_url)
     raise ValueError(f"unknown reply {kind}")
+
+
+def render_code(campaign: Campaign, issued: IssuedCode, till_url: str) -> dict:
+    """The message that shows a customer their single-use code, its last valid day and its till link."""
+    if issued.expires_at is None:
+        expires = "no end date"
+    else:
+        last_moment = (issued.expires_at - timedelta(microseconds=1)).astimezone(campaign.zone)
+        expires = f"{last_moment.day} {last_moment:%B %Y}"
+    link = f"{till_url}/redeem/{issued.token}"
+    return text_message(campaign.code_text.format(code=issued.code, expires=expires, link=link))
 
 
 def render_welcome_text(campaign: Campaign, first_name: str | None) -> str:

@@ -33,12 +33,15 @@ PLATFORM_T0 = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 BOT_T0 = PLATFORM_T0 + timedelta(seconds=2)
 LEASE = timedelta(seconds=30)
 
-# A second and third schema step, as a later release would add them: the third needs the second's table.
-STEP_TWO = Migration(2, "tills", ("CREATE TABLE tills (till_id TEXT PRIMARY KEY, name TEXT NOT NULL)",))
-STEP_THREE = Migration(3, "first till", ("INSERT INTO tills (till_id, name) VALUES ('t1', 'front desk')",))
+# Two more schema steps, as a later release would add them: the second needs the first's table.
+NEXT = len(MIGRATIONS) + 1
+STEP_TWO = Migration(NEXT, "tills", ("CREATE TABLE tills (till_id TEXT PRIMARY KEY, name TEXT NOT NULL)",))
+STEP_THREE = Migration(
+    NEXT + 1, "first till", ("INSERT INTO tills (till_id, name) VALUES ('t1', 'front desk')",)
+)
 # A step that takes a while, so that processes opening together overlap while it runs.
 SLOW_STEP = Migration(
-    2,
+    NEXT,
     "numbers",
     (
         "CREATE TABLE numbers (n INTEGER NOT NULL)",
@@ -134,10 +137,11 @@ async def record(database: Database, events: list[Event]) -> list[Event]:
 def test_an_empty_database_gets_the_whole_schema(store: Store) -> None:
     store.open().close()
 
-    assert store.rows("SELECT version FROM schema_migrations") == [(1,)]
+    every_step = [(step.version,) for step in MIGRATIONS]
+    assert store.rows("SELECT version FROM schema_migrations ORDER BY version") == every_step
     database = store.open()  # and opening again applies nothing twice
     database.close()
-    assert store.rows("SELECT version FROM schema_migrations") == [(1,)]
+    assert store.rows("SELECT version FROM schema_migrations ORDER BY version") == every_step
     assert len(database.store_id) == 12
 
 
@@ -147,14 +151,15 @@ def test_a_later_release_upgrades_the_schema_once_and_in_order(store: Store) -> 
     store.open(migrations=(*MIGRATIONS, STEP_THREE, STEP_TWO)).close()  # listed out of order
     store.open(migrations=(*MIGRATIONS, STEP_TWO, STEP_THREE)).close()
 
-    assert store.rows("SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,)]
+    versions = [version for (version,) in store.rows("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == [*(step.version for step in MIGRATIONS), NEXT, NEXT + 1]
     assert store.rows("SELECT till_id, name FROM tills") == [("t1", "front desk")]
 
 
 def test_a_database_of_a_newer_release_is_refused(store: Store) -> None:
     store.open(migrations=(*MIGRATIONS, STEP_TWO)).close()
 
-    with pytest.raises(MigrationError, match="schema version 2"):
+    with pytest.raises(MigrationError, match=f"schema version {NEXT}"):
         store.open()
 
 
@@ -165,7 +170,7 @@ from bot.database import Database
 from bot.migrations import MIGRATIONS, Migration
 
 url, data_dir, gate = (sys.argv[1] or None), Path(sys.argv[2]), Path(sys.argv[3])
-step = Migration(2, sys.argv[4], tuple(sys.argv[5:]))
+step = Migration(len(MIGRATIONS) + 1, sys.argv[4], tuple(sys.argv[5:]))
 print("ready", flush=True)
 deadline = time.monotonic() + 60
 while not gate.exists():
@@ -176,7 +181,7 @@ Database.open(url, data_dir, migrations=(*MIGRATIONS, step)).close()
 
 
 def test_processes_opening_at_once_apply_a_step_once(store: Store, tmp_path: Path) -> None:
-    store.open().close()  # at version 1
+    store.open().close()  # at the current version
     gate = tmp_path / "go"
     processes = [
         subprocess.Popen(
@@ -203,7 +208,8 @@ def test_processes_opening_at_once_apply_a_step_once(store: Store, tmp_path: Pat
 
     assert outcomes == [(0, "")] * 4
     assert store.rows("SELECT count(*) FROM numbers") == [(50000,)]
-    assert store.rows("SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,)]
+    versions = [version for (version,) in store.rows("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == [*(step.version for step in MIGRATIONS), NEXT]
 
 
 def test_an_unknown_database_url_is_refused_naming_its_scheme(tmp_path: Path) -> None:

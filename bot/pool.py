@@ -1,0 +1,108 @@
+"""A campaign's single-use codes in the transactional store: loading them, handing them out, redeeming them.
+
+These functions run inside a transaction of bot.database, on its cursor (`?` placeholders on both engines).
+A code is handed out in the transaction that records the reveal, so a code is either handed out and its
+reply owed, or neither; the same customer always gets the same code; and no code goes to two customers:
+a unique index holds one code per customer and campaign, and PostgreSQL's `SKIP LOCKED` lets concurrent
+transactions take different free codes instead of waiting for one another.
+"""
+
+# The SQL is constant text and the engine's own clause; every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bot.flow import IssuedCode
+
+TOKEN_BYTES = 16  # 128 bits: a till link cannot be guessed
+_ROWS_PER_STATEMENT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    total: int
+    free: int
+
+
+def add_codes(cursor: Any, campaign_id: str, codes: Sequence[str]) -> int:
+    """Add the codes the pool does not have yet, after those it has; returns how many were new."""
+    cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM codes WHERE campaign_id = ?", (campaign_id,))
+    (last,) = cursor.fetchone()
+    added = 0
+    for start in range(0, len(codes), _ROWS_PER_STATEMENT):
+        chunk = codes[start : start + _ROWS_PER_STATEMENT]
+        values = ", ".join(["(?, ?, ?)"] * len(chunk))
+        rows = [
+            value for n, code in enumerate(chunk, start=last + start + 1) for value in (campaign_id, code, n)
+        ]
+        cursor.execute(
+            f"INSERT INTO codes (campaign_id, code, seq) VALUES {values}"
+            " ON CONFLICT (campaign_id, code) DO NOTHING RETURNING code",
+            rows,
+        )
+        added += len(cursor.fetchall())
+    return added
+
+
+def status(cursor: Any, campaign_id: str) -> PoolStatus:
+    cursor.execute(
+        "SELECT COUNT(*), COUNT(*) - COUNT(customer_id) FROM codes WHERE campaign_id = ?", (campaign_id,)
+    )
+    total, free = cursor.fetchone()
+    return PoolStatus(total, free)
+
+
+def issue(
+    cursor: Any,
+    campaign_id: str,
+    customer_id: str,
+    *,
+    now_us: int,
+    expires_us: int | None,
+    skip_locked: str,
+    conflict: type[Exception],
+) -> tuple[str, str, int | None] | None:
+    """The customer's code for the campaign: the one handed to them before, or the next free one (which is
+    theirs from now on). Returns (code, token, expires_at µs), or None when every code is handed out.
+
+    `skip_locked` is the engine's clause for passing over rows another transaction holds; `conflict` the
+    driver's error for a unique index violated (another instance handing this customer a code meanwhile).
+    """
+    existing = _handed_to(cursor, campaign_id, customer_id)
+    if existing is not None:
+        return existing
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    cursor.execute("SAVEPOINT issue_code")
+    try:
+        cursor.execute(
+            "UPDATE codes SET customer_id = ?, token = ?, assigned_at = ?, expires_at = ?"
+            " WHERE campaign_id = ? AND code = (SELECT code FROM codes"
+            f" WHERE campaign_id = ? AND customer_id IS NULL ORDER BY seq LIMIT 1 {skip_locked})"
+            " RETURNING code",
+            (customer_id, token, now_us, expires_us, campaign_id, campaign_id),
+        )
+        row = cursor.fetchone()
+    except conflict:
+        # Another transaction handed this customer a code and committed first: theirs it is.
+        cursor.execute("ROLLBACK TO SAVEPOINT issue_code")
+        return _handed_to(cursor, campaign_id, customer_id)
+    finally:
+        cursor.execute("RELEASE SAVEPOINT issue_code")
+    return None if row is None else (row[0], token, expires_us)
+
+
+def _handed_to(cursor: Any, campaign_id: str, customer_id: str) -> tuple[str, str, int | None] | None:
+    cursor.execute(
+        "SELECT code, token, expires_at FROM codes WHERE campaign_id = ? AND customer_id = ?",
+        (campaign_id, customer_id),
+    )
+    row = cursor.fetchone()
+    return None if row is None else tuple(row)
+
+
+__all__ = ["TOKEN_BYTES", "IssuedCode", "PoolStatus", "add_codes", "issue", "status"]

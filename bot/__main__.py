@@ -1,4 +1,4 @@
-"""Command line: `python -m bot serve | migrate | compact | run-local`."""
+"""Command line: `python -m bot serve | migrate | codes generate | compact | run-local`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,18 @@ def main(argv: list[str] | None = None) -> int:
         help="bring the store's schema up to date and exit (serve does it too; for a release phase that runs "
         "before new instances start)",
     )
+
+    codes = commands.add_parser("codes", help="single-use coupon codes")
+    codes_commands = codes.add_subparsers(dest="codes_command", required=True)
+    generate = codes_commands.add_parser(
+        "generate",
+        help="write new random codes to a codes file (letters and digits a cashier cannot misread)",
+    )
+    generate.add_argument("--count", type=int, required=True, help="how many codes")
+    generate.add_argument("--prefix", default="", help="text every code starts with, e.g. SPR-")
+    generate.add_argument("--length", type=int, default=8, help="random characters per code (default 8)")
+    generate.add_argument("--out", required=True, help="the codes file, e.g. data/spring-codes.csv")
+    generate.add_argument("--append", action="store_true", help="add the codes to an existing file's end")
 
     compact = commands.add_parser(
         "compact", help="merge the event files of each day over for a whole day into one"
@@ -54,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "migrate":
         return migrate()
+    if args.command == "codes":
+        from pathlib import Path
+
+        from bot.codes import generate_command
+
+        return generate_command(args.count, args.prefix, args.length, Path(args.out), args.append)
     if args.command == "compact":
         from bot.store import compact_command
 

@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from bot import flow
 from bot.campaign import Campaign, CampaignError, load_campaign
+from bot.codes import CodesError, load_codes
 from bot.config import ConfigError, Mode, Settings
 from bot.database import Database, DatabaseError
 from bot.flusher import Flusher
@@ -90,6 +91,33 @@ def graph_client(
     )
 
 
+LOW_POOL_SHARE = 0.10  # below this share of codes free, the log and the dashboard warn
+
+
+def load_pool(database: Database, campaign: Campaign, campaign_dir: Path, settings: Settings) -> None:
+    """Add the codes of the campaign's codes file to its pool (new lines join at start-up), and say how many
+    are left. Raises CodesError for a file that cannot be used."""
+    codes = load_codes(campaign_dir / (campaign.codes or ""))
+    status = database.add_codes(campaign.id, codes, campaign.code_expiry)
+    log.info(
+        "campaign %r: %d single-use codes, %d not handed out yet", campaign.id, status.total, status.free
+    )
+    if status.free < LOW_POOL_SHARE * status.total:
+        log.warning(
+            "campaign %r has only %d of its %d codes left: add codes to %s and restart",
+            campaign.id,
+            status.free,
+            status.total,
+            campaign.codes,
+        )
+    if settings.mode is not Mode.LOCAL and not settings.public_url.startswith("https://"):
+        log.warning(
+            "codes link to the till page at %s/redeem/…: set PROMOBOT_PUBLIC_URL to the bot's public https "
+            "address",
+            settings.public_url,
+        )
+
+
 def check_no_legacy_wal(settings: Settings) -> None:
     """Refuse to start over events an earlier promobot left unflushed in its write-ahead log.
 
@@ -136,8 +164,14 @@ def create_app(
             )
         database = await asyncio.to_thread(Database.open, settings.database, Path(settings.data))
         graph = graph_client(settings, graph_transport or stand_in, retry)
+        if campaign.single_use:
+            await asyncio.to_thread(load_pool, database, campaign, campaign_dir, settings)
         replier = Replier(
-            campaign, graph, image_url=image_url(settings, campaign), max_age_s=settings.reply_max_age_s
+            campaign,
+            graph,
+            image_url=image_url(settings, campaign),
+            till_url=settings.public_url,
+            max_age_s=settings.reply_max_age_s,
         )
         # Longer than a reply can take (a profile lookup and a send, each within the retry deadline).
         lease = timedelta(seconds=2 * graph.retry.deadline_s + LEASE_MARGIN_S)
@@ -319,7 +353,9 @@ def load_settings(mode: Mode) -> tuple[Settings, Campaign]:
     try:
         settings = Settings.from_env(mode=mode)
         campaign = load_campaign(settings.campaign, data_dir=settings.campaign.parent)
-    except (ConfigError, CampaignError) as exc:
+        if campaign.single_use:
+            load_codes(settings.campaign.parent / (campaign.codes or ""))
+    except (ConfigError, CampaignError, CodesError) as exc:
         sys.exit(f"promobot cannot start: {exc}")
     return settings, campaign
 

@@ -31,7 +31,7 @@ class CampaignError(ValueError):
     """The campaign file is unusable; the message names the file, the key and the reason."""
 
 
-DEFAULT_CODE_TEXT = "Your code: {code}\nValid until {expires}.\nAt the till, show this link: {link}"
+DEFAULT_CODE_TEXT = "Your code: {code}\nValid until: {expires}\nAt the till, show this link: {link}"
 MAX_VALID_DAYS = 366
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,17 +83,20 @@ def generate_command(count: int, prefix: str, length: int, out: Path, append: bo
     existing: list[str] = []
     if out.exists():
         if not append:
-            print(f"{out} exists: its codes may already be handed out. Use --append to add codes to it.")
+            print(
+                f"{out} exists: its codes may be handed out already; --append adds codes to it",
+                file=sys.stderr,
+            )
             return 1
         try:
             existing = load_codes(out)
         except CodesError as exc:
-            print(exc)
+            print(exc, file=sys.stderr)
             return 1
     try:
         codes = generate(count, prefix=prefix, length=length, avoid=existing)
     except ValueError as exc:
-        print(exc)
+        print(exc, file=sys.stderr)
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a" if existing else "w", encoding="utf-8") as file:

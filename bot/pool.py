@@ -81,7 +81,7 @@ def issue(
     try:
         cursor.execute(
             "UPDATE codes SET customer_id = ?, token = ?, assigned_at = ?, expires_at = ?"
-            " WHERE campaign_id = ? AND code = (SELECT code FROM codes"
+            " WHERE campaign_id = ? AND customer_id IS NULL AND code = (SELECT code FROM codes"
             f" WHERE campaign_id = ? AND customer_id IS NULL ORDER BY seq LIMIT 1 {skip_locked})"
             " RETURNING code",
             (customer_id, token, now_us, expires_us, campaign_id, campaign_id),

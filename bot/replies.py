@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.campaign import Campaign
 from bot.events import Event
-from bot.flow import Reply, ReplyKind, render
+from bot.flow import Reply, ReplyKind, render, render_code
 from bot.graph import Attempts, Encoded, GraphClient, SendError
 from bot.messenger import send_body
 
@@ -48,6 +48,7 @@ class Replier:
         graph: GraphClient,
         *,
         image_url: str,
+        till_url: str = "",
         max_age_s: float,
         concurrency: int = 256,
         clock: Callable[[], datetime] = utc_now,
@@ -55,6 +56,7 @@ class Replier:
         self.campaign = campaign
         self.graph = graph
         self.image_url = image_url
+        self.till_url = till_url  # the bot's public URL: single-use codes link to its /redeem pages
         self.max_age = timedelta(seconds=max_age_s)
         self.clock = clock
         self._concurrency = concurrency
@@ -134,7 +136,16 @@ class Replier:
             self._send(answer, reply, None)
 
     def _send(self, answer: _Answer, reply: Reply, first_name: str | None) -> None:
-        body = send_body(reply.customer_id, self._message(reply.kind, first_name))
+        if reply.issued is not None:
+            message: dict | Encoded = render_code(self.campaign, reply.issued, self.till_url)
+        elif reply.kind is ReplyKind.CODE and self.campaign.code is None:
+            # Owed from before the campaign switched to single-use codes: there is no code to show.
+            reason = "no code: the campaign now hands out single-use codes"
+            self._settle(answer, reply.failed(self.clock(), code=None, subcode=None, reason=reason))
+            return
+        else:
+            message = self._message(reply.kind, first_name)
+        body = send_body(reply.customer_id, message)
         answer.attempts = self.graph.send_soon(
             reply.customer_id, body, lambda outcome: self._sent(answer, reply, outcome)
         )

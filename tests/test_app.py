@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import httpx
 import psycopg
@@ -12,10 +19,15 @@ import pytest
 from starlette.applications import Starlette
 
 from bot.app import create_app
+from bot.campaign import load_campaign
 from bot.config import ConfigError, Mode, Settings
+from bot.facts import ButtonStep
+from bot.flow import button_payload
+from bot.graph import read_batch
 from bot.messenger import sign
 from tests import payloads
 from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, make_home
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.anyio
 
@@ -116,3 +128,90 @@ async def test_local_mode_keeps_its_state_beside_its_events(tmp_path):
     async with running(create_app(settings)) as client:
         assert (await client.get("/healthz")).status_code == 200
     assert (data / "promobot.sqlite3").is_file()
+
+
+class Platform:
+    """The Send and User Profile APIs, alone or batched: every message each customer got, in order."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, list[dict]] = {}
+        self.arrived = asyncio.Event()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/me/messages"):
+            return httpx.Response(200, json=self._send(json.loads(request.content)))
+        if request.method == "GET":
+            return httpx.Response(200, json={"first_name": "Ada", "id": "1"})
+        form = {key: values[0] for key, values in parse_qs(request.content.decode()).items()}
+        answers = [
+            self._send(entry.body) if entry.method == "POST" else {"first_name": "Ada", "id": "1"}
+            for entry in read_batch(form)
+        ]
+        return httpx.Response(200, json=[{"code": 200, "body": json.dumps(answer)} for answer in answers])
+
+    def _send(self, body: dict) -> dict:
+        customer = body["recipient"]["id"]
+        self.messages.setdefault(customer, []).append(body["message"])
+        self.arrived.set()
+        return {"recipient_id": customer, "message_id": f"m_{customer}_{len(self.messages[customer])}"}
+
+    async def wait_for(self, customer: str, count: int) -> list[dict]:
+        async with asyncio.timeout(10):
+            while len(self.messages.get(customer, [])) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.messages[customer]
+
+
+def single_use_home(tmp_path: Path, codes: list[str]) -> Path:
+    data = make_home(tmp_path)
+    text = (data / "campaign.toml").read_text()
+    text = text.replace(
+        'code = "SPRING20"',
+        'codes = "spring-codes.csv"\nall_gone = "Sorry, all gone!"\nexpires = "2026-12-31"',
+    )
+    (data / "campaign.toml").write_text(text)
+    (data / "spring-codes.csv").write_text("code\n" + "".join(f"{code}\n" for code in codes))
+    return data
+
+
+async def test_a_reveal_gets_a_single_use_code_with_its_till_link_then_the_pool_runs_out(tmp_path):
+    data = single_use_home(tmp_path, ["SPR-AAAA2222"])
+    platform = Platform()
+    settings = settings_for(data, PROMOBOT_PUBLIC_URL="https://bot.example")
+    app = create_app(settings, graph_transport=httpx.MockTransport(platform))
+    reveal = button_payload(load_campaign(data / "campaign.toml"), ButtonStep.REVEAL)
+    async with running(app) as client:
+        for customer, n in (("9201", 1), ("9201", 2), ("9202", 1)):
+            body = payloads.envelope(payloads.postback(customer, reveal, mid=f"m_{customer}_{n}"))
+            assert (await post(client, body)).status_code == 200
+            await platform.wait_for(customer, n)
+
+    first, again = (message["text"] for message in platform.messages["9201"])
+    assert first == again  # the same code on every reveal
+    code_line, valid_line, link_line = first.split("\n")
+    assert code_line == "Your code: SPR-AAAA2222"
+    assert valid_line == "Valid until: 31 December 2026"
+    token = link_line.removeprefix("At the till, show this link: https://bot.example/redeem/")
+    assert len(base64.urlsafe_b64decode(token + "==")) == 16  # 128 bits
+    assert platform.messages["9202"] == [{"text": "Sorry, all gone!"}]
+
+
+def test_a_bad_codes_file_stops_start_up_naming_file_and_line(tmp_path):
+    data = single_use_home(tmp_path, ["SPR-AAAA2222", "SPR-BBBB3333", "SPR-AAAA2222"])
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "serve", "--port", "9"],
+        cwd=REPO,
+        env={
+            **os.environ,
+            **SECRETS,
+            "PROMOBOT_DATA": str(data),
+            "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert f"{data / 'spring-codes.csv'}: line 4: 'SPR-AAAA2222' repeats line 2" in result.stderr

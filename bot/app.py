@@ -38,6 +38,7 @@ from bot.replies import Replier
 from bot.sender import LEASE_MARGIN_S, Sender
 from bot.simulator import GraphStandIn, simulator_routes
 from bot.store import FileStore
+from bot.till import till_routes
 
 log = logging.getLogger("promobot")
 
@@ -145,11 +146,11 @@ def create_app(
     """
     local = settings.mode is Mode.LOCAL
     stand_in = GraphStandIn() if local else None
+    campaign_dir = settings.campaign.parent
+    campaign = load_campaign(settings.campaign, data_dir=campaign_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        campaign_dir = settings.campaign.parent
-        campaign = load_campaign(settings.campaign, data_dir=campaign_dir)
         check_no_legacy_wal(settings)
         if local:
             log.warning(
@@ -211,6 +212,18 @@ def create_app(
             await asyncio.to_thread(database.close)
             log.info("promobot stopped; events flushed")
 
+    # The till's routes exist for a campaign of single-use codes; the store they use opens with the app.
+    till = (
+        till_routes(
+            lambda: app.state.runtime.database,
+            campaign,
+            pin=settings.staff_pin,
+            secret=settings.app_secret,
+            secure_cookies=settings.public_url.startswith("https://"),
+        )
+        if campaign.single_use
+        else []
+    )
     app = Starlette(
         routes=[
             Route("/webhook", WEBHOOK, methods=["POST"]),
@@ -218,6 +231,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/media/{name:path}", media, methods=["GET", "HEAD"]),
             *(simulator_routes(stand_in, settings.app_secret) if stand_in is not None else []),
+            *till,
         ],
         lifespan=lifespan,
     )

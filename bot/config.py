@@ -32,6 +32,7 @@ _PLATFORM_SECRETS = ("PROMOBOT_APP_SECRET", "PROMOBOT_VERIFY_TOKEN", "PROMOBOT_P
 
 
 SQLITE_FILE = "promobot.sqlite3"
+LOCAL_STAFF_PIN = "0000"  # local mode's till PIN, unless PROMOBOT_STAFF_PIN says otherwise
 MESSAGING_WINDOW_S = 24 * 3600.0  # how long after a customer's message the page may answer it (RESPONSE)
 
 
@@ -60,6 +61,8 @@ class Settings:
     # How old buffered events may grow before they are written as Parquet: how fresh the dashboard is.
     flush_seconds: float = 60.0
     log_level: str = "INFO"
+    # Staff sign in to the till page with this PIN (4 to 12 digits); "" turns redemption at the till off.
+    staff_pin: str = ""
 
     @property
     def data_is_s3(self) -> bool:
@@ -85,7 +88,13 @@ class Settings:
 
     def __repr__(self) -> str:
         # Never print secrets, not even in a traceback.
-        hidden = {"app_secret", "verify_token", "page_token", "database_url"}  # a URL may hold a password
+        hidden = {
+            "app_secret",
+            "verify_token",
+            "page_token",
+            "database_url",
+            "staff_pin",
+        }  # a URL may hold a password
         shown = ", ".join(
             f"{name}={'***' if name in hidden and getattr(self, name) else getattr(self, name)!r}"
             for name in (f.name for f in fields(self))
@@ -160,8 +169,12 @@ class Settings:
             raise ConfigError(
                 f"PROMOBOT_DATABASE_URL has scheme {scheme!r}: use postgresql://… or sqlite:///path"
             )
+        staff_pin = get("PROMOBOT_STAFF_PIN") or (LOCAL_STAFF_PIN if mode is Mode.LOCAL else "")
+        if staff_pin and not (staff_pin.isdigit() and staff_pin.isascii() and 4 <= len(staff_pin) <= 12):
+            raise ConfigError("PROMOBOT_STAFF_PIN must be 4 to 12 digits")
         return cls(
             mode=mode,
+            staff_pin=staff_pin,
             app_secret=platform["PROMOBOT_APP_SECRET"],
             verify_token=platform["PROMOBOT_VERIFY_TOKEN"],
             page_token=platform["PROMOBOT_PAGE_TOKEN"],

@@ -155,6 +155,19 @@ def _event(row: Sequence[Any]) -> Event:
     return Event.from_dict(record)
 
 
+def redeemed_event(state: pool.CodeState, at: datetime) -> Event:
+    """The event of a code used at the till at `at` (the bot's clock): one per customer and campaign."""
+    return Event(
+        event_id=f"{state.customer_id}.{state.campaign_id}.redeemed",
+        ts=at,
+        page_id=state.page_id or "",
+        customer_id=state.customer_id or "",
+        campaign_id=state.campaign_id,
+        variant=state.variant,
+        event=EventName.COUPON_REDEEMED,
+    )
+
+
 def _reply_values(reply: Reply, ordinal: int, now: int) -> tuple:
     issued = reply.issued
     code = (
@@ -411,6 +424,8 @@ class Database:
                 cursor,
                 campaign_id,
                 customer_id,
+                page_id=reply.answers.page_id,
+                variant=reply.answers.variant,
                 now_us=now,
                 expires_us=None if expiry is None else _micros(expiry),
                 skip_locked=self.engine.skip_locked,
@@ -446,6 +461,23 @@ class Database:
         """How many codes the campaign's pool holds, and how many are free. Blocking."""
         with self._transaction() as cursor:
             return pool.status(cursor, campaign_id)
+
+    def find_code(
+        self, *, token: str | None = None, campaign_id: str = "", code: str = ""
+    ) -> pool.CodeState | None:
+        """The pool's code with this till token, or this code of the campaign. Blocking."""
+        with self._transaction() as cursor:
+            return pool.find(cursor, token=token, campaign_id=campaign_id, code=code)
+
+    def redeem(self, token: str) -> pool.CodeState | None:
+        """Mark the code with this till token used now and buffer its `coupon_redeemed` event, in one
+        transaction; None, changing nothing, when it is unknown, used or expired. Blocking."""
+        now = self.clock()
+        with self._transaction() as cursor:
+            state = pool.redeem(cursor, token, _micros(now))
+            if state is not None:
+                cursor.execute(_INSERT_EVENT, _event_values(redeemed_event(state, now)))
+            return state
 
     def prune_seen(self, retention: timedelta = SEEN_RETENTION) -> int:
         """Forget seen marks older than `retention`; returns how many. Blocking."""

@@ -83,8 +83,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             # A campaign's pool of codes, in the order of its file (`seq`). A code handed out names its
             # customer (one code per customer and campaign), its till link's token, when it stops being valid.
             "CREATE TABLE codes (campaign_id TEXT NOT NULL, code TEXT NOT NULL, seq BIGINT NOT NULL,"
-            " customer_id TEXT, token TEXT UNIQUE, assigned_at BIGINT, expires_at BIGINT, redeemed_at BIGINT,"
-            " PRIMARY KEY (campaign_id, code))",
+            " customer_id TEXT, page_id TEXT, variant TEXT, token TEXT UNIQUE, assigned_at BIGINT,"
+            " expires_at BIGINT, redeemed_at BIGINT, PRIMARY KEY (campaign_id, code))",
             "CREATE UNIQUE INDEX codes_by_customer ON codes (campaign_id, customer_id)"
             " WHERE customer_id IS NOT NULL",
             "CREATE INDEX codes_free ON codes (campaign_id, seq) WHERE customer_id IS NULL",

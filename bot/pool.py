@@ -62,6 +62,8 @@ def issue(
     campaign_id: str,
     customer_id: str,
     *,
+    page_id: str,
+    variant: str | None,
     now_us: int,
     expires_us: int | None,
     skip_locked: str,
@@ -80,11 +82,12 @@ def issue(
     cursor.execute("SAVEPOINT issue_code")
     try:
         cursor.execute(
-            "UPDATE codes SET customer_id = ?, token = ?, assigned_at = ?, expires_at = ?"
+            "UPDATE codes SET customer_id = ?, page_id = ?, variant = ?, token = ?, assigned_at = ?,"
+            " expires_at = ?"
             " WHERE campaign_id = ? AND customer_id IS NULL AND code = (SELECT code FROM codes"
             f" WHERE campaign_id = ? AND customer_id IS NULL ORDER BY seq LIMIT 1 {skip_locked})"
             " RETURNING code",
-            (customer_id, token, now_us, expires_us, campaign_id, campaign_id),
+            (customer_id, page_id, variant, token, now_us, expires_us, campaign_id, campaign_id),
         )
         row = cursor.fetchone()
     except conflict:
@@ -96,6 +99,48 @@ def issue(
     return None if row is None else (row[0], token, expires_us)
 
 
+@dataclass(frozen=True, slots=True)
+class CodeState:
+    """A code of a pool as the till sees it; times in µs since the epoch."""
+
+    campaign_id: str
+    code: str
+    customer_id: str | None
+    page_id: str | None
+    variant: str | None
+    token: str | None
+    expires_at: int | None
+    redeemed_at: int | None
+
+
+_STATE = "campaign_id, code, customer_id, page_id, variant, token, expires_at, redeemed_at"
+
+
+def find(cursor: Any, *, token: str | None = None, campaign_id: str = "", code: str = "") -> CodeState | None:
+    """The code with this till `token`, or this `code` of `campaign_id`; None when there is none."""
+    if token is not None:
+        cursor.execute(f"SELECT {_STATE} FROM codes WHERE token = ?", (token,))
+    else:
+        cursor.execute(f"SELECT {_STATE} FROM codes WHERE campaign_id = ? AND code = ?", (campaign_id, code))
+    row = cursor.fetchone()
+    return None if row is None else CodeState(*row)
+
+
+def redeem(cursor: Any, token: str, now_us: int) -> CodeState | None:
+    """Mark the code with this till token used at `now_us`, if it is handed out, unused and not expired.
+
+    Returns the code as it is now if this call redeemed it, None otherwise (`find` tells why). Two tills
+    pressing at once: one update wins, the other finds the code used.
+    """
+    cursor.execute(
+        "UPDATE codes SET redeemed_at = ? WHERE token = ? AND customer_id IS NOT NULL AND redeemed_at IS NULL"
+        f" AND (expires_at IS NULL OR expires_at > ?) RETURNING {_STATE}",
+        (now_us, token, now_us),
+    )
+    row = cursor.fetchone()
+    return None if row is None else CodeState(*row)
+
+
 def _handed_to(cursor: Any, campaign_id: str, customer_id: str) -> tuple[str, str, int | None] | None:
     cursor.execute(
         "SELECT code, token, expires_at FROM codes WHERE campaign_id = ? AND customer_id = ?",
@@ -105,4 +150,14 @@ def _handed_to(cursor: Any, campaign_id: str, customer_id: str) -> tuple[str, st
     return None if row is None else tuple(row)
 
 
-__all__ = ["TOKEN_BYTES", "IssuedCode", "PoolStatus", "add_codes", "issue", "status"]
+__all__ = [
+    "TOKEN_BYTES",
+    "CodeState",
+    "IssuedCode",
+    "PoolStatus",
+    "add_codes",
+    "find",
+    "issue",
+    "redeem",
+    "status",
+]

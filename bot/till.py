@@ -1,0 +1,305 @@
+"""The till page: staff check a customer's single-use code and mark it used, from a phone.
+
+    GET  /redeem              sign in with the staff PIN, then type a code
+    GET  /redeem/{token}      the customer's link (or its QR code): the code's state at a glance
+    POST /redeem/pin          the staff PIN; a signed session cookie for the rest of the shift
+    POST /redeem/use          mark the code used (one press; atomic: a second press sees "already used")
+
+Server-rendered HTML, no scripts, nothing from elsewhere. The PIN is compared in constant time, never logged,
+and wrong ones are rate-limited per client and overall. Every form carries a CSRF token (double-submit
+cookie); every page is sent with `Cache-Control: no-store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from urllib.parse import parse_qs, quote
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from bot.campaign import Campaign
+from bot.database import Database, DatabaseError
+from bot.pool import CodeState
+
+SESSION_COOKIE = "promobot_staff"
+CSRF_COOKIE = "promobot_csrf"
+SESSION_S = 12 * 3600  # a shift
+MAX_FORM_BYTES = 4096
+# Wrong PINs: at most this many per client, and this many from everyone, in the window.
+CLIENT_FAILURES, ALL_FAILURES, FAILURE_WINDOW_S = 5, 30, 300.0
+MAX_CLIENTS = 10_000
+
+
+class Attempts:
+    """Wrong PINs in the last `window_s` seconds, per client and overall; memory bounded."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._clients: OrderedDict[str, deque[float]] = OrderedDict()
+        self._all: deque[float] = deque()
+
+    def blocked_for(self, client: str) -> float:
+        """Seconds until `client` may try again (0: now)."""
+        now = self.clock()
+        self._forget(now)
+        mine = self._clients.get(client, deque())
+        waits = [0.0]
+        if len(mine) >= CLIENT_FAILURES:
+            waits.append(mine[0] + FAILURE_WINDOW_S - now)
+        if len(self._all) >= ALL_FAILURES:
+            waits.append(self._all[0] + FAILURE_WINDOW_S - now)
+        return max(waits)
+
+    def failed(self, client: str) -> None:
+        now = self.clock()
+        self._clients.setdefault(client, deque()).append(now)
+        self._clients.move_to_end(client)
+        self._all.append(now)
+        while len(self._clients) > MAX_CLIENTS:
+            self._clients.popitem(last=False)
+
+    def _forget(self, now: float) -> None:
+        horizon = now - FAILURE_WINDOW_S
+        while self._all and self._all[0] < horizon:
+            self._all.popleft()
+        for client in [c for c, times in self._clients.items() if not times or times[-1] < horizon]:
+            del self._clients[client]
+
+
+def till_routes(
+    database: Callable[[], Database],
+    campaign: Campaign,
+    *,
+    pin: str,
+    secret: str,
+    secure_cookies: bool,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> list[Route]:
+    """The till's routes. `database` gives the open store (it is opened after the routes are made); `pin`
+    the staff PIN ("" turns redemption off); `secret` signs sessions; `secure_cookies` for an https bot."""
+    attempts = Attempts()
+    key = hmac.new(secret.encode(), b"promobot till sessions", hashlib.sha256).digest()
+
+    def session_value(expires: int) -> str:
+        # The PIN is part of what is signed: changing the PIN ends every session.
+        mac = hmac.new(key, f"{expires}|{pin}".encode(), hashlib.sha256).hexdigest()
+        return f"{expires}.{mac}"
+
+    def signed_in(request: Request) -> bool:
+        expires, _, _ = request.cookies.get(SESSION_COOKIE, "").partition(".")
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(request.cookies.get(SESSION_COOKIE, ""), session_value(int(expires)))
+
+    def page(request: Request, title: str, body: str, status: int = 200) -> Response:
+        csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(16)
+        response = HTMLResponse(
+            _PAGE.format(title=html.escape(title), body=body.replace("__CSRF__", csrf)),
+            status_code=status,
+            headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+        )
+        if CSRF_COOKIE not in request.cookies:
+            _set_cookie(response, CSRF_COOKIE, csrf, SESSION_S, secure_cookies)
+        return response
+
+    def pin_page(request: Request, next_path: str, error: str = "", status: int = 200) -> Response:
+        message = f'<p class="error">{html.escape(error)}</p>' if error else ""
+        form = _PIN_FORM.format(next=html.escape(next_path), error=message)
+        return page(request, "Staff sign-in", form, status)
+
+    def card(request: Request, state: CodeState | None, typed: str = "", just_used: bool = False) -> Response:
+        now = clock()
+        zone = campaign.zone
+        if state is None or state.customer_id is None:
+            shown = html.escape(typed or "this link")
+            body = (
+                f'<div class="state unknown"><h1>Unknown code</h1><p>{shown} was never handed out.</p></div>'
+            )
+        elif state.redeemed_at is not None:
+            used = _moment(state.redeemed_at).astimezone(zone)
+            heading, kind = ("Redeemed", "valid") if just_used else ("Already used", "used")
+            body = (
+                f'<div class="state {kind}"><h1>{heading}</h1><p class="code">{html.escape(state.code)}</p>'
+                f"<p>Used at {used:%H:%M} on {used.day} {used:%B %Y}.</p></div>"
+            )
+        elif state.expires_at is not None and _moment(state.expires_at) <= now:
+            last_day = (_moment(state.expires_at - 1)).astimezone(zone)
+            body = (
+                f'<div class="state expired"><h1>Expired</h1><p class="code">{html.escape(state.code)}</p>'
+                f"<p>It was valid until {last_day.day} {last_day:%B %Y}.</p></div>"
+            )
+        else:
+            until = ""
+            if state.expires_at is not None:
+                last_day = (_moment(state.expires_at - 1)).astimezone(zone)
+                until = f"<p>Valid until {last_day.day} {last_day:%B %Y}.</p>"
+            body = (
+                f'<div class="state valid"><h1>Valid</h1><p class="code">{html.escape(state.code)}</p>{until}'
+                f'<form method="post" action="/redeem/use"><input type="hidden" name="csrf" value="__CSRF__">'
+                f'<input type="hidden" name="token" value="{html.escape(state.token or "")}">'
+                '<button type="submit">Redeem now</button></form></div>'
+            )
+        return page(request, "Coupon", body + _LOOKUP_FORM)
+
+    def off(request: Request) -> Response:
+        body = "<p>Redemption at the till is off: set PROMOBOT_STAFF_PIN and restart the bot.</p>"
+        return page(request, "Till", body, status=503)
+
+    async def lookup(request: Request) -> Response:
+        if not pin:
+            return off(request)
+        typed = request.query_params.get("code", "").strip()
+        if not signed_in(request):
+            next_path = "/redeem" + (f"?code={quote(typed)}" if typed else "")
+            return pin_page(request, next_path)
+        if not typed:
+            return page(request, "Till", _LOOKUP_FORM)
+        state = await _store(database().find_code, campaign_id=campaign.id, code=typed)
+        if state is None and typed != typed.upper():  # typed in lower case
+            state = await _store(database().find_code, campaign_id=campaign.id, code=typed.upper())
+        return card(request, state, typed=typed)
+
+    async def by_link(request: Request) -> Response:
+        if not pin:
+            return off(request)
+        token = request.path_params["token"]
+        if not signed_in(request):
+            return pin_page(request, f"/redeem/{quote(token)}")
+        return card(request, await _store(database().find_code, token=token))
+
+    async def sign_in(request: Request) -> Response:
+        if not pin:
+            return off(request)
+        form = await _form(request)
+        if form is None or not _csrf_ok(request, form):
+            return page(request, "Till", "<p>This form has expired: open the page again.</p>", status=403)
+        next_path = form.get("next", "/redeem")
+        if not next_path.startswith("/redeem") or next_path.startswith("//"):
+            next_path = "/redeem"
+        client = request.client.host if request.client else "unknown"
+        wait = attempts.blocked_for(client)
+        if wait > 0:
+            error = f"Too many wrong PINs: try again in {int(wait // 60) + 1} minutes."
+            return pin_page(request, next_path, error, status=429)
+        if not hmac.compare_digest(form.get("pin", "").encode(), pin.encode()):
+            attempts.failed(client)
+            return pin_page(request, next_path, "Wrong PIN.", status=403)
+        response = RedirectResponse(next_path, status_code=303, headers={"Cache-Control": "no-store"})
+        expires = int(time.time()) + SESSION_S
+        _set_cookie(response, SESSION_COOKIE, session_value(expires), SESSION_S, secure_cookies)
+        return response
+
+    async def use(request: Request) -> Response:
+        if not pin:
+            return off(request)
+        form = await _form(request)
+        if form is None or not _csrf_ok(request, form):
+            return page(request, "Till", "<p>This form has expired: open the page again.</p>", status=403)
+        token = form.get("token", "")
+        if not signed_in(request):
+            return pin_page(request, f"/redeem/{quote(token)}")
+        redeemed = await _store(database().redeem, token)
+        if redeemed is not None:
+            return card(request, redeemed, just_used=True)
+        return card(request, await _store(database().find_code, token=token))  # used, expired or unknown
+
+    def answering_store_errors(handler: Callable) -> Callable:
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except DatabaseError:
+                body = "<p>The bot's store is not answering. Try again in a moment.</p>"
+                return page(request, "Till", body, status=503)
+
+        return handle
+
+    return [
+        Route("/redeem", answering_store_errors(lookup), methods=["GET"]),
+        Route("/redeem/pin", answering_store_errors(sign_in), methods=["POST"]),
+        Route("/redeem/use", answering_store_errors(use), methods=["POST"]),
+        Route("/redeem/{token}", answering_store_errors(by_link), methods=["GET"]),
+    ]
+
+
+async def _store(call: Callable, *args: object, **kwargs: object):
+    """A blocking store call, in a thread. Raises DatabaseError."""
+    return await asyncio.to_thread(call, *args, **kwargs)
+
+
+async def _form(request: Request) -> dict[str, str] | None:
+    """A small url-encoded form's fields; None for anything else."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    try:
+        fields = parse_qs(body.decode("utf-8"), strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return {name: values[0] for name, values in fields.items()}
+
+
+def _csrf_ok(request: Request, form: dict[str, str]) -> bool:
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    return bool(cookie) and hmac.compare_digest(cookie.encode(), form.get("csrf", "").encode())
+
+
+def _set_cookie(response: Response, name: str, value: str, max_age: int, secure: bool) -> None:
+    response.set_cookie(
+        name, value, max_age=max_age, path="/redeem", httponly=True, samesite="strict", secure=secure
+    )
+
+
+def _moment(micros: int) -> datetime:
+    return datetime.fromtimestamp(micros / 1e6, UTC)
+
+
+_PIN_FORM = """{error}
+<form method="post" action="/redeem/pin">
+  <input type="hidden" name="csrf" value="__CSRF__"><input type="hidden" name="next" value="{next}">
+  <label>Staff PIN <input name="pin" type="password" inputmode="numeric" autocomplete="off" autofocus></label>
+  <button type="submit">Sign in</button>
+</form>"""
+
+_LOOKUP_FORM = """
+<form method="get" action="/redeem" class="lookup">
+  <label>Type a code
+    <input name="code" autocapitalize="characters" autocomplete="off" spellcheck="false"></label>
+  <button type="submit">Check</button>
+</form>"""
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · promobot till</title>
+<style>
+body {{ font: 18px/1.4 system-ui, sans-serif; margin: 0 auto; max-width: 30rem; padding: 1rem; }}
+h1 {{ margin: 0 0 .25rem; font-size: 2.2rem; }}
+.state {{ border-radius: 1rem; padding: 1.25rem; margin-bottom: 1.5rem; color: #fff; }}
+.valid {{ background: #16794b; }} .used {{ background: #b3261e; }} .expired {{ background: #a35a00; }}
+.unknown {{ background: #555; }}
+.code {{ font: 700 1.8rem ui-monospace, monospace; letter-spacing: .08em; margin: .25rem 0; }}
+.error {{ color: #b3261e; font-weight: 600; }}
+label {{ display: block; margin-bottom: .75rem; }}
+input {{ display: block; width: 100%; box-sizing: border-box; font-size: 1.4rem; padding: .6rem;
+  margin-top: .25rem; }}
+button {{ width: 100%; font-size: 1.4rem; padding: .9rem; border-radius: .6rem; border: 0;
+  background: #1d4ed8; color: #fff; }}
+.valid button {{ background: #fff; color: #16794b; font-weight: 700; }}
+</style></head>
+<body>{body}</body></html>"""
+
+__all__ = ["Attempts", "till_routes"]

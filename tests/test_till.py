@@ -1,0 +1,172 @@
+"""The till page, in-process: the staff PIN, CSRF, the code's state at a glance, redeeming once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+
+import httpx
+import pytest
+
+from bot.app import create_app
+from bot.campaign import load_campaign
+from bot.database import Database
+from bot.facts import ButtonStep, EventName
+from bot.flow import button_payload
+from bot.till import CLIENT_FAILURES, CSRF_COOKIE
+from tests import payloads
+from tests.test_app import Platform, post, running, settings_for, single_use_home
+
+pytestmark = pytest.mark.anyio
+PIN = "4826"
+
+
+def csrf(page: httpx.Response) -> str:
+    """The CSRF token of the page's forms (the same as its cookie)."""
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+async def handed_out(client: httpx.AsyncClient, platform: Platform, data, customer: str) -> str:
+    """Reveal the coupon as `customer`; returns the path of the till link they got."""
+    reveal = button_payload(load_campaign(data / "campaign.toml"), ButtonStep.REVEAL)
+    body = payloads.envelope(payloads.postback(customer, reveal, mid=f"m_reveal_{customer}"))
+    assert (await post(client, body)).status_code == 200
+    [message] = await platform.wait_for(customer, 1)
+    return "/redeem/" + message["text"].rsplit("/redeem/", 1)[1]
+
+
+async def sign_in(client: httpx.AsyncClient, path: str, pin: str = PIN) -> httpx.Response:
+    form = await client.get(path)
+    return await client.post(
+        "/redeem/pin", data={"pin": pin, "csrf": csrf(form), "next": path}, follow_redirects=True
+    )
+
+
+@pytest.fixture
+def till(tmp_path):
+    data = single_use_home(tmp_path, ["SPR-AAAA2222", "SPR-BBBB3333"])
+    platform = Platform()
+    settings = settings_for(data, PROMOBOT_STAFF_PIN=PIN)
+    return create_app(settings, graph_transport=httpx.MockTransport(platform)), platform, data
+
+
+async def test_a_cashier_signs_in_sees_the_code_valid_redeems_it_then_sees_it_used(till, caplog):
+    app, platform, data = till
+    caplog.set_level(logging.DEBUG)
+    async with running(app) as client:
+        link = await handed_out(client, platform, data, "9301")
+
+        asked = await client.get(link)
+        assert "Staff PIN" in asked.text
+        assert asked.headers["cache-control"] == "no-store"
+        valid = await sign_in(client, link)
+        assert valid.status_code == 200
+        assert "<h1>Valid</h1>" in valid.text
+        assert "SPR-AAAA2222" in valid.text
+        assert "Valid until 31 December 2026" in valid.text
+
+        token = link.removeprefix("/redeem/")
+        redeemed = await client.post("/redeem/use", data={"token": token, "csrf": csrf(valid)})
+        assert "<h1>Redeemed</h1>" in redeemed.text
+        again = await client.post("/redeem/use", data={"token": token, "csrf": csrf(valid)})
+        assert "<h1>Already used</h1>" in again.text
+        typed = await client.get("/redeem", params={"code": "spr-aaaa2222"})  # typed, in lower case
+        assert "<h1>Already used</h1>" in typed.text
+
+        database = app.state.runtime.database
+        events = await asyncio.to_thread(lambda: database.next_batch(1000).events)
+    redemptions = [event for event in events if event.event == EventName.COUPON_REDEEMED]
+    assert [(event.customer_id, event.campaign_id) for event in redemptions] == [("9301", "spring-sale")]
+    assert PIN not in caplog.text
+
+
+async def test_a_code_never_handed_out_and_a_made_up_link_are_unknown(till):
+    app, _, _ = till
+    async with running(app) as client:
+        assert "<h1>Unknown code</h1>" in (await sign_in(client, "/redeem?code=SPR-BBBB3333")).text
+        assert "<h1>Unknown code</h1>" in (await client.get("/redeem/not-a-token")).text
+        assert "<h1>Unknown code</h1>" in (await client.get("/redeem", params={"code": "NOPE-1234"})).text
+
+
+async def test_an_expired_code_is_shown_expired_and_cannot_be_redeemed(tmp_path):
+    data = single_use_home(tmp_path, ["SPR-AAAA2222"])
+    text = (data / "campaign.toml").read_text().replace('expires = "2026-12-31"', 'expires = "2020-01-31"')
+    (data / "campaign.toml").write_text(text)
+    platform = Platform()
+    app = create_app(
+        settings_for(data, PROMOBOT_STAFF_PIN=PIN), graph_transport=httpx.MockTransport(platform)
+    )
+    async with running(app) as client:
+        link = await handed_out(client, platform, data, "9302")
+        page = await sign_in(client, link)
+        assert "<h1>Expired</h1>" in page.text
+        assert "valid until 31 January 2020" in page.text
+        token, token_csrf = link.removeprefix("/redeem/"), client.cookies[CSRF_COOKIE]
+        refused = await client.post("/redeem/use", data={"token": token, "csrf": token_csrf})
+        assert "<h1>Expired</h1>" in refused.text
+
+
+async def test_wrong_pins_are_refused_then_rate_limited(till):
+    app, _, _ = till
+    async with running(app) as client:
+        for _ in range(CLIENT_FAILURES):
+            wrong = await sign_in(client, "/redeem", pin="0000")
+            assert wrong.status_code == 403
+            assert "Wrong PIN." in wrong.text
+        limited = await sign_in(client, "/redeem", pin=PIN)  # even the right one, for a while
+        assert limited.status_code == 429
+        assert "Too many wrong PINs" in limited.text
+
+
+async def test_a_form_without_its_csrf_token_is_refused(till):
+    app, platform, data = till
+    async with running(app) as client:
+        link = await handed_out(client, platform, data, "9303")
+        await client.get(link)
+        forged = await client.post("/redeem/pin", data={"pin": PIN, "next": link})
+        assert forged.status_code == 403
+        page = await sign_in(client, link)
+        forged_use = await client.post(
+            "/redeem/use", data={"token": link.removeprefix("/redeem/"), "csrf": "x"}
+        )
+        assert forged_use.status_code == 403
+        assert "<h1>Valid</h1>" in (await client.get(link)).text  # still unused
+        assert page.status_code == 200
+
+
+async def test_without_a_staff_pin_the_till_is_off(tmp_path):
+    data = single_use_home(tmp_path, ["SPR-AAAA2222"])
+    app = create_app(settings_for(data), graph_transport=httpx.MockTransport(Platform()))
+    async with running(app) as client:
+        off = await client.get("/redeem")
+    assert off.status_code == 503
+    assert "PROMOBOT_STAFF_PIN" in off.text
+
+
+def test_two_tills_pressing_at_once_redeem_a_code_once(postgres_database_url, tmp_path):
+    from tests.test_pool import CAMPAIGN, CODES, reveal
+
+    tills = [Database.open(postgres_database_url, tmp_path) for _ in range(2)]
+    tills[0].add_codes(CAMPAIGN.id, CODES, lambda revealed_at: None)  # codes that never expire
+    asyncio.run(tills[0].record(*reveal("7401")))
+    token = tills[0].find_code(campaign_id=CAMPAIGN.id, code=CODES[0]).token
+    start = threading.Barrier(2)
+    results = []
+
+    def press(database: Database) -> None:
+        start.wait()
+        results.append(database.redeem(token))
+
+    threads = [threading.Thread(target=press, args=(database,)) for database in tills]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    redeemed = tills[0].next_batch(1000).events
+    for database in tills:
+        database.close()
+
+    assert sum(result is not None for result in results) == 1
+    assert [event.event for event in redeemed].count(EventName.COUPON_REDEEMED) == 1

@@ -1,4 +1,4 @@
-"""Command line: `python -m bot serve | migrate | codes generate | compact | run-local`."""
+"""Command line: `python -m bot serve | migrate | codes generate | redeem | compact | run-local`."""
 
 from __future__ import annotations
 
@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--out", required=True, help="the codes file, e.g. data/spring-codes.csv")
     generate.add_argument("--append", action="store_true", help="add the codes to an existing file's end")
 
+    redeem = commands.add_parser(
+        "redeem", help="mark single-use codes used from a till's export (a CSV file with a `code` column)"
+    )
+    redeem.add_argument("--csv", required=True, help="columns `code` and, optionally, `redeemed_at`")
+    redeem.add_argument("--campaign", help="the campaign whose codes they are (default: the campaign file's)")
+
     compact = commands.add_parser(
         "compact", help="merge the event files of each day over for a whole day into one"
     )
@@ -72,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         from bot.codes import generate_command
 
         return generate_command(args.count, args.prefix, args.length, Path(args.out), args.append)
+    if args.command == "redeem":
+        from pathlib import Path
+
+        from bot.codes import redeem_command
+
+        return redeem_command(Path(args.csv), args.campaign)
     if args.command == "compact":
         from bot.store import compact_command
 

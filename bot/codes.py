@@ -9,10 +9,12 @@ the line.
 
 from __future__ import annotations
 
+import csv
 import re
 import secrets
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 # Letters and digits a cashier cannot misread: no O/0, no I/1/L.
@@ -106,4 +108,60 @@ def generate_command(count: int, prefix: str, length: int, out: Path, append: bo
             file.write("\n")
         file.writelines(f"{code}\n" for code in codes)
     print(f"{len(codes)} codes written to {out} ({len(existing) + len(codes)} in all)")
+    return 0
+
+
+def read_redemptions(path: Path, default_time: datetime) -> list[tuple[str, datetime]]:
+    """The (code, when) pairs of a till's export: a CSV file with a header naming a `code` column and,
+    optionally, `redeemed_at` (ISO 8601; a date or a time without a zone is UTC). Raises CodesError naming the
+    file and line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.DictReader(file)
+            rows = list(reader)
+            fields = reader.fieldnames or []
+    except FileNotFoundError:
+        raise CodesError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CodesError(f"{path}: cannot read it: {exc}") from None
+    if "code" not in fields:
+        raise CodesError(f"{path}: line 1: no `code` column (the header names {', '.join(fields) or 'none'})")
+    used = []
+    for number, row in enumerate(rows, start=2):
+        code = (row.get("code") or "").strip()
+        if not code:
+            raise CodesError(f"{path}: line {number}: no code")
+        when = (row.get("redeemed_at") or "").strip()
+        try:
+            at = datetime.fromisoformat(when) if when else default_time
+        except ValueError:
+            raise CodesError(f"{path}: line {number}: redeemed_at {when!r} is not an ISO 8601 time") from None
+        used.append((code, at if at.tzinfo else at.replace(tzinfo=UTC)))
+    return used
+
+
+def redeem_command(path: Path, campaign_id: str | None) -> int:
+    """`python -m bot redeem --csv FILE`: mark the codes of a till's export used, then write the events."""
+    from bot.config import ConfigError, Mode, Settings
+    from bot.database import Database, DatabaseError
+    from bot.flusher import FlushError, flush_once
+    from bot.store import FileStore
+
+    try:
+        settings = Settings.from_env(mode=Mode.LOCAL)  # only the store's settings are read
+        if campaign_id is None:
+            from bot.campaign import load_campaign
+
+            campaign_id = load_campaign(settings.campaign).id
+        used = read_redemptions(path, datetime.now(UTC))
+        database = Database.open(settings.database, Path(settings.data))
+        try:
+            counts = database.redeem_codes(campaign_id, used)
+            flush_once(database, FileStore(settings.data))
+        finally:
+            database.close()
+    except (ConfigError, CodesError, DatabaseError, FlushError, ValueError) as exc:
+        print(f"promobot redeem: {exc}", file=sys.stderr)
+        return 1
+    print(f"{counts['new']} redeemed now, {counts['already']} already redeemed, {counts['unknown']} unknown")
     return 0

@@ -479,6 +479,18 @@ class Database:
                 cursor.execute(_INSERT_EVENT, _event_values(redeemed_event(state, now)))
             return state
 
+    def redeem_codes(self, campaign_id: str, used: Sequence[tuple[str, datetime]]) -> dict[str, int]:
+        """Mark codes used as a till's export lists them, (code, when), in one transaction, each new one with
+        its `coupon_redeemed` event; returns how many were new, already used and unknown. Blocking."""
+        counts = {"new": 0, "already": 0, "unknown": 0}
+        with self._transaction() as cursor:
+            for code, at in used:
+                outcome, state = pool.redeem_code(cursor, campaign_id, code, _micros(at))
+                counts[outcome] += 1
+                if state is not None:
+                    cursor.execute(_INSERT_EVENT, _event_values(redeemed_event(state, at)))
+        return counts
+
     def prune_seen(self, retention: timedelta = SEEN_RETENTION) -> int:
         """Forget seen marks older than `retention`; returns how many. Blocking."""
         with self._transaction() as cursor:

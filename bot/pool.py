@@ -141,6 +141,23 @@ def redeem(cursor: Any, token: str, now_us: int) -> CodeState | None:
     return None if row is None else CodeState(*row)
 
 
+def redeem_code(cursor: Any, campaign_id: str, code: str, at_us: int) -> tuple[str, CodeState | None]:
+    """Mark `code` used at `at_us` as a till's export says: "new", "already" (used before) or "unknown"
+    (not in the pool, or never handed out), with the code's state when it was new."""
+    cursor.execute(
+        "UPDATE codes SET redeemed_at = ? WHERE campaign_id = ? AND code = ? AND customer_id IS NOT NULL"
+        f" AND redeemed_at IS NULL RETURNING {_STATE}",
+        (at_us, campaign_id, code),
+    )
+    row = cursor.fetchone()
+    if row is not None:
+        return "new", CodeState(*row)
+    state = find(cursor, campaign_id=campaign_id, code=code)
+    if state is None or state.customer_id is None:
+        return "unknown", None
+    return "already", None
+
+
 def _handed_to(cursor: Any, campaign_id: str, customer_id: str) -> tuple[str, str, int | None] | None:
     cursor.execute(
         "SELECT code, token, expires_at FROM codes WHERE campaign_id = ? AND customer_id = ?",

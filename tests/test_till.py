@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 
 import httpx
@@ -17,6 +20,8 @@ from bot.facts import ButtonStep, EventName
 from bot.flow import button_payload
 from bot.till import CLIENT_FAILURES, CSRF_COOKIE
 from tests import payloads
+from tests.bot_process import stored_events
+from tests.conftest import REPO
 from tests.test_app import Platform, post, running, settings_for, single_use_home
 
 pytestmark = pytest.mark.anyio
@@ -170,3 +175,61 @@ def test_two_tills_pressing_at_once_redeem_a_code_once(postgres_database_url, tm
 
     assert sum(result is not None for result in results) == 1
     assert [event.event for event in redeemed].count(EventName.COUPON_REDEEMED) == 1
+
+
+def test_a_till_export_marks_codes_used_once_and_says_what_it_did(tmp_path):
+    data = single_use_home(tmp_path, ["SPR-AAAA2222", "SPR-BBBB3333", "SPR-CCCC4444"])
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PROMOBOT_") and k != "DATABASE_URL"},
+        "PROMOBOT_DATA": str(data),
+        "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
+    }
+    database = Database.open(None, data)
+    campaign = load_campaign(data / "campaign.toml")
+    database.add_codes(campaign.id, ["SPR-AAAA2222", "SPR-BBBB3333", "SPR-CCCC4444"], lambda at: None)
+    from tests.test_pool import reveal
+
+    for customer in ("7501", "7502"):  # two codes handed out, the third not
+        asyncio.run(database.record(*reveal(customer)))
+    database.redeem(database.find_code(campaign_id=campaign.id, code="SPR-BBBB3333").token)  # at the till
+    database.close()
+    export = tmp_path / "till-export.csv"
+    export.write_text(
+        "code,redeemed_at,amount\nSPR-AAAA2222,2026-11-28T15:02:00+01:00,12.50\nSPR-BBBB3333,,9\n"
+        "SPR-CCCC4444,,3\nNOPE-0000,,1\n"
+    )
+    command = [sys.executable, "-m", "bot", "redeem", "--csv", str(export)]
+
+    first = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    again = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert first.stdout.strip() == "1 redeemed now, 1 already redeemed, 2 unknown", first.stderr
+    assert again.stdout.strip() == "0 redeemed now, 2 already redeemed, 2 unknown"
+    redeemed = [row for row in stored_events(data) if row["event"] == "coupon_redeemed"]
+    assert sorted((row["customer_id"], row["ts"].isoformat()) for row in redeemed)[0] == (
+        "7501",
+        "2026-11-28T14:02:00+00:00",
+    )
+    assert len(redeemed) == 2  # the till's and the export's
+
+
+def test_a_till_export_without_a_code_column_is_refused_naming_the_file(tmp_path):
+    data = single_use_home(tmp_path, ["SPR-AAAA2222"])
+    export = tmp_path / "export.csv"
+    export.write_text("voucher,when\nSPR-AAAA2222,\n")
+    env = {**os.environ, "PROMOBOT_DATA": str(data), "PROMOBOT_CAMPAIGN": str(data / "campaign.toml")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "redeem", "--csv", str(export)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"{export}: line 1: no `code` column" in result.stderr

@@ -433,7 +433,7 @@ def wait_idle(server: Server, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         health = httpx.get(f"http://127.0.0.1:{server.port}/healthz").json()
-        if health["replies_in_flight"] == 0 and replies_owed(server.store) == 0:
+        if health["replies_owed"] == 0 and replies_owed(server.store) == 0:
             return
         time.sleep(0.1)
     raise SystemExit(f"{LABELS[server.name]} still owed replies after {timeout_s:.0f} s")

@@ -35,7 +35,7 @@ from bot.flusher import Flusher
 from bot.graph import GraphClient, RetryPolicy
 from bot.messenger import SIGNATURE_HEADER, MalformedBody, parse_body, verify_signature
 from bot.replies import Replier
-from bot.sender import LEASE_MARGIN_S, Sender
+from bot.sender import IDLE_POLL_S, LEASE_MARGIN_S, Sender, SenderProcess, release_leases
 from bot.simulator import GraphStandIn, simulator_routes
 from bot.store import FileStore
 from bot.till import till_routes
@@ -56,7 +56,8 @@ class Runtime:
     settings: Settings
     campaign: Campaign
     database: Database
-    sender: Sender
+    sender: Sender  # sends here on Lambda (inline) and in local mode; a server's is a process of its own
+    sender_runs_here: bool
     flusher: Flusher
     app_secret: str
     verify_token: str
@@ -119,6 +120,29 @@ def load_pool(database: Database, campaign: Campaign, campaign_dir: Path, settin
         )
 
 
+def build_sender(
+    settings: Settings,
+    campaign: Campaign,
+    database: Database,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    retry: RetryPolicy | None = None,
+    poll_s: float = IDLE_POLL_S,
+) -> Sender:
+    """The sender of `settings`' replies: its Graph client, its Replier, and a lease longer than a reply can
+    take (a profile lookup and a send, each within the retry deadline)."""
+    graph = graph_client(settings, transport, retry)
+    replier = Replier(
+        campaign,
+        graph,
+        image_url=image_url(settings, campaign),
+        till_url=settings.public_url,
+        max_age_s=settings.reply_max_age_s,
+    )
+    lease = timedelta(seconds=2 * graph.retry.deadline_s + LEASE_MARGIN_S)
+    return Sender(database, replier, lease=lease, poll_s=poll_s)
+
+
 def check_no_legacy_wal(settings: Settings) -> None:
     """Refuse to start over events an earlier promobot left unflushed in its write-ahead log.
 
@@ -164,33 +188,30 @@ def create_app(
                 settings.public_url,
             )
         database = await asyncio.to_thread(Database.open, settings.database, Path(settings.data))
-        graph = graph_client(settings, graph_transport or stand_in, retry)
         if campaign.single_use:
             await asyncio.to_thread(load_pool, database, campaign, campaign_dir, settings)
-        replier = Replier(
-            campaign,
-            graph,
-            image_url=image_url(settings, campaign),
-            till_url=settings.public_url,
-            max_age_s=settings.reply_max_age_s,
+        sender = build_sender(
+            settings, campaign, database, transport=graph_transport or stand_in, retry=retry
         )
-        # Longer than a reply can take (a profile lookup and a send, each within the retry deadline).
-        lease = timedelta(seconds=2 * graph.retry.deadline_s + LEASE_MARGIN_S)
-        sender = Sender(database, replier, lease=lease)
-        if database.engine.name == "sqlite":
-            # This process is the store's only user: what a previous run had claimed is owed now.
-            released = await asyncio.to_thread(database.release_leases)
-            if released:
-                log.info("%d replies owed from before the last stop; sending them now", released)
         flusher = Flusher(database, FileStore(settings.data), interval_s=settings.flush_seconds).start()
+        # Where replies are sent: inside the invocation on Lambda; in a process of its own for a server (its
+        # Graph API calls then never take the event loop's time from acknowledging webhooks), unless the
+        # caller gives a transport, which only this process has (tests; local mode's stand-in).
         send_inline = settings.mode is Mode.LAMBDA
-        if not send_inline:
+        in_process = not send_inline and (settings.mode is Mode.LOCAL or graph_transport is not None)
+        process = SenderProcess() if not send_inline and not in_process else None
+        if in_process:
+            if database.engine.name == "sqlite":
+                await release_leases(database)
             sender.start()
+        elif process is not None:
+            await process.start()
         app.state.runtime = Runtime(
             settings=settings,
             campaign=campaign,
             database=database,
             sender=sender,
+            sender_runs_here=in_process,
             flusher=flusher,
             app_secret=settings.app_secret,
             verify_token=settings.verify_token,
@@ -206,8 +227,10 @@ def create_app(
             )
             yield
         finally:
+            if process is not None:
+                await process.close(SHUTDOWN_REPLY_GRACE_S)
             await sender.close(SHUTDOWN_REPLY_GRACE_S)
-            await graph.aclose()
+            await sender.replier.graph.aclose()
             await asyncio.to_thread(flusher.close)
             await asyncio.to_thread(database.close)
             log.info("promobot stopped; events flushed")
@@ -312,8 +335,8 @@ class WebhookReceiver:
             if runtime.send_inline:
                 with contextlib.suppress(DatabaseError):  # owed in the outbox: the next invocation sends them
                     await runtime.sender.send_due()
-            else:
-                runtime.sender.wake()
+            elif runtime.sender_runs_here:
+                runtime.sender.wake()  # a sender process looks for work by itself
         return ACKNOWLEDGED
 
 
@@ -335,7 +358,6 @@ async def healthz(request: Request) -> Response:
         "status": "ok",
         "campaign": runtime.campaign.id,
         "replies_owed": owed,
-        "replies_in_flight": runtime.sender.pending,
     }
     if runtime.flusher.last_error is not None:
         # Events wait in the store meanwhile: the bot still works, the dashboard falls behind.

@@ -531,11 +531,18 @@ class Database:
             cursor.execute("UPDATE outbox SET due_at = ? WHERE due_at > ?", (now, now))
             return cursor.rowcount
 
-    def complete_many(self, outcomes: Sequence[tuple[str, Event]]) -> int:
-        """`complete` for each (reply id, outcome), in one transaction; returns how many were still owed.
-        Blocking."""
+    def complete_many(
+        self, outcomes: Sequence[tuple[str, Event]], retries: Sequence[tuple[str, datetime]] = ()
+    ) -> int:
+        """`complete` for each (reply id, outcome) and `retry` for each (reply id, when), in one transaction;
+        returns how many outcomes were still owed. Blocking."""
         completed = 0
         with self._transaction() as cursor:
+            if retries:
+                cursor.executemany(
+                    "UPDATE outbox SET due_at = ? WHERE reply_id = ?",
+                    [(_micros(at), rid) for rid, at in retries],
+                )
             for reply_id, outcome in outcomes:
                 cursor.execute("DELETE FROM outbox WHERE reply_id = ?", (reply_id,))
                 if cursor.rowcount:

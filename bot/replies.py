@@ -18,6 +18,7 @@ from bot.messenger import send_body
 log = logging.getLogger(__name__)
 
 Record = Callable[[Reply, Event], None]  # gets each reply's outcome as soon as it has one
+Postpone = Callable[[Reply, SendError], None]  # gets a reply whose send failed for now (transient error)
 MESSAGE_CACHE_SIZE = 4096  # rendered messages kept: one per reply kind, and one welcome per first name
 
 
@@ -28,11 +29,14 @@ def utc_now() -> datetime:
 class _Answer:
     """The replies to one event, sent one after the other, each outcome to `record`."""
 
-    __slots__ = ("attempts", "done", "index", "record", "replies")
+    __slots__ = ("attempts", "done", "index", "postpone", "record", "replies")
 
-    def __init__(self, replies: list[Reply], record: Record, done: Callable[[], None] | None) -> None:
+    def __init__(
+        self, replies: list[Reply], record: Record, done: Callable[[], None] | None, postpone: Postpone | None
+    ) -> None:
         self.replies = replies
         self.record = record
+        self.postpone = postpone  # None: a transient failure is an outcome like any other
         self.done = done  # called once every reply has its outcome
         self.index = 0
         self.attempts: Attempts | None = None  # the Graph API call under way
@@ -70,17 +74,19 @@ class Replier:
     def pending(self) -> int:
         return len(self._active) + len(self._queued)
 
-    def start(self, replies: Iterable[Reply], record: Record) -> None:
+    def start(self, replies: Iterable[Reply], record: Record, postpone: Postpone | None = None) -> None:
         """Send in the background. Replies to one event go out in order (thank-you text, then image).
 
         At most `concurrency` events are answered at once, however many are waiting: a reply's deadline
         starts when its turn comes, so a backlog (after a restart, say) does not make them expire in the
-        Graph client's queue. The client below queues their calls and batches them.
+        Graph client's queue. The client below queues their calls and batches them. With `postpone`, a reply
+        that failed only for now (the Graph API down or slow past the retry deadline) goes there instead of
+        to `record`, and the event's later replies are not sent.
         """
-        self._enqueue(by_event(replies), record, None)
+        self._enqueue(by_event(replies), record, None, postpone)
 
-    async def send(self, replies: Iterable[Reply], record: Record) -> None:
-        """Send now: returns once every reply has its outcome (given to `record`)."""
+    async def send(self, replies: Iterable[Reply], record: Record, postpone: Postpone | None = None) -> None:
+        """Send now: returns once every reply has its outcome (to `record`, or `postpone`: see `start`)."""
         groups = by_event(replies)
         if not groups:
             return
@@ -93,12 +99,18 @@ class Replier:
             if remaining == 0 and not finished.done():
                 finished.set_result(None)
 
-        self._enqueue(groups, record, done)
+        self._enqueue(groups, record, done, postpone)
         await finished
 
-    def _enqueue(self, groups: list[list[Reply]], record: Record, done: Callable[[], None] | None) -> None:
+    def _enqueue(
+        self,
+        groups: list[list[Reply]],
+        record: Record,
+        done: Callable[[], None] | None,
+        postpone: Postpone | None,
+    ) -> None:
         for group in groups:
-            self._queued.append(_Answer(group, record, done))
+            self._queued.append(_Answer(group, record, done, postpone))
         self._admit()
 
     def _admit(self) -> None:
@@ -162,6 +174,16 @@ class Replier:
         return message
 
     def _sent(self, answer: _Answer, reply: Reply, outcome: str | SendError | None) -> None:
+        if isinstance(outcome, SendError) and outcome.transient and answer.postpone is not None:
+            log.info("%s reply not sent for now (%s): trying again later", reply.kind, outcome.reason)
+            answer.attempts = None
+            answer.index = len(answer.replies)  # the event's later replies wait for this one
+            try:
+                answer.postpone(reply, outcome)
+            except Exception:
+                log.exception("could not postpone a %s reply", reply.kind)
+            self._next(answer)
+            return
         if isinstance(outcome, SendError):
             log.warning(
                 "%s reply not sent: %s (code %s, subcode %s)",

@@ -3,6 +3,7 @@ local-mode bot that `python -m bot run-local` starts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import httpx
+import psutil
 
 from bot.config import Mode
 from bot.messenger import sign
@@ -99,9 +101,18 @@ class BotProcess:
         return status
 
     def kill(self) -> None:
+        """SIGKILL to the server and the processes it started (its sender): the machine or dyno dies."""
         assert self.process is not None
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
         self.process.kill()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
         self.process.wait(timeout=30)
+        psutil.wait_procs(children, timeout=30)
         self.client.close()
 
     def __enter__(self) -> BotProcess:

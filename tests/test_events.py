@@ -31,8 +31,9 @@ def make(**overrides):
 
 
 def test_event_names_are_the_designed_ones():
-    # DESIGN.md's eleven, plus `code_sent`: the code shown after a reveal is a reply like the others, and
-    # every reply ends in an event (which is how replies owed after a crash are found).
+    # DESIGN.md's eleven, plus `code_sent` (the code shown after a reveal is a reply like the others, and
+    # every reply ends in an event), and single-use codes' three: a pool found empty, the message saying
+    # so, and a code used at the till.
     assert {str(n) for n in EventName} == {
         "conversation_started",
         "welcome_sent",
@@ -46,6 +47,9 @@ def test_event_names_are_the_designed_ones():
         "message_read",
         "text_received",
         "send_failed",
+        "coupon_pool_empty",
+        "all_gone_sent",
+        "coupon_redeemed",
     }
 
 

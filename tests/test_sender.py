@@ -6,7 +6,7 @@ import asyncio
 import collections
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -213,3 +213,28 @@ async def test_a_sender_woken_as_it_is_closed_stops(database):
         await asyncio.sleep(0.01)  # waiting for work
         sender.wake()  # work arrives as the server stops
         await asyncio.wait_for(sender.close(1), 5)
+
+
+async def test_a_reply_the_graph_api_cannot_take_for_now_is_sent_later_not_failed(url, tmp_path):
+    from tests.test_database import Clock
+
+    clock = Clock(datetime.now(UTC))
+    database = await asyncio.to_thread(Database.open, url, tmp_path, clock=clock)
+    down = {"error": {"code": 2, "message": "Service temporarily unavailable", "is_transient": True}}
+    platform = Platform(refuse=down)
+    replier = Replier(CAMPAIGN, graph_over(platform), image_url="", max_age_s=3600, clock=clock)
+    sender = Sender(database, replier, lease=LEASE)
+    await click(database, "7010")
+
+    await sender.send_due()  # the platform is down: retried within the deadline, then put off
+    assert platform.messages["7010"]  # it was tried
+    assert await asyncio.to_thread(database.owed) == 1
+    assert not await asyncio.to_thread(database.due)  # not before its pause
+    clock.advance(timedelta(seconds=11))
+    platform.refuse = None  # the platform is back
+    await sender.send_due()
+    await sender.close(1)
+    stored = await asyncio.to_thread(buffered, database)
+    await asyncio.to_thread(database.close)
+
+    assert [str(e.event) for e in stored] == ["conversation_started", "welcome_sent"]  # no send_failed

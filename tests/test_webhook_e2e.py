@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from bot.events import message_digest
@@ -235,7 +236,7 @@ def test_every_step_of_the_conversation(bot, graph, data):
 
 def wait_until_idle(bot: BotProcess, timeout_s: float = 15) -> None:
     deadline = time.monotonic() + timeout_s
-    while bot.client.get("/healthz").json()["replies_in_flight"]:
+    while bot.client.get("/healthz").json()["replies_owed"]:
         assert time.monotonic() < deadline, "replies still in flight"
         time.sleep(0.02)
 
@@ -392,3 +393,27 @@ def test_a_reply_owed_when_the_bot_died_is_sent_after_restart(data, graph):
     failed = next(e for e in events if e["customer_id"] == "3002" and e["event"] == "send_failed")
     assert "expired" in json.loads(failed["detail"])["reason"]
     assert graph.messages_to("3002") == []
+
+
+def test_replies_go_on_when_the_sender_process_dies(bot, graph, data):
+    # `python -m bot serve` sends replies from a process of its own; kill it and the server starts another.
+    [sender] = psutil.Process(bot.process.pid).children()
+    assert "bot.sender" in " ".join(sender.cmdline())
+    graph.script_sends("5001", Answer(delay_s=2))  # in flight when the sender dies: sent by the next one
+    bot.post(payloads.envelope(payloads.postback("5001", "GET_STARTED")))
+    deadline = time.monotonic() + 15
+    while graph.attempts.get("5001", 0) == 0:  # the sender is waiting on the Graph API
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    sender.kill()
+    bot.post(payloads.envelope(payloads.postback("5002", "GET_STARTED")))
+
+    graph.wait_for("5002", 1)
+    graph.wait_for("5001", 1, timeout_s=60)  # once the dead sender's lease runs out
+    wait_until_idle(bot)
+    assert bot.stop() == 0
+    assert not psutil.pid_exists(sender.pid) or psutil.Process(sender.pid).status() == psutil.STATUS_ZOMBIE
+    events = stored_events(data)
+    assert by_customer(events, "5001") == ["conversation_started", "welcome_sent"]
+    assert by_customer(events, "5002") == ["conversation_started", "welcome_sent"]

@@ -151,7 +151,9 @@ def test_a_later_release_upgrades_the_schema_once_and_in_order(store: Store) -> 
     store.open(migrations=(*MIGRATIONS, STEP_THREE, STEP_TWO)).close()  # listed out of order
     store.open(migrations=(*MIGRATIONS, STEP_TWO, STEP_THREE)).close()
 
-    versions = [version for (version,) in store.rows("SELECT version FROM schema_migrations ORDER BY version")]
+    versions = [
+        version for (version,) in store.rows("SELECT version FROM schema_migrations ORDER BY version")
+    ]
     assert versions == [*(step.version for step in MIGRATIONS), NEXT, NEXT + 1]
     assert store.rows("SELECT till_id, name FROM tills") == [("t1", "front desk")]
 
@@ -208,7 +210,9 @@ def test_processes_opening_at_once_apply_a_step_once(store: Store, tmp_path: Pat
 
     assert outcomes == [(0, "")] * 4
     assert store.rows("SELECT count(*) FROM numbers") == [(50000,)]
-    versions = [version for (version,) in store.rows("SELECT version FROM schema_migrations ORDER BY version")]
+    versions = [
+        version for (version,) in store.rows("SELECT version FROM schema_migrations ORDER BY version")
+    ]
     assert versions == [*(step.version for step in MIGRATIONS), NEXT]
 
 

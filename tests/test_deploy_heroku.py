@@ -16,7 +16,6 @@ import boto3
 import httpx
 import pyarrow.dataset as ds
 import pytest
-from moto.server import ThreadedMotoServer
 
 from bot.messenger import sign
 from bot.store import open_filesystem
@@ -29,15 +28,6 @@ from tests.ports import free_port
 pytestmark = pytest.mark.e2e
 
 BUCKET = "promobot-heroku"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from pathlib import Path
 import boto3
 import pyarrow.dataset as ds
 import pytest
-from moto.server import ThreadedMotoServer
 
 from bot.messenger import sign
 from bot.store import open_filesystem
@@ -28,7 +27,6 @@ from tests import payloads
 from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN
 from tests.conftest import REPO, TEST_DATA
 from tests.fake_graph import Answer, FakeGraph
-from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -84,15 +82,6 @@ def package(tmp_path_factory) -> Path:
         check=True,
     )
     return root / "lambda"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture

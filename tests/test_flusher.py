@@ -20,7 +20,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 import analytics
 from bot.database import SEEN_RETENTION, Database
@@ -31,7 +30,6 @@ from bot.flusher import Flusher, FlushError, flush_once
 from bot.store import FileStore
 from tests import builders
 from tests.conftest import REPO
-from tests.ports import free_port
 from tests.test_database import BOT_T0, Clock
 
 PAGE, CAMPAIGN = builders.PAGE, builders.CAMPAIGN
@@ -40,15 +38,6 @@ PAGE, CAMPAIGN = builders.PAGE, builders.CAMPAIGN
 PLATFORM_T0 = datetime(2026, 3, 14, 23, 59, 50, tzinfo=UTC)
 DAY_ONE, DAY_TWO = date(2026, 3, 14), date(2026, 3, 15)
 DEADLINE_S = 30.0
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -8,24 +8,13 @@ from datetime import UTC, date, datetime, timedelta
 import boto3
 import pyarrow.dataset as ds
 import pytest
-from moto.server import ThreadedMotoServer
 
 from bot.database import Database
 from bot.events import Event
 from bot.flusher import FlushError, flush_once
 from bot.store import FileStore, compact, open_filesystem, write_events
-from tests.ports import free_port
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture

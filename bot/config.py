@@ -31,7 +31,7 @@ class Mode(StrEnum):
 _PLATFORM_SECRETS = ("PROMOBOT_APP_SECRET", "PROMOBOT_VERIFY_TOKEN", "PROMOBOT_PAGE_TOKEN")
 
 
-SQLITE_FILE = "promobot.sqlite3"
+SQLITE_FILE = "promobot.sqlite3"  # the store's file, in the data directory unless a URL says otherwise
 LOCAL_STAFF_PIN = "0000"  # local mode's till PIN, unless PROMOBOT_STAFF_PIN says otherwise
 MESSAGING_WINDOW_S = 24 * 3600.0  # how long after a customer's message the page may answer it (RESPONSE)
 

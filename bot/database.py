@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from bot import pool
+from bot.config import SQLITE_FILE
 from bot.events import Event
 from bot.facts import EventName
 from bot.flow import IssuedCode, Reply, ReplyKind
 from bot.migrations import MIGRATIONS, Migration, migrate
 
-SQLITE_FILE = "promobot.sqlite3"
 SEEN_RETENTION = timedelta(days=7)  # Messenger redelivers an unacknowledged webhook for at most a day
 CONNECT_TIMEOUT_S = 5  # PostgreSQL: seconds to wait for a connection, unless the URL says otherwise
 BUSY_TIMEOUT_S = 10.0  # SQLite: how long a writer waits for another process's transaction

@@ -22,6 +22,7 @@ STEP_COLORS = {
     FunnelStep.COUPON_REQUESTED: "#54a24b",
     FunnelStep.COUPON_SEEN: "#eeca3b",
     FunnelStep.COUPON_REVEALED: "#f58518",
+    FunnelStep.REDEEMED: "#e45756",
     FunnelStep.DECLINED: "#b279a2",
     EventName.CONVERSATION_STARTED: "#9d755d",
 }
@@ -105,8 +106,9 @@ def timeline_chart(timeline: pa.Table) -> alt.Chart:
     return _style(chart, "By day")
 
 
-def cohort_heatmap(cohorts: pa.Table) -> alt.Chart:
-    """Share of each cohort who revealed the code, period by period; incomplete periods are faded."""
+def cohort_heatmap(cohorts: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> alt.Chart:
+    """Share of each cohort who reached `step` (the cohorts' step: revealed the code by default), period by
+    period; incomplete periods are faded."""
     rows = _records(cohorts)
     for row in rows:
         row["text"] = f"{row['share'] * 100:.0f}%"
@@ -117,7 +119,7 @@ def cohort_heatmap(cohorts: pa.Table) -> alt.Chart:
     cells = base.mark_rect().encode(
         color=alt.Color(
             "share:Q",
-            title="Revealed",
+            title=STEP_LABELS[step],
             scale=alt.Scale(scheme="oranges", domain=[0, 1]),
             legend=alt.Legend(format="%", orient="bottom"),
         ),
@@ -125,7 +127,8 @@ def cohort_heatmap(cohorts: pa.Table) -> alt.Chart:
         tooltip=["cohort:O", "period:O", "customers:Q", alt.Tooltip("share:Q", format=".1%"), "complete:N"],
     )
     text = base.mark_text(fontSize=11).encode(text="text:N")
-    return _style(alt.layer(cells, text), "Cohorts: share who revealed the code", width=420)
+    title = f"Cohorts: {STEP_LABELS[step].lower()}"
+    return _style(alt.layer(cells, text), title, width=420)
 
 
 def buttons_chart(buttons: pa.Table) -> alt.Chart:

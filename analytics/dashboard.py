@@ -1,6 +1,7 @@
 """The business's dashboard: widgets over the analytics API, shown by Voilà from its notebook (package data).
 
-KPI tiles, funnel, timeline, cohort heatmap, buttons and a per-campaign comparison; filters for campaign and
+KPI tiles, warnings when a campaign's single-use codes run low or ran out, funnel, timeline, cohort heatmap
+(of reveals or of codes used at the till), buttons and a per-campaign comparison; filters for campaign and
 dates; a refresh button; CSV downloads of the tables shown. Charts are SVG drawn on the server by vl-convert,
 so the page needs no internet. Only the analytics API is used: no SQL of its own.
 """
@@ -22,14 +23,17 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from analytics import charts
+from analytics.pools import CodePools, PoolLevel
 from analytics.query import Events
 from analytics.report import kpi_texts, kpis
+from bot.facts import STEP_LABELS, FunnelStep
 
 # Package data, like the Voilà template beside it: an installed package (a wheel, the container image) has
 # them too. notebooks/dashboard.ipynb links here for analysts who open it in JupyterLab.
 SHARE = Path(__file__).resolve().with_name("share")
 NOTEBOOK = SHARE / "dashboard.ipynb"
 PRESETS = ("Last 7 days", "Last 30 days", "All time", "Custom")
+COHORT_STEPS = (FunnelStep.COUPON_REVEALED, FunnelStep.REDEEMED)
 
 STYLE = """
 <style>
@@ -42,6 +46,10 @@ STYLE = """
 .pb-table table { border-collapse: collapse; font-size: 13px; }
 .pb-table td, .pb-table th { border-bottom: 1px solid #e4e6eb; padding: 3px 10px; text-align: left; }
 .pb-row { display: flex; flex-flow: row wrap; }
+.pb-pools { margin: 4px 0 8px; font-size: 14px; }
+.pb-pool { padding: 6px 12px; margin: 4px 0; border-radius: 8px; background: #f0f2f5; color: #1c1e21; }
+.pb-pool[data-pool-state="low"] { background: #fff4e5; color: #663c00; }
+.pb-pool[data-pool-state="gone"] { background: #fdecea; color: #611a15; font-weight: 600; }
 .pb-first-paint { padding: 0 16px; }
 .pb-first-paint .pb-note { color: #65676b; font-size: 13px; }
 </style>
@@ -86,6 +94,38 @@ def kpi_tiles_html(figures: dict, attribute: str = "data-kpi") -> str:
     )
 
 
+def pools_html(levels: list[PoolLevel], empty: pa.Table, problem: str | None = None) -> str:
+    """A line per campaign with single-use codes (how many are left; a warning when few or none are), and
+    the reveals that found its codes all handed out (`empty`: Events.pool_empty)."""
+    refused = {row["campaign_id"]: row for row in empty.to_pylist()}
+    lines = []
+    for level in levels:
+        state = "gone" if level.gone else "low" if level.low else "ok"
+        text = f"<b>{html.escape(level.campaign_id)}</b>: {level.free:,} of {level.total:,} codes left"
+        if state != "ok":
+            text = ("No codes left" if level.gone else "Codes running low") + f" — {text}. Add codes to the "
+            text += "campaign's codes file and restart the bot"
+        lines.append((level.campaign_id, state, text))
+    for campaign, row in refused.items():
+        known = next((i for i, (c, _, _) in enumerate(lines) if c == campaign), None)
+        told = (
+            f"{row['reveals']:,} reveals found no code left ({row['customers']:,} customers got the "
+            f"“all gone” message), the first at {row['first_seen']:%Y-%m-%d %H:%M} UTC"
+        )
+        if known is None:
+            lines.append((campaign, "gone", f"<b>{html.escape(campaign)}</b>: {told}"))
+        else:
+            campaign, state, text = lines[known]
+            lines[known] = (campaign, state, f"{text}. {told}")
+    notes = "".join(
+        f'<div class="pb-pool" data-pool="{html.escape(campaign)}" data-pool-state="{state}">{text}.</div>'
+        for campaign, state, text in lines
+    )
+    if problem:
+        notes += f'<div class="pb-pool" data-pool-state="unknown">{html.escape(problem)}</div>'
+    return f'<div class="pb-pools">{notes}</div>' if notes else ""
+
+
 def csv_link(name: str, table: pa.Table) -> str:
     buffer = io.BytesIO()
     pacsv.write_csv(table, buffer)
@@ -111,10 +151,11 @@ class Dashboard:
     it is shown at once when someone opens the page.
     """
 
-    def __init__(self, events: Events) -> None:
+    def __init__(self, events: Events, pools: CodePools | None = None) -> None:
         import ipywidgets as w
 
         self.events = events
+        self.code_pools = pools if pools is not None else CodePools.of(events.source)
         self.campaign = w.Dropdown(description="Campaign", options=[("All campaigns", None)])
         self.preset = w.ToggleButtons(options=PRESETS, value="Last 30 days", description="Dates")
         self.start = w.DatePicker(description="From", disabled=True)
@@ -122,6 +163,10 @@ class Dashboard:
         self.refresh_button = w.Button(description="Refresh", icon="refresh", button_style="primary")
         self.status = w.HTML()
         self.kpis = w.HTML()
+        self.pools = w.HTML()
+        self.cohort_step = w.ToggleButtons(
+            options=[(STEP_LABELS[step], step) for step in COHORT_STEPS], description="Cohorts"
+        )
         self.funnel = w.HTML()
         self.timeline = w.HTML()
         self.cohorts = w.HTML()
@@ -134,6 +179,7 @@ class Dashboard:
                 self.kpis,
                 w.HBox([self.funnel, self.buttons], layout=w.Layout(flex_flow="row wrap")),
                 self.timeline,
+                self.cohort_step,
                 w.HBox([self.cohorts, self.comparison], layout=w.Layout(flex_flow="row wrap")),
                 self.downloads,
             ]
@@ -147,6 +193,7 @@ class Dashboard:
                 w.HTML(STYLE + "<h2>Promotion dashboard</h2>"),
                 filters,
                 self.status,
+                self.pools,  # shown whatever the dates: a pool runs out today
                 self.empty,
                 self.body,
                 w.HTML(LIVE),  # last: the first paint stays until everything above is drawn
@@ -162,7 +209,7 @@ class Dashboard:
         self._quiet_in: int | None = None  # the thread setting controls itself: no update per control
 
         self.preset.observe(self._preset_changed, names="value")
-        for control in (self.campaign, self.start, self.end):
+        for control in (self.campaign, self.start, self.end, self.cohort_step):
             control.observe(lambda _change: self._quiet() or self.update(), names="value")
         self.refresh_button.on_click(lambda _button: self.refresh())
         self._list_campaigns()
@@ -243,10 +290,11 @@ class Dashboard:
         """The figures on show, laid out as the widgets lay them out, without the controls."""
         with self._shown_lock:
             if self._figures.get("reached", 0) == 0:
-                figures = self.empty.value
+                figures = self.pools.value + self.empty.value
             else:
                 figures = (
                     kpi_tiles_html(self._figures, attribute="data-first-paint-kpi")
+                    + self.pools.value
                     + f'<div class="pb-row">{self.funnel.value}{self.buttons.value}</div>'
                     + self.timeline.value
                     + f'<div class="pb-row">{self.cohorts.value}{self.comparison.value}</div>'
@@ -288,6 +336,7 @@ class Dashboard:
             f"<span data-scope>Showing {html.escape(chosen['campaign'] or 'all campaigns')}, "
             f"{scope}. Updated {datetime.now(UTC):%H:%M:%S} UTC.</span>"
         )
+        pools = self._pools(chosen)
         if figures["reached"] == 0:
             empty = (
                 '<div class="pb-empty"><b>No customers reached yet in this selection.</b><br>Once customers '
@@ -295,12 +344,18 @@ class Dashboard:
                 "press Refresh, or widen the dates.</div>"
             )
             return (
-                {self.empty: empty, self.status: status, self.kpis: kpi_tiles_html(figures)},
+                {
+                    self.empty: empty,
+                    self.status: status,
+                    self.pools: pools,
+                    self.kpis: kpi_tiles_html(figures),
+                },
                 figures,
                 chosen,
             )
         timeline = self.events.timeline(**chosen)
-        cohorts = self.events.cohorts("week", **chosen)
+        cohort_step = self.cohort_step.value
+        cohorts = self.events.cohorts("week", step=cohort_step, **chosen)
         buttons = self.events.buttons(**chosen)
         comparison = self._comparison(chosen)
         tables = {
@@ -313,16 +368,26 @@ class Dashboard:
         shown = {
             self.funnel: charts.to_svg(charts.funnel_chart(funnel)),
             self.timeline: charts.to_svg(charts.timeline_chart(timeline)),
-            self.cohorts: charts.to_svg(charts.cohort_heatmap(cohorts)) if cohorts.num_rows else "",
+            self.cohorts: charts.to_svg(charts.cohort_heatmap(cohorts, cohort_step))
+            if cohorts.num_rows
+            else "",
             self.buttons: charts.to_svg(charts.buttons_chart(buttons)) if buttons.num_rows else "",
             self.comparison: "<h3>Campaigns</h3>" + table_html(comparison),
             self.downloads: '<div class="pb-downloads">Download: '
             + " ".join(csv_link(name, table) for name, table in tables.items())
             + "</div>",
             self.status: status,
+            self.pools: pools,
             self.kpis: kpi_tiles_html(figures),  # last: tests and people read the tiles as "done"
         }
         return shown, figures, chosen
+
+    def _pools(self, chosen: dict) -> str:
+        """The chosen campaigns' codes left (from the bot's store) and reveals refused for want of one."""
+        campaigns = self.events.campaigns().column("campaign_id").to_pylist()
+        chosen_campaigns = [c for c in campaigns if chosen["campaign"] in (None, c)]
+        levels = self.code_pools.levels(chosen_campaigns)
+        return pools_html(levels, self.events.pool_empty(**chosen), self.code_pools.problem)
 
     def _comparison(self, chosen: dict) -> pa.Table:
         """Reached and the share revealing, per campaign, for the chosen dates."""

@@ -11,7 +11,7 @@ never written here as literals.
 from __future__ import annotations
 
 from analytics.filters import AnalyticsError
-from bot.facts import PREVIOUS_STEP, STEPS, EventName
+from bot.facts import PREVIOUS_STEP, STEPS, EventName, FunnelStep
 
 PERIODS = ("day", "week", "month")
 
@@ -75,6 +75,7 @@ _STEP_CODES = {
     _E.DECLINED: 3,
     _E.COUPON_SENT: 4,
     _E.COUPON_REVEALED: 5,
+    _E.COUPON_REDEEMED: 6,
 }
 _CODE_RANGE = 8
 _STEP_CODE = "case event " + " ".join(f"when '{e}' then {c}" for e, c in _STEP_CODES.items()) + " end"
@@ -143,6 +144,11 @@ after_request as (
            {_first(_E.COUPON_SENT, "requested", "$end_of_time")} as coupon_sent
     from answered
 ),
+after_reveal as (  -- the redemption on the bot's clock, the reveal on the platform's: an allowance
+    select *,
+           {_first(_E.COUPON_REDEEMED, "revealed - $allowance_us", "entry + $window_us")} as redeemed
+    from after_request
+),
 read_after as (  -- the first read of the coupon: the coupon is the page's first message after the Yes tap,
     select a.campaign_id, a.customer, min(r.read_us) as read_us  -- so a watermark past the tap covers it
     from after_request a                                          -- (both the platform's times); a coupon
@@ -158,8 +164,9 @@ journey_steps as (  -- one row per journey; each step's time or null
            a.requested as coupon_requested,
            {_earliest("a.revealed", "r.read_us")} as coupon_seen,
            a.revealed as coupon_revealed,
+           a.redeemed,
            a.declined
-    from after_request a
+    from after_reveal a
     left join read_after r on r.campaign_id = a.campaign_id and r.customer = a.customer
 )
 """
@@ -221,19 +228,23 @@ order by day, position
 """
 
 
-def cohorts(period: str) -> str:
-    """Customers by the period of their entry; who revealed the coupon in period k after it.
+def cohorts(period: str, step: str = FunnelStep.COUPON_REVEALED) -> str:
+    """Customers by the period of their entry; who reached `step` (revealed the coupon, by default) in
+    period k after it.
 
     Raises:
-        AnalyticsError: a period not in PERIODS (date_trunc needs it as a constant in the text).
+        AnalyticsError: a period not in PERIODS (date_trunc needs it as a constant in the text), or a step
+            not in STEPS (its column is named in the text).
     """
     if period not in PERIODS:
         raise AnalyticsError(f"period must be one of {', '.join(PERIODS)}, not {period!r}")
+    if step not in STEPS:
+        raise AnalyticsError(f"step must be one of {', '.join(STEPS)}, not {step!r}")
     truncate = f"date_trunc('{period}', make_timestamp(%s)::timestamptz at time zone $tz)"
     return f"""
     with members as (
         select customer, {truncate % "entry"} as cohort,
-               date_diff('{period}', {truncate % "entry"}, {truncate % "coupon_revealed_at"}) as revealed_in
+               date_diff('{period}', {truncate % "entry"}, {truncate % f"{step}_at"}) as converted_in
         from customer_steps
     ),
     sizes as (select cohort, count(*) as cohort_size from members group by cohort),
@@ -253,7 +264,7 @@ def cohorts(period: str) -> str:
            round(count(m.customer) / g.cohort_size, 4) as share,
            g.cohort + to_{period}s(cast(g.k + 1 as integer)) <= (select last_ts from horizon) as complete,
            g.cohort_size
-    from grid g left join members m on m.cohort = g.cohort and m.revealed_in = g.k
+    from grid g left join members m on m.cohort = g.cohort and m.converted_in = g.k
     group by g.cohort, g.k, g.cohort_size
     order by g.cohort, g.k
     """
@@ -274,6 +285,18 @@ from clicks
 order by clicks desc, button
 """
 
+# Reveals that found every single-use code handed out (each answered with `all_gone`), on days in the range.
+POOL_EMPTY = f"""
+select campaign_id, count(distinct event_id) as reveals, count(distinct customer_id) as customers,
+       min(ts) as first_seen, max(ts) as last_seen
+from raw_events
+where event = '{_E.COUPON_POOL_EMPTY}'
+  and ($campaign is null or campaign_id = $campaign)
+  and epoch_us(ts) >= $start_us and epoch_us(ts) < $end_us
+group by campaign_id
+order by campaign_id
+"""
+
 CAMPAIGNS = """
 select campaign_id, min(ts) as first_seen, max(ts) as last_seen, count(distinct customer_id) as customers
 from raw_events
@@ -292,6 +315,7 @@ __all__ = [
     "MERGE_JOURNEYS",
     "MULTI_CAMPAIGN_CUSTOMERS",
     "PERIODS",
+    "POOL_EMPTY",
     "PREVIOUS_STEP",
     "READS",
     "STEPS",

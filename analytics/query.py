@@ -18,7 +18,7 @@ import pyarrow as pa
 from analytics import definitions as sql
 from analytics.filters import Filters
 from bot.events import FILE_SCHEMA, PARTITION_COLUMN, SCHEMA
-from bot.facts import PREVIOUS_STEP, STEPS
+from bot.facts import PREVIOUS_STEP, STEPS, FunnelStep
 
 FUNNEL_SCHEMA = pa.schema(
     [
@@ -282,17 +282,24 @@ class Events:
         """
         return self._answer(sql.TIMELINE, Filters.of(filters, **keywords))
 
-    def cohorts(self, period: str = "week", filters: Filters | None = None, **keywords: Any) -> pa.Table:
-        """Customers grouped by the period (day, week, month) of their entry, and who revealed the coupon in
-        each period k after it.
+    def cohorts(
+        self,
+        period: str = "week",
+        filters: Filters | None = None,
+        *,
+        step: str = FunnelStep.COUPON_REVEALED,
+        **keywords: Any,
+    ) -> pa.Table:
+        """Customers grouped by the period (day, week, month) of their entry, and who reached `step` (revealed
+        the coupon; `redeemed`: used it at the till) in each period k after it.
 
         Returns:
             cohort, period, customers, share, complete, cohort_size; `complete` is false while period k has
             not ended before the last event in the data.
         Raises:
-            AnalyticsError: an unknown period.
+            AnalyticsError: an unknown period or step.
         """
-        return self._answer(sql.cohorts(period), Filters.of(filters, **keywords))
+        return self._answer(sql.cohorts(period, step), Filters.of(filters, **keywords))
 
     def buttons(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
         """Clicks per button on days in the range (the window does not apply).
@@ -301,6 +308,15 @@ class Events:
             button, clicks, customers, share, step (the event the click was stored as).
         """
         return self._answer(sql.BUTTONS, Filters.of(filters, **keywords))
+
+    def pool_empty(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
+        """Reveals that found a campaign's single-use codes all handed out, on days in the range (the window
+        does not apply).
+
+        Returns:
+            campaign_id, reveals, customers, first_seen, last_seen (one row per campaign that ran out).
+        """
+        return self._answer(sql.POOL_EMPTY, Filters.of(filters, **keywords))
 
     def journeys(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
         """One row per journey (a customer in a campaign) that entered the funnel.

@@ -17,14 +17,18 @@ from bot.facts import KPIS, FunnelStep, Kpi
 
 
 def kpis(funnel: pa.Table) -> dict[str, float | int]:
-    """Each headline figure of bot.facts.KPIS by its key: `reached` a count, the others % of reached."""
+    """Each headline figure of bot.facts.KPIS by its key: `reached` a count, the others % of the customers
+    at the step each is a share of (0.0 when there are none)."""
     counts = dict(zip(funnel.column("step").to_pylist(), funnel.column("customers").to_pylist(), strict=True))
-    reached = counts.get(FunnelStep.REACHED, 0)
 
-    def pct(step: str) -> float:
-        return round(100.0 * counts.get(step, 0) / reached, 1) if reached else 0.0
+    def pct(kpi: Kpi) -> float:
+        whole = counts.get(kpi.share_of, 0)
+        return round(100.0 * counts.get(kpi.step, 0) / whole, 1) if whole else 0.0
 
-    return {kpi.key: reached if kpi.step is FunnelStep.REACHED else pct(kpi.step) for kpi in KPIS}
+    return {
+        kpi.key: counts.get(FunnelStep.REACHED, 0) if kpi.step is FunnelStep.REACHED else pct(kpi)
+        for kpi in KPIS
+    }
 
 
 def kpi_texts(figures: dict[str, float | int]) -> list[tuple[Kpi, str]]:

@@ -3,14 +3,17 @@
 Customers arrive by Get Started (some through a QR code, a flyer or an ad), by a referral in an open thread,
 or by writing a message. Some answer at once, some late (a few after the conversion window), some never;
 some phones send no read receipts; a few sends fail; a few customers come back for a second journey; three
-campaigns overlap. Event ids, payloads and details have the shapes the bot gives them.
+campaigns overlap. Each campaign hands out single-use codes: a third to a half of them are used at the till,
+most within days, and the loyalty campaign's codes run out for its last two days. Event ids, payloads and
+details have the shapes the bot gives them.
 
 The two clocks are the platform's: each page message has the platform's time, somewhere inside the Send API
 call, and the bot stamps it when the call has answered, a round trip later. Customers' actions and receipts
 carry the platform's time, and a receipt's watermark is the platform's time of the last page message
 delivered or read. So a few customers tap *Yes* or *No* before the bot's stamp of the welcome, a second
 device may report reading the welcome after the coupon went out, and a read of the coupon has a watermark
-earlier than the bot's `coupon_sent`.
+earlier than the bot's `coupon_sent`. A code used at the till is stamped by the bot's clock when staff
+press *Redeem*, always after the code reached the customer.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ PAGE = "100000000000001"
 CAMPAIGNS = (("spring-sale", 0.55), ("summer-sale", 0.3), ("loyalty", 0.15))
 REFS = (("till-qr", 0.45), ("flyer", 0.2), ("ad-spring", 0.15), (None, 0.2))
 PARALLEL_FROM = 20_000  # customers; fewer are written by this process alone
+REDEEMED_SHARE = 0.42  # of the codes handed out
+CODES_GONE_DAYS = {"loyalty": 2}  # campaigns whose pool is empty for their last days
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = 1_000_000  # journeys keep time in microseconds: integer arithmetic is what makes 1M events quick
@@ -123,6 +128,15 @@ class _Journey:
         self.now = platform_ms * _MS
         return platform_ms, digest
 
+    def redeem_later(self) -> None:
+        """Staff redeem the code at the till: the bot's clock, minutes to days after the code arrived (a
+        week's validity), once per customer and campaign."""
+        rng = self.rng
+        # Some show the code at the till there and then (a QR code by the till); most come back another day.
+        minutes = rng.uniform(3, 60) if rng.random() < 0.3 else rng.uniform(2, 7 * 24) * 60
+        at = max(self.now, self.bot_free) + int(minutes * 60 * _SECOND)
+        self.record(f"{self.customer}.{self.campaign}.redeemed", EventName.COUPON_REDEEMED, at)
+
     def send_failed(self, answers: Event) -> None:
         start, rtt = self._call()
         self.bot_free = start + rtt
@@ -139,8 +153,11 @@ class _Journey:
         self.receipt(EventName.MESSAGE_READ, "rd", platform_ms)
 
 
-def journey(rng: random.Random, customer: str, start_us: int, campaign: str) -> Journey:
-    """One customer's conversation, from how it started to where they stopped."""
+def journey(
+    rng: random.Random, customer: str, start_us: int, campaign: str, codes_gone_us: int | None = None
+) -> Journey:
+    """One customer's conversation, from how it started to where they stopped; a reveal from `codes_gone_us`
+    on finds the campaign's single-use codes all handed out."""
     j = _Journey(rng, customer, campaign, start_us)
     how, ref = rng.random(), _choose(rng, REFS)
     if how < 0.75:
@@ -211,10 +228,17 @@ def journey(rng: random.Random, customer: str, start_us: int, campaign: str) -> 
     if reveals:
         j.wait(rng.lognormvariate(3.5, 1.5))
         reveal = j.inbound(EventName.COUPON_REVEALED, "p", button=payload + "reveal")
+        if codes_gone_us is not None and j.now >= codes_gone_us:
+            # The bot records it as of the reveal it answers.
+            j.record(f"{reveal.event_id}.e", EventName.COUPON_POOL_EMPTY, j.now // _MS * _MS)
+            j.send(reveal, EventName.ALL_GONE_SENT, "g")
+            return Journey(j.events, j.platform_ms)
         code_ms, code_id = j.send(reveal, EventName.CODE_SENT, "k")
         j.delivered(code_ms, code_id)
         if receipts:
             j.read(code_ms)
+        if rng.random() < REDEEMED_SHARE:
+            j.redeem_later()
     return Journey(j.events, j.platform_ms)
 
 
@@ -226,6 +250,7 @@ def generate(
     cutoff = end or datetime.now(UTC)
     end_us = (cutoff - _EPOCH) // timedelta(microseconds=1)
     first_day = end_us // (86400 * _SECOND) - days
+    codes_gone = {c: end_us - d * 86400 * _SECOND for c, d in CODES_GONE_DAYS.items()}
     for index in customers:
         customer = str(6_000_000_000_000_000 + index)
         day = first_day + int(rng.uniform(0, days))
@@ -238,10 +263,17 @@ def generate(
         if begin > end_us:
             begin = end_us - int(rng.uniform(5, 600) * 60 * _SECOND)
         campaign = str(_choose(rng, CAMPAIGNS))
-        events = journey(rng, customer, begin, campaign).events
-        if rng.random() < 0.06:  # comes back for another go
+        gone_us = codes_gone.get(campaign)
+        events = journey(rng, customer, begin, campaign, gone_us).events
+        if rng.random() < 0.06:  # comes back for another go: the same code, redeemed once at most
             again = begin + int(rng.uniform(1, 10) * 86400 * _SECOND)
-            events += journey(rng, customer, again, campaign).events
+            used = any(e.event == EventName.COUPON_REDEEMED for e in events)
+            has_code = any(e.event == EventName.CODE_SENT for e in events)  # a second reveal: that code again
+            events += [
+                e
+                for e in journey(rng, customer, again, campaign, None if has_code else gone_us).events
+                if not (used and e.event == EventName.COUPON_REDEEMED)
+            ]
         yield [e for e in events if e.ts <= cutoff]
 
 

@@ -24,6 +24,7 @@ from analytics import definitions as sql
 from analytics.filters import AnalyticsError, Filters
 from analytics.query import funnel_table
 from bot.events import SCHEMA
+from bot.facts import FunnelStep
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -322,18 +323,29 @@ class SparkEvents:
         """Customers who reached each step on each day (analytics.Events.timeline)."""
         return self._answer(sql.TIMELINE, Filters.of(filters, **keywords))
 
-    def cohorts(self, period: str = "week", filters: Filters | None = None, **keywords: Any) -> pa.Table:
-        """Customers by the period of their entry, and who revealed in each period after it
+    def cohorts(
+        self,
+        period: str = "week",
+        filters: Filters | None = None,
+        *,
+        step: str = FunnelStep.COUPON_REVEALED,
+        **keywords: Any,
+    ) -> pa.Table:
+        """Customers by the period of their entry, and who reached `step` in each period after it
         (analytics.Events.cohorts).
 
         Raises:
-            AnalyticsError: an unknown period.
+            AnalyticsError: an unknown period or step.
         """
-        return self._answer(sql.cohorts(period), Filters.of(filters, **keywords))
+        return self._answer(sql.cohorts(period, step), Filters.of(filters, **keywords))
 
     def buttons(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
         """Clicks per button on days in the range (analytics.Events.buttons)."""
         return self._answer(sql.BUTTONS, Filters.of(filters, **keywords))
+
+    def pool_empty(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
+        """Reveals that found a campaign's codes all handed out (analytics.Events.pool_empty)."""
+        return self._answer(sql.POOL_EMPTY, Filters.of(filters, **keywords))
 
     def journeys(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
         """One row per journey that entered the funnel (analytics.Events.journeys)."""

@@ -48,6 +48,7 @@ FUNNEL_EVENTS = [
         EventName.DECLINED,
         EventName.COUPON_SENT,
         EventName.COUPON_REVEALED,
+        EventName.COUPON_REDEEMED,
         EventName.MESSAGE_READ,
     )
 ]
@@ -58,6 +59,7 @@ STEP_COLUMNS = {
     "coupon_requested": "requested",
     "coupon_seen": "seen",
     "coupon_revealed": "revealed",
+    "redeemed": "redeemed",
     "declined": "declined",
 }
 # Per step (STEPS' order): customers, median and p90 seconds after entry (None for `reached`).
@@ -114,6 +116,9 @@ def pandas_funnel(root: Path) -> Funnel:
     j = j.join(first_between(of("declined"), j, "earliest", "deadline", "declined"))
     asked = j[j.requested.notna()]
     j = j.join(first_between(of("coupon_revealed"), asked, "requested", "deadline", "revealed"))
+    j["redeem_from"] = j.revealed - allowance  # the redemption is the bot's clock, the reveal the platform's
+    shown = j[j.revealed.notna()]
+    j = j.join(first_between(of("coupon_redeemed"), shown, "redeem_from", "deadline", "redeemed"))
     sent = of("coupon_sent").join(asked, on=JOURNEY, how="inner")
     sent_after = sent[sent.ts >= sent.requested].groupby(JOURNEY).size().index
     reads = of("message_read").join(asked.loc[asked.index.isin(sent_after)], on=JOURNEY, how="inner")
@@ -179,6 +184,13 @@ def polars_funnel(root: Path) -> Funnel:
     revealed = first_between(
         of("coupon_revealed"), asked, pl.col("requested"), pl.col("entry") + window, "revealed"
     )
+    redeemed = first_between(
+        of("coupon_redeemed"),
+        entry.join(revealed, on=JOURNEY),
+        pl.col("revealed") - allowance,
+        pl.col("entry") + window,
+        "redeemed",
+    )
     sent_after = (
         of("coupon_sent").join(asked, on=JOURNEY).filter(ts >= pl.col("requested")).select(JOURNEY).unique()
     )
@@ -192,13 +204,14 @@ def polars_funnel(root: Path) -> Funnel:
         .agg(read=ts.min())
     )
     journeys = entry
-    for frame in (requested, declined, revealed, read):
+    for frame in (requested, declined, revealed, redeemed, read):
         journeys = journeys.join(frame, on=JOURNEY, how="left")
     steps = {
         "responded": pl.min_horizontal("requested", "declined"),
         "coupon_requested": pl.col("requested"),
         "coupon_seen": pl.min_horizontal("revealed", "read"),
         "coupon_revealed": pl.col("revealed"),
+        "redeemed": pl.col("redeemed"),
         "declined": pl.col("declined"),
     }
     per_customer = (
@@ -257,6 +270,14 @@ revealed as (
     where e.event = 'coupon_revealed' and e.ts between r.requested and j.entry + interval {window} second
     group by campaign_id, customer_id
 ),
+redeemed as (  -- the redemption is the bot's clock, the reveal the platform's
+    select campaign_id, customer_id, min(e.ts) as redeemed
+    from entry j join revealed v using (campaign_id, customer_id)
+    join events e using (campaign_id, customer_id)
+    where e.event = 'coupon_redeemed'
+      and e.ts between v.revealed - interval {allowance} second and j.entry + interval {window} second
+    group by campaign_id, customer_id
+),
 coupon_sent as (  -- a coupon sent after the request
     select distinct campaign_id, customer_id
     from requested r join events e using (campaign_id, customer_id)
@@ -274,11 +295,12 @@ read as (  -- a read receipt whose watermark is past the request
 journeys as (
     select customer_id, entry,
            least(requested, declined) as responded, requested,
-           least(revealed, read) as seen, revealed, declined
+           least(revealed, read) as seen, revealed, redeemed, declined
     from entry
     left join requested using (campaign_id, customer_id)
     left join declined using (campaign_id, customer_id)
     left join revealed using (campaign_id, customer_id)
+    left join redeemed using (campaign_id, customer_id)
     left join read using (campaign_id, customer_id)
 ),
 per_customer as (  -- a customer's earliest step over their journeys, in microseconds after entry
@@ -287,6 +309,7 @@ per_customer as (  -- a customer's earliest step over their journeys, in microse
            min(epoch_us(requested) - epoch_us(entry)) as requested,
            min(epoch_us(seen) - epoch_us(entry)) as seen,
            min(epoch_us(revealed) - epoch_us(entry)) as revealed,
+           min(epoch_us(redeemed) - epoch_us(entry)) as redeemed,
            min(epoch_us(declined) - epoch_us(entry)) as declined
     from journeys group by customer_id
 )

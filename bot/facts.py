@@ -78,6 +78,7 @@ class FunnelStep(StrEnum):
     COUPON_REQUESTED = "coupon_requested"
     COUPON_SEEN = "coupon_seen"
     COUPON_REVEALED = "coupon_revealed"
+    REDEEMED = "redeemed"  # the single-use code used at the till
     DECLINED = "declined"
 
 
@@ -89,6 +90,7 @@ PREVIOUS_STEP = {
     FunnelStep.COUPON_REQUESTED: FunnelStep.RESPONDED,
     FunnelStep.COUPON_SEEN: FunnelStep.COUPON_REQUESTED,
     FunnelStep.COUPON_REVEALED: FunnelStep.COUPON_SEEN,
+    FunnelStep.REDEEMED: FunnelStep.COUPON_REVEALED,
     FunnelStep.DECLINED: FunnelStep.RESPONDED,
 }
 
@@ -98,17 +100,20 @@ STEP_LABELS = {
     FunnelStep.COUPON_REQUESTED: "Asked for the coupon",
     FunnelStep.COUPON_SEEN: "Saw the coupon",
     FunnelStep.COUPON_REVEALED: "Revealed the code",
+    FunnelStep.REDEEMED: "Used at the till",
     FunnelStep.DECLINED: "Declined",
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Kpi:
-    """A headline figure: `reached` as a count, every other one as a share of `reached` in %."""
+    """A headline figure: `reached` as a count, every other one as a share in % of the customers at
+    `share_of` (`reached` unless said otherwise)."""
 
     key: str
     label: str
     step: FunnelStep
+    share_of: FunnelStep = FunnelStep.REACHED
 
 
 KPIS = (
@@ -116,6 +121,8 @@ KPIS = (
     Kpi("responded", "Responded", FunnelStep.RESPONDED),
     Kpi("saw", "Saw the coupon", FunnelStep.COUPON_SEEN),
     Kpi("revealed", "Revealed the code", FunnelStep.COUPON_REVEALED),
+    # Only single-use codes are redeemed at the till: a share of the reveals, not of everyone reached.
+    Kpi("redeemed", "Used at the till", FunnelStep.REDEEMED, share_of=FunnelStep.COUPON_REVEALED),
     Kpi("declined", "Declined", FunnelStep.DECLINED),
 )
 

@@ -17,6 +17,7 @@ def customer_event(
     name: EventName = EventName.CONVERSATION_STARTED,
     *,
     start: datetime,
+    campaign: str = CAMPAIGN,
     **columns: object,
 ) -> Event:
     """A customer's action, on the platform's clock, `n` seconds after `start`; its id is the platform's."""
@@ -25,7 +26,7 @@ def customer_event(
         ts=start + timedelta(seconds=n),
         page_id=PAGE,
         customer_id=customer,
-        campaign_id=CAMPAIGN,
+        campaign_id=campaign,
         event=name,
         **columns,  # type: ignore[arg-type]
     )

@@ -12,7 +12,15 @@ from bot.events import Event
 from bot.facts import SEND_ALLOWANCE
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-STEPS = ("reached", "responded", "coupon_requested", "coupon_seen", "coupon_revealed", "declined")
+STEPS = (
+    "reached",
+    "responded",
+    "coupon_requested",
+    "coupon_seen",
+    "coupon_revealed",
+    "redeemed",
+    "declined",
+)
 
 
 def deduplicate(events: list[Event]) -> list[Event]:
@@ -65,6 +73,8 @@ def journeys(events, campaign=None, start=None, end=None, window=timedelta(days=
             coupon_sent = any(e.event == "coupon_sent" and e.ts >= requested for e in mine)
             covers = lambda e, us=requested_us: _watermark(e) * 1000 > us  # noqa: E731
             read = first("message_read", requested, covers) if coupon_sent else None
+        # Used at the till: the redemption is stamped by the bot's clock, the reveal by the platform's.
+        redeemed = None if revealed is None else first("coupon_redeemed", revealed - SEND_ALLOWANCE)
         seen = [t for t in (read, revealed) if t is not None]
         answered = [t for t in (requested, declined) if t is not None]
         result[pair] = {
@@ -73,6 +83,7 @@ def journeys(events, campaign=None, start=None, end=None, window=timedelta(days=
             "coupon_requested": requested,
             "coupon_seen": min(seen) if seen else None,
             "coupon_revealed": revealed,
+            "redeemed": redeemed,
             "declined": declined,
         }
     return result
@@ -146,8 +157,11 @@ def _add_periods(a: date, n: int, period: str) -> date:
     return a + timedelta(days=n * (7 if period == "week" else 1))
 
 
-def cohorts(events, period="week", tz="UTC", **filters) -> dict[tuple[date, int], dict]:
-    """Customers by the period of their entry; who revealed (as the funnel counts it) in period k after."""
+def cohorts(
+    events, period="week", tz="UTC", step="coupon_revealed", **filters
+) -> dict[tuple[date, int], dict]:
+    """Customers by the period of their entry; who reached `step` (as the funnel counts it) in period k
+    after."""
     everyone = customers(events, tz=tz, **filters)
     campaign = filters.get("campaign")
     stored = [e for e in deduplicate(events) if campaign is None or e.campaign_id == campaign]
@@ -165,16 +179,15 @@ def cohorts(events, period="week", tz="UTC", **filters) -> dict[tuple[date, int]
     out = {}
     for cohort, steps_of in members.items():
         for k in range(_periods_between(cohort, _truncate(last.date(), period), period) + 1):
-            revealed = [
+            converted = [
                 s
                 for s in steps_of
-                if "coupon_revealed" in s
-                and _periods_between(cohort, period_of(s["coupon_revealed"][0]), period) == k
+                if step in s and _periods_between(cohort, period_of(s[step][0]), period) == k
             ]
             end_of_k = datetime.combine(_add_periods(cohort, k + 1, period), datetime.min.time())
             out[(cohort, k)] = {
-                "customers": len(revealed),
-                "share": round(len(revealed) / len(steps_of), 4),
+                "customers": len(converted),
+                "share": round(len(converted) / len(steps_of), 4),
                 "complete": end_of_k <= last,
             }
     return out

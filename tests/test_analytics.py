@@ -77,7 +77,9 @@ def known_journeys() -> list[Event]:
         .at(60, "coupon_requested", button="spring-sale||yes")
         .at(61, "coupon_sent")
         .read(90, 60.4)
-        .at(120, "coupon_revealed", button="spring-sale||reveal"),
+        .at(120, "coupon_revealed", button="spring-sale||reveal")
+        .at(120, "code_sent")
+        .at(2 * 3600, "coupon_redeemed"),  # used at the till two hours later
         # b: declines.
         Journey("b").at(0, "welcome_sent").at(30, "declined", button="spring-sale||no").at(31, "thanks_sent"),
         # c: never answers (reads the welcome).
@@ -124,6 +126,7 @@ def test_the_funnel_follows_the_designed_definitions(tmp_path):
         "coupon_requested": 7,  # a d e f h i j
         "coupon_seen": 3,  # a (read, then reveal) f (reveal) i (read alone)
         "coupon_revealed": 2,  # a f
+        "redeemed": 1,  # a
         "declined": 1,
     }
     rows = {row["step"]: row for row in funnel.to_pylist()}
@@ -134,6 +137,8 @@ def test_the_funnel_follows_the_designed_definitions(tmp_path):
     assert rows["coupon_seen"]["median_seconds"] == pytest.approx(90.0)  # a at 90 s, f at 100 s, i at 50 s
     assert rows["coupon_requested"]["median_seconds"] == pytest.approx(40.0)  # j's quick tap counts as 0 s
     assert rows["reached"]["median_seconds"] is None
+    assert rows["redeemed"]["pct_of_previous"] == 50.0  # of those who revealed
+    assert rows["redeemed"]["median_seconds"] == 2 * 3600.0
 
 
 def test_a_read_counts_for_the_coupon_by_the_platforms_clock(tmp_path):
@@ -170,6 +175,70 @@ def test_a_quick_tap_before_the_bots_stamp_of_the_welcome_counts(tmp_path):
     funnel = {row["step"]: row for row in events.funnel().to_pylist()}
     assert funnel["coupon_requested"]["customers"] == 1  # j; old's tap is beyond the 30 s allowance
     assert funnel["coupon_requested"]["median_seconds"] == 0.0
+
+
+def revealed(customer: str, campaign: str = SPRING) -> Journey:
+    """A journey up to the reveal, at 100 s on the platform's clock."""
+    return (
+        Journey(customer, campaign)
+        .at(0, "welcome_sent")
+        .at(40, "coupon_requested")
+        .at(41, "coupon_sent")
+        .at(100, "coupon_revealed")
+        .at(101, "code_sent")
+    )
+
+
+def test_a_redemption_counts_after_the_reveal_with_the_bots_clock_allowance(tmp_path):
+    # The till's press is stamped by the bot's clock, which may run behind the platform's by the allowance.
+    later = revealed("later").at(3 * 86400, "coupon_redeemed")
+    skewed = revealed("skewed").at(100 - 29, "coupon_redeemed")
+    events = store(tmp_path, later.events + skewed.events)
+
+    assert counts(events.funnel())["redeemed"] == 2
+    days = {r["customer_id"]: r["redeemed"] for r in events.journeys().to_pylist()}
+    assert days == {"later": T0 + timedelta(days=3), "skewed": T0 + timedelta(seconds=71)}
+
+
+def test_a_redemption_before_the_reveal_of_another_campaign_or_past_the_window_does_not_count(tmp_path):
+    before = revealed("before").at(100 - 31, "coupon_redeemed")  # past the 30 s allowance
+    elsewhere = revealed("elsewhere")
+    elsewhere.events += Journey("elsewhere", "summer-sale").at(3600, "coupon_redeemed").events
+    too_late = revealed("too-late").at(8 * 86400, "coupon_redeemed")  # after the 7-day window
+    never_revealed = Journey("unrevealed").at(0, "welcome_sent").at(40, "coupon_requested")
+    never_revealed.at(41, "coupon_sent").at(3600, "coupon_redeemed")
+    events = store(tmp_path, before.events + elsewhere.events + too_late.events + never_revealed.events)
+
+    funnel = counts(events.funnel(campaign=SPRING))
+    assert (funnel["coupon_revealed"], funnel["redeemed"]) == (3, 0)
+    assert counts(events.funnel(window=timedelta(days=9)))["redeemed"] == 1  # too-late, in a wider window
+
+
+def test_timelines_and_cohorts_count_redemptions_when_they_happened(tmp_path):
+    j = revealed("r").at(8 * 86400, "coupon_redeemed")  # the Monday after next
+    events = store(tmp_path, j.events)
+    fortnight = timedelta(days=14)
+
+    timeline = {(r["day"], r["step"]) for r in events.timeline(window=fortnight).to_pylist()}
+    cohorts = events.cohorts("week", window=fortnight, step="redeemed").to_pylist()
+
+    assert (T0.date() + timedelta(days=8), "redeemed") in timeline
+    assert [(r["period"], r["customers"], r["share"]) for r in cohorts] == [(0, 0, 0.0), (1, 1, 1.0)]
+    with pytest.raises(AnalyticsError, match="step"):
+        events.cohorts("week", step="code_sent")
+
+
+def test_reveals_that_found_the_pool_empty_are_counted_per_campaign(tmp_path):
+    gone = Journey("g").at(0, "welcome_sent").at(40, "coupon_requested").at(41, "coupon_sent")
+    gone.at(100, "coupon_revealed").at(100, "coupon_pool_empty").at(101, "all_gone_sent")
+    twice = Journey("h").at(0, "coupon_pool_empty").at(50, "coupon_pool_empty")
+    other = Journey("o", "summer-sale").at(0, "coupon_pool_empty")
+    events = store(tmp_path, gone.events + twice.events + other.events)
+
+    rows = {r["campaign_id"]: (r["reveals"], r["customers"]) for r in events.pool_empty().to_pylist()}
+    assert rows == {SPRING: (3, 2), "summer-sale": (1, 1)}
+    assert events.pool_empty(campaign="summer-sale").num_rows == 1
+    assert events.pool_empty(start=T0.date() + timedelta(days=1)).num_rows == 0
 
 
 def test_out_of_order_files_and_duplicates_change_nothing(tmp_path):
@@ -365,6 +434,7 @@ NAMES = [
     "coupon_sent",
     "message_read",
     "coupon_revealed",
+    "coupon_redeemed",
     "conversation_started",
 ]
 
@@ -446,6 +516,11 @@ def test_every_metric_matches_a_plain_python_computation(
             for r in stored.cohorts(period=period, **filters).to_pylist()
         }
         assert cohorts == reference.cohorts(events, period=period, **filters), period
+    redeemed = {
+        (r["cohort"], r["period"]): {k: r[k] for k in ("customers", "share", "complete")}
+        for r in stored.cohorts(period="week", step="redeemed", **filters).to_pylist()
+    }
+    assert redeemed == reference.cohorts(events, period="week", step="redeemed", **filters)
 
     buttons = {
         (r["button"], r["step"]): {k: r[k] for k in ("clicks", "customers", "share")}
@@ -465,6 +540,8 @@ def test_sample_journeys_on_the_platforms_clocks_match_the_reference(tmp_path):
     assert funnel == {step: row["customers"] for step, row in expected.items()}
     # Customers who read the coupon and stopped there: seen by their read alone.
     assert funnel["coupon_seen"] > funnel["coupon_revealed"]
+    # A third to a half of the reveals are used at the till.
+    assert funnel["coupon_revealed"] / 2 > funnel["redeemed"] > funnel["coupon_revealed"] / 4
 
 
 def test_a_filters_object_and_keywords_ask_the_same_question(tmp_path):

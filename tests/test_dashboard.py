@@ -1,7 +1,9 @@
-"""The dashboard's widgets in-process: API figures, shown first as plain HTML, kept current."""
+"""The dashboard's widgets in-process: API figures, shown first as plain HTML, kept current; warnings when a
+campaign's single-use codes run low, read from a real SQLite store beside the events."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -11,12 +13,30 @@ import pytest
 
 import analytics
 from analytics.dashboard import FIRST_PAINT, Dashboard
+from analytics.pools import CodePools
 from analytics.report import kpis
 from analytics.sample import write_sample
+from bot.campaign import parse_campaign
+from bot.database import SQLITE_FILE, Database
 from bot.events import Event
-from bot.facts import EventName
+from bot.facts import ButtonStep, EventName
+from bot.flow import button_payload, plan_replies, record
+from bot.messenger import parse_body
 from bot.store import FileStore, write_events
-from tests.conftest import shown_kpis
+from tests import payloads
+from tests.test_pool import single_use
+
+
+def shown_kpis(figures: dict) -> dict[str, str]:
+    """The dashboard's KPI tiles as the page shows them, from the analytics API's figures."""
+    return {
+        "reached": f"{figures['reached']:,}",
+        "responded": f"{figures['responded']}%",
+        "saw": f"{figures['saw']}%",
+        "revealed": f"{figures['revealed']}%",
+        "redeemed": f"{figures['redeemed']}%",
+        "declined": f"{figures['declined']}%",
+    }
 
 
 @pytest.fixture
@@ -128,3 +148,100 @@ def test_a_waiting_dashboard_follows_the_store_until_it_is_shown(store, monkeypa
     dashboard.show()
     time.sleep(0.5)
     assert not any(t.name == "dashboard-follow" for t in threading.enumerate())  # shown: it stops
+
+
+def test_used_at_the_till_is_the_share_of_reveals_redeemed(store):
+    dashboard = Dashboard(analytics.open(store))
+    dashboard.preset.value = "All time"
+    customers = {row["step"]: row["customers"] for row in analytics.open(store).funnel().to_pylist()}
+
+    shown = tiles(dashboard.kpis.value, "data-kpi")["redeemed"]
+
+    assert customers["redeemed"] > 0
+    assert shown == f"{round(100 * customers['redeemed'] / customers['coupon_revealed'], 1)}%"
+    assert "Used at the till" in dashboard.kpis.value
+
+
+def test_the_cohorts_can_show_codes_used_at_the_till(store):
+    dashboard = Dashboard(analytics.open(store))
+    revealed = dashboard.cohorts.value
+
+    dashboard.cohort_step.value = "redeemed"
+
+    assert "used at the till" in dashboard.cohorts.value
+    assert dashboard.cohorts.value != revealed
+
+
+# -- the code pools, in the bot's store ---------------------------------------------------------------------
+
+
+def reveal_in(database: Database, campaign_id: str, customers: range) -> None:
+    """Each customer's click on *Reveal the coupon*, recorded as the bot records it: a code handed out."""
+    campaign = parse_campaign({**single_use(valid_days=7), "id": campaign_id})
+    for customer in customers:
+        payload = button_payload(campaign, ButtonStep.REVEAL)
+        body = payloads.envelope(payloads.postback(str(customer), payload, mid=f"m_reveal_{customer}"))
+        events = [event for action in parse_body(body) for event in record(campaign, action)]
+        asyncio.run(database.record(events, [reply for event in events for reply in plan_replies(event)]))
+
+
+def no_expiry(_revealed_at: datetime) -> None:
+    return None
+
+
+def pool_lines(markup: str) -> dict[str, tuple[str, str]]:
+    found = re.findall(r'data-pool="([\w-]+)" data-pool-state="(\w+)">(.*?)</div>', markup)
+    return {campaign: (state, text) for campaign, state, text in found}
+
+
+def test_the_dashboard_warns_when_a_campaigns_codes_run_low_or_ran_out(store):
+    # The bot's own SQLite file in the data directory the dashboard reads, as `make run` leaves it.
+    database = Database.open(None, store)
+    database.add_codes("spring-sale", [f"SPR-{n:03d}" for n in range(40)], no_expiry)
+    database.add_codes("summer-sale", ["SUM-1", "SUM-2"], no_expiry)
+    reveal_in(database, "spring-sale", range(8000, 8036))  # 4 of 40 left: 10%, not fewer
+    reveal_in(database, "summer-sale", range(9000, 9002))  # all gone
+
+    dashboard = Dashboard(analytics.open(store))
+    lines = pool_lines(dashboard.pools.value)
+    assert lines["spring-sale"] == ("ok", "<b>spring-sale</b>: 4 of 40 codes left.")
+    assert lines["summer-sale"][0] == "gone"
+    assert lines["summer-sale"][1].startswith("No codes left — <b>summer-sale</b>: 0 of 2 codes left.")
+
+    reveal_in(database, "spring-sale", range(8036, 8037))  # 3 of 40: fewer than 10%
+    dashboard.refresh()
+    lines = pool_lines(dashboard.pools.value)
+    assert lines["spring-sale"][0] == "low"
+    assert "Codes running low — <b>spring-sale</b>: 3 of 40 codes left" in lines["spring-sale"][1]
+    assert dashboard.pools.value in dashboard.first_paint_html()
+    database.close()
+
+
+def test_reveals_that_found_no_code_are_counted_for_the_chosen_campaign(store):
+    # The sample's loyalty codes ran out for its last two days; its pool is in no store here.
+    events = analytics.open(store)
+    (refused,) = events.pool_empty(campaign="loyalty").to_pylist()
+    dashboard = Dashboard(events)
+
+    state, text = pool_lines(dashboard.pools.value)["loyalty"]
+    assert state == "gone"
+    assert f"{refused['reveals']:,} reveals found no code left ({refused['customers']:,} customers" in text
+    dashboard.campaign.value = "spring-sale"
+    assert "loyalty" not in pool_lines(dashboard.pools.value)
+
+
+def test_a_data_directory_without_the_bots_store_shows_no_pools_and_creates_none(store, monkeypatch):
+    monkeypatch.delenv("PROMOBOT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    pools = CodePools.of(str(store))
+
+    assert pools.levels(["spring-sale"]) == []
+    assert not (store / SQLITE_FILE).exists()
+    assert CodePools.of("s3://bucket/promobot").levels(["spring-sale"]) == []
+    assert (
+        CodePools.of(str(store), {"DATABASE_URL": f"sqlite:///{store / 'other.sqlite3'}"}).levels(
+            ["spring-sale"]
+        )
+        == []
+    )
+    assert not (store / "other.sqlite3").exists()

@@ -19,8 +19,9 @@ import analytics
 from analytics.report import kpis
 from analytics.sample import write_sample
 from tests.browser import ARTIFACTS, chromium_page
-from tests.conftest import REPO, shown_kpis
+from tests.conftest import REPO
 from tests.ports import free_port
+from tests.test_dashboard import shown_kpis
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

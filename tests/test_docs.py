@@ -32,6 +32,7 @@ def test_every_kpi_is_named_with_its_step_in_the_glossary_and_the_readme():
     for kpi in KPIS:
         assert f"**{kpi.label}**" in kpis, kpi.label
         assert f"`{kpi.step}`" in kpis, kpi.step
+        assert f"`{kpi.share_of}`" in kpis, kpi.share_of
         assert kpi.label in README, kpi.label
 
 
@@ -46,3 +47,4 @@ def test_the_clock_allowance_is_stated_as_the_code_has_it():
     assert f"{SEND_ALLOWANCE.seconds} seconds (`SEND_ALLOWANCE`" in METRICS
     funnel = section(METRICS, "The funnel")
     assert funnel.count(f"at most {SEND_ALLOWANCE.seconds} s before the entry") == 2  # requested, declined
+    assert funnel.count(f"at most {SEND_ALLOWANCE.seconds} s before the reveal") == 1  # redeemed

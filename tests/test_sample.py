@@ -153,3 +153,41 @@ def test_the_written_sample_keeps_each_receipts_watermark_in_its_column(tmp_path
     assert receipts["watermark"].null_count == 0
     stamped = pc.cast(receipts["ts"], pyarrow.int64())
     assert pc.all(pc.less(pc.multiply(receipts["watermark"], 1000), stamped)).as_py()
+
+
+def test_a_third_to_a_half_of_the_codes_are_used_at_the_till_after_they_arrived(journeys):
+    codes, delays = 0, []
+    for j in journeys:
+        code = first(j, EventName.CODE_SENT)
+        used = [e for e in j.events if e.event == EventName.COUPON_REDEEMED]
+        if code is None:
+            assert not used
+            continue
+        codes += 1
+        for e in used:  # the bot's stamp of the till's press, after its stamp of the code it answers
+            assert e.ts > code.ts
+            assert e.event_id == f"{e.customer_id}.{e.campaign_id}.redeemed"
+            delays.append(e.ts - code.ts)
+
+    assert codes / 3 < len(delays) < codes / 2
+    assert min(delays) < timedelta(hours=1) < timedelta(days=1) < statistics.median(delays)
+    assert max(delays) <= timedelta(days=7)  # within the codes' week of validity
+
+
+def test_a_code_is_redeemed_once_and_a_pool_runs_out_for_its_last_days():
+    end = datetime(2026, 3, 1, tzinfo=UTC)
+    events = [e for customer in generate(range(3000), 20, seed=11, end=end) for e in customer]
+    gone_from = end - timedelta(days=2)
+
+    redeemed = [(e.customer_id, e.campaign_id) for e in events if e.event == EventName.COUPON_REDEEMED]
+    assert len(redeemed) == len(set(redeemed)) > 100
+    loyalty = [e for e in events if e.campaign_id == "loyalty"]
+    empty = [e for e in loyalty if e.event == EventName.COUPON_POOL_EMPTY]
+    codes = [e for e in loyalty if e.event == EventName.CODE_SENT]
+    assert empty
+    assert all(e.ts >= gone_from for e in empty)
+    assert sum(e.event == EventName.ALL_GONE_SENT for e in loyalty) == len(empty)
+    late = [e for e in codes if e.ts >= gone_from + timedelta(seconds=30)]
+    earlier = {e.customer_id for e in codes if e.ts < gone_from}
+    assert all(e.customer_id in earlier for e in late)  # only a second reveal: the customer's code again
+    assert not any(e.event == EventName.COUPON_POOL_EMPTY for e in events if e.campaign_id != "loyalty")

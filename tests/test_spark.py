@@ -19,6 +19,9 @@ from analytics.filters import AnalyticsError, Filters
 from analytics.query import Events
 from analytics.sample import write_sample
 from analytics.spark import SparkEvents, local_session
+from bot.facts import STEPS, EventName
+from bot.store import FileStore, write_events
+from tests.builders import customer_event
 
 TODAY = datetime.now(UTC).date()
 
@@ -45,6 +48,13 @@ def store(tmp_path_factory) -> Path:
     # A replayed flush: the same rows in a second file of the same day.
     first = sorted(root.glob("events/*/*.parquet"))[0]
     shutil.copy(first, first.with_name("replayed-" + first.name))
+    # Reveals that found the summer sale's codes all handed out (the sample's loyalty pool may have few).
+    gone = datetime.now(UTC) - timedelta(days=1)
+    refused = [
+        customer_event(f"gone-{n}", n * 60, EventName.COUPON_POOL_EMPTY, start=gone, campaign="summer-sale")
+        for n in range(3)
+    ]
+    write_events(FileStore(str(root)), refused, "refused-00000001")
     return root
 
 
@@ -78,9 +88,14 @@ def test_funnel_timeline_and_cohorts_equal_duckdb(engines, question):
     duckdb_events, spark_events = engines
     funnel = duckdb_events.funnel(question)
     assert funnel.column("customers")[0].as_py() > 0  # a question with customers: equality means something
+    assert funnel.column("customers")[STEPS.index("redeemed")].as_py() > 0  # codes used at the till too
     assert_same(spark_events.funnel(question), funnel)
     assert_same(spark_events.timeline(question), duckdb_events.timeline(question))
     assert_same(spark_events.cohorts("week", question), duckdb_events.cohorts("week", question))
+    assert_same(
+        spark_events.cohorts("week", question, step="redeemed"),
+        duckdb_events.cohorts("week", question, step="redeemed"),
+    )
 
 
 @pytest.mark.parametrize("period", ["day", "month"])
@@ -96,6 +111,9 @@ def test_buttons_journeys_and_campaigns_equal_duckdb(engines):
     assert_same(spark_events.buttons(question), duckdb_events.buttons(question))
     assert_same(spark_events.journeys(question), duckdb_events.journeys(question))
     assert_same(spark_events.campaigns(), duckdb_events.campaigns())
+    assert_same(spark_events.pool_empty(question), duckdb_events.pool_empty(question))
+    assert_same(spark_events.pool_empty(), duckdb_events.pool_empty())
+    assert duckdb_events.pool_empty().column("reveals").to_pylist()[-1] >= 3  # the summer-sale's, at least
 
 
 def test_the_keyword_form_and_raw_sql_in_duckdbs_dialect(engines):

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.app import LOW_POOL_SHARE
 from bot.database import SQLITE_FILE, Database, DatabaseError
 from bot.migrations import MigrationError
+from bot.pool import LOW_POOL_SHARE
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from bot.database import Database, DatabaseError
 from bot.flusher import Flusher
 from bot.graph import GraphClient, RetryPolicy
 from bot.messenger import SIGNATURE_HEADER, MalformedBody, parse_body, verify_signature
+from bot.pool import LOW_POOL_SHARE
 from bot.replies import Replier
 from bot.sender import IDLE_POLL_S, LEASE_MARGIN_S, Sender, SenderProcess, release_leases
 from bot.simulator import GraphStandIn, simulator_routes
@@ -91,9 +92,6 @@ def graph_client(
         retry=retry,
         transport=transport,
     )
-
-
-LOW_POOL_SHARE = 0.10  # below this share of codes free, the log and the dashboard warn
 
 
 def load_pool(database: Database, campaign: Campaign, campaign_dir: Path, settings: Settings) -> None:

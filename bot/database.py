@@ -458,9 +458,9 @@ class Database:
         return status
 
     def pool_status(self, campaign_id: str) -> pool.PoolStatus:
-        """How many codes the campaign's pool holds, and how many are free. Blocking."""
-        with self._transaction() as cursor:
-            return pool.status(cursor, campaign_id)
+        """The pool's size and how many codes are free (a read: no write lock). Blocking."""
+        ((total, free),) = self._query(pool.STATUS, (campaign_id,))
+        return pool.PoolStatus(total, free)
 
     def find_code(
         self, *, token: str | None = None, campaign_id: str = "", code: str = ""

@@ -20,6 +20,7 @@ from typing import Any
 from bot.flow import IssuedCode
 
 TOKEN_BYTES = 16  # 128 bits: a till link cannot be guessed
+LOW_POOL_SHARE = 0.10  # below this share of codes free, the bot's log and the dashboard warn
 _ROWS_PER_STATEMENT = 500
 
 
@@ -49,10 +50,11 @@ def add_codes(cursor: Any, campaign_id: str, codes: Sequence[str]) -> int:
     return added
 
 
+STATUS = "SELECT COUNT(*), COUNT(*) - COUNT(customer_id) FROM codes WHERE campaign_id = ?"
+
+
 def status(cursor: Any, campaign_id: str) -> PoolStatus:
-    cursor.execute(
-        "SELECT COUNT(*), COUNT(*) - COUNT(customer_id) FROM codes WHERE campaign_id = ?", (campaign_id,)
-    )
+    cursor.execute(STATUS, (campaign_id,))
     total, free = cursor.fetchone()
     return PoolStatus(total, free)
 

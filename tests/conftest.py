@@ -18,14 +18,3 @@ TEST_DATA = Path(__file__).resolve().parent / "data"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def shown_kpis(figures: dict) -> dict[str, str]:
-    """The dashboard's KPI tiles as the page shows them, from the analytics API's figures."""
-    return {
-        "reached": f"{figures['reached']:,}",
-        "responded": f"{figures['responded']}%",
-        "saw": f"{figures['saw']}%",
-        "revealed": f"{figures['revealed']}%",
-        "declined": f"{figures['declined']}%",
-    }

@@ -89,6 +89,7 @@ def edge_journeys() -> list[dict]:
             ("coupon_sent", 1),
             ("message_read", 20, ms(T) - 9 * second),
             ("coupon_revealed", 60),
+            ("coupon_redeemed", 45),  # the bot's clock, 15 s behind the platform's: within the allowance
         ),
         # a tap longer before the welcome than the allowance: answers an older message
         *journey("early-tap", ("coupon_requested", -40), ("coupon_sent", -39)),
@@ -98,7 +99,11 @@ def edge_journeys() -> list[dict]:
         *journey("no-coupon", ("coupon_requested", 30), ("message_read", 40, ms(T) + 35 * second)),
         # a reveal after the 7-day window
         *journey(
-            "late-reveal", ("coupon_requested", 60), ("coupon_sent", 61), ("coupon_revealed", 8 * 86400)
+            "late-reveal",
+            ("coupon_requested", 60),
+            ("coupon_sent", 61),
+            ("coupon_revealed", 8 * 86400),
+            ("coupon_redeemed", 8 * 86400 + 60),  # a reveal the window does not count: nor its redemption
         ),
         # a watermark equal to the click's time does not cover the coupon
         *journey(
@@ -108,7 +113,13 @@ def edge_journeys() -> list[dict]:
             ("message_read", 45, ms(T) + 30_000),
         ),
         # declined, then asked for the coupon after all
-        *journey("changed-mind", ("declined", 20), ("coupon_requested", 25), ("coupon_sent", 26)),
+        *journey(
+            "changed-mind",
+            ("declined", 20),
+            ("coupon_requested", 25),
+            ("coupon_sent", 26),
+            ("coupon_redeemed", 90),  # no reveal to follow
+        ),
         # one customer in two campaigns counts once; the second journey declines 50 s after its entry
         *journey("two-campaigns"),
         *[
@@ -124,6 +135,7 @@ EDGE_FUNNEL = {
     "coupon_requested": (6, 30.0, 45.0),  # 0, 25, 30, 30, 30, 60
     "coupon_seen": (1, 20.0, 20.0),
     "coupon_revealed": (1, 60.0, 60.0),
+    "redeemed": (1, 45.0, 45.0),
     "declined": (2, 35.0, 47.0),  # 20, 50
 }
 

@@ -35,9 +35,11 @@ test: $(STAMP) chromium postgresql
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-bench: $(STAMP)
+# The store's and the webhook's benchmarks start a PostgreSQL server of their own, as the tests do.
+bench: $(STAMP) postgresql
 	$(PY) benchmarks/store.py
 	$(PY) benchmarks/webhook.py
+	$(PY) benchmarks/routing.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -267,7 +267,9 @@ def _moment(micros: int) -> datetime:
     return datetime.fromtimestamp(micros / 1e6, UTC)
 
 
-_PIN_FORM = """{error}
+_PIN_FORM = """<h2>Staff sign-in</h2>
+<p class="hint">Enter the staff PIN to check customers' coupons. You stay signed in for the shift.</p>
+{error}
 <form method="post" action="/redeem/pin">
   <input type="hidden" name="csrf" value="__CSRF__"><input type="hidden" name="next" value="{next}">
   <label>Staff PIN <input name="pin" type="password" inputmode="numeric" autocomplete="off" autofocus></label>
@@ -281,24 +283,43 @@ _LOOKUP_FORM = """
   <button type="submit">Check</button>
 </form>"""
 
+# One column sized for a phone held at the till; the state's colour and its sign (drawn by CSS, so that the
+# heading's text stays the state's name) say at a glance what to do; inputs of at least 16px, so that phones
+# do not zoom in on them.
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light"><meta name="robots" content="noindex">
 <title>{title} · promobot till</title>
 <style>
-body {{ font: 18px/1.4 system-ui, sans-serif; margin: 0 auto; max-width: 30rem; padding: 1rem; }}
-h1 {{ margin: 0 0 .25rem; font-size: 2.2rem; }}
+* {{ box-sizing: border-box; }}
+html {{ -webkit-text-size-adjust: 100%; text-size-adjust: 100%; }}
+body {{ font: 18px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1b1b1b;
+  margin: 0 auto; max-width: 30rem; padding: 1rem; }}
+h1 {{ margin: 0; font-size: 2.4rem; line-height: 1.15; }}
+h2 {{ margin: .5rem 0 .25rem; font-size: 1.5rem; }}
+p {{ margin: .5rem 0; }}
+.hint {{ color: #555; margin-bottom: 1.25rem; }}
 .state {{ border-radius: 1rem; padding: 1.25rem; margin-bottom: 1.5rem; color: #fff; }}
-.valid {{ background: #16794b; }} .used {{ background: #b3261e; }} .expired {{ background: #a35a00; }}
-.unknown {{ background: #555; }}
-.code {{ font: 700 1.8rem ui-monospace, monospace; letter-spacing: .08em; margin: .25rem 0; }}
-.error {{ color: #b3261e; font-weight: 600; }}
-label {{ display: block; margin-bottom: .75rem; }}
-input {{ display: block; width: 100%; box-sizing: border-box; font-size: 1.4rem; padding: .6rem;
-  margin-top: .25rem; }}
-button {{ width: 100%; font-size: 1.4rem; padding: .9rem; border-radius: .6rem; border: 0;
-  background: #1d4ed8; color: #fff; }}
-.valid button {{ background: #fff; color: #16794b; font-weight: 700; }}
+.state h1::before {{ display: inline-block; width: 1.2em; }}
+.valid {{ background: #16794b; }} .valid h1::before {{ content: "\\2713"; }}
+.used {{ background: #b3261e; }} .used h1::before {{ content: "\\2715"; }}
+.expired {{ background: #8f4f00; }} .expired h1::before {{ content: "!"; }}
+.unknown {{ background: #555; }} .unknown h1::before {{ content: "?"; }}
+.code {{ font: 700 1.9rem/1.2 ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
+  letter-spacing: .06em; margin: .5rem 0; overflow-wrap: anywhere; }}
+.error {{ color: #b3261e; font-weight: 700; }}
+label {{ display: block; margin-bottom: .75rem; font-weight: 600; }}
+input {{ display: block; width: 100%; font-family: inherit; font-size: 1.4rem; padding: .7rem;
+  margin-top: .35rem; border: 2px solid #767676; border-radius: .6rem; }}
+input:focus {{ outline: 3px solid #1d4ed8; outline-offset: 1px; }}
+button {{ display: block; width: 100%; min-height: 3.25rem; font-family: inherit; font-size: 1.3rem;
+  font-weight: 700; padding: .9rem; border: 0; border-radius: .6rem; background: #1d4ed8; color: #fff; }}
+.state button {{ margin-top: 1rem; min-height: 4rem; font-size: 1.5rem; background: #fff; color: #16794b; }}
+/* Under a coupon's card, looking up another code is the quieter action. */
+.state + .lookup {{ border-top: 1px solid #ddd; padding-top: 1rem; }}
+.state + .lookup label {{ font-weight: 400; color: #555; }}
+.state + .lookup button {{ background: #e8e8e8; color: #1b1b1b; }}
 </style></head>
 <body>{body}</body></html>"""
 

@@ -131,19 +131,20 @@ def test_a_wrong_pin_is_refused_and_five_lock_the_till_for_a_while(bot, graph):
     with phone() as page:
         page.goto(link)
         answers = [sign_in(page, bot, "0000") for _ in range(CLIENT_FAILURES)]
-        assert answers == [(403, "Wrong PIN.")] * CLIENT_FAILURES
-        status, error = sign_in(page, bot, PIN)  # even the right one, for a while
-        assert status == 429
+        assert answers == [(403, ["Wrong PIN."])] * CLIENT_FAILURES
+        status, errors = sign_in(page, bot, PIN)  # even the right one, for a while
+        assert status == 429, errors
+        [error] = errors
         assert re.fullmatch(r"Too many wrong PINs: try again in \d+ minutes\.", error)
         page.goto(link)
         expect(page.get_by_label("Staff PIN")).to_be_visible()  # still not signed in
         assert [url for url in page.requests if not url.startswith(bot.url + "/")] == []
 
 
-def sign_in(page, bot: BotProcess, pin: str) -> tuple[int, str]:
-    """Type `pin` on the sign-in page and press *Sign in*; the answer's status and the error it shows."""
+def sign_in(page, bot: BotProcess, pin: str) -> tuple[int, list[str]]:
+    """Type `pin` on the sign-in page and press *Sign in*; the answer's status and the errors it shows."""
     page.get_by_label("Staff PIN").fill(pin)
     with page.expect_response(bot.url + "/redeem/pin") as answer:
         page.get_by_role("button", name="Sign in").click()
     page.wait_for_load_state("load")
-    return answer.value.status, page.locator(".error").inner_text()
+    return answer.value.status, page.locator(".error").all_inner_texts()

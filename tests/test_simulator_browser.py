@@ -8,12 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 import analytics
-from bot.config import Mode
+from bot.config import LOCAL_STAFF_PIN, Mode
 from bot.events import message_digest
 from tests.bot_process import BotProcess, make_home, stored_events
 from tests.browser import ARTIFACTS, chromium_page
+from tests.test_app import single_use_home
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -119,6 +121,48 @@ def test_three_customers_play_the_conversation_in_the_simulator(tmp_path):
         e for e in events if e["customer_id"] == customers["Bob"] and e["event"] == "conversation_started"
     )
     assert json.loads(bob_start["detail"])["ref"] == "till-qr"
+
+
+def test_a_single_use_codes_till_link_opens_the_till_page_from_the_simulator(tmp_path):
+    data = single_use_home(tmp_path, ["SPR-7KQ4M9XH"])
+    campaign = data / "campaign.toml"
+    # A shop's own wording, the link ending a sentence; valid a month from the reveal, whatever the day.
+    text = campaign.read_text().replace(
+        'expires = "2026-12-31"',
+        'valid_days = 30\ncode_text = "Your code {code} is valid until {expires}. At the till, open {link}."',
+    )
+    campaign.write_text(text)
+    with BotProcess(data, "https://graph.invalid", Mode.LOCAL) as bot:
+        with chromium_page(offline_except=bot.url) as page:
+            page.goto(bot.url + "/")
+            page.fill("#name", "Ada")
+            page.click("#get-started")
+            page.get_by_role("button", name="Yes! Show me coupon").click()
+            page.get_by_role("button", name="Reveal the coupon").click()
+            message = page.locator(".bubble.bot", has_text="SPR-7KQ4M9XH")
+            link = message.get_by_role("link")
+            href = link.get_attribute("href")
+            assert re.fullmatch(re.escape(bot.url) + r"/redeem/[\w-]{22}", href)  # without the sentence's "."
+            assert message.inner_text().endswith(f"At the till, open {href}.")
+
+            with page.context.expect_page() as opened:
+                link.click()
+            till = opened.value  # a tab of its own: the conversation stays where it was
+            till.get_by_label("Staff PIN").fill(LOCAL_STAFF_PIN)
+            till.get_by_role("button", name="Sign in").click()
+            expect(till.locator(".state h1")).to_have_text("Valid")
+            assert till.locator(".code").inner_text() == "SPR-7KQ4M9XH"
+            till.get_by_role("button", name="Redeem now").click()
+            expect(till.locator(".state h1")).to_have_text("Redeemed")
+
+            assert page.url == bot.url + "/"
+            assert message.is_visible()
+            assert page.outside_requests == []
+            ada = page.locator("#customers li", has_text="Ada").get_attribute("data-customer")
+        assert bot.stop() == 0
+
+    redeemed = [row for row in stored_events(data) if row["event"] == "coupon_redeemed"]
+    assert [row["customer_id"] for row in redeemed] == [ada]
 
 
 def assert_receipts_carry_the_platforms_time(customer: str, messages: list[dict], events: list[dict]) -> None:

@@ -113,6 +113,7 @@ def test_three_customers_play_the_conversation_in_the_simulator(tmp_path):
         "coupon_requested": 1,
         "coupon_seen": 1,
         "coupon_revealed": 1,
+        "redeemed": 0,  # a shared code: nothing is redeemed at the till
         "declined": 1,
     }
     for cid in customers.values():
@@ -163,6 +164,8 @@ def test_a_single_use_codes_till_link_opens_the_till_page_from_the_simulator(tmp
 
     redeemed = [row for row in stored_events(data) if row["event"] == "coupon_redeemed"]
     assert [row["customer_id"] for row in redeemed] == [ada]
+    funnel = {r["step"]: r["customers"] for r in analytics.open(data).funnel().to_pylist()}
+    assert (funnel["coupon_revealed"], funnel["redeemed"]) == (1, 1)
 
 
 def assert_receipts_carry_the_platforms_time(customer: str, messages: list[dict], events: list[dict]) -> None:

@@ -40,6 +40,8 @@ def run_local() -> int:
     env = {
         **os.environ,
         "PROMOBOT_DATA": str(DEMO),
+        # The demo hands out single-use codes, so the simulator's messages link to the till page.
+        "PROMOBOT_CAMPAIGN": os.environ.get("PROMOBOT_CAMPAIGN", "data/demo-campaign.toml"),
         "PROMOBOT_FLUSH_SECONDS": os.environ.get("PROMOBOT_FLUSH_SECONDS", "5"),
     }
     if not (DEMO / "events").exists():

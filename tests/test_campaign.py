@@ -87,3 +87,12 @@ def test_an_https_image_needs_no_local_file():
     campaign = parse_campaign(raw, data_dir=Path("/nonexistent"))
 
     assert not campaign.image_is_local
+
+
+def test_the_demo_campaign_of_make_run_hands_out_its_codes():
+    from bot.codes import load_codes
+
+    demo = load_campaign(REPO / "data" / "demo-campaign.toml", data_dir=REPO / "data")
+
+    assert demo.single_use
+    assert len(load_codes(REPO / "data" / demo.codes)) == 200

@@ -15,7 +15,7 @@ from bot.config import LOCAL_STAFF_PIN, Mode
 from bot.events import message_digest
 from tests.bot_process import BotProcess, make_home, stored_events
 from tests.browser import ARTIFACTS, chromium_page
-from tests.test_app import single_use_home
+from tests.test_app import EXPIRES, single_use_home
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -129,7 +129,7 @@ def test_a_single_use_codes_till_link_opens_the_till_page_from_the_simulator(tmp
     campaign = data / "campaign.toml"
     # A shop's own wording, the link ending a sentence; valid a month from the reveal, whatever the day.
     text = campaign.read_text().replace(
-        'expires = "2026-12-31"',
+        EXPIRES,
         'valid_days = 30\ncode_text = "Your code {code} is valid until {expires}. At the till, open {link}."',
     )
     campaign.write_text(text)

@@ -25,7 +25,7 @@ from tests.bot_process import PAGE_TOKEN, BotProcess, stored_events
 from tests.browser import ARTIFACTS, CHROMIUM, FLAGS
 from tests.conftest import REPO
 from tests.fake_graph import FakeGraph
-from tests.test_app import single_use_home
+from tests.test_app import EXPIRES, single_use_home
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -46,7 +46,7 @@ def bot(tmp_path: Path, graph: FakeGraph) -> Iterator[BotProcess]:
     data = single_use_home(tmp_path, [CODE, "SPR-3HWN8PTD"])
     campaign = data / "campaign.toml"
     # Valid for a month from the reveal, so that the card reads *Valid* whatever day the tests run.
-    campaign.write_text(campaign.read_text().replace('expires = "2026-12-31"', "valid_days = 30"))
+    campaign.write_text(campaign.read_text().replace(EXPIRES, "valid_days = 30"))
     with BotProcess(data, graph.url, PROMOBOT_STAFF_PIN=PIN) as running:
         yield running
 

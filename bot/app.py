@@ -241,6 +241,7 @@ def create_app(
             pin=settings.staff_pin,
             secret=settings.app_secret,
             secure_cookies=settings.public_url.startswith("https://"),
+            public_url=settings.public_url,
         )
         if campaign.single_use
         else []

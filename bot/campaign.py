@@ -53,6 +53,9 @@ class Campaign:
     codes: str | None = None
     all_gone: str | None = None
     code_text: str = DEFAULT_CODE_TEXT
+    # Sent to the customer when their code is used at the till; None: nothing is sent. Only within Messenger's
+    # 24 hours of the customer's last message: later, the platform refuses it (recorded as send_failed).
+    redeemed_text: str | None = None
     expires: date | None = None  # the last day a code is valid, in `timezone`
     valid_days: int | None = None  # or: days from the reveal
     timezone: str = "UTC"
@@ -90,10 +93,11 @@ _TEXTS = {
     "coupon.code": (TEXT_LIMIT, set()),
     "coupon.all_gone": (TEXT_LIMIT, set()),
     "coupon.code_text": (TEXT_LIMIT - 300, {"code", "expires", "link"}),  # room for a code, a date and a link
+    "coupon.redeemed_text": (TEXT_LIMIT, set()),
     "thanks.text": (TEXT_LIMIT, set()),
     "thanks.image_url": (TEXT_LIMIT, set()),
 }
-_OPTIONAL = {"coupon.code", "coupon.all_gone", "coupon.code_text"}  # checked together below
+_OPTIONAL = {"coupon.code", "coupon.all_gone", "coupon.code_text", "coupon.redeemed_text"}  # see below
 _COUPON_SETTINGS = {"codes", "expires", "valid_days"}
 _TOP_LEVEL = {"id", "variant", "timezone", "welcome", "coupon", "thanks"}
 
@@ -208,7 +212,7 @@ def _single_use(table: dict, values: dict[str, str], fail) -> dict:
     if codes is None:
         if "coupon.code" not in values:
             raise fail("coupon.code", "missing (or give coupon.codes, a file of single-use codes)")
-        for key in ("all_gone", "code_text", "expires", "valid_days"):
+        for key in ("all_gone", "code_text", "redeemed_text", "expires", "valid_days"):
             if key in table:
                 raise fail(f"coupon.{key}", "only with coupon.codes (single-use codes)")
         return {}
@@ -226,6 +230,8 @@ def _single_use(table: dict, values: dict[str, str], fail) -> dict:
     settings: dict = {"codes": codes, "all_gone": values["coupon.all_gone"]}
     if "coupon.code_text" in values:
         settings["code_text"] = values["coupon.code_text"]
+    if "coupon.redeemed_text" in values:
+        settings["redeemed_text"] = values["coupon.redeemed_text"]
     expires, valid_days = table.get("expires"), table.get("valid_days")
     if expires is not None and valid_days is not None:
         raise fail("coupon.valid_days", "give either coupon.expires or coupon.valid_days, not both")

@@ -432,7 +432,9 @@ class Database:
                 conflict=self.engine.conflict,
             )
             if issued is not None:
-                replies[index] = Reply(ReplyKind.CODE, reply.answers, _issued(*issued))
+                code = _issued(*issued)
+                replies[index] = Reply(ReplyKind.CODE, reply.answers, code)
+                replies.append(Reply(ReplyKind.CODE_QR, reply.answers, code))  # after the code: ordinal 1
                 continue
             replies[index] = Reply(ReplyKind.ALL_GONE, reply.answers)
             empty = dataclasses.replace(
@@ -469,26 +471,38 @@ class Database:
         with self._transaction() as cursor:
             return pool.find(cursor, token=token, campaign_id=campaign_id, code=code)
 
-    def redeem(self, token: str) -> pool.CodeState | None:
-        """Mark the code with this till token used now and buffer its `coupon_redeemed` event, in one
-        transaction; None, changing nothing, when it is unknown, used or expired. Blocking."""
+    def redeem(self, token: str, *, thank: bool = False) -> pool.CodeState | None:
+        """Mark the code with this till token used now and buffer its `coupon_redeemed` event (and, with
+        `thank`, owe the customer the campaign's thanks), in one transaction; None, changing nothing, when it
+        is unknown, used or expired. Blocking."""
         now = self.clock()
         with self._transaction() as cursor:
             state = pool.redeem(cursor, token, _micros(now))
             if state is not None:
-                cursor.execute(_INSERT_EVENT, _event_values(redeemed_event(state, now)))
+                self._redeemed(cursor, state, now, thank)
             return state
 
-    def redeem_codes(self, campaign_id: str, used: Sequence[tuple[str, datetime]]) -> dict[str, int]:
+    def _redeemed(self, cursor: Any, state: pool.CodeState, at: datetime, thank: bool) -> None:
+        event = redeemed_event(state, at)
+        cursor.execute(_INSERT_EVENT, _event_values(event))
+        if thank:
+            cursor.execute(
+                _INSERT_REPLY, _reply_values(Reply(ReplyKind.REDEEMED, event), 0, _micros(self.clock()))
+            )
+
+    def redeem_codes(
+        self, campaign_id: str, used: Sequence[tuple[str, datetime]], *, thank: bool = False
+    ) -> dict[str, int]:
         """Mark codes used as a till's export lists them, (code, when), in one transaction, each new one with
-        its `coupon_redeemed` event; returns how many were new, already used and unknown. Blocking."""
+        its `coupon_redeemed` event (and the thanks, as `redeem`); returns how many were new, already used and
+        unknown. Blocking."""
         counts = {"new": 0, "already": 0, "unknown": 0}
         with self._transaction() as cursor:
             for code, at in used:
                 outcome, state = pool.redeem_code(cursor, campaign_id, code, _micros(at))
                 counts[outcome] += 1
                 if state is not None:
-                    cursor.execute(_INSERT_EVENT, _event_values(redeemed_event(state, at)))
+                    self._redeemed(cursor, state, at, thank)
         return counts
 
     def prune_seen(self, retention: timedelta = SEEN_RETENTION) -> int:

@@ -45,6 +45,8 @@ class ReplyKind(StrEnum):
     THANKS_TEXT = "thanks_text"
     THANKS_IMAGE = "thanks_image"
     ALL_GONE = "all_gone"  # instead of the code, when the campaign's single-use codes are all handed out
+    CODE_QR = "code_qr"  # after a single-use code: its till link as a QR code, for the till to scan
+    REDEEMED = "redeemed"  # the campaign's thanks once a code is used at the till, if it has one
 
 
 # What each reply records when it is sent, and the suffix of that event's id.
@@ -55,7 +57,11 @@ _SENT = {
     ReplyKind.THANKS_TEXT: (EventName.THANKS_SENT, "t"),
     ReplyKind.THANKS_IMAGE: (EventName.THANKS_SENT, "i"),
     ReplyKind.ALL_GONE: (EventName.ALL_GONE_SENT, "g"),
+    ReplyKind.CODE_QR: (EventName.CODE_SENT, "q"),
+    ReplyKind.REDEEMED: (EventName.THANKS_SENT, "r"),
 }
+# What tells a sent event apart from another of the same name.
+_PARTS = {ReplyKind.THANKS_IMAGE: "image", ReplyKind.CODE_QR: "qr", ReplyKind.REDEEMED: "redeemed"}
 _ANSWERS = {
     EventName.CONVERSATION_STARTED: (ReplyKind.WELCOME,),
     EventName.COUPON_REQUESTED: (ReplyKind.COUPON,),
@@ -102,7 +108,7 @@ class Reply:
         """The event recording this reply as sent at `at` (the bot's clock, once the Send API answered), with
         the digest of the `message_id` the platform gave it, if any."""
         name, _ = _SENT[self.kind]
-        detail = detail_json(part="image") if self.kind is ReplyKind.THANKS_IMAGE else None
+        detail = detail_json(part=_PARTS[self.kind]) if self.kind in _PARTS else None
         digest = message_digest(message_id) if message_id is not None else None
         return self._outcome(self.sent_id, name, at, message_digest=digest, detail=detail)
 
@@ -217,6 +223,8 @@ def render(campaign: Campaign, kind: ReplyKind, *, first_name: str | None, image
             return text_message(campaign.code)
         case ReplyKind.ALL_GONE:
             return text_message(campaign.all_gone or "")
+        case ReplyKind.REDEEMED:
+            return text_message(campaign.redeemed_text or "")
         case ReplyKind.THANKS_TEXT:
             return text_message(campaign.thanks_text)
         case ReplyKind.THANKS_IMAGE:
@@ -231,8 +239,18 @@ def render_code(campaign: Campaign, issued: IssuedCode, till_url: str) -> dict:
     else:
         last_moment = (issued.expires_at - timedelta(microseconds=1)).astimezone(campaign.zone)
         expires = f"{last_moment.day} {last_moment:%B %Y}"
-    link = f"{till_url}/redeem/{issued.token}"
+    link = till_link(till_url, issued)
     return text_message(campaign.code_text.format(code=issued.code, expires=expires, link=link))
+
+
+def till_link(till_url: str, issued: IssuedCode) -> str:
+    """The link a code's till page has; its QR code is at the same address plus `/qr.png`."""
+    return f"{till_url}/redeem/{issued.token}"
+
+
+def render_code_qr(issued: IssuedCode, till_url: str) -> dict:
+    """The image message of a single-use code's till link as a QR code, which the bot serves itself."""
+    return image_message(f"{till_link(till_url, issued)}/qr.png", reusable=False)
 
 
 def render_welcome_text(campaign: Campaign, first_name: str | None) -> str:

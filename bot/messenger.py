@@ -284,9 +284,10 @@ def button_template(text: str, buttons: list[tuple[str, str]]) -> dict:
     }
 
 
-def image_message(url: str) -> dict:
-    # Reusable: the platform fetches the image once and serves later sends from its cache.
-    return {"attachment": {"type": "image", "payload": {"url": url, "is_reusable": True}}}
+def image_message(url: str, *, reusable: bool = True) -> dict:
+    # Reusable: the platform fetches the image once and serves later sends from its cache (not for an image
+    # of one customer's own).
+    return {"attachment": {"type": "image", "payload": {"url": url, "is_reusable": reusable}}}
 
 
 def send_body(recipient_id: str, message: dict) -> dict:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.campaign import Campaign
 from bot.events import Event
-from bot.flow import Reply, ReplyKind, render, render_code
+from bot.flow import IssuedCode, Reply, ReplyKind, render, render_code, render_code_qr
 from bot.graph import Attempts, Encoded, GraphClient, SendError
 from bot.messenger import send_body
 
@@ -149,8 +149,9 @@ class Replier:
 
     def _send(self, answer: _Answer, reply: Reply, first_name: str | None) -> None:
         if reply.issued is not None:
-            message: dict | Encoded = render_code(self.campaign, reply.issued, self.till_url)
-        elif reply.kind is ReplyKind.CODE and self.campaign.code is None:
+            code_message = render_code_qr if reply.kind is ReplyKind.CODE_QR else self._code_text
+            message: dict | Encoded = code_message(reply.issued, self.till_url)
+        elif reply.kind is ReplyKind.CODE_QR or (reply.kind is ReplyKind.CODE and self.campaign.code is None):
             # Owed from before the campaign switched to single-use codes: there is no code to show.
             reason = "no code: the campaign now hands out single-use codes"
             self._settle(answer, reply.failed(self.clock(), code=None, subcode=None, reason=reason))
@@ -161,6 +162,9 @@ class Replier:
         answer.attempts = self.graph.send_soon(
             reply.customer_id, body, lambda outcome: self._sent(answer, reply, outcome)
         )
+
+    def _code_text(self, issued: IssuedCode, till_url: str) -> dict:
+        return render_code(self.campaign, issued, till_url)
 
     def _message(self, kind: ReplyKind, first_name: str | None) -> Encoded:
         """The reply's message, rendered and encoded once for every customer who gets the same."""

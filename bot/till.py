@@ -2,6 +2,7 @@
 
     GET  /redeem              sign in with the staff PIN, then type a code
     GET  /redeem/{token}      the customer's link (or its QR code): the code's state at a glance
+    GET  /redeem/{token}/qr.png   that link as a QR code: the image the customer is sent after the code
     POST /redeem/pin          the staff PIN; a signed session cookie for the rest of the shift
     POST /redeem/use          mark the code used (one press; atomic: a second press sees "already used")
 
@@ -16,6 +17,7 @@ import asyncio
 import hashlib
 import hmac
 import html
+import io
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, quote
 
+import segno
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -83,10 +86,12 @@ def till_routes(
     pin: str,
     secret: str,
     secure_cookies: bool,
+    public_url: str,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> list[Route]:
     """The till's routes. `database` gives the open store (it is opened after the routes are made); `pin`
-    the staff PIN ("" turns redemption off); `secret` signs sessions; `secure_cookies` for an https bot."""
+    the staff PIN ("" turns redemption off); `secret` signs sessions; `secure_cookies` for an https bot;
+    `public_url` the bot's address, which till links and their QR codes start with."""
     attempts = Attempts()
     key = hmac.new(secret.encode(), b"promobot till sessions", hashlib.sha256).digest()
 
@@ -208,7 +213,7 @@ def till_routes(
         token = form.get("token", "")
         if not signed_in(request):
             return pin_page(request, f"/redeem/{quote(token)}")
-        redeemed = await _store(database().redeem, token)
+        redeemed = await _store(database().redeem, token, thank=campaign.redeemed_text is not None)
         if redeemed is not None:
             return card(request, redeemed, just_used=True)
         return card(request, await _store(database().find_code, token=token))  # used, expired or unknown
@@ -223,7 +228,20 @@ def till_routes(
 
         return handle
 
+    async def qr_code(request: Request) -> Response:
+        """The QR code of a code's till link (the image the customer is sent): no PIN, it shows only the
+        link, which whoever has the token has already."""
+        token = request.path_params["token"]
+        state = await _store(database().find_code, token=token)
+        if state is None or state.customer_id is None:
+            return Response("not found", status_code=404, media_type="text/plain")
+        image = io.BytesIO()
+        segno.make(f"{public_url}/redeem/{token}", error="m").save(image, kind="png", scale=8, border=2)
+        headers = {"Cache-Control": "private, max-age=86400"}
+        return Response(image.getvalue(), media_type="image/png", headers=headers)
+
     return [
+        Route("/redeem/{token}/qr.png", answering_store_errors(qr_code), methods=["GET", "HEAD"]),
         Route("/redeem", answering_store_errors(lookup), methods=["GET"]),
         Route("/redeem/pin", answering_store_errors(sign_in), methods=["POST"]),
         Route("/redeem/use", answering_store_errors(use), methods=["POST"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from urllib.parse import parse_qs
 import httpx
 import psycopg
 import pytest
+import segno
 from starlette.applications import Starlette
 
 from bot.app import create_app
@@ -193,18 +195,32 @@ async def test_a_reveal_gets_a_single_use_code_with_its_till_link_then_the_pool_
     app = create_app(settings, graph_transport=httpx.MockTransport(platform))
     reveal = button_payload(load_campaign(data / "campaign.toml"), ButtonStep.REVEAL)
     async with running(app) as client:
-        for customer, n in (("9201", 1), ("9201", 2), ("9202", 1)):
+        for customer, n in (("9201", 2), ("9201", 4), ("9202", 1)):  # two messages per code: text, QR code
             body = payloads.envelope(payloads.postback(customer, reveal, mid=f"m_{customer}_{n}"))
             assert (await post(client, body)).status_code == 200
             await platform.wait_for(customer, n)
+        first, qr, again, qr_again = platform.messages["9201"]
+        code_line, valid_line, link_line = first["text"].split("\n")
+        link = link_line.removeprefix("At the till, show this link: ")
+        image = await client.get(link.removeprefix("https://bot.example") + "/qr.png")
+        unknown = await client.get("/redeem/not-a-token/qr.png")
 
-    first, again = (message["text"] for message in platform.messages["9201"])
-    assert first == again  # the same code on every reveal
-    code_line, valid_line, link_line = first.split("\n")
+    assert again == first  # the same code on every reveal
     assert code_line == "Your code: SPR-AAAA2222"
     assert valid_line == f"Valid until: {shown_day(LAST_DAY)}"
-    token = link_line.removeprefix("At the till, show this link: https://bot.example/redeem/")
+    token = link.removeprefix("https://bot.example/redeem/")
     assert len(base64.urlsafe_b64decode(token + "==")) == 16  # 128 bits
+    # Then the link as a QR code, for the till to scan from the customer's screen: an image of their own.
+    assert (
+        qr
+        == qr_again
+        == {"attachment": {"type": "image", "payload": {"url": f"{link}/qr.png", "is_reusable": False}}}
+    )
+    assert (image.status_code, image.headers["content-type"]) == (200, "image/png")
+    expected = io.BytesIO()
+    segno.make(link, error="m").save(expected, kind="png", scale=8, border=2)
+    assert image.content == expected.getvalue()
+    assert unknown.status_code == 404
     assert platform.messages["9202"] == [{"text": "Sorry, all gone!"}]
 
 

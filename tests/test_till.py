@@ -47,7 +47,7 @@ async def handed_out(client: httpx.AsyncClient, platform: Platform, data, custom
     reveal = button_payload(load_campaign(data / "campaign.toml"), ButtonStep.REVEAL)
     body = payloads.envelope(payloads.postback(customer, reveal, mid=f"m_reveal_{customer}"))
     assert (await post(client, body)).status_code == 200
-    [message] = await platform.wait_for(customer, 1)
+    message, _qr_code = await platform.wait_for(customer, 2)
     return "/redeem/" + message["text"].rsplit("/redeem/", 1)[1]
 
 
@@ -242,3 +242,32 @@ def test_a_till_export_without_a_code_column_is_refused_naming_the_file(tmp_path
     )
     assert result.returncode == 1
     assert f"{export}: line 1: no `code` column" in result.stderr
+
+
+async def test_redeeming_thanks_the_customer_only_when_the_campaign_says_so(tmp_path):
+    outcomes = {}
+    for says in (False, True):
+        home = single_use_home(tmp_path / str(says), ["SPR-AAAA2222"])
+        if says:
+            campaign = home / "campaign.toml"
+            campaign.write_text(
+                campaign.read_text().replace(
+                    "[thanks]", 'redeemed_text = "Enjoy, and see you soon!"\n\n[thanks]'
+                )
+            )
+        platform = Platform()
+        app = create_app(
+            settings_for(home, PROMOBOT_STAFF_PIN=PIN), graph_transport=httpx.MockTransport(platform)
+        )
+        async with running(app) as client:
+            link = await handed_out(client, platform, home, "9311")
+            page = await sign_in(client, link)
+            await client.post(
+                "/redeem/use", data={"token": link.removeprefix("/redeem/"), "csrf": csrf(page)}
+            )
+            if says:
+                await platform.wait_for("9311", 3)
+            else:
+                await asyncio.sleep(0.5)  # time enough for a message that should not come
+        outcomes[says] = platform.messages["9311"][2:]
+    assert outcomes == {False: [], True: [{"text": "Enjoy, and see you soon!"}]}

@@ -56,7 +56,7 @@ def till_link(bot: BotProcess, graph: FakeGraph, customer: str) -> str:
     reveal = button_payload(load_campaign(bot.data / "campaign.toml"), ButtonStep.REVEAL)
     body = payloads.envelope(payloads.postback(customer, reveal, mid=f"m_reveal_{customer}"))
     assert bot.post(body).status_code == 200
-    [message] = graph.wait_for(customer, 1)
+    message, _qr_code = graph.wait_for(customer, 2)
     [link] = re.findall(r"https?://\S+/redeem/\S+", message["text"])
     return link
 

@@ -80,6 +80,10 @@ def run_local() -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # Stopping already: a second Ctrl-C (or a terminal's SIGINT to the whole group) changes nothing; the
+        # servers get 30 s each to finish, then are killed.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import httpx
 
@@ -355,7 +355,9 @@ class GraphClient:
             outcome(name)
 
         # Profile lookups are a courtesy: a short deadline, so the welcome is not held up.
-        return self._submit("GET", customer_id, {"fields": "first_name"}, None, 3.0, answered)
+        # Quoted: an id is the platform's digits, but a path it could bend must never reach another endpoint.
+        path = quote(customer_id, safe="")
+        return self._submit("GET", path, {"fields": "first_name"}, None, 3.0, answered)
 
     @staticmethod
     async def _outcome_of(start: Callable[[Callable[[object], None]], Attempts | None]) -> object:

@@ -151,10 +151,27 @@ def parse_body(body: bytes) -> list[Inbound]:
         raise MalformedBody("not JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise MalformedBody("the body is not a JSON object")
+    if b"\\u0000" in body:
+        # PostgreSQL's text holds no NUL character: one in a ref or a payload would fail the whole commit.
+        try:
+            document = _without_nul(document)
+        except RecursionError:
+            raise MalformedBody("not JSON: nested too deeply") from None
     entries = document.get("entry")
     if not isinstance(entries, list):
         raise MalformedBody("no `entry` list")
     return list(_walk(entries))
+
+
+def _without_nul(value: object) -> object:
+    """`value` with every NUL in its strings (keys included) made U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 def _walk(entries: list) -> Iterator[Inbound]:

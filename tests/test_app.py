@@ -242,3 +242,24 @@ def test_a_bad_codes_file_stops_start_up_naming_file_and_line(tmp_path):
     )
     assert result.returncode != 0
     assert f"{data / 'spring-codes.csv'}: line 4: 'SPR-AAAA2222' repeats line 2" in result.stderr
+
+
+async def test_a_nul_in_a_ref_is_stored_as_a_replacement_character_on_postgresql(
+    tmp_path, postgres_database_url
+):
+    data = make_home(tmp_path)
+    app = create_app(
+        settings_for(data, PROMOBOT_DATABASE_URL=postgres_database_url),
+        graph_transport=httpx.MockTransport(Platform()),
+    )
+    body = payloads.envelope(payloads.referral("9401", "till\u0000qr"))
+    async with running(app) as client:
+        assert (await post(client, body)).status_code == 200
+        assert (
+            await post(client, payloads.envelope(payloads.postback("9402", "GET_STARTED")))
+        ).status_code == 200
+        rows = app.state.runtime.database._query(
+            "SELECT customer_id, detail FROM events ORDER BY customer_id"
+        )
+    assert [customer for customer, _ in rows] == ["9401", "9402"]
+    assert json.loads(rows[0][1])["ref"] == "till\ufffdqr"

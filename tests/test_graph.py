@@ -168,6 +168,17 @@ async def test_the_first_name_is_asked_for_alone_and_cached():
     assert request.url.params["fields"] == "first_name"
 
 
+async def test_a_customer_id_cannot_bend_the_profile_lookups_path():
+    requests: list[httpx.Request] = []
+    graph = client(httpx.Response(200, json={"first_name": "Ada"}), seen=requests)
+
+    await graph.first_name("../me/messages?debug=all#")
+
+    [request] = requests
+    assert request.url.raw_path.decode().split("?")[0] == "/v25.0/..%2Fme%2Fmessages%3Fdebug%3Dall%23"
+    assert request.url.params["fields"] == "first_name"
+
+
 @pytest.mark.parametrize(
     "answer",
     [

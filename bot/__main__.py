@@ -1,4 +1,4 @@
-"""Command line: `python -m bot serve | migrate | codes generate | redeem | compact | run-local`."""
+"""Command line: `python -m bot serve | migrate | codes generate | redeem | compact | links | run-local`."""
 
 from __future__ import annotations
 
@@ -57,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         help="keep replaced files this long for readers already listing them (default 600)",
     )
 
+    links = commands.add_parser(
+        "links", help="the m.me link of each placement of a campaign, with its QR code as PNG and SVG"
+    )
+    links.add_argument("--campaign", required=True, help="the campaign's id, the ref's first part")
+    links.add_argument("--placements", required=True, help="where it is shown, e.g. till,flyer,instagram")
+    links.add_argument("--variant", help="a variant the links force, the ref's last part")
+    links.add_argument("--page", help="the page's username (default: asked from the Graph API)")
+    links.add_argument("--out", required=True, help="the folder for the QR files and links.csv")
+
     commands.add_parser(
         "run-local",
         help="seed sample data, start the bot with its Messenger simulator and the dashboard on 127.0.0.1, "
@@ -88,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         from bot.store import compact_command
 
         return compact_command(data=args.data, day=args.day, grace_s=args.grace)
+    if args.command == "links":
+        from pathlib import Path
+
+        from bot.links import links_command
+
+        return links_command(
+            args.campaign, args.placements, Path(args.out), variant=args.variant, page=args.page
+        )
     if args.command == "run-local":
         from bot.local import run_local
 

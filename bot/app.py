@@ -17,6 +17,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 
 import httpx
@@ -50,6 +51,14 @@ SHUTDOWN_REPLY_GRACE_S = 10.0
 INLINE_RETRY = RetryPolicy(deadline_s=3.0, request_timeout_s=1.5, first_backoff_s=0.1, max_backoff_s=1.0)
 
 
+class Sending(StrEnum):
+    """Where replies are sent."""
+
+    INLINE = "inline"  # before acknowledging: the host freezes the process once it has answered (Lambda)
+    TASK = "task"  # by a task of this process (local mode's stand-in Graph API; a transport given by tests)
+    PROCESS = "process"  # by `python -m bot.sender`: never on the event loop that acknowledges webhooks
+
+
 @dataclass
 class Runtime:
     """What the routes share, built by the lifespan."""
@@ -57,13 +66,12 @@ class Runtime:
     settings: Settings
     campaign: Campaign
     database: Database
-    sender: Sender  # sends here on Lambda (inline) and in local mode; a server's is a process of its own
-    sender_runs_here: bool
+    sender: Sender  # sends in this process on Lambda (inline) and in local mode (task)
+    sending: Sending
     flusher: Flusher
     app_secret: str
     verify_token: str
     image_path: Path | None
-    send_inline: bool  # send before acknowledging: the host freezes the process once it has answered
 
 
 def image_url(settings: Settings, campaign: Campaign) -> str:
@@ -195,10 +203,14 @@ def create_app(
         # Where replies are sent: inside the invocation on Lambda; in a process of its own for a server (its
         # Graph API calls then never take the event loop's time from acknowledging webhooks), unless the
         # caller gives a transport, which only this process has (tests; local mode's stand-in).
-        send_inline = settings.mode is Mode.LAMBDA
-        in_process = not send_inline and (settings.mode is Mode.LOCAL or graph_transport is not None)
-        process = SenderProcess() if not send_inline and not in_process else None
-        if in_process:
+        if settings.mode is Mode.LAMBDA:
+            sending = Sending.INLINE
+        elif settings.mode is Mode.LOCAL or graph_transport is not None:
+            sending = Sending.TASK
+        else:
+            sending = Sending.PROCESS
+        process = SenderProcess() if sending is Sending.PROCESS else None
+        if sending is Sending.TASK:
             if database.engine.name == "sqlite":
                 await release_leases(database)
             sender.start()
@@ -209,12 +221,11 @@ def create_app(
             campaign=campaign,
             database=database,
             sender=sender,
-            sender_runs_here=in_process,
+            sending=sending,
             flusher=flusher,
             app_secret=settings.app_secret,
             verify_token=settings.verify_token,
             image_path=campaign_dir / campaign.thanks_image if campaign.image_is_local else None,
-            send_inline=send_inline,
         )
         try:
             log.info(
@@ -331,10 +342,10 @@ class WebhookReceiver:
                 "events could not be recorded", status_code=503, headers={"Retry-After": "5"}
             )
         if replies and new:
-            if runtime.send_inline:
+            if runtime.sending is Sending.INLINE:
                 with contextlib.suppress(DatabaseError):  # owed in the outbox: the next invocation sends them
                     await runtime.sender.send_due()
-            elif runtime.sender_runs_here:
+            elif runtime.sending is Sending.TASK:
                 runtime.sender.wake()  # a sender process looks for work by itself
         return ACKNOWLEDGED
 

@@ -467,9 +467,10 @@ class Database:
     def find_code(
         self, *, token: str | None = None, campaign_id: str = "", code: str = ""
     ) -> pool.CodeState | None:
-        """The pool's code with this till token, or this code of the campaign. Blocking."""
-        with self._transaction() as cursor:
-            return pool.find(cursor, token=token, campaign_id=campaign_id, code=code)
+        """The pool's code with this till token, or this code of the campaign (a read: no write lock).
+        Blocking."""
+        rows = self._query(*pool.find_query(token=token, campaign_id=campaign_id, code=code))
+        return pool.CodeState(*rows[0]) if rows else None
 
     def redeem(self, token: str, *, thank: bool = False) -> pool.CodeState | None:
         """Mark the code with this till token used now and buffer its `coupon_redeemed` event (and, with
@@ -568,17 +569,11 @@ class Database:
         """End a reply: delete it from the outbox and buffer its outcome event (`*_sent`, `send_failed`) in
         the same transaction. Returns False, recording nothing, when it was not owed any more (another
         sender completed it after this one's lease ran out). Blocking."""
-        with self._transaction() as cursor:
-            cursor.execute("DELETE FROM outbox WHERE reply_id = ?", (reply_id,))
-            if cursor.rowcount == 0:
-                return False
-            cursor.execute(_INSERT_EVENT, _event_values(outcome))
-            return True
+        return self.complete_many([(reply_id, outcome)]) == 1
 
     def retry(self, reply_id: str, at: datetime) -> None:
         """Release a claimed reply, to be claimed again from `at`. Blocking."""
-        with self._transaction() as cursor:
-            cursor.execute("UPDATE outbox SET due_at = ? WHERE reply_id = ?", (_micros(at), reply_id))
+        self.complete_many((), [(reply_id, at)])
 
     # -- flush batches --------------------------------------------------------------------------------------
 

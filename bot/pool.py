@@ -118,12 +118,16 @@ class CodeState:
 _STATE = "campaign_id, code, customer_id, page_id, variant, token, expires_at, redeemed_at"
 
 
+def find_query(*, token: str | None = None, campaign_id: str = "", code: str = "") -> tuple[str, tuple]:
+    """The SELECT of the code with this till `token`, or this `code` of `campaign_id`, and its parameters."""
+    if token is not None:
+        return f"SELECT {_STATE} FROM codes WHERE token = ?", (token,)
+    return f"SELECT {_STATE} FROM codes WHERE campaign_id = ? AND code = ?", (campaign_id, code)
+
+
 def find(cursor: Any, *, token: str | None = None, campaign_id: str = "", code: str = "") -> CodeState | None:
     """The code with this till `token`, or this `code` of `campaign_id`; None when there is none."""
-    if token is not None:
-        cursor.execute(f"SELECT {_STATE} FROM codes WHERE token = ?", (token,))
-    else:
-        cursor.execute(f"SELECT {_STATE} FROM codes WHERE campaign_id = ? AND code = ?", (campaign_id, code))
+    cursor.execute(*find_query(token=token, campaign_id=campaign_id, code=code))
     row = cursor.fetchone()
     return None if row is None else CodeState(*row)
 

@@ -124,8 +124,7 @@ class Sender:
 
     def _record(self, reply: Reply, outcome: Event) -> None:
         self._outcomes.append((reply.sent_id, outcome))
-        if self._storing is None:
-            self._storing = asyncio.create_task(self._store_outcomes())
+        self._store_soon()
 
     def _postpone(self, reply: Reply, error: SendError) -> None:
         """A send that failed for now: due again after a pause that grows with the reply's age (10 s to 5
@@ -133,8 +132,13 @@ class Sender:
         now = self.replier.clock()
         age = (now - reply.answers.ts).total_seconds()
         self._retries.append((reply.sent_id, now + timedelta(seconds=min(300.0, max(10.0, age / 2)))))
+        self._store_soon()
+
+    def _store_soon(self) -> asyncio.Task[None]:
+        """The task storing the outcomes and retries that arrived (started if none is under way)."""
         if self._storing is None:
             self._storing = asyncio.create_task(self._store_outcomes())
+        return self._storing
 
     async def _store_outcomes(self) -> None:
         """Store the outcomes that arrived, one transaction per round; the replies due after them (a
@@ -169,9 +173,7 @@ class Sender:
     async def _settle(self) -> None:
         """Wait until every outcome that arrived is stored (or could not be)."""
         while self._storing is not None or self._outcomes or self._retries:
-            if self._storing is None:
-                self._storing = asyncio.create_task(self._store_outcomes())
-            await asyncio.gather(self._storing, return_exceptions=True)
+            await asyncio.gather(self._store_soon(), return_exceptions=True)
 
 
 class SenderProcess:

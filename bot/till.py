@@ -161,8 +161,6 @@ def till_routes(
         return page(request, "Till", body, status=503)
 
     async def lookup(request: Request) -> Response:
-        if not pin:
-            return off(request)
         typed = request.query_params.get("code", "").strip()
         if not signed_in(request):
             next_path = "/redeem" + (f"?code={quote(typed)}" if typed else "")
@@ -175,19 +173,12 @@ def till_routes(
         return card(request, state, typed=typed)
 
     async def by_link(request: Request) -> Response:
-        if not pin:
-            return off(request)
         token = request.path_params["token"]
         if not signed_in(request):
             return pin_page(request, f"/redeem/{quote(token)}")
         return card(request, await _store(database().find_code, token=token))
 
-    async def sign_in(request: Request) -> Response:
-        if not pin:
-            return off(request)
-        form = await _form(request)
-        if form is None or not _csrf_ok(request, form):
-            return page(request, "Till", "<p>This form has expired: open the page again.</p>", status=403)
+    async def sign_in(request: Request, form: dict[str, str]) -> Response:
         next_path = form.get("next", "/redeem")
         if not next_path.startswith("/redeem") or next_path.startswith("//"):
             next_path = "/redeem"
@@ -204,12 +195,7 @@ def till_routes(
         _set_cookie(response, SESSION_COOKIE, session_value(expires), SESSION_S, secure_cookies)
         return response
 
-    async def use(request: Request) -> Response:
-        if not pin:
-            return off(request)
-        form = await _form(request)
-        if form is None or not _csrf_ok(request, form):
-            return page(request, "Till", "<p>This form has expired: open the page again.</p>", status=403)
+    async def use(request: Request, form: dict[str, str]) -> Response:
         token = form.get("token", "")
         if not signed_in(request):
             return pin_page(request, f"/redeem/{quote(token)}")
@@ -228,6 +214,22 @@ def till_routes(
 
         return handle
 
+    def staff_page(handler: Callable) -> Callable:
+        """A page of the till: off without a PIN; a POST's form read and its CSRF token checked first."""
+
+        async def handle(request: Request) -> Response:
+            if not pin:
+                return off(request)
+            if request.method != "POST":
+                return await handler(request)
+            form = await _form(request)
+            if form is None or not _csrf_ok(request, form):
+                body = "<p>This form has expired: open the page again.</p>"
+                return page(request, "Till", body, status=403)
+            return await handler(request, form)
+
+        return answering_store_errors(handle)
+
     async def qr_code(request: Request) -> Response:
         """The QR code of a code's till link (the image the customer is sent): no PIN, it shows only the
         link, which whoever has the token has already."""
@@ -242,10 +244,10 @@ def till_routes(
 
     return [
         Route("/redeem/{token}/qr.png", answering_store_errors(qr_code), methods=["GET", "HEAD"]),
-        Route("/redeem", answering_store_errors(lookup), methods=["GET"]),
-        Route("/redeem/pin", answering_store_errors(sign_in), methods=["POST"]),
-        Route("/redeem/use", answering_store_errors(use), methods=["POST"]),
-        Route("/redeem/{token}", answering_store_errors(by_link), methods=["GET"]),
+        Route("/redeem", staff_page(lookup), methods=["GET"]),
+        Route("/redeem/pin", staff_page(sign_in), methods=["POST"]),
+        Route("/redeem/use", staff_page(use), methods=["POST"]),
+        Route("/redeem/{token}", staff_page(by_link), methods=["GET"]),
     ]
 
 

@@ -54,7 +54,7 @@ def raw_events(scan: str, columns: set[str]) -> str:
     return f"""
     select event_id, ts, event_date, page_id, customer_id, campaign_id, {column("variant", "varchar")},
            event, {column("button", "varchar")}, {digest} as message_digest,
-           {column("detail", "varchar")}, {watermark} as watermark
+           {column("detail", "varchar")}, {watermark} as watermark, {column("source", "varchar")}
     from {scan}
     """
 

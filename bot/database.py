@@ -45,7 +45,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _EVENT_FIELDS = (
     *("event_id", "ts", "page_id", "customer_id", "campaign_id", "event"),
-    *("variant", "button", "message_digest", "detail", "watermark"),
+    *("variant", "button", "message_digest", "detail", "watermark", "source"),
 )
 _EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
 
@@ -140,6 +140,7 @@ def _event_values(event: Event) -> tuple:
         event.message_digest,
         event.detail,
         event.watermark,
+        event.source,
     )
 
 
@@ -182,10 +183,10 @@ def _micros_or_none(moment: datetime | None) -> int | None:
     return None if moment is None else _micros(moment)
 
 
-_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_REPLY = (
     f"INSERT INTO outbox (reply_id, kind, ordinal, due_at, code, token, expires_at, {_EVENT_COLUMNS})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reply_id) DO NOTHING"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reply_id) DO NOTHING"
 )
 # Due and not leased, and no earlier reply to the same event still owed: a thank-you's text goes before its
 # image, whichever sender claims them.

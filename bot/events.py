@@ -37,15 +37,16 @@ SCHEMA = pa.schema(
         pa.field("message_digest", pa.int64(), nullable=True),
         pa.field("detail", pa.string(), nullable=True),
         pa.field("watermark", pa.int64(), nullable=True),
+        pa.field("source", pa.string(), nullable=True),
     ]
 )
 PARTITION_COLUMN = "event_date"
 FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name != PARTITION_COLUMN])
 
 _REQUIRED = ("event_id", "ts", "page_id", "customer_id", "campaign_id", "event")
-_OPTIONAL_TEXT = ("variant", "button", "detail")
+_OPTIONAL_TEXT = ("variant", "button", "detail", "source")
 _OPTIONAL_INT = ("message_digest", "watermark")
-_OPTIONAL = ("variant", "button", "message_digest", "detail", "watermark")
+_OPTIONAL = ("variant", "button", "message_digest", "detail", "watermark", "source")
 _FIELDS = (*_REQUIRED, *_OPTIONAL)
 _REQUIRED_TEXT = ("event_id", "page_id", "customer_id", "campaign_id")
 
@@ -57,7 +58,8 @@ class Event:
     `message_digest` is a send's or a delivery receipt's: `message_digest` of the platform's id of the
     message sent or delivered. `watermark` is a read or delivery receipt's: the platform's time (ms since the
     epoch, on its clock) of the last message read or delivered, not the time of reading. Other events have
-    neither.
+    neither. `source` is where a journey came from (an entry link's placement, `ad:<ad_id>`, or `direct`): set
+    on the events that start one (`conversation_started`) and on the welcome that answers it.
     """
 
     event_id: str
@@ -71,6 +73,7 @@ class Event:
     message_digest: int | None = None
     detail: str | None = field(default=None)
     watermark: int | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         # Every event the bot records passes here. The common case (required strings non-empty, optional
@@ -93,6 +96,7 @@ class Event:
             and (self.message_digest is None or self.message_digest.__class__ is int)
             and (self.detail is None or self.detail.__class__ is str)
             and (self.watermark is None or self.watermark.__class__ is int)
+            and (self.source is None or self.source.__class__ is str)
         ):
             self._check_and_normalise()
 

@@ -126,6 +126,7 @@ class Reply:
             campaign_id=source.campaign_id,
             variant=source.variant,
             event=name,
+            source=source.source,
             **columns,
         )
 

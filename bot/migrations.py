@@ -94,6 +94,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE outbox ADD COLUMN expires_at BIGINT",
         ),
     ),
+    Migration(
+        3,
+        "where a journey came from",
+        (
+            # bot.events.Event.source: an entry link's placement, an ad, or direct.
+            "ALTER TABLE events ADD COLUMN source TEXT",
+            "ALTER TABLE outbox ADD COLUMN source TEXT",
+        ),
+    ),
 )
 
 

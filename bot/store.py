@@ -174,7 +174,7 @@ def write_events(files: FileStore, events: Iterable[Event], name: str) -> int:
 
 # -- rows, tables, Parquet ---------------------------------------------------------------------------------
 
-_FIELDS = FILE_SCHEMA.names  # event_id, ts, page_id, customer_id, campaign_id, variant, event, ..., watermark
+_FIELDS = FILE_SCHEMA.names  # event_id, ts, page_id, customer_id, campaign_id, variant, event, ..., source
 
 
 def event_row(event: Event) -> list:
@@ -192,6 +192,7 @@ def event_row(event: Event) -> list:
         event.message_digest,
         event.detail,
         event.watermark,
+        event.source,
     ]
 
 

@@ -118,7 +118,7 @@ customer_event = functools.partial(builders.customer_event, start=PLATFORM_T0)
 def webhook(customer: str, n: int = 0) -> list[Event]:
     """A Get Started click, and a read receipt in the same notification (a receipt calls for no reply)."""
     return [
-        customer_event(customer, n, detail=detail_json(trigger="postback")),
+        customer_event(customer, n, detail=detail_json(trigger="postback"), source="till"),
         customer_event(customer, n + 1, EventName.MESSAGE_READ, watermark=1773489600000 + n * 1000),
     ]
 

@@ -118,7 +118,7 @@ def test_timestamp_is_normalised_to_utc_and_dates_the_partition():
 def test_round_trip_through_arrow_keeps_every_value():
     events = [
         make(),
-        make(event_id="e2", event="send_failed", detail='{"code":551}', button="YES"),
+        make(event_id="e2", event="send_failed", detail='{"code":551}', button="YES", source="ad:23850"),
         make(event_id="e3", event="message_read", watermark=1_772_409_599_000),
         make(event_id="e4", event="coupon_sent", message_digest=-(2**63)),
         make(event_id="e5", event="message_delivered", message_digest=2**63 - 1, watermark=1_772_409_598_000),

@@ -55,7 +55,7 @@ def data(tmp_path: Path) -> Path:
 def test_written_events_are_read_back_as_they_were(data):
     # Given events using every column, with digests and watermarks at the ends of int64
     events = [
-        event(1, variant="b", button="spring-sale|b|yes", event="coupon_requested"),
+        event(1, variant="b", button="spring-sale|b|yes", event="coupon_requested", source="till"),
         event(2, event="coupon_sent", message_digest=-(2**63)),
         event(3, event="message_delivered", message_digest=2**63 - 1, watermark=1_772_366_400_700),
         event(4, event="send_failed", detail=json.dumps({"code": 551, "reason": "unavailable \ufffd"})),

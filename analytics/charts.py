@@ -150,6 +150,60 @@ def buttons_chart(buttons: pa.Table) -> alt.Chart:
     return _style(chart, "Buttons")
 
 
+# The source chart's steps: where each place's customers got to.
+SOURCE_STEPS = (FunnelStep.REACHED, FunnelStep.COUPON_REVEALED, FunnelStep.REDEEMED)
+
+
+def sources_chart(sources: pa.Table) -> alt.Chart:
+    """Customers per source (Events.sources): reached, revealed and used at the till, side by side."""
+    rows = []
+    for row in sources.to_pylist():
+        name = row["source"] if not row.get("title") else f"{row['source']} ({row['title']})"
+        for step in SOURCE_STEPS:
+            rows.append(
+                {"source": name, "step": str(step), "label": STEP_LABELS[step], "customers": row[step]}
+            )
+    chart = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_bar(cornerRadiusEnd=3)
+        .encode(
+            y=alt.Y("source:N", title=None, sort=None, axis=alt.Axis(labelLimit=220)),
+            yOffset=alt.YOffset("step:N", sort=[str(s) for s in SOURCE_STEPS]),
+            x=alt.X("customers:Q", title="Customers"),
+            color=_step_color(),
+            tooltip=[
+                alt.Tooltip("source:N", title="Source"),
+                alt.Tooltip("label:N", title="Step"),
+                "customers:Q",
+            ],
+        )
+    )
+    return _style(chart, "By source")
+
+
+def experiment_chart(timeline: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> alt.Chart:
+    """Each variant's cumulative rate of `step` by entry day (Events.experiment_timeline), with its 95 %
+    interval as a band: rates that settle, and intervals that narrow, as customers come."""
+    base = alt.Chart(alt.Data(values=_records(timeline))).encode(
+        x=alt.X("day:T", title=None, axis=alt.Axis(format="%b %d")),
+        color=alt.Color("variant:N", title="Variant", legend=alt.Legend(orient="bottom")),
+    )
+    band = base.mark_area(opacity=0.18).encode(y="rate_low:Q", y2="rate_high:Q")
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("rate:Q", title=STEP_LABELS[step] + " (cumulative)", axis=alt.Axis(format="%")),
+        tooltip=[
+            "day:T",
+            "variant:N",
+            "customers:Q",
+            "conversions:Q",
+            alt.Tooltip("rate:Q", format=".1%"),
+            alt.Tooltip("rate_low:Q", format=".1%"),
+            alt.Tooltip("rate_high:Q", format=".1%"),
+        ],
+    )
+    return _style(alt.layer(band, line), f"{STEP_LABELS[step]} by variant, cumulative")
+
+
 # -- output, all offline -----------------------------------------------------------------------------------
 
 

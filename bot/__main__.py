@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     links.add_argument("--placements", required=True, help="where it is shown, e.g. till,flyer,instagram")
     links.add_argument("--variant", help="a variant the links force, the ref's last part")
     links.add_argument("--page", help="the page's username (default: asked from the Graph API)")
-    links.add_argument("--out", required=True, help="the folder for the QR files and links.csv")
+    links.add_argument(
+        "--out",
+        help="the folder for the QR files and links.csv "
+        "(default: PROMOBOT_DATA/links/<campaign>[.<variant>], which the dashboard lists)",
+    )
 
     commands.add_parser(
         "run-local",
@@ -102,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from bot.links import links_command
 
-        return links_command(
-            args.campaign, args.placements, Path(args.out), variant=args.variant, page=args.page
-        )
+        out = Path(args.out) if args.out else None
+        return links_command(args.campaign, args.placements, out, variant=args.variant, page=args.page)
     if args.command == "run-local":
         from bot.local import run_local
 

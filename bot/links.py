@@ -31,6 +31,8 @@ QR_ERROR = "m"
 PNG_SCALE = 10  # pixels per module: about 3.5 cm wide at 300 dpi for a short link, enough for a flyer
 QUIET_ZONE = 4  # modules of white around the code, as the QR standard asks
 CSV_COLUMNS = ("placement", "variant", "link", "png", "svg")
+LINKS_FOLDER = "links"  # under the data directory: the dashboard lists `links/*/links.csv`
+LINKS_FILE = "links.csv"
 
 
 class LinksError(ValueError):
@@ -95,13 +97,22 @@ def entry_links(page: str, campaign: str, placements: Sequence[str], variant: st
     return links
 
 
+def default_out(campaign: str, variant: str | None, environ: Mapping[str, str]) -> Path:
+    """Where the links go without --out: `<PROMOBOT_DATA>/links/<campaign>[.<variant>]`, which the dashboard
+    lists. Raises LinksError when the data is in a bucket (give --out then)."""
+    data = environ.get("PROMOBOT_DATA", "").strip() or "data"
+    if data.startswith("s3://"):
+        raise LinksError("PROMOBOT_DATA is a bucket: give --out, a folder on this machine")
+    return Path(data, LINKS_FOLDER, ".".join(part for part in (campaign, variant) if part))
+
+
 def write_links(links: Sequence[EntryLink], out: Path) -> Path:
     """Write each link's QR code as `<stem>.png` and `<stem>.svg` in `out`, and `out/links.csv` listing them.
 
     Returns: the path of links.csv.
     """
     out.mkdir(parents=True, exist_ok=True)
-    table = out / "links.csv"
+    table = out / LINKS_FILE
     with table.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(CSV_COLUMNS)
@@ -165,7 +176,7 @@ async def _lookup(settings: Settings, transport: httpx.AsyncBaseTransport | None
 def links_command(
     campaign: str,
     placements: str,
-    out: Path,
+    out: Path | None,
     *,
     variant: str | None = None,
     page: str | None = None,
@@ -176,16 +187,20 @@ def links_command(
 
     Parameters:
         placements: comma-separated placement names, e.g. "till,flyer,instagram".
+        out: the folder to write; None: `default_out`, where the dashboard finds them.
         page: the page's username; None asks the Graph API with PROMOBOT_PAGE_TOKEN.
         environ, transport: the environment and the Graph API transport (tests pass stand-ins).
     Returns: the exit status, 1 with a message on stderr when no links could be made.
     """
     names = [name.strip() for name in placements.split(",") if name.strip()]
+    environ = os.environ if environ is None else environ
     try:
+        # Check the names before asking the platform: a typo should not wait on the network.
+        entry_links(page or "page", campaign, names, variant)
+        if out is None:
+            out = default_out(campaign, variant, environ)
         if page is None:
-            # Check the names before asking the platform: a typo should not wait on the network.
-            entry_links("page", campaign, names, variant)
-            page = asyncio.run(_lookup(_settings(os.environ if environ is None else environ), transport))
+            page = asyncio.run(_lookup(_settings(environ), transport))
         links = entry_links(page, campaign, names, variant)
         table = write_links(links, out)
     except (LinksError, ConfigError, OSError) as exc:

@@ -157,6 +157,23 @@ def test_the_command_line_writes_the_links(tmp_path):
     ]
 
 
+def test_without_out_the_links_go_where_the_dashboard_lists_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMOBOT_DATA", str(tmp_path / "data"))
+    argv = ["links", "--campaign", "spring", "--placements", "till", "--page", "cornerbakery"]
+
+    assert main(argv) == 0
+    assert main([*argv, "--variant", "b"]) == 0
+
+    assert read_csv(tmp_path / "data/links/spring/links.csv")[0]["link"].endswith("ref=spring.till")
+    assert read_csv(tmp_path / "data/links/spring.b/links.csv")[0]["link"].endswith("ref=spring.till.b")
+
+
+def test_without_out_a_bucket_for_data_asks_for_a_folder(tmp_path, capsys):
+    environ = {"PROMOBOT_DATA": "s3://shop/promobot"}
+    assert links_command("spring", "till", None, page="cornerbakery", environ=environ) == 1
+    assert "give --out" in capsys.readouterr().err
+
+
 def test_the_username_comes_from_the_graph_api_with_the_page_token(tmp_path):
     requests: list[httpx.Request] = []
     graph = graph_answering(httpx.Response(200, json={"username": "cornerbakery", "id": "1"}), requests)

@@ -320,6 +320,34 @@ class GraphClient:
         """The customer's first name, or None when the profile cannot be had: the greeting goes on without."""
         return await self._outcome_of(lambda done: self.first_name_soon(customer_id, done))
 
+    async def get(self, path: str, params: dict | None = None, *, deadline_s: float | None = None) -> object:
+        """GET a Graph API object or edge, e.g. `get("me", {"fields": "id,name"})`, through the client's
+        retrying queue.
+
+        Parameters: `path` relative to the version, never starting with "/"; `deadline_s` how long all
+        attempts may take (default: the retry policy's).
+        Returns: the decoded JSON body. Raises: SendError.
+        """
+        return await self._call("GET", path, params, None, deadline_s)
+
+    async def post(self, path: str, body: dict, *, deadline_s: float | None = None) -> object:
+        """POST `body`'s fields to a Graph API edge, e.g. `post("123/subscribed_apps", {...})`, as `get` does.
+
+        Returns: the decoded JSON body. Raises: SendError.
+        """
+        return await self._call("POST", path, None, body, deadline_s)
+
+    async def _call(
+        self, method: str, path: str, params: dict | None, body: dict | None, deadline_s: float | None
+    ) -> object:
+        deadline = self.retry.deadline_s if deadline_s is None else deadline_s
+        outcome = await self._outcome_of(
+            lambda done: self._submit(method, path, params, body, deadline, done)
+        )
+        if isinstance(outcome, SendError):
+            raise outcome
+        return outcome
+
     def send_soon(
         self, recipient_id: str, body: dict, outcome: Callable[[str | SendError | None], None]
     ) -> Attempts:

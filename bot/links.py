@@ -130,15 +130,12 @@ async def page_username(graph: GraphClient) -> str:
 
     Raises: LinksError when the Graph API cannot be reached, refuses the token, or the page has no username.
     """
-    done = asyncio.get_running_loop().create_future()
-    # GraphClient has no public GET for an arbitrary object: its retrying queue is reached the way its own
-    # first_name() does.
-    graph._submit("GET", "me", {"fields": "username"}, None, graph.retry.deadline_s, done.set_result)
-    answer = await done
-    if isinstance(answer, SendError):
+    try:
+        answer = await graph.get("me", {"fields": "username"})
+    except SendError as exc:
         raise LinksError(
-            f"could not ask the Graph API for the page's username ({answer.reason}); give it with --page"
-        )
+            f"could not ask the Graph API for the page's username ({exc.reason}); give it with --page"
+        ) from exc
     username = answer.get("username") if isinstance(answer, dict) else None
     if not isinstance(username, str) or not username.strip():
         name = answer.get("name") if isinstance(answer, dict) else None

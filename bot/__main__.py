@@ -1,4 +1,5 @@
-"""Command line: `python -m bot serve | migrate | codes generate | redeem | compact | links | run-local`."""
+"""Command line: `python -m bot serve | migrate | codes generate | redeem | compact | links | doctor |
+run-local`."""
 
 from __future__ import annotations
 
@@ -70,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         "(default: PROMOBOT_DATA/links/<campaign>[.<variant>], which the dashboard lists)",
     )
 
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the page token, the webhook subscription, the Graph API version's end of life and "
+        "whether the bot keeps up; exit status 1 when a check fails",
+    )
+    doctor.add_argument(
+        "--fix", action="store_true", help="subscribe the app to the page's webhook fields it lacks"
+    )
+    doctor.add_argument("--json", action="store_true", help="print the checks as one JSON object")
+
     commands.add_parser(
         "run-local",
         help="seed sample data, start the bot with its Messenger simulator and the dashboard on 127.0.0.1, "
@@ -108,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
 
         out = Path(args.out) if args.out else None
         return links_command(args.campaign, args.placements, out, variant=args.variant, page=args.page)
+    if args.command == "doctor":
+        from bot.doctor import doctor_command
+
+        return doctor_command(fix=args.fix, as_json=args.json)
     if args.command == "run-local":
         from bot.local import run_local
 

@@ -27,7 +27,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from bot import flow
+from bot import doctor, flow
 from bot.campaign import Campaign, CampaignError, load_campaign
 from bot.codes import CodesError, load_codes
 from bot.config import ConfigError, Mode, Settings
@@ -358,7 +358,21 @@ WEBHOOK = WebhookReceiver()
 
 
 async def healthz(request: Request) -> Response:
+    """Liveness and readiness, public and cheap. With `?deep=1` and `Authorization: Bearer
+    <PROMOBOT_HEALTH_TOKEN>`, also the doctor's checks (`checks`; the Graph API's cached for a minute), the
+    worst of them as `status`, and 503 when one fails; without the token, 401 or 403 and nothing else."""
     runtime: Runtime = request.app.state.runtime
+    deep = request.query_params.get("deep", "") not in ("", "0")
+    if deep:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return PlainTextResponse(
+                "the health token is needed", status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        expected = runtime.settings.health_token
+        # An unset token matches nothing: the deep checks are off.
+        if not expected or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            return PlainTextResponse("forbidden", status_code=403)
     try:
         await asyncio.to_thread(runtime.database.check)
         owed = await asyncio.to_thread(runtime.database.owed)
@@ -372,7 +386,21 @@ async def healthz(request: Request) -> Response:
     if runtime.flusher.last_error is not None:
         # Events wait in the store meanwhile: the bot still works, the dashboard falls behind.
         health["flush_error"] = str(runtime.flusher.last_error)
-    return JSONResponse(health)
+    if not deep:
+        return JSONResponse(health)
+    checks = []
+    if runtime.settings.mode is not Mode.LOCAL:  # local mode has no page: the simulator stands in
+        cached = getattr(request.app.state, "graph_checks", None)
+        if cached is None:
+            cached = request.app.state.graph_checks = doctor.CachedGraphChecks()
+        checks += await cached.get(runtime.sender.replier.graph, deadline_s=runtime.settings.graph_timeout_s)
+    checks.append(doctor.version_check(runtime.settings.graph_version, runtime.database.clock().date()))
+    checks += await asyncio.to_thread(
+        doctor.local_health, runtime.database, flush_seconds=runtime.settings.flush_seconds
+    )
+    health["status"] = doctor.worst(checks)
+    health["checks"] = [check.as_dict() for check in checks]
+    return JSONResponse(health, status_code=503 if health["status"] is doctor.Status.FAIL else 200)
 
 
 async def media(request: Request) -> Response:

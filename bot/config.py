@@ -33,6 +33,7 @@ _PLATFORM_SECRETS = ("PROMOBOT_APP_SECRET", "PROMOBOT_VERIFY_TOKEN", "PROMOBOT_P
 
 SQLITE_FILE = "promobot.sqlite3"  # the store's file, in the data directory unless a URL says otherwise
 LOCAL_STAFF_PIN = "0000"  # local mode's till PIN, unless PROMOBOT_STAFF_PIN says otherwise
+HEALTH_TOKEN_MIN_LENGTH = 16  # PROMOBOT_HEALTH_TOKEN guards what the deep health check tells
 MESSAGING_WINDOW_S = 24 * 3600.0  # how long after a customer's message the page may answer it (RESPONSE)
 
 
@@ -63,6 +64,8 @@ class Settings:
     log_level: str = "INFO"
     # Staff sign in to the till page with this PIN (4 to 12 digits); "" turns redemption at the till off.
     staff_pin: str = ""
+    # A monitor asks `/healthz?deep=1` with `Authorization: Bearer <this>`; "" turns the deep checks off.
+    health_token: str = ""
 
     @property
     def data_is_s3(self) -> bool:
@@ -94,6 +97,7 @@ class Settings:
             "page_token",
             "database_url",
             "staff_pin",
+            "health_token",
         }  # a URL may hold a password
         shown = ", ".join(
             f"{name}={'***' if name in hidden and getattr(self, name) else getattr(self, name)!r}"
@@ -172,9 +176,16 @@ class Settings:
         staff_pin = get("PROMOBOT_STAFF_PIN") or (LOCAL_STAFF_PIN if mode is Mode.LOCAL else "")
         if staff_pin and not (staff_pin.isdigit() and staff_pin.isascii() and 4 <= len(staff_pin) <= 12):
             raise ConfigError("PROMOBOT_STAFF_PIN must be 4 to 12 digits")
+        health_token = get("PROMOBOT_HEALTH_TOKEN") or ""
+        if health_token and len(health_token) < HEALTH_TOKEN_MIN_LENGTH:
+            raise ConfigError(
+                f"PROMOBOT_HEALTH_TOKEN must be at least {HEALTH_TOKEN_MIN_LENGTH} characters: a short one "
+                "can be guessed (make one with `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+            )
         return cls(
             mode=mode,
             staff_pin=staff_pin,
+            health_token=health_token,
             app_secret=platform["PROMOBOT_APP_SECRET"],
             verify_token=platform["PROMOBOT_VERIFY_TOKEN"],
             page_token=platform["PROMOBOT_PAGE_TOKEN"],

@@ -67,6 +67,17 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthFigures:
+    """What the store tells of the bot's health; times on the bot's clock, None when there is none."""
+
+    last_seen: datetime | None  # the newest seen mark: when the last webhook with a new event was recorded
+    outbox_rows: int  # replies owed, claimed or not
+    oldest_due: datetime | None  # the earliest `due_at` in the outbox (a claimed reply's is its lease's end)
+    buffered_events: int  # events waiting for the flusher
+    oldest_buffered: datetime | None  # when the oldest of them was recorded
+
+
+@dataclass(frozen=True, slots=True)
 class _Engine:
     name: str  # "sqlite" or "postgresql", as bot.migrations names them
     where: str  # the database, for messages (never a password)
@@ -285,6 +296,27 @@ class Database:
         """Raise DatabaseError unless the database takes a write transaction (for health checks)."""
         with self._transaction() as cursor:
             cursor.execute("SELECT 1 FROM schema_migrations LIMIT 1")
+
+    def health_figures(self) -> HealthFigures:
+        """The newest seen mark, the outbox's size and earliest due time, the events buffer's size and the
+        recording time of its oldest event (reads only: no write lock). Blocking."""
+        ((last_seen,),) = self._query("SELECT max(seen_at) FROM seen")
+        ((owed, oldest_due),) = self._query("SELECT count(*), min(due_at) FROM outbox")
+        ((buffered,),) = self._query("SELECT count(*) FROM events")
+        # Events carry no time of recording: an inbound event's is its seen mark (the bot's clock); the bot's
+        # own (sends) carry its clock in `ts`. A redemption read from a till's export carries the till's time,
+        # which can make the buffer look older than it is until the next flush.
+        oldest = self._query(
+            "SELECT coalesce(seen.seen_at, events.ts) FROM events"
+            " LEFT JOIN seen ON seen.event_id = events.event_id ORDER BY events.seq LIMIT 1"
+        )
+        return HealthFigures(
+            last_seen=None if last_seen is None else _moment(last_seen),
+            outbox_rows=owed,
+            oldest_due=None if oldest_due is None else _moment(oldest_due),
+            buffered_events=buffered,
+            oldest_buffered=_moment(oldest[0][0]) if oldest else None,
+        )
 
     # -- connections and transactions ---------------------------------------------------------------------
 

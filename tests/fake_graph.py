@@ -44,6 +44,12 @@ class FakeGraph:
         self.names: dict[str, str] = {}
         self._sends: dict[str, list[Answer]] = {}
         self._profiles: dict[str, list[Answer]] = {}
+        # The page the token is for, the token's app, and each app's webhook fields on the page (GET /me,
+        # GET /app, GET and POST /{page}/subscribed_apps); `subscribing` lists each POST's fields.
+        self.page = {"id": "100000000000001", "name": "Corner Bakery"}
+        self.app = {"id": "700000000000001", "name": "promobot"}
+        self.subscriptions: dict[str, list[str]] = {}
+        self.subscribing: list[str] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -109,6 +115,24 @@ class FakeGraph:
             profile["first_name"] = self.names[customer]
         return self._next(self._profiles, customer), profile
 
+    def _page_call(self, method: str, path: str, fields: str | None) -> dict | None:
+        """The answer to a call about the page or its app; None for any other call."""
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        with self._lock:
+            if method == "GET" and name in ("me", "app"):
+                return dict(self.page if name == "me" else self.app)
+            if name != "subscribed_apps":
+                return None
+            if method == "POST":
+                self.subscribing.append(fields or "")
+                self.subscriptions[self.app["id"]] = (fields or "").split(",")
+                return {"success": True}
+            apps = [
+                {"id": app_id, "name": "an app", "subscribed_fields": list(subscribed)}
+                for app_id, subscribed in self.subscriptions.items()
+            ]
+            return {"data": apps}
+
     def _batch(self, form: dict[str, str]) -> list[dict | None]:
         """The answers to a batch request's calls.
 
@@ -133,6 +157,10 @@ class FakeGraph:
                 return [None] * len(entries)
         answers: list[dict | None] = []
         for entry in entries:
+            page_call = self._page_call(entry.method, entry.path, entry.body.get("subscribed_fields"))
+            if page_call is not None:
+                answers.append({"code": 200, "body": json.dumps(page_call)})
+                continue
             if entry.method == "POST" and entry.path.endswith("me/messages"):
                 answer, default = self._send(entry.body)
             elif entry.method == "GET":
@@ -183,6 +211,10 @@ class FakeGraph:
                     answers = fake._batch(dict(parse_qsl(raw.decode())))
                     self._reply(Answer(body=answers), {})
                     return
+                if parts.path.endswith("/subscribed_apps"):
+                    fields = json.loads(raw).get("subscribed_fields")
+                    self._reply(Answer(), fake._page_call("POST", parts.path, fields) or {})
+                    return
                 if not parts.path.endswith("/me/messages"):
                     self._reply(graph_error(100), {})
                     return
@@ -196,6 +228,10 @@ class FakeGraph:
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 if not self._authorized(parse_qs(parts.query)):
+                    return
+                page_call = fake._page_call("GET", parts.path, None)
+                if page_call is not None:
+                    self._reply(Answer(), page_call)
                     return
                 answer, profile = fake._profile(parts.path.rstrip("/").rsplit("/", 1)[-1])
                 self._reply(answer, profile)

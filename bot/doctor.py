@@ -1,0 +1,470 @@
+"""Health checks: the page's token and webhook subscription, the Graph API version's end of life, and
+whether the bot keeps up (the last webhook, the outbox, the flusher).
+
+`python -m bot doctor` runs them all (`--fix` subscribes the app to the webhook fields it lacks);
+`/healthz?deep=1` shows them to a monitor that has the health token; `local_health` gives the store's figures
+alone, without the Graph API, for the dashboard's health strip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+
+from bot.config import ConfigError, Mode, Settings
+from bot.database import SEEN_RETENTION, Database, DatabaseError, HealthFigures
+from bot.graph import TOKEN_INVALID, GraphClient, SendError
+from bot.migrations import MigrationError
+
+
+class Status(StrEnum):
+    """How a check came out, from best to worst."""
+
+    OK = "ok"
+    WARN = "warn"  # works for now; look at it soon
+    FAIL = "fail"  # customers are not being answered, or soon will not be
+
+
+_RANK = {Status.OK: 0, Status.WARN: 1, Status.FAIL: 2}
+
+
+class Name(StrEnum):
+    """The checks, in the order the doctor runs them."""
+
+    PAGE = "page token"  # GET /me with the page token
+    WEBHOOKS = "webhooks"  # the app's subscription to the page's webhook fields
+    GRAPH_VERSION = "graph api version"  # PROMOBOT_GRAPH_VERSION against its end of life
+    LAST_WEBHOOK = "last webhook"  # the newest seen mark
+    OUTBOX = "outbox"  # replies owed, and how overdue the oldest is
+    FLUSH = "flush"  # events waiting for the flusher, and for how long
+    STORE = "store"  # the database itself, when it cannot be read
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check's outcome: a one-line message, and for a warning or a failure what to do."""
+
+    name: str
+    status: Status
+    message: str
+    fix: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+
+def worst(checks: Iterable[Check]) -> Status:
+    """The worst status of `checks` (OK when there are none)."""
+    return max((check.status for check in checks), key=_RANK.__getitem__, default=Status.OK)
+
+
+# -- the Graph API: the page token and the webhook subscription ----------------------------------------------
+
+
+# The webhook fields the bot acts on (bot.messenger parses them), each a Page Webhooks field of the Messenger
+# Platform; `--fix` subscribes the app to these.
+NEEDED_FIELDS = (
+    "messages",  # what customers write
+    "messaging_postbacks",  # button clicks, Get Started, the persistent menu
+    "messaging_referrals",  # m.me links, QR codes and ads opened in a thread that exists
+    "message_deliveries",  # delivery receipts
+    "message_reads",  # read receipts: the funnel's coupon_seen
+    "message_echoes",  # the page's own messages: staff answering by hand pause the bot
+)
+
+RECONNECT = (
+    "reconnect the page: in the Meta app dashboard open Messenger → Messenger API settings, generate a new "
+    "page access token for the page, set PROMOBOT_PAGE_TOKEN to it, and restart the bot"
+)
+# Error 190's subcodes that say why a token stopped working (Graph API, "Handling Errors").
+TOKEN_SUBCODES = {
+    460: "the password of the account that made it was changed",
+    463: "it has expired",
+    467: "it is no longer valid (the session that made it ended)",
+}
+
+
+def _token_refused(error: SendError) -> Check:
+    why = TOKEN_SUBCODES.get(error.subcode or 0, "it is invalid or was revoked")
+    code = f"code {error.code}" + (f", subcode {error.subcode}" if error.subcode else "")
+    return Check(Name.PAGE, Status.FAIL, f"the Graph API refuses the page token ({code}): {why}", RECONNECT)
+
+
+def _unreachable(name: str, what: str, error: SendError) -> Check:
+    if error.transient:
+        fix = "check this machine's network and https://metastatus.com, then run the doctor again"
+    else:
+        fix = "check the app's permissions for the page (pages_messaging, pages_manage_metadata)"
+    return Check(name, Status.FAIL, f"could not {what}: {error.reason}", fix)
+
+
+async def graph_checks(
+    graph: GraphClient, *, fix: bool = False, deadline_s: float | None = None
+) -> list[Check]:
+    """Check the page token (`GET /me`) and the app's webhook subscription (`GET /{page}/subscribed_apps`);
+    with `fix`, subscribe the app to the fields it lacks (`POST /{page}/subscribed_apps`).
+
+    Parameters: `deadline_s` how long each call may take, retries included (default: the client's).
+    Returns: the "page token" and "webhooks" checks. Raises nothing: a failed call is a failed check.
+    """
+    try:
+        page = await graph.get("me", {"fields": "id,name"}, deadline_s=deadline_s)
+    except SendError as exc:
+        if exc.code == TOKEN_INVALID:
+            token = _token_refused(exc)
+        else:
+            token = _unreachable(Name.PAGE, "ask the Graph API for the page", exc)
+        return [token, Check(Name.WEBHOOKS, Status.WARN, "not checked: the page token does not work")]
+    page_id = str(page.get("id", "")) if isinstance(page, dict) else ""
+    name = page.get("name") if isinstance(page, dict) else None
+    if not page_id:
+        return [
+            Check(Name.PAGE, Status.FAIL, "the Graph API named no page for the token", RECONNECT),
+            Check(Name.WEBHOOKS, Status.WARN, "not checked: the page token does not work"),
+        ]
+    token = Check(Name.PAGE, Status.OK, f"valid, for the page {name!r} ({page_id})")
+    return [token, await _webhooks(graph, page_id, fix=fix, deadline_s=deadline_s)]
+
+
+async def _webhooks(graph: GraphClient, page_id: str, *, fix: bool, deadline_s: float | None) -> Check:
+    edge = f"{quote(page_id, safe='')}/subscribed_apps"
+    try:
+        app = await graph.get("app", {"fields": "id,name"}, deadline_s=deadline_s)
+        app_id = str(app.get("id", "")) if isinstance(app, dict) else ""
+    except SendError:
+        app_id = ""  # the token's app unknown: a page with one subscribed app is still checked
+    try:
+        fields = _subscribed_fields(await graph.get(edge, deadline_s=deadline_s), app_id)
+        missing = [field for field in NEEDED_FIELDS if field not in (fields or ())]
+        fixed = bool(missing and fix)
+        if fixed:
+            # The POST sets the subscription's fields: keep those subscribed already for other uses.
+            wanted = [*(fields or ()), *missing]
+            await graph.post(edge, {"subscribed_fields": ",".join(wanted)}, deadline_s=deadline_s)
+            fields = _subscribed_fields(await graph.get(edge, deadline_s=deadline_s), app_id)
+            missing = [field for field in NEEDED_FIELDS if field not in (fields or ())]
+    except SendError as exc:
+        return _unreachable(Name.WEBHOOKS, "read or change the page's webhook subscription", exc)
+    subscribe = "run `python -m bot doctor --fix` to subscribe it"
+    if fields is None:
+        return Check(
+            Name.WEBHOOKS, Status.FAIL, "the app is not subscribed to the page's webhooks", subscribe
+        )
+    if missing:
+        message = f"the app's subscription lacks {', '.join(missing)}"
+        return Check(Name.WEBHOOKS, Status.FAIL, message, subscribe)
+    now = " now (--fix)" if fixed else ""
+    return Check(Name.WEBHOOKS, Status.OK, f"subscribed{now} to {', '.join(NEEDED_FIELDS)}")
+
+
+def _subscribed_fields(answer: object, app_id: str) -> list[str] | None:
+    """The fields the app is subscribed to, from a subscribed_apps answer; None when it is not subscribed.
+
+    Without the app's id, the page's only subscribed app is taken for it.
+    """
+    apps = answer.get("data") if isinstance(answer, dict) else None
+    apps = [app for app in apps if isinstance(app, dict)] if isinstance(apps, list) else []
+    ours = (
+        [app for app in apps if str(app.get("id")) == app_id]
+        if app_id
+        else apps[:1]
+        if len(apps) == 1
+        else []
+    )
+    if not ours:
+        return None
+    fields = ours[0].get("subscribed_fields")
+    return [str(field) for field in fields] if isinstance(fields, list) else []
+
+
+# -- the Graph API version's end of life ---------------------------------------------------------------------
+
+# Each version's expiry date, from the Graph API changelog's list of versions; None: not announced yet.
+# A version older than every one listed has expired.
+GRAPH_VERSIONS: dict[str, date | None] = {
+    "v26.0": None,
+    "v25.0": date(2028, 7, 29),
+    "v24.0": date(2028, 2, 18),
+    "v23.0": date(2027, 10, 8),
+    "v22.0": date(2027, 5, 20),
+    "v21.0": date(2027, 1, 21),
+    "v20.0": date(2026, 9, 24),
+    "v19.0": date(2026, 5, 21),
+    "v18.0": date(2026, 1, 26),
+    "v17.0": date(2025, 9, 12),
+    "v16.0": date(2025, 5, 14),
+    "v15.0": date(2024, 11, 20),
+}
+VERSION_WARNING = timedelta(days=90)  # warn this long before the version expires
+
+
+def _version_number(version: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in version.removeprefix("v").split("."))
+    except ValueError:
+        return None
+
+
+def version_check(version: str, today: date) -> Check:
+    """The Graph API version in use against its documented expiry: a warning within VERSION_WARNING of it,
+    a failure once past (the platform then answers as a newer version)."""
+    upgrade = "set PROMOBOT_GRAPH_VERSION to a newer version (see the Graph API changelog) and restart"
+    number = _version_number(version)
+    oldest = min(_version_number(known) or () for known in GRAPH_VERSIONS)
+    if version not in GRAPH_VERSIONS:
+        if number is not None and number < oldest:
+            return Check(Name.GRAPH_VERSION, Status.FAIL, f"{version} has expired", upgrade)
+        return Check(
+            Name.GRAPH_VERSION,
+            Status.WARN,
+            f"{version} is not a version promobot knows the end of life of",
+            "check its expiry date in the Graph API changelog",
+        )
+    expires = GRAPH_VERSIONS[version]
+    if expires is None:
+        return Check(Name.GRAPH_VERSION, Status.OK, f"{version}, no end of life announced yet")
+    left = expires - today
+    if left <= timedelta(0):
+        return Check(Name.GRAPH_VERSION, Status.FAIL, f"{version} expired on {expires.isoformat()}", upgrade)
+    if left < VERSION_WARNING:
+        message = f"{version} expires on {expires.isoformat()}, in {left.days} days"
+        return Check(Name.GRAPH_VERSION, Status.WARN, message, upgrade)
+    return Check(Name.GRAPH_VERSION, Status.OK, f"{version}, available until {expires.isoformat()}")
+
+
+# -- the store: last webhook, outbox, flusher ----------------------------------------------------------------
+
+QUIET_PAGE = timedelta(hours=24)  # no new event for this long: a quiet page, or webhooks that stopped
+OVERDUE_WARNING = timedelta(minutes=1)  # a sender claims a due reply within seconds
+OVERDUE_FAILURE = timedelta(minutes=10)
+FLUSH_FAILURE = timedelta(hours=1)  # the dashboard an hour behind
+
+
+def _age(span: timedelta) -> str:
+    """A duration as people say it: 45 s, 12 min, 3 h 5 min, 4 days."""
+    seconds = max(0, int(span.total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} days"
+
+
+def store_checks(figures: HealthFigures, now: datetime, *, flush_seconds: float = 60.0) -> list[Check]:
+    """The "last webhook", "outbox" and "flush" checks of the store's figures at `now` (the bot's clock).
+
+    Parameters: `flush_seconds` the flusher's interval (PROMOBOT_FLUSH_SECONDS): events wait up to that long.
+    """
+    checks = []
+    if figures.last_seen is None:
+        checks.append(
+            Check(
+                Name.LAST_WEBHOOK,
+                Status.WARN,
+                f"no new event recorded in the last {SEEN_RETENTION.days} days",
+                "send the page a message; if the bot does not answer, run `python -m bot doctor`",
+            )
+        )
+    else:
+        quiet = now - figures.last_seen
+        status = Status.WARN if quiet > QUIET_PAGE else Status.OK
+        fix = "a quiet page, or webhooks no longer arrive: run `python -m bot doctor`"
+        checks.append(
+            Check(Name.LAST_WEBHOOK, status, f"{_age(quiet)} ago", fix if status is Status.WARN else None)
+        )
+
+    overdue = now - figures.oldest_due if figures.oldest_due is not None else timedelta(0)
+    owed = f"{figures.outbox_rows} {'reply' if figures.outbox_rows == 1 else 'replies'} owed"
+    if figures.outbox_rows == 0:
+        checks.append(Check(Name.OUTBOX, Status.OK, "no reply owed"))
+    elif overdue <= OVERDUE_WARNING:
+        checks.append(Check(Name.OUTBOX, Status.OK, f"{owed}, none overdue"))
+    else:
+        status = Status.FAIL if overdue > OVERDUE_FAILURE else Status.WARN
+        fix = "replies are not going out: check that the bot's sender runs and its log for errors"
+        checks.append(Check(Name.OUTBOX, status, f"{owed}, the oldest due {_age(overdue)} ago", fix))
+
+    if figures.oldest_buffered is None:
+        checks.append(Check(Name.FLUSH, Status.OK, "no event waiting"))
+    else:
+        lag = now - figures.oldest_buffered
+        waiting = f"{figures.buffered_events} events waiting, the oldest for {_age(lag)}"
+        warn_after = timedelta(seconds=3 * flush_seconds)
+        status = (
+            Status.FAIL
+            if lag > max(FLUSH_FAILURE, 2 * warn_after)
+            else Status.WARN
+            if lag > warn_after
+            else Status.OK
+        )
+        fix = "events are not being written to Parquet: check the log for flush errors"
+        checks.append(Check(Name.FLUSH, status, waiting, None if status is Status.OK else fix))
+    return checks
+
+
+def local_health(
+    database: Database, now: datetime | None = None, *, flush_seconds: float = 60.0
+) -> list[Check]:
+    """The store's checks (last webhook, outbox, flush) without the Graph API: the dashboard's health strip.
+
+    Parameters: `now` the bot's clock (default: the database's); `flush_seconds` PROMOBOT_FLUSH_SECONDS.
+    Returns: three checks; one failing "store" check when the database cannot be read. Blocking.
+    """
+    try:
+        figures = database.health_figures()
+    except DatabaseError as exc:
+        return [
+            Check(Name.STORE, Status.FAIL, str(exc), "check the database (PROMOBOT_DATABASE_URL, the disk)")
+        ]
+    return store_checks(figures, now or database.clock(), flush_seconds=flush_seconds)
+
+
+# -- for the server: the Graph API's checks, cached ----------------------------------------------------------
+
+GRAPH_CACHE_S = 60.0  # a monitor probing every few seconds asks the Graph API once a minute
+
+
+class CachedGraphChecks:
+    """`graph_checks` at most once per `ttl_s`; concurrent askers share one run."""
+
+    def __init__(self, ttl_s: float = GRAPH_CACHE_S) -> None:
+        self.ttl_s = ttl_s
+        self._checks: list[Check] = []
+        self._at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def get(self, graph: GraphClient, *, deadline_s: float | None = None) -> list[Check]:
+        async with self._lock:
+            if time.monotonic() - self._at >= self.ttl_s:
+                self._checks = await graph_checks(graph, deadline_s=deadline_s)
+                self._at = time.monotonic()
+            return list(self._checks)
+
+
+# -- python -m bot doctor ------------------------------------------------------------------------------------
+
+
+def _settings(environ: Mapping[str, str]) -> Settings:
+    """The settings the doctor needs: the page token, not the webhook's secrets (whatever is missing is a
+    check that fails, not a refusal to look)."""
+    settings = Settings.from_env(environ, mode=Mode.LOCAL)  # checked URLs, timeouts and store; no secrets
+    return replace(
+        settings,
+        mode=Mode.SERVER,
+        page_token=environ.get("PROMOBOT_PAGE_TOKEN", "").strip(),
+        app_secret=environ.get("PROMOBOT_APP_SECRET", "").strip(),
+    )
+
+
+def _store_checks(settings: Settings, now: datetime | None) -> list[Check]:
+    url = settings.database
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        where = url.removeprefix("sqlite:///")
+        return [
+            Check(
+                Name.STORE,
+                Status.FAIL,
+                f"no store at {where}",
+                "run the doctor with the bot's PROMOBOT_DATA (or PROMOBOT_DATABASE_URL)",
+            )
+        ]
+    try:
+        database = Database.open(settings.database, Path(settings.data))
+    except (DatabaseError, MigrationError) as exc:
+        return [
+            Check(Name.STORE, Status.FAIL, str(exc), "check PROMOBOT_DATABASE_URL and that the database runs")
+        ]
+    try:
+        return local_health(database, now, flush_seconds=settings.flush_seconds)
+    finally:
+        database.close()
+
+
+async def _page_checks(
+    settings: Settings, fix: bool, transport: httpx.AsyncBaseTransport | None
+) -> list[Check]:
+    if not settings.page_token:
+        return [
+            Check(
+                Name.PAGE,
+                Status.FAIL,
+                "PROMOBOT_PAGE_TOKEN is not set",
+                "set it to the page access token the bot runs with",
+            )
+        ]
+    from bot.app import graph_client
+
+    graph = graph_client(settings, transport)
+    try:
+        return await graph_checks(graph, fix=fix)
+    finally:
+        await graph.aclose()
+
+
+def doctor(
+    *,
+    fix: bool = False,
+    environ: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    now: datetime | None = None,
+) -> list[Check]:
+    """Every check, for the bot the environment describes.
+
+    Parameters: `fix` subscribe the app to the webhook fields it lacks; `environ`, `transport` and `now`
+    the environment, the Graph API transport and the clock (tests pass stand-ins).
+    Raises: ConfigError for a malformed setting.
+    """
+    settings = _settings(os.environ if environ is None else environ)
+    today = (now or datetime.now(UTC)).date()
+    checks = asyncio.run(_page_checks(settings, fix, transport))
+    checks.append(version_check(settings.graph_version, today))
+    checks.extend(_store_checks(settings, now))
+    return checks
+
+
+def render(checks: Sequence[Check]) -> str:
+    """One line per check, `status  name: message`, and the fix below a warning or a failure."""
+    lines = []
+    for check in checks:
+        lines.append(f"{check.status.upper():<4}  {check.name}: {check.message}")
+        if check.fix and check.status is not Status.OK:
+            lines.append(f"      fix: {check.fix}")
+    return "\n".join(lines)
+
+
+def doctor_command(
+    *,
+    fix: bool = False,
+    as_json: bool = False,
+    environ: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    now: datetime | None = None,
+) -> int:
+    """`python -m bot doctor [--fix] [--json]`: print every check.
+
+    Returns: the exit status, 1 when a check failed (warnings alone: 0).
+    """
+    try:
+        checks = doctor(fix=fix, environ=environ, transport=transport, now=now)
+    except ConfigError as exc:
+        print(f"promobot doctor: {exc}", file=sys.stderr)
+        return 1
+    status = worst(checks)
+    if as_json:
+        print(json.dumps({"status": status, "checks": [check.as_dict() for check in checks]}, indent=2))
+    else:
+        print(render(checks))
+    return 1 if status is Status.FAIL else 0

@@ -175,11 +175,8 @@ def _subscribed_fields(answer: object, app_id: str) -> list[str] | None:
     """
     apps = answer.get("data") if isinstance(answer, dict) else None
     apps = [app for app in apps if isinstance(app, dict)] if isinstance(apps, list) else []
-    if app_id:
-        ours = [app for app in apps if str(app.get("id")) == app_id]
-    else:
-        ours = apps if len(apps) == 1 else []
-    if not ours:
+    ours = [app for app in apps if str(app.get("id")) == app_id] if app_id else apps
+    if len(ours) != 1:
         return None
     fields = ours[0].get("subscribed_fields")
     return [str(field) for field in fields] if isinstance(fields, list) else []

@@ -109,3 +109,14 @@ def test_graph_timeout_and_flush_interval_are_seconds():
 def test_a_bad_number_of_seconds_is_refused_naming_the_variable(value):
     with pytest.raises(ConfigError, match="PROMOBOT_GRAPH_TIMEOUT"):
         Settings.from_env({"PROMOBOT_GRAPH_TIMEOUT": value}, Mode.LOCAL)
+
+
+def test_the_health_token_is_read_kept_out_of_repr_and_refused_when_short():
+    token = "a-monitor-health-token-0123"
+    settings = Settings.from_env({**SECRETS, "PROMOBOT_HEALTH_TOKEN": token})
+
+    assert settings.health_token == token
+    assert token not in repr(settings)
+    assert Settings.from_env(SECRETS).health_token == ""  # unset: the deep health checks are off
+    with pytest.raises(ConfigError, match="PROMOBOT_HEALTH_TOKEN must be at least 16 characters"):
+        Settings.from_env({**SECRETS, "PROMOBOT_HEALTH_TOKEN": "short"})

@@ -44,6 +44,7 @@ class Platform:
         self.subscriptions = subscriptions if subscriptions is not None else {}
         self.token_error = token_error  # answer every call with error 190 and this subcode
         self.requests: list[httpx.Request] = []
+        self.app_refused = False  # GET /app answers an error: the token's app is not known
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -56,6 +57,8 @@ class Platform:
         path = request.url.path.removeprefix("/v25.0/")
         if request.method == "GET" and path == "me":
             return httpx.Response(200, json={"id": PAGE_ID, "name": "Corner Bakery"})
+        if request.method == "GET" and path == "app" and self.app_refused:
+            return httpx.Response(400, json={"error": {"message": "Unsupported get request", "code": 100}})
         if request.method == "GET" and path == "app":
             return httpx.Response(200, json={"id": APP_ID, "name": "promobot"})
         if path == f"{PAGE_ID}/subscribed_apps" and request.method == "GET":
@@ -180,6 +183,18 @@ def test_another_apps_subscription_is_not_the_bots(environ, capsys):
     assert doctor_command(environ=environ, transport=platform.transport(), now=TODAY) == 1
 
     assert "FAIL  webhooks: the app is not subscribed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("apps", "status"), [(1, "OK  "), (2, "FAIL")])
+def test_without_the_apps_id_the_pages_only_subscribed_app_is_taken_for_the_bots(
+    environ, capsys, apps, status
+):
+    platform = Platform(subscriptions={f"70000000000000{n}": list(NEEDED_FIELDS) for n in range(apps)})
+    platform.app_refused = True
+
+    doctor_command(environ=environ, transport=platform.transport(), now=TODAY)
+
+    assert f"{status}  webhooks:" in capsys.readouterr().out
 
 
 def test_the_json_output_is_one_object_with_every_check(environ, capsys):

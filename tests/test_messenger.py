@@ -159,7 +159,8 @@ def test_an_ad_referral_carries_the_ad_id_and_title():
 
 def test_get_started_from_an_ad_carries_the_ad_id_and_title():
     item = payloads.postback("42", "GET_STARTED")
-    item["postback"]["referral"] = ad_referral("42", ad_id="77", ads_context_data={"ad_title": "Ad"})["referral"]
+    ad = ad_referral("42", ad_id="77", ads_context_data={"ad_title": "Ad"})
+    item["postback"]["referral"] = ad["referral"]
 
     [click] = parse_body(payloads.envelope(item))
 

@@ -13,6 +13,7 @@ import string
 import tomllib
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -89,7 +90,7 @@ class Campaign:
         images = [self.thanks_image, *(v.thanks_image for v in self.variants if v.thanks_image)]
         return tuple(dict.fromkeys(image for image in images if _is_local(image)))
 
-    @property
+    @cached_property
     def shares(self) -> tuple[tuple[str, float], ...]:
         """Each variant's planned share of customers (weight / total), in file order."""
         total = sum(v.weight for v in self.variants)

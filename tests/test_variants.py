@@ -3,6 +3,7 @@ variants by a hash of campaign and customer, variants forced by entry links, rep
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -221,7 +222,7 @@ def test_the_planned_shares_are_recorded_in_file_order_rounded():
 
 
 def test_a_campaign_without_variants_keeps_its_label_and_records_no_variants():
-    labelled = Campaign(**{**CAMPAIGN.__dict__, "variant": "spring-2"})
+    labelled = dataclasses.replace(CAMPAIGN, variant="spring-2")
 
     event = started(labelled, get_started(referral=link("spring-sale.till.B")))
 

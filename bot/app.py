@@ -71,13 +71,18 @@ class Runtime:
     flusher: Flusher
     app_secret: str
     verify_token: str
-    image_path: Path | None
+    images: dict[str, Path]  # the local thank-you images served under /media/, by name
 
 
 def image_url(settings: Settings, campaign: Campaign) -> str:
     if campaign.image_is_local:
         return f"{settings.public_url}/media/{campaign.thanks_image}"
     return campaign.thanks_image
+
+
+def variant_image_urls(settings: Settings, campaign: Campaign) -> dict[str, str]:
+    """The thank-you image URL of each of the campaign's variants, by name (none without variants)."""
+    return {v.name: image_url(settings, campaign.for_variant(v.name)) for v in campaign.variants}
 
 
 def graph_client(
@@ -142,6 +147,7 @@ def build_sender(
         campaign,
         graph,
         image_url=image_url(settings, campaign),
+        image_urls=variant_image_urls(settings, campaign),
         till_url=settings.public_url,
         max_age_s=settings.reply_max_age_s,
     )
@@ -187,7 +193,7 @@ def create_app(
                 "local mode: promobot talks to its built-in Messenger simulator at %s/ instead of Facebook",
                 settings.public_url,
             )
-        elif campaign.image_is_local and not settings.public_url.startswith("https://"):
+        elif campaign.local_images and not settings.public_url.startswith("https://"):
             log.warning(
                 "the thank-you image is served at %s, but Messenger only fetches https URLs: set "
                 "PROMOBOT_PUBLIC_URL to the bot's public https address",
@@ -225,7 +231,7 @@ def create_app(
             flusher=flusher,
             app_secret=settings.app_secret,
             verify_token=settings.verify_token,
-            image_path=campaign_dir / campaign.thanks_image if campaign.image_is_local else None,
+            images={name: campaign_dir / name for name in campaign.local_images},
         )
         try:
             log.info(
@@ -404,11 +410,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def media(request: Request) -> Response:
-    """The campaign's local thank-you image, and nothing else from the data directory."""
+    """The campaign's local thank-you images (its own and its variants'), and nothing else from the data
+    directory."""
     runtime: Runtime = request.app.state.runtime
-    if runtime.image_path is None or request.path_params["name"] != runtime.campaign.thanks_image:
+    path = runtime.images.get(request.path_params["name"])
+    if path is None:
         return PlainTextResponse("not found", status_code=404)
-    return FileResponse(runtime.image_path, headers={"Cache-Control": "public, max-age=3600"})
+    return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 
 # -- running it ----------------------------------------------------------------------------------------------

@@ -6,11 +6,14 @@ name) stops the bot before it answers anyone, with the file, the key and what is
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 import string
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,12 +26,27 @@ BUTTON_TITLE_LIMIT = 20
 
 # Campaign and variant names travel inside button payloads, separated by "|".
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A variant's name also travels in entry links' refs (`<campaign>.<placement>.<variant>`), split at dots.
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # The longest first name the welcome may receive; the template text must stay under its limit with it.
 FIRST_NAME_ROOM = 35
 
 
 class CampaignError(ValueError):
     """The campaign file is unusable; the message names the file, the key and the reason."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One variant of an A/B test: its share of customers (`weight`, relative to the others) and the texts and
+    thank-you image it replaces; None keeps the campaign's own."""
+
+    name: str
+    weight: float = 1
+    welcome_text: str | None = None
+    coupon_text: str | None = None
+    thanks_text: str | None = None
+    thanks_image: str | None = None
 
 
 DEFAULT_CODE_TEXT = "Your code: {code}\nValid until: {expires}\nAt the till, show this link: {link}"
@@ -59,10 +77,54 @@ class Campaign:
     expires: date | None = None  # the last day a code is valid, in `timezone`
     valid_days: int | None = None  # or: days from the reveal
     timezone: str = "UTC"
+    # An A/B test: two or more variants, the first the reference; empty for a campaign without one.
+    variants: tuple[Variant, ...] = ()
 
     @property
     def image_is_local(self) -> bool:
-        return not self.thanks_image.startswith(("https://", "http://"))
+        return _is_local(self.thanks_image)
+
+    @property
+    def local_images(self) -> tuple[str, ...]:
+        """Every thank-you image the bot serves itself (the campaign's and its variants'), each once."""
+        images = [self.thanks_image, *(v.thanks_image for v in self.variants if v.thanks_image)]
+        return tuple(dict.fromkeys(image for image in images if _is_local(image)))
+
+    @cached_property
+    def shares(self) -> tuple[tuple[str, float], ...]:
+        """Each variant's planned share of customers (weight / total), in file order."""
+        total = sum(v.weight for v in self.variants)
+        return tuple((v.name, v.weight / total) for v in self.variants)
+
+    def assigned_variant(self, customer_id: str) -> str | None:
+        """The variant a customer sees, the same at every visit: a hash of campaign and customer read as a
+        number u in [0, 1), and the first variant whose cumulative share exceeds it. None without variants."""
+        if not self.variants:
+            return None
+        digest = hashlib.sha256(f"{self.id}\x00{customer_id}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        cumulative = 0.0
+        for name, share in self.shares:
+            cumulative += share
+            if u < cumulative:
+                return name
+        return self.variants[-1].name  # u just under 1 and shares that add up to a hair less
+
+    def for_variant(self, name: str | None) -> Campaign:
+        """The campaign as customers of variant `name` read it (its buttons carry the name). A name the
+        campaign does not have (any longer), or None, gets the first variant. Without variants: itself."""
+        if not self.variants:
+            return self
+        variant = next((v for v in self.variants if v.name == name), self.variants[0])
+        return replace(
+            self,
+            variant=variant.name,
+            welcome_text=variant.welcome_text or self.welcome_text,
+            coupon_text=variant.coupon_text or self.coupon_text,
+            thanks_text=variant.thanks_text or self.thanks_text,
+            thanks_image=variant.thanks_image or self.thanks_image,
+            variants=(),
+        )
 
     @property
     def single_use(self) -> bool:
@@ -99,7 +161,9 @@ _TEXTS = {
 }
 _OPTIONAL = {"coupon.code", "coupon.all_gone", "coupon.code_text", "coupon.redeemed_text"}  # see below
 _COUPON_SETTINGS = {"codes", "expires", "valid_days"}
-_TOP_LEVEL = {"id", "variant", "timezone", "welcome", "coupon", "thanks"}
+_TOP_LEVEL = {"id", "variant", "variants", "timezone", "welcome", "coupon", "thanks"}
+# What a [variants.NAME] table may replace: the keys of _TEXTS it may hold.
+_VARIANT_TEXTS = ("welcome.text", "coupon.text", "thanks.text", "thanks.image_url")
 
 
 def load_campaign(path: Path, data_dir: Path | None = None) -> Campaign:
@@ -147,22 +211,14 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
             if key not in expected:
                 raise fail(f"{section}.{key}", f"unknown key (expected {', '.join(sorted(expected))})")
 
-    for key, (limit, allowed) in _TEXTS.items():
+    for key in _TEXTS:
         section, name = key.split(".")
         value = raw[section].get(name)
         if value is None:
             if key in _OPTIONAL:
                 continue
             raise fail(key, "missing")
-        if not isinstance(value, str):
-            raise fail(key, "must be a string")
-        if not value.strip():
-            raise fail(key, "must not be empty")
-        if len(value) > limit:
-            raise fail(key, f"{len(value)} characters, Messenger allows {limit} here")
-        _check_placeholders(value, allowed, lambda reason, key=key: fail(key, reason))
-        # Texts without placeholders are stored as customers will read them ("{{" becomes "{").
-        values[key] = value if allowed else value.format()
+        values[key] = _checked_text(key, value, lambda reason, key=key: fail(key, reason))
 
     coupon = _single_use(raw["coupon"], values, fail)
     timezone = raw.get("timezone", "UTC")
@@ -177,18 +233,12 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
         ) from None
 
     image = values["thanks.image_url"]
-    parts = urlsplit(image)
-    if parts.scheme in ("http", "https"):
-        if parts.scheme != "https" or not parts.netloc:
-            raise fail("thanks.image_url", "Messenger fetches images over https: use an https:// URL")
-    elif parts.scheme:
-        raise fail("thanks.image_url", "must be an https:// URL or a file under the data directory")
-    else:
-        relative = Path(image)
-        if relative.is_absolute() or ".." in relative.parts:
-            raise fail("thanks.image_url", "a local image must be a path inside the data directory")
-        if data_dir is not None and not (data_dir / relative).is_file():
-            raise fail("thanks.image_url", f"no file {data_dir / relative}")
+    _check_image(image, data_dir, lambda reason: fail("thanks.image_url", reason))
+    variants = _variants(raw.get("variants"), data_dir, fail)
+    if variants and "variant" in values:
+        raise fail(
+            "variant", "give either a `variant` label or [variants.NAME] tables (an A/B test), not both"
+        )
 
     return Campaign(
         id=values["id"],
@@ -202,7 +252,108 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
         thanks_text=values["thanks.text"],
         thanks_image=image,
         timezone=timezone,
+        variants=variants,
         **coupon,
+    )
+
+
+def _checked_text(key: str, value: object, fail) -> str:
+    """A text of the file, checked against the platform's limit and the placeholders `key` allows."""
+    limit, allowed = _TEXTS[key]
+    if not isinstance(value, str):
+        raise fail("must be a string")
+    if not value.strip():
+        raise fail("must not be empty")
+    if len(value) > limit:
+        raise fail(f"{len(value)} characters, Messenger allows {limit} here")
+    _check_placeholders(value, allowed, fail)
+    # Texts without placeholders are stored as customers will read them ("{{" becomes "{").
+    return value if allowed else value.format()
+
+
+def _is_local(image: str) -> bool:
+    return not image.startswith(("https://", "http://"))
+
+
+def _check_image(image: str, data_dir: Path | None, fail) -> None:
+    """A thank-you image: an https URL, or a file inside the data directory (there, given `data_dir`)."""
+    parts = urlsplit(image)
+    if parts.scheme in ("http", "https"):
+        if parts.scheme != "https" or not parts.netloc:
+            raise fail("Messenger fetches images over https: use an https:// URL")
+    elif parts.scheme:
+        raise fail("must be an https:// URL or a file under the data directory")
+    else:
+        relative = Path(image)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise fail("a local image must be a path inside the data directory")
+        if data_dir is not None and not (data_dir / relative).is_file():
+            raise fail(f"no file {data_dir / relative}")
+
+
+def _variants(raw: object, data_dir: Path | None, fail) -> tuple[Variant, ...]:
+    """The [variants.NAME] tables, checked, in file order: none, or two and more."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise fail("variants", "must be tables, [variants.A], [variants.B], …")
+    variants = []
+    for name, table in raw.items():
+        where = f"variants.{name}" if "." not in name else f'variants."{name}"'
+        if not _VARIANT_NAME.match(name):
+            raise fail(
+                where,
+                "a variant's name is 1 to 64 letters, digits, '-' or '_', starting with a letter or digit "
+                "(no '.': names travel in entry links' refs, whose parts dots separate)",
+            )
+        if not isinstance(table, dict):
+            raise fail(where, "must be a table, [variants.NAME]")
+        variants.append(
+            _variant(name, table, data_dir, lambda key, reason, where=where: fail(f"{where}.{key}", reason))
+        )
+    if len(variants) < 2:
+        found = ", ".join(v.name for v in variants) or "none"
+        raise fail("variants", f"an A/B test needs at least two variants (found {found})")
+    return tuple(variants)
+
+
+def _variant(name: str, table: dict, data_dir: Path | None, fail) -> Variant:
+    sections = {key.split(".")[0] for key in _VARIANT_TEXTS}
+    for key in table:
+        if key != "weight" and key not in sections:
+            raise fail(key, f"unknown key (expected {', '.join(sorted({'weight', *sections}))})")
+    weight = table.get("weight", 1)
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not math.isfinite(weight)
+        or weight <= 0
+    ):
+        raise fail(
+            "weight", f"{weight!r} is not a positive number (the variant's share, relative to the others)"
+        )
+    texts: dict[str, str] = {}
+    for section in sorted(sections):
+        overrides = table.get(section)
+        if overrides is None:
+            continue
+        expected = [key.split(".")[1] for key in _VARIANT_TEXTS if key.startswith(section + ".")]
+        if not isinstance(overrides, dict):
+            raise fail(section, f"must be a table ({', '.join(f'{section}.{k}' for k in expected)})")
+        for key, value in overrides.items():
+            if key not in expected:
+                raise fail(f"{section}.{key}", f"unknown key (a variant replaces only {', '.join(expected)})")
+            full = f"{section}.{key}"
+            texts[full] = _checked_text(full, value, lambda reason, full=full: fail(full, reason))
+    if "thanks.image_url" in texts:
+        _check_image(texts["thanks.image_url"], data_dir, lambda reason: fail("thanks.image_url", reason))
+    return Variant(
+        name=name,
+        weight=weight,
+        welcome_text=texts.get("welcome.text"),
+        coupon_text=texts.get("coupon.text"),
+        thanks_text=texts.get("thanks.text"),
+        thanks_image=texts.get("thanks.image_url"),
     )
 
 

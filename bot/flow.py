@@ -11,6 +11,8 @@ What a button means travels in its payload (`campaign|variant|step`), so any ins
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -23,6 +25,7 @@ from bot.messenger import (
     Inbound,
     Postback,
     Read,
+    Referral,
     ReferralEvent,
     TextMessage,
     button_template,
@@ -31,6 +34,12 @@ from bot.messenger import (
 )
 
 NEUTRAL_NAME_GREETING = "there"  # "Hi there!" when the first name is unknown
+
+# An entry link's ref, as `python -m bot links` writes it: `<campaign>.<placement>[.<variant>]`.
+_ENTRY_REF = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)(?:\.([A-Za-z0-9_-]+))?")
+DIRECT = "direct"  # the source of a journey with no referral (or one whose ref the client dropped)
+SOURCE_LIMIT = 64  # characters kept of a ref that is not an entry link's
+SHARE_DECIMALS = 4  # of the planned shares recorded with each conversation_started
 
 
 def button_payload(campaign: Campaign, step: ButtonStep) -> str:
@@ -134,14 +143,60 @@ class Reply:
 # -- step 1: what happened ---------------------------------------------------------------------------------
 
 
+def journey_source(referral: Referral | None) -> str:
+    """Where a journey came from, the first that applies: an entry link's placement, any other ref (cut to
+    SOURCE_LIMIT characters), `ad:<ad_id>`, the platform's referral source as it sent it, or `direct`."""
+    if referral is None:
+        return DIRECT
+    if referral.ref:
+        entry = _ENTRY_REF.fullmatch(referral.ref)
+        return entry.group(2) if entry else referral.ref[:SOURCE_LIMIT]
+    if referral.ad_id:
+        return f"ad:{referral.ad_id}"
+    return referral.source or DIRECT
+
+
+def forced_variant(campaign: Campaign, referral: Referral | None) -> str | None:
+    """The variant an entry link of this campaign names (`<campaign>.<placement>.<variant>`), if the campaign
+    has it; None otherwise (the customer's variant is then the hash's)."""
+    if referral is None or not referral.ref or not campaign.variants:
+        return None
+    entry = _ENTRY_REF.fullmatch(referral.ref)
+    if entry is None or entry.group(1) != campaign.id:
+        return None
+    names = {variant.name for variant in campaign.variants}
+    return entry.group(3) if entry.group(3) in names else None
+
+
+def _start_detail(campaign: Campaign, trigger: str, referral: Referral | None, forced: bool) -> str:
+    """The `detail` of a conversation_started: what started it, the referral's fields that it has, and for an
+    A/B test the variants with their planned shares (the first is the reference)."""
+    fields: dict[str, object] = {"trigger": trigger}
+    if referral is not None:
+        fields.update(ref=referral.ref, source=referral.source)
+        optional = {"type": referral.type, "ad_id": referral.ad_id, "ad_title": referral.ad_title}
+        fields.update({key: value for key, value in optional.items() if value is not None})
+    if forced:
+        fields["variant_forced"] = True
+    if campaign.variants:
+        fields["variants"] = [[name, round(share, SHARE_DECIMALS)] for name, share in campaign.shares]
+    return detail_json(**fields)
+
+
 def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
-    """The events a customer's action becomes, in order."""
+    """The events a customer's action becomes, in order.
+
+    A journey starts with a conversation_started (Get Started, a referral, a text, a button the bot no longer
+    knows) that carries its `source`. In an A/B test every event carries the customer's variant (the hash's,
+    or the one an entry link forces); a click carries the one its button names.
+    """
+    assigned = campaign.assigned_variant(inbound.customer_id) if campaign.variants else campaign.variant
 
     def event(
         name: EventName,
         *,
         event_id: str | None = None,
-        variant: str | None = campaign.variant,
+        variant: str | None = assigned,
         **columns: str | int | None,
     ) -> Event:
         return Event(
@@ -164,23 +219,14 @@ def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
             if button is not None and button.campaign_id == campaign.id:
                 return [event(CLICK_EVENTS[button.step], variant=button.variant, button=payload)]
             # Get Started, a menu item, or a button of a campaign that has ended: the conversation (re)starts.
-            fields = {"trigger": "postback"}
-            if referral is not None:
-                fields.update(ref=referral.ref, source=referral.source)
-            return [
-                event(EventName.CONVERSATION_STARTED, button=payload or None, detail=detail_json(**fields))
-            ]
+            return [_started(campaign, event, "postback", referral, button=payload or None)]
         case ReferralEvent(referral=referral):
-            detail = detail_json(trigger="referral", ref=referral.ref, source=referral.source)
-            return [event(EventName.CONVERSATION_STARTED, detail=detail)]
+            # An entry link or ad opened in a thread that exists: a new journey, from there.
+            return [_started(campaign, event, "referral", referral)]
         case TextMessage():
             return [
                 event(EventName.TEXT_RECEIVED),
-                event(
-                    EventName.CONVERSATION_STARTED,
-                    event_id=f"{inbound.event_id}.s",
-                    detail=detail_json(trigger="text"),
-                ),
+                _started(campaign, event, "text", None, event_id=f"{inbound.event_id}.s"),
             ]
         case Delivery(watermark=watermark, mids=mids):
             return [
@@ -193,6 +239,24 @@ def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
         case Read(watermark=watermark):
             return [event(EventName.MESSAGE_READ, watermark=watermark)]
     raise TypeError(f"not a customer action: {inbound!r}")
+
+
+def _started(
+    campaign: Campaign,
+    event: Callable[..., Event],
+    trigger: str,
+    referral: Referral | None,
+    **columns: str | None,
+) -> Event:
+    forced = forced_variant(campaign, referral)
+    if forced is not None:
+        columns["variant"] = forced
+    return event(
+        EventName.CONVERSATION_STARTED,
+        source=journey_source(referral),
+        detail=_start_detail(campaign, trigger, referral, forced is not None),
+        **columns,
+    )
 
 
 # -- step 2: what to answer --------------------------------------------------------------------------------

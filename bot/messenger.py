@@ -67,9 +67,14 @@ class Inbound:
 
 @dataclass(frozen=True, slots=True)
 class Referral:
+    """Where a customer came from: an m.me link's `ref`, the platform's `source` and `type` strings, and for a
+    Click-to-Messenger ad its `ad_id` and title (`ads_context_data.ad_title`)."""
+
     ref: str | None
     source: str | None
     type: str | None
+    ad_id: str | None = None
+    ad_title: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +278,13 @@ def _text(value: object) -> str | None:
 def _referral(value: object) -> Referral | None:
     if not isinstance(value, dict):
         return None
+    ads = value.get("ads_context_data")
     return Referral(
-        ref=_text(value.get("ref")), source=_text(value.get("source")), type=_text(value.get("type"))
+        ref=_text(value.get("ref")),
+        source=_text(value.get("source")),
+        type=_text(value.get("type")),
+        ad_id=_text(value.get("ad_id")) or None,
+        ad_title=_text(ads.get("ad_title")) if isinstance(ads, dict) else None,
     )
 
 

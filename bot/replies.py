@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from bot.campaign import Campaign
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 Record = Callable[[Reply, Event], None]  # gets each reply's outcome as soon as it has one
 Postpone = Callable[[Reply, SendError], None]  # gets a reply whose send failed for now (transient error)
-MESSAGE_CACHE_SIZE = 4096  # rendered messages kept: one per reply kind, and one welcome per first name
+MESSAGE_CACHE_SIZE = 4096  # rendered messages kept: one per reply kind and variant, a welcome per first name
 
 
 def utc_now() -> datetime:
@@ -52,6 +52,7 @@ class Replier:
         graph: GraphClient,
         *,
         image_url: str,
+        image_urls: Mapping[str, str] | None = None,
         till_url: str = "",
         max_age_s: float,
         concurrency: int = 256,
@@ -59,7 +60,8 @@ class Replier:
     ) -> None:
         self.campaign = campaign
         self.graph = graph
-        self.image_url = image_url
+        self.image_url = image_url  # the campaign's thank-you image, as Messenger fetches it
+        self.image_urls = dict(image_urls or {})  # a variant's, by name, where the campaign has variants
         self.till_url = till_url  # the bot's public URL: single-use codes link to its /redeem pages
         self.max_age = timedelta(seconds=max_age_s)
         self.clock = clock
@@ -67,7 +69,7 @@ class Replier:
         self._active: set[_Answer] = set()
         self._queued: deque[_Answer] = deque()
         self._admitting = False
-        self._messages: dict[tuple[ReplyKind, str | None], Encoded] = {}
+        self._messages: dict[tuple[ReplyKind, str | None, str | None], Encoded] = {}
         self._idle: asyncio.Event | None = None
 
     @property
@@ -157,7 +159,7 @@ class Replier:
             self._settle(answer, reply.failed(self.clock(), code=None, subcode=None, reason=reason))
             return
         else:
-            message = self._message(reply.kind, first_name)
+            message = self._message(reply.kind, reply.answers.variant, first_name)
         body = send_body(reply.customer_id, message)
         answer.attempts = self.graph.send_soon(
             reply.customer_id, body, lambda outcome: self._sent(answer, reply, outcome)
@@ -166,12 +168,15 @@ class Replier:
     def _code_text(self, issued: IssuedCode, till_url: str) -> dict:
         return render_code(self.campaign, issued, till_url)
 
-    def _message(self, kind: ReplyKind, first_name: str | None) -> Encoded:
-        """The reply's message, rendered and encoded once for every customer who gets the same."""
-        key = (kind, first_name)
+    def _message(self, kind: ReplyKind, variant: str | None, first_name: str | None) -> Encoded:
+        """The reply's message in the texts of `variant` (that of the event it answers), rendered and encoded
+        once for every customer who gets the same."""
+        key = (kind, variant, first_name)
         message = self._messages.get(key)
         if message is None:
-            rendered = render(self.campaign, kind, first_name=first_name, image_url=self.image_url)
+            campaign = self.campaign.for_variant(variant)
+            image_url = self.image_urls.get(campaign.variant or "", self.image_url)
+            rendered = render(campaign, kind, first_name=first_name, image_url=image_url)
             if len(self._messages) >= MESSAGE_CACHE_SIZE:
                 self._messages.clear()
             message = self._messages[key] = Encoded(rendered)

@@ -96,3 +96,94 @@ def test_the_demo_campaign_of_make_run_hands_out_its_codes():
 
     assert demo.single_use
     assert len(load_codes(REPO / "data" / demo.codes)) == 200
+
+
+# -- variants ------------------------------------------------------------------------------------------------
+
+
+def with_variants(**tables: dict) -> dict:
+    raw = example()
+    raw["variants"] = tables
+    return raw
+
+
+def test_variants_load_in_file_order_with_their_weights_and_overrides():
+    raw = with_variants(
+        A={},
+        B={
+            "weight": 3,
+            "welcome": {"text": "Hey {first_name}, a gift?"},
+            "thanks": {"image_url": "thanks.png"},
+        },
+    )
+
+    campaign = parse_campaign(raw, data_dir=REPO / "data")
+
+    assert [(v.name, v.weight) for v in campaign.variants] == [("A", 1), ("B", 3)]
+    assert campaign.shares == (("A", 0.25), ("B", 0.75))
+    assert campaign.variants[1].welcome_text == "Hey {first_name}, a gift?"
+    assert campaign.variants[1].coupon_text is None  # the campaign's own
+
+
+def test_the_variants_of_the_demo_campaign_load():
+    demo = load_campaign(REPO / "data" / "demo-campaign.toml", data_dir=REPO / "data")
+
+    assert [v.name for v in demo.variants] == ["A", "B"]
+    assert demo.for_variant("B").welcome_text != demo.for_variant("A").welcome_text
+    assert demo.for_variant("B").coupon_text != demo.for_variant("A").coupon_text
+
+
+@pytest.mark.parametrize(
+    ("tables", "key", "reason"),
+    [
+        ({"A": {}, "B": {"colour": "red"}}, "variants.B.colour", "unknown key"),
+        ({"A": {}, "B": {"welcome": {"yes": "Sure!"}}}, "variants.B.welcome.yes", "unknown key"),
+        ({"A": {}, "B": {"weight": 0}}, "variants.B.weight", "not a positive number"),
+        ({"A": {"weight": -1}, "B": {}}, "variants.A.weight", "not a positive number"),
+        ({"A": {}, "B": {"weight": "2"}}, "variants.B.weight", "not a positive number"),
+        ({"A": {}, "B": {"weight": float("nan")}}, "variants.B.weight", "not a positive number"),
+        ({"A": {}, "B": {"weight": True}}, "variants.B.weight", "not a positive number"),
+        ({"A": {}}, "variants", "at least two variants (found A)"),
+        ({"A": {}, "B.2": {}}, 'variants."B.2"', "no '.'"),
+        ({"A": {}, "B|2": {}}, "variants.B|2", "letters, digits"),
+        ({"A": {}, "B": 3}, "variants.B", "must be a table"),
+        ({"A": {}, "B": {"thanks": {"image_url": "thanks-b.png"}}}, "variants.B.thanks.image_url", "no file"),
+        (
+            {"A": {}, "B": {"thanks": {"image_url": "http://x.example/b.png"}}},
+            "variants.B.thanks.image_url",
+            "https",
+        ),
+        ({"A": {}, "B": {"coupon": {"text": "x" * 641}}}, "variants.B.coupon.text", "Messenger allows 640"),
+        (
+            {"A": {}, "B": {"welcome": {"text": "Hi {name}"}}},
+            "variants.B.welcome.text",
+            "unknown placeholder",
+        ),
+    ],
+)
+def test_a_bad_variant_is_refused_naming_the_key(tables, key, reason):
+    with pytest.raises(CampaignError) as refused:
+        parse_campaign(with_variants(**tables), where="data/campaign.toml", data_dir=REPO / "data")
+
+    message = str(refused.value)
+    assert message.startswith(f"data/campaign.toml: {key}: ")
+    assert reason in message
+
+
+def test_a_variant_label_and_variants_are_exclusive():
+    raw = with_variants(A={}, B={})
+    raw["variant"] = "B"
+
+    with pytest.raises(CampaignError, match=r"^campaign: variant: give either"):
+        parse_campaign(raw, data_dir=REPO / "data")
+
+
+def test_a_variants_local_image_is_looked_for_in_the_data_directory(tmp_path: Path):
+    (tmp_path / "thanks.png").write_bytes(b"png")
+    path = tmp_path / "campaign.toml"
+    path.write_text(EXAMPLE.read_text() + '\n[variants.A]\n[variants.B]\nthanks.image_url = "thanks-b.png"\n')
+
+    with pytest.raises(CampaignError, match=rf"^{path}: variants.B.thanks.image_url: no file"):
+        load_campaign(path, data_dir=tmp_path)
+    (tmp_path / "thanks-b.png").write_bytes(b"png")
+    assert load_campaign(path, data_dir=tmp_path).local_images == ("thanks.png", "thanks-b.png")

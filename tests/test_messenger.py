@@ -121,6 +121,67 @@ def test_get_started_from_an_m_me_link_carries_the_ref():
     assert click.referral.source == "SHORTLINK"
 
 
+def ad_referral(customer: str, **referral: object) -> dict:
+    """A Click-to-Messenger ad opened in an existing thread, shaped as the messaging_referrals reference shows
+    it (ref only if the ad sets one)."""
+    return {
+        "sender": {"id": customer},
+        "recipient": {"id": payloads.PAGE},
+        "timestamp": payloads.now_ms(),
+        "referral": {"source": "ADS", "type": "OPEN_THREAD", **referral},
+    }
+
+
+def test_the_fixture_referral_keeps_its_raw_source_and_type_and_has_no_ad():
+    [action] = parse_body(fixture("botman-driver-facebook__referral.json"))
+
+    assert (action.referral.source, action.referral.type) == ("MY_SOURCE", "MY_TYPE")
+    assert (action.referral.ad_id, action.referral.ad_title) == (None, None)
+
+
+def test_an_ad_referral_carries_the_ad_id_and_title():
+    item = ad_referral(
+        "42",
+        ad_id="6045246247433",
+        ads_context_data={"ad_title": "Spring sale", "photo_url": "https://scontent.example/1.jpg"},
+    )
+
+    [action] = parse_body(payloads.envelope(item))
+
+    assert isinstance(action, ReferralEvent)
+    assert action.referral.ref is None
+    assert (action.referral.ad_id, action.referral.ad_title, action.referral.source) == (
+        "6045246247433",
+        "Spring sale",
+        "ADS",
+    )
+
+
+def test_get_started_from_an_ad_carries_the_ad_id_and_title():
+    item = payloads.postback("42", "GET_STARTED")
+    ad = ad_referral("42", ad_id="77", ads_context_data={"ad_title": "Ad"})
+    item["postback"]["referral"] = ad["referral"]
+
+    [click] = parse_body(payloads.envelope(item))
+
+    assert (click.referral.ad_id, click.referral.ad_title) == ("77", "Ad")
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"ad_id": 6045246247433, "ads_context_data": {"ad_title": 7}},
+        {"ad_id": ["1"], "ads_context_data": "Spring sale"},
+        {"ad_id": "", "ads_context_data": None},
+        {"ad_id": None, "ads_context_data": [{"ad_title": "x"}]},
+    ],
+)
+def test_an_ad_id_or_title_that_is_not_a_string_is_ignored(odd):
+    [action] = parse_body(payloads.envelope(ad_referral("42", **odd)))
+
+    assert (action.referral.ad_id, action.referral.ad_title, action.referral.source) == (None, None, "ADS")
+
+
 def test_echoes_and_optins_without_a_sender_are_not_customer_actions():
     assert parse_body(fixture("botman-driver-facebook__message_echo.json")) == []
     assert parse_body(fixture("botman-driver-facebook__optin_user_ref_no_sender.json")) == []

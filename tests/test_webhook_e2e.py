@@ -13,11 +13,13 @@ import httpx
 import psutil
 import pytest
 
+from bot.campaign import load_campaign
 from bot.events import message_digest
 from tests import payloads
 from tests.bot_process import PAGE_TOKEN, VERIFY_TOKEN, BotProcess, make_home, stored_events
 from tests.conftest import MESSENGER_FIXTURES, REPO
 from tests.fake_graph import Answer, FakeGraph, graph_error
+from tests.test_variants import customer_of
 
 pytestmark = pytest.mark.e2e
 
@@ -417,3 +419,109 @@ def test_replies_go_on_when_the_sender_process_dies(bot, graph, data):
     events = stored_events(data)
     assert by_customer(events, "5001") == ["conversation_started", "welcome_sent"]
     assert by_customer(events, "5002") == ["conversation_started", "welcome_sent"]
+
+
+# -- where customers come from, and which variant they see -------------------------------------------------
+
+VARIANTS = """
+[variants.A]
+
+[variants.B]
+welcome.text = "Hey {first_name}, a coupon is waiting for you. Shall we show it?"
+thanks.image_url = "thanks-b.png"
+"""
+
+
+def test_an_ad_and_a_link_forcing_a_variant_are_recorded_and_answered_in_its_texts(data, graph):
+    (data / "campaign.toml").write_text((data / "campaign.toml").read_text() + VARIANTS)
+    (data / "thanks-b.png").write_bytes((data / "thanks.png").read_bytes() + b"B")
+    campaign = load_campaign(data / "campaign.toml", data_dir=data)
+    ad_customer, linked = customer_of("B", campaign), customer_of("A", campaign)
+    graph.names.update({ad_customer: "Ada", linked: "Bob"})
+    ad = {"source": "ADS", "type": "OPEN_THREAD", "ad_id": "6045246247433"}
+    ad["ads_context_data"] = {"ad_title": "Spring sale", "photo_url": "https://scontent.example/1.jpg"}
+    from_ad = payloads.postback(ad_customer, "GET_STARTED")
+    from_ad["postback"]["referral"] = ad
+    # Bob, whom the hash gives A, opens the till's link to variant B in the thread he already has.
+    forced = payloads.referral(linked, "spring-sale.till.B")
+
+    with BotProcess(data, graph.url) as bot:
+        assert bot.post(payloads.envelope(from_ad, forced)).status_code == 200
+        [ad_welcome] = graph.wait_for(ad_customer, 1)
+        [linked_welcome] = graph.wait_for(linked, 1)
+        bot.post(payloads.envelope(payloads.postback(linked, postbacks(linked_welcome)["No, thanks"])))
+        thanks_text, thanks_image = graph.wait_for(linked, 3)[1:]
+        image = httpx.get(thanks_image["attachment"]["payload"]["url"])
+        wait_until_idle(bot)
+        assert bot.stop() == 0
+
+    assert (
+        ad_welcome["attachment"]["payload"]["text"]
+        == "Hey Ada, a coupon is waiting for you. Shall we show it?"
+    )
+    assert (
+        linked_welcome["attachment"]["payload"]["text"]
+        == "Hey Bob, a coupon is waiting for you. Shall we show it?"
+    )
+    assert set(postbacks(linked_welcome).values()) == {"spring-sale|B|yes", "spring-sale|B|no"}
+    assert thanks_text == {"text": "No problem, thanks for stopping by!"}
+    assert thanks_image["attachment"]["payload"]["url"] == f"{bot.url}/media/thanks-b.png"
+    assert image.content == (data / "thanks-b.png").read_bytes()
+
+    events = stored_events(data)
+    rows = {(e["customer_id"], e["event"]): e for e in events}
+    started, welcome = rows[ad_customer, "conversation_started"], rows[ad_customer, "welcome_sent"]
+    assert (started["source"], started["variant"], welcome["source"], welcome["variant"]) == (
+        "ad:6045246247433",
+        "B",
+        "ad:6045246247433",
+        "B",
+    )
+    assert json.loads(started["detail"]) == {
+        "trigger": "postback",
+        "ref": None,
+        "source": "ADS",
+        "type": "OPEN_THREAD",
+        "ad_id": "6045246247433",
+        "ad_title": "Spring sale",
+        "variants": [["A", 0.5], ["B", 0.5]],
+    }
+    started, welcome = rows[linked, "conversation_started"], rows[linked, "welcome_sent"]
+    assert (started["source"], started["variant"], welcome["source"], welcome["variant"]) == (
+        "till",
+        "B",
+        "till",
+        "B",
+    )
+    assert json.loads(started["detail"]) == {
+        "trigger": "referral",
+        "ref": "spring-sale.till.B",
+        "source": "SHORTLINK",
+        "type": "OPEN_THREAD",
+        "variant_forced": True,
+        "variants": [["A", 0.5], ["B", 0.5]],
+    }
+    declined = rows[linked, "declined"]
+    assert (declined["variant"], declined["button"], declined["source"]) == ("B", "spring-sale|B|no", None)
+    assert {e["variant"] for e in events if e["customer_id"] == linked and e["event"] == "thanks_sent"} == {
+        "B"
+    }
+
+
+def test_a_variants_missing_image_stops_start_up_naming_file_and_key(data, graph):
+    campaign = data / "campaign.toml"
+    campaign.write_text(campaign.read_text() + VARIANTS)  # thanks-b.png is not there
+    bot = BotProcess(data, graph.url)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "serve", "--port", str(bot.port)],
+        cwd=REPO,
+        env=bot.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert f"{campaign}: variants.B.thanks.image_url: no file {data / 'thanks-b.png'}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -103,6 +103,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE outbox ADD COLUMN source TEXT",
         ),
     ),
+    Migration(
+        4,
+        "what the bot knows of each customer: messaging window, opt-out, takeover, reachability",
+        (
+            # One row per customer of a page, kept up to date by each webhook's transaction. Times are µs:
+            # `last_action_at` and `ad_referral_at` on the platform's clock (the customer's own actions),
+            # the others on the bot's.
+            "CREATE TABLE customers (page_id TEXT NOT NULL, customer_id TEXT NOT NULL,"
+            " last_action_at BIGINT, ad_referral_at BIGINT, opted_out_at BIGINT, handed_over_until BIGINT,"
+            " unreachable_at BIGINT, PRIMARY KEY (page_id, customer_id))",
+        ),
+    ),
 )
 
 

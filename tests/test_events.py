@@ -33,7 +33,8 @@ def make(**overrides):
 def test_event_names_are_the_designed_ones():
     # DESIGN.md's eleven, plus `code_sent` (the code shown after a reveal is a reply like the others, and
     # every reply ends in an event), and single-use codes' three: a pool found empty, the message saying
-    # so, and a code used at the till.
+    # so, and a code used at the till; then issue 19's: reactions, opting out and in, staff taking over,
+    # and broadcasts.
     assert {str(n) for n in EventName} == {
         "conversation_started",
         "welcome_sent",
@@ -50,6 +51,12 @@ def test_event_names_are_the_designed_ones():
         "coupon_pool_empty",
         "all_gone_sent",
         "coupon_redeemed",
+        "reaction_received",
+        "opted_out",
+        "opted_in",
+        "handed_over",
+        "broadcast_sent",
+        "broadcast_skipped",
     }
 
 

@@ -455,6 +455,13 @@ def datasets(draw) -> list[Event]:
             if name != "welcome_sent"
             else None
         )
+        source = detail = None
+        if name in ("welcome_sent", "conversation_started"):
+            source = draw(st.sampled_from([None, "till", "ad:1"]))
+        if name == "conversation_started" and source == "ad:1":
+            detail = detail_json(
+                trigger="postback", ad_id="1", ad_title=draw(st.sampled_from(["One", "Two"]))
+            )
         events.append(
             Event(
                 event_id=f"e{index}",
@@ -465,6 +472,8 @@ def datasets(draw) -> list[Event]:
                 event=name,
                 button=button,
                 watermark=watermark,
+                source=source,
+                detail=detail,
             )
         )
     # Redeliveries and replays: exact copies of earlier events.
@@ -528,6 +537,13 @@ def test_every_metric_matches_a_plain_python_computation(
     }
     assert buttons == reference.buttons(events, campaign=campaign, start=start, end=end, tz=tz)
 
+    sources = {row.pop("source"): row for row in stored.sources(**filters).to_pylist()}
+    assert sources == reference.sources(events, **filters)
+    for source in ("till", "unknown"):
+        funnel = counts(stored.funnel(source=source, **filters))
+        expected = reference.funnel(events, source=source, **filters)
+        assert funnel == {step: row["customers"] for step, row in expected.items()}, source
+
 
 def test_sample_journeys_on_the_platforms_clocks_match_the_reference(tmp_path):
     write_sample(tmp_path, customers=400, days=10, seed=3, progress=False)
@@ -542,6 +558,39 @@ def test_sample_journeys_on_the_platforms_clocks_match_the_reference(tmp_path):
     assert funnel["coupon_seen"] > funnel["coupon_revealed"]
     # A third to a half of the reveals are used at the till.
     assert funnel["coupon_revealed"] / 2 > funnel["redeemed"] > funnel["coupon_revealed"] / 4
+
+
+def test_sample_sources_and_experiment_match_the_reference(tmp_path):
+    write_sample(tmp_path, customers=1500, days=20, seed=4, progress=False)
+    stored = from_table(ds.dataset(tmp_path / "events", format="parquet", partitioning="hive").to_table())
+    events = analytics.open(tmp_path)
+
+    sources = {row.pop("source"): row for row in events.sources().to_pylist()}
+    assert sources == reference.sources(stored)
+    assert {"till", "flyer", "instagram", "direct"} < set(sources)
+    spring = {
+        row.pop("source"): row
+        for row in events.sources(campaign=SPRING, window=timedelta(days=1)).to_pylist()
+    }
+    assert spring == reference.sources(stored, campaign=SPRING, window=timedelta(days=1))
+    assert counts(events.funnel(source="till")) == {
+        step: row["customers"] for step, row in reference.funnel(stored, source="till").items()
+    }
+
+    for step in ("coupon_revealed", "redeemed"):
+        expected = reference.experiment(stored, SPRING, step)
+        table = events.experiment(step=step)
+        assert {
+            row["variant"]: {k: row[k] for k in ("customers", "conversions", "declined", "send_failed")}
+            for row in table.to_pylist()
+        } == expected["variants"]
+        assert table.column("excluded_mixed")[0].as_py() == expected["excluded_mixed"] > 0
+        assert table.column("excluded_forced")[0].as_py() == expected["excluded_forced"] > 0
+    final = {r["variant"]: r for r in events.experiment_timeline().to_pylist()[-2:]}
+    assert {v: (r["customers"], r["conversions"]) for v, r in final.items()} == {
+        v: (c["customers"], c["conversions"])
+        for v, c in reference.experiment(stored, SPRING)["variants"].items()
+    }
 
 
 def test_a_filters_object_and_keywords_ask_the_same_question(tmp_path):

@@ -121,21 +121,50 @@ def _offset(step: str) -> str:
     return f"case when {step} is null then null when {step} < entry then 0 else {step} - entry end"
 
 
+# The source and variant of each welcome (a journey's are those of its entry welcome), built from every stored
+# row when a question first asks for them: questions that do not ask never pay for it.
+WELCOMES = f"""
+select campaign_id, hash(customer_id) as customer, epoch_us(ts) as at_us,
+       min(source) as source, min(variant) as variant
+from raw_events
+where event = '{_E.WELCOME_SENT}'
+group by campaign_id, hash(customer_id), epoch_us(ts)
+"""
+
+# Welcomes of events written before sources were recorded.
+UNKNOWN_SOURCE = "unknown"
+# A Click-to-Messenger ad's source: `ad:<ad_id>`.
+AD_SOURCE_PREFIX = "ad:"
+
+_LABELLED = f"""
+labelled as (  -- the journeys whose entry welcome has the question's source and variant
+    select c.*, coalesce(w.source, '{UNKNOWN_SOURCE}') as source, w.variant
+    from chosen c
+    left join welcomes w on w.campaign_id = c.campaign_id and w.customer = c.customer and w.at_us = c.entry
+    where c.entry is not null
+      and ($source is null or coalesce(w.source, '{UNKNOWN_SOURCE}') = $source)
+      and ($variant is null or w.variant = $variant)
+),"""
+
+
 # Per question: one row per customer reached, with the time each step was reached and the time it took.
 # A customer in several campaigns (no campaign chosen) is at a step when any of their journeys is; the time
 # is the earliest, the time taken the shortest.
-_JOURNEY_STEPS = f"""
+def _journey_steps(labelled: bool) -> str:
+    """The common table expressions of a question's journeys and their steps; `labelled`: with the source and
+    variant of each journey's entry, and only the journeys of the question's source and variant."""
+    return f"""
 chosen as (  -- the entry: the journey's first welcome on a day in the range
     select campaign_id, customer, steps,
            {_first(_E.WELCOME_SENT, "$start_us", "$end_us - 1")} as entry
     from journeys
     where $campaign is null or campaign_id = $campaign
-),
+),{_LABELLED if labelled else ""}
 answered as (  -- customers' taps on the platform's clock, the welcome's stamp on the bot's: an allowance
     select *,
            {_first(_E.COUPON_REQUESTED, "entry - $allowance_us", "entry + $window_us")} as requested,
            {_first(_E.DECLINED, "entry - $allowance_us", "entry + $window_us")} as declined
-    from chosen
+    from {"labelled" if labelled else "chosen"}
     where entry is not null
 ),
 after_request as (
@@ -165,28 +194,40 @@ journey_steps as (  -- one row per journey; each step's time or null
            {_earliest("a.revealed", "r.read_us")} as coupon_seen,
            a.revealed as coupon_revealed,
            a.redeemed,
-           a.declined
+           a.declined{", a.source, a.variant" if labelled else ""}
     from after_reveal a
     left join read_after r on r.campaign_id = a.campaign_id and r.customer = a.customer
 )
 """
 
+
 # Customers in several campaigns are grouped; the others (nearly all) pass as they are, which saves a
 # grouping of every customer. MULTI_CAMPAIGN_CUSTOMERS is kept beside the journeys.
 MULTI_CAMPAIGN_CUSTOMERS = "select customer from journeys group by customer having count(*) > 1"
 
-CUSTOMER_STEPS = f"""
-with {_JOURNEY_STEPS}
-select customer, entry, {", ".join(f"{step} as {step}_at, {_offset(step)} as {step}_us" for step in STEPS)}
+
+def customer_steps(labelled: bool = False) -> str:
+    """A question's customers and the time of each step (CUSTOMER_STEPS); `labelled`: with `source` and
+    `variant` columns, of the journeys of the question's source and variant only. A customer in several
+    campaigns is under the source of their earliest entry, and has a variant only with one journey."""
+    labels = ("source, variant, ", " arg_min(source, entry), case when count(*) = 1 then min(variant) end,")
+    single, several = labels if labelled else ("", "")
+    steps = ", ".join(f"{step} as {step}_at, {_offset(step)} as {step}_us" for step in STEPS)
+    return f"""
+with {_journey_steps(labelled)}
+select customer, entry, {single}{steps}
 from journey_steps
 where customer not in (select customer from multi_campaign_customers)
 union all
-select customer, min(entry),
+select customer, min(entry),{several}
        {", ".join(f"min({step}) as {step}_at, min({_offset(step)}) as {step}_us" for step in STEPS)}
 from journey_steps
 where customer in (select customer from multi_campaign_customers)
 group by customer
 """
+
+
+CUSTOMER_STEPS = customer_steps()
 
 FUNNEL = (
     "select "
@@ -198,9 +239,13 @@ FUNNEL = (
     + " from customer_steps"
 )
 
+
 # Journeys one by one (a customer in two campaigns has two), for analysts and exports.
-JOURNEY_LIST = f"""
-with {_JOURNEY_STEPS},
+def journey_list(labelled: bool = False) -> str:
+    """JOURNEY_LIST; `labelled`: of the question's source and variant only, with their `source` and
+    `variant`."""
+    return f"""
+with {_journey_steps(labelled)},
 customer_ids as (
     select hash(customer_id) as customer, min(customer_id) as customer_id
     from raw_events
@@ -208,11 +253,16 @@ customer_ids as (
     group by hash(customer_id)
 )
 select j.campaign_id, c.customer_id, make_timestamp(j.entry)::timestamptz as entry_ts,
-       {", ".join(f"make_timestamp(j.{step})::timestamptz as {step}" for step in STEPS)}
+       {", ".join(f"make_timestamp(j.{step})::timestamptz as {step}" for step in STEPS)}{
+        ", j.source, j.variant" if labelled else ""
+    }
 from journey_steps j
 join customer_ids c on c.customer = j.customer
 order by entry_ts, customer_id, campaign_id
 """
+
+
+JOURNEY_LIST = journey_list()
 
 TIMELINE = f"""
 select day, step, count(*) as customers
@@ -270,14 +320,20 @@ def cohorts(period: str, step: str = FunnelStep.COUPON_REVEALED) -> str:
     """
 
 
+_OF_CUSTOMERS = "\n      and hash(customer_id) in (select customer from customer_steps)"
+
+
 # Clicks on a day in the range, once per event; the step a button stands for is the event it was stored as.
-BUTTONS = """
+# Of a question's source or variant: the clicks of its customers (those of `customer_steps`).
+def buttons(labelled: bool = False) -> str:
+    """BUTTONS; `labelled`: the clicks of the customers of the question's source and variant."""
+    return f"""
 with clicks as (
     select button, event as step, count(distinct event_id) as clicks, count(distinct customer_id) as customers
     from raw_events
     where button is not null
       and ($campaign is null or campaign_id = $campaign)
-      and epoch_us(ts) >= $start_us and epoch_us(ts) < $end_us
+      and epoch_us(ts) >= $start_us and epoch_us(ts) < $end_us{_OF_CUSTOMERS if labelled else ""}
     group by button, event
 )
 select button, clicks, customers, round(clicks / sum(clicks) over (), 4) as share, step
@@ -285,17 +341,141 @@ from clicks
 order by clicks desc, button
 """
 
+
+BUTTONS = buttons()
+
+
 # Reveals that found every single-use code handed out (each answered with `all_gone`), on days in the range.
-POOL_EMPTY = f"""
+def pool_empty(labelled: bool = False) -> str:
+    """POOL_EMPTY; `labelled`: the reveals of the customers of the question's source and variant."""
+    return f"""
 select campaign_id, count(distinct event_id) as reveals, count(distinct customer_id) as customers,
        min(ts) as first_seen, max(ts) as last_seen
 from raw_events
 where event = '{_E.COUPON_POOL_EMPTY}'
   and ($campaign is null or campaign_id = $campaign)
-  and epoch_us(ts) >= $start_us and epoch_us(ts) < $end_us
+  and epoch_us(ts) >= $start_us and epoch_us(ts) < $end_us{_OF_CUSTOMERS if labelled else ""}
 group by campaign_id
 order by campaign_id
 """
+
+
+POOL_EMPTY = pool_empty()
+
+# -- sources and experiments -------------------------------------------------------------------------------
+
+# The funnel by the source of each customer's entry (labelled customer_steps), with the latest title of an ad.
+SOURCES = f"""
+with titles as (
+    select source, arg_max(json_extract_string(detail, '$.ad_title'), ts) as title
+    from raw_events
+    where event = '{_E.CONVERSATION_STARTED}' and source like '{AD_SOURCE_PREFIX}%'
+      and json_extract_string(detail, '$.ad_title') is not null
+    group by source
+)
+select s.source, t.title, {", ".join(f"count(s.{step}_at) as {step}" for step in STEPS)}
+from customer_steps s
+left join titles t on t.source = s.source
+group by s.source, t.title
+order by {STEPS[0]} desc, s.source
+"""
+
+# Each campaign's variants and their planned shares, as its latest conversation recorded them (the bot writes
+# the campaign file's `variants` into each `conversation_started`'s detail; the first is the reference).
+VARIANT_PLANS = f"""
+select campaign_id, arg_max(json_extract_string(detail, '$.variants'), ts) as variants
+from raw_events
+where event = '{_E.CONVERSATION_STARTED}' and json_extract_string(detail, '$.variants') is not null
+group by campaign_id
+order by campaign_id
+"""
+
+
+def _experiment_members(step: str) -> str:
+    """The common table expressions of an experiment's customers (labelled customer_steps of one campaign):
+    each with its variant, whether it reached `step`, declined, had a send fail in its window, and whether
+    it is excluded: exposed to two variants (`mixed`), or put in its variant by a link (`forced`)."""
+    return f"""
+    exposures as (  -- every welcome in the campaign, in or out of the question's range
+        select customer, count(distinct variant) as variants
+        from welcomes
+        where campaign_id = $campaign and variant is not null
+        group by customer
+    ),
+    forced as (
+        select distinct hash(customer_id) as customer
+        from raw_events
+        where event = '{_E.CONVERSATION_STARTED}' and campaign_id = $campaign
+          and json_extract_string(detail, '$.variant_forced') = 'true'
+    ),
+    failures as (
+        select hash(customer_id) as customer, epoch_us(ts) as at_us
+        from raw_events
+        where event = '{_E.SEND_FAILED}' and campaign_id = $campaign
+    ),
+    failed as (  -- a send that failed in the journey's window (the bot's clock, as the entry)
+        select distinct s.customer
+        from customer_steps s
+        join failures f on f.customer = s.customer and f.at_us >= s.entry and f.at_us <= s.entry + $window_us
+    ),
+    members as (
+        select s.customer, s.variant, s.entry,
+               s.{step}_at is not null as converted,
+               s.{FunnelStep.DECLINED}_at is not null as declined,
+               coalesce(e.variants, 0) > 1 as mixed,
+               fo.customer is not null as forced,
+               fa.customer is not null as failed
+        from customer_steps s
+        left join exposures e on e.customer = s.customer
+        left join forced fo on fo.customer = s.customer
+        left join failed fa on fa.customer = s.customer
+        where s.variant is not null
+    )
+    """
+
+
+def _experiment_step(step: str) -> str:
+    if step not in STEPS or step == STEPS[0]:
+        raise AnalyticsError(f"step must be one of {', '.join(STEPS[1:])}, not {step!r}")
+    return step
+
+
+def experiment(step: str = FunnelStep.COUPON_REVEALED) -> str:
+    """An experiment's customers by variant and exclusion: variant, mixed, forced, customers, conversions
+    (at `step`), declined, send_failed.
+
+    Raises:
+        AnalyticsError: a step not in STEPS after `reached` (its column is named in the text).
+    """
+    return f"""
+    with {_experiment_members(_experiment_step(step))}
+    select variant, mixed, forced, count(*) as customers,
+           count(case when converted then 1 end) as conversions,
+           count(case when declined then 1 end) as declined,
+           count(case when failed then 1 end) as send_failed
+    from members
+    group by variant, mixed, forced
+    order by variant, mixed, forced
+    """
+
+
+def experiment_days(step: str = FunnelStep.COUPON_REVEALED) -> str:
+    """An experiment's compared customers (neither mixed nor forced) by the day of their entry (in the
+    question's zone) and variant: day, variant, customers, conversions (at `step`).
+
+    Raises:
+        AnalyticsError: a step not in STEPS after `reached`.
+    """
+    return f"""
+    with {_experiment_members(_experiment_step(step))}
+    select {_local_day("entry")} as day, variant, count(*) as customers,
+           count(case when converted then 1 end) as conversions
+    from members
+    where not mixed and not forced
+    group by {_local_day("entry")}, variant
+    order by day, variant
+    """
+
 
 CAMPAIGNS = """
 select campaign_id, min(ts) as first_seen, max(ts) as last_seen, count(distinct customer_id) as customers
@@ -305,6 +485,7 @@ order by first_seen, campaign_id
 """
 
 __all__ = [
+    "AD_SOURCE_PREFIX",
     "BUTTONS",
     "CAMPAIGNS",
     "CUSTOMER_STEPS",
@@ -318,8 +499,18 @@ __all__ = [
     "POOL_EMPTY",
     "PREVIOUS_STEP",
     "READS",
+    "SOURCES",
     "STEPS",
     "TIMELINE",
+    "UNKNOWN_SOURCE",
+    "VARIANT_PLANS",
+    "WELCOMES",
+    "buttons",
     "cohorts",
+    "customer_steps",
+    "experiment",
+    "experiment_days",
+    "journey_list",
+    "pool_empty",
     "raw_events",
 ]

@@ -32,6 +32,9 @@ class Filters:
         start, end: inclusive days in `tz` on which a journey's entry (its first welcome) falls; None: open.
         window: how long after its entry a journey's steps count.
         tz: the IANA time zone of days (`start`, `end`, timeline days, cohorts).
+        source: only journeys whose entry welcome came from this source (`till`, `ad:<ad_id>`, `direct`,
+            `unknown` for events written before sources were recorded, …); None: every source.
+        variant: only journeys whose entry welcome was of this variant; None: every variant.
 
     Raises:
         AnalyticsError: a non-positive window, a date that is not a date, start after end, an unknown zone.
@@ -42,6 +45,8 @@ class Filters:
     end: date | None = None
     window: timedelta = DEFAULT_WINDOW
     tz: str = "UTC"
+    source: str | None = None
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.window, timedelta) or self.window <= timedelta(0):
@@ -52,8 +57,10 @@ class Filters:
                 raise AnalyticsError(f"{name} must be a date (inclusive), not {value!r}")
         if self.start is not None and self.end is not None and self.start > self.end:
             raise AnalyticsError(f"start {self.start} is after end {self.end}")
-        if self.campaign is not None and not isinstance(self.campaign, str):
-            raise AnalyticsError(f"campaign must be a campaign id or None, not {self.campaign!r}")
+        for name in ("campaign", "source", "variant"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise AnalyticsError(f"{name} must be a string or None, not {value!r}")
         try:
             ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError, TypeError):
@@ -89,4 +96,11 @@ class Filters:
             "allowance_us": SEND_ALLOWANCE // _US,
             "end_of_time": _NO_END,
             "tz": self.tz,
+            "source": self.source,
+            "variant": self.variant,
         }
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the question picks journeys by the source or variant of their entry."""
+        return self.source is not None or self.variant is not None

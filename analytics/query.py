@@ -7,8 +7,11 @@ alone and merged in, so figures follow a live bot's flushes without reading ever
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 from collections import OrderedDict
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,8 @@ import duckdb
 import pyarrow as pa
 
 from analytics import definitions as sql
-from analytics.filters import Filters
+from analytics import stats
+from analytics.filters import AnalyticsError, Filters
 from bot.events import FILE_SCHEMA, PARTITION_COLUMN, SCHEMA
 from bot.facts import PREVIOUS_STEP, STEPS, FunnelStep
 
@@ -30,6 +34,30 @@ FUNNEL_SCHEMA = pa.schema(
         ("p90_seconds", pa.float64()),
     ]
 )
+
+EXPERIMENT_SCHEMA = pa.schema(
+    [
+        *stats.SCHEMA,
+        ("declined", pa.int64()),
+        ("send_failed", pa.int64()),
+        ("excluded_mixed", pa.int64()),
+        ("excluded_forced", pa.int64()),
+    ]
+)
+
+EXPERIMENT_TIMELINE_SCHEMA = pa.schema(
+    [
+        ("day", pa.date32()),
+        ("variant", pa.string()),
+        ("customers", pa.int64()),
+        ("conversions", pa.int64()),
+        ("rate", pa.float64()),
+        ("rate_low", pa.float64()),
+        ("rate_high", pa.float64()),
+    ]
+)
+
+Plan = list[tuple[str, float]]  # an experiment's variants in the campaign file's order, with planned shares
 
 _CACHED_QUESTIONS = 16
 _READ_ATTEMPTS = 3
@@ -68,6 +96,90 @@ def funnel_table(row: dict[str, Any]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=FUNNEL_SCHEMA)
 
 
+def experiment_plan(filters: Filters, plans: pa.Table) -> tuple[Filters, Plan]:
+    """The question of an experiment (one campaign) and its variants, from VARIANT_PLANS' rows.
+
+    Raises:
+        AnalyticsError: a variant filter (an experiment compares them all); no campaign chosen and not
+            exactly one campaign with variants in the store; a chosen campaign that recorded no variants.
+    """
+    if filters.variant is not None:
+        raise AnalyticsError("an experiment compares every variant: leave the variant filter unset")
+    recorded = {row["campaign_id"]: row["variants"] for row in plans.to_pylist()}
+    campaign = filters.campaign
+    if campaign is None:
+        if len(recorded) != 1:
+            found = ", ".join(sorted(recorded)) or "none"
+            raise AnalyticsError(
+                f"an experiment needs one campaign with variants: choose one (with variants: {found})"
+            )
+        (campaign,) = recorded
+    elif campaign not in recorded:
+        raise AnalyticsError(f"campaign {campaign!r} recorded no variants")
+    plan = [(str(name), float(share)) for name, share in json.loads(recorded[campaign])]
+    return dataclasses.replace(filters, campaign=campaign), plan
+
+
+def experiment_table(plan: Plan, rows: pa.Table) -> pa.Table:
+    """The comparison (analytics.stats.compare) of an experiment's variants from sql.experiment's rows, with
+    each variant's declines and failed sends and, on every row, the customers excluded."""
+    compared: dict[str, dict[str, int]] = {}
+    mixed = forced = 0
+    for row in rows.to_pylist():
+        mixed += row["customers"] if row["mixed"] else 0
+        forced += row["customers"] if row["forced"] else 0
+        if not row["mixed"] and not row["forced"]:
+            compared[row["variant"]] = row
+    none = {"customers": 0, "conversions": 0, "declined": 0, "send_failed": 0}
+    counts = [compared.get(name, none) for name, _ in plan]
+    table = stats.compare(
+        [(name, c["customers"], c["conversions"]) for (name, _), c in zip(plan, counts, strict=True)],
+        weights=[share for _, share in plan],
+    )
+    extra = {
+        "declined": [c["declined"] for c in counts],
+        "send_failed": [c["send_failed"] for c in counts],
+        "excluded_mixed": [mixed] * len(plan),
+        "excluded_forced": [forced] * len(plan),
+    }
+    for name, values in extra.items():
+        table = table.append_column(name, pa.array(values, pa.int64()))
+    return table.cast(EXPERIMENT_SCHEMA)
+
+
+def experiment_timeline_table(plan: Plan, rows: pa.Table) -> pa.Table:
+    """Every day from the first entry to the last, per variant: customers and conversions so far, and the
+    rate with its Wilson 95 % interval, from sql.experiment_days' rows."""
+    daily = {(row["day"], row["variant"]): row for row in rows.to_pylist()}
+    if not daily:
+        return EXPERIMENT_TIMELINE_SCHEMA.empty_table()
+    first, last = min(day for day, _ in daily), max(day for day, _ in daily)
+    totals = {name: [0, 0] for name, _ in plan}
+    out = []
+    for offset in range((last - first).days + 1):
+        day: date = first + timedelta(days=offset)
+        for name, _ in plan:
+            row = daily.get((day, name))
+            if row is not None:
+                totals[name][0] += row["customers"]
+                totals[name][1] += row["conversions"]
+            customers, conversions = totals[name]
+            low, high = stats.wilson(customers, conversions)
+            rate = conversions / customers if customers else None
+            out.append(
+                {
+                    "day": day,
+                    "variant": name,
+                    "customers": customers,
+                    "conversions": conversions,
+                    "rate": rate,
+                    "rate_low": low,
+                    "rate_high": high,
+                }
+            )
+    return pa.Table.from_pylist(out, schema=EXPERIMENT_TIMELINE_SCHEMA)
+
+
 class Events:
     """The events of one store, and the metrics over them. Safe to share between threads.
 
@@ -85,7 +197,8 @@ class Events:
         self._connection.execute("set preserve_insertion_order = false")
         self._files: Signature | None = None  # None: nothing read yet
         self._raw_events_defined = False  # the `raw_events` view reads every file's schema: on demand
-        self._questions: OrderedDict[Filters, str] = OrderedDict()
+        self._questions: OrderedDict[tuple[Filters, bool], str] = OrderedDict()
+        self._welcomes_built = False  # the `welcomes` table (sql.WELCOMES): built when a question needs it
         self._campaigns: pa.Table | None = None
         self._table_count = 0
 
@@ -212,22 +325,25 @@ class Events:
 
     def _forget_questions(self) -> None:
         self._campaigns = None
+        self._welcomes_built = False
         for table in self._questions.values():
             self._connection.execute(f"drop table if exists {table}")
         self._questions.clear()
 
-    def _steps_for(self, filters: Filters) -> None:
-        """Point `customer_steps` at this question's customers (computed once per question and store)."""
-        table = self._questions.get(filters)
+    def _steps_for(self, filters: Filters, labelled: bool) -> None:
+        """Point `customer_steps` at this question's customers (computed once per question and store);
+        `labelled`: with the source and variant of their entry."""
+        key = (filters, labelled)
+        table = self._questions.get(key)
         if table is None:
             self._table_count += 1
             table = f"customer_steps_{self._table_count}"
-            self._run(f"create temp table {table} as {sql.CUSTOMER_STEPS}", filters.params())
-            self._questions[filters] = table
+            self._run(f"create temp table {table} as {sql.customer_steps(labelled)}", filters.params())
+            self._questions[key] = table
             if len(self._questions) > _CACHED_QUESTIONS:
                 _, oldest = self._questions.popitem(last=False)
                 self._connection.execute(f"drop table if exists {oldest}")
-        self._questions.move_to_end(filters)
+        self._questions.move_to_end(key)
         self._connection.execute(f"create or replace temp view customer_steps as select * from {table}")
 
     def _run(self, query: str, params: dict[str, Any] | list[Any] | None = None) -> pa.Table:
@@ -236,14 +352,21 @@ class Events:
             params = {name: value for name, value in params.items() if f"${name}" in query}
         return self._connection.sql(query, params=params or None).to_arrow_table()
 
-    def _answer(self, query: str, filters: Filters | None = None) -> pa.Table:
+    def _answer(self, query: str, filters: Filters | None = None, labelled: bool = False) -> pa.Table:
+        """`query`'s rows; with `filters`, over the question's `customer_steps` (`labelled`, or a question
+        of a source or variant: with the source and variant of each customer's entry)."""
         with self._lock:
             self._sync()
             if "raw_events" in query:
                 self._define_raw_events()
             if filters is None:
                 return self._run(query)
-            self._steps_for(filters)
+            labelled = labelled or filters.labelled
+            if labelled and not self._welcomes_built:
+                self._define_raw_events()
+                self._connection.execute(f"create or replace table welcomes as {sql.WELCOMES}")
+                self._welcomes_built = True
+            self._steps_for(filters, labelled)
             return self._run(query, filters.params())
 
     def changed(self) -> bool:
@@ -307,7 +430,8 @@ class Events:
         Returns:
             button, clicks, customers, share, step (the event the click was stored as).
         """
-        return self._answer(sql.BUTTONS, Filters.of(filters, **keywords))
+        filters = Filters.of(filters, **keywords)
+        return self._answer(sql.buttons(filters.labelled), filters)
 
     def pool_empty(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
         """Reveals that found a campaign's single-use codes all handed out, on days in the range (the window
@@ -316,7 +440,8 @@ class Events:
         Returns:
             campaign_id, reveals, customers, first_seen, last_seen (one row per campaign that ran out).
         """
-        return self._answer(sql.POOL_EMPTY, Filters.of(filters, **keywords))
+        filters = Filters.of(filters, **keywords)
+        return self._answer(sql.pool_empty(filters.labelled), filters)
 
     def journeys(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
         """One row per journey (a customer in a campaign) that entered the funnel.
@@ -324,7 +449,53 @@ class Events:
         Returns:
             campaign_id, customer_id, entry_ts, and the time of each step (null: not reached).
         """
-        return self._answer(sql.JOURNEY_LIST, Filters.of(filters, **keywords))
+        filters = Filters.of(filters, **keywords)
+        return self._answer(sql.journey_list(filters.labelled), filters)
+
+    def sources(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
+        """The funnel by where customers came from: the source of their entry (a customer in several
+        campaigns, with no campaign chosen: of their earliest entry).
+
+        Returns:
+            source, title (the latest title of an `ad:` source's ad, else null), and the customers at each
+            step (reached, responded, …, declined); by reached, most first, then source.
+        """
+        return self._answer(sql.SOURCES, Filters.of(filters, **keywords), labelled=True)
+
+    def experiment(
+        self, filters: Filters | None = None, step: str = FunnelStep.COUPON_REVEALED, **keywords: Any
+    ) -> pa.Table:
+        """An A/B comparison of a campaign's variants at `step` (revealed the coupon, by default).
+
+        Parameters:
+            filters: the question (keywords alike); its campaign, or the only campaign with variants.
+            step: the funnel step that counts as a conversion (`redeemed`: used at the till).
+        Returns:
+            One row per variant in the campaign file's order (the first is the reference): variant,
+            customers, conversions, rate, rate_low, rate_high, lift, lift_low, lift_high, chance_to_win,
+            expected_loss, srm_p (analytics.stats.compare), declined, send_failed, excluded_mixed,
+            excluded_forced (the last two equal on every row).
+        Raises:
+            AnalyticsError: no single campaign with variants, a variant filter, an unknown step.
+        """
+        query = sql.experiment(step)
+        question, plan = experiment_plan(Filters.of(filters, **keywords), self._answer(sql.VARIANT_PLANS))
+        return experiment_table(plan, self._answer(query, question, labelled=True))
+
+    def experiment_timeline(
+        self, filters: Filters | None = None, step: str = FunnelStep.COUPON_REVEALED, **keywords: Any
+    ) -> pa.Table:
+        """An experiment's customers and conversions so far, by day of entry (in the filters' zone).
+
+        Returns:
+            day, variant, customers, conversions (both cumulative up to and including the day), rate,
+            rate_low, rate_high (Wilson 95 %): every day from the first entry to the last, every variant.
+        Raises:
+            AnalyticsError: as `experiment`.
+        """
+        query = sql.experiment_days(step)
+        question, plan = experiment_plan(Filters.of(filters, **keywords), self._answer(sql.VARIANT_PLANS))
+        return experiment_timeline_table(plan, self._answer(query, question, labelled=True))
 
     def campaigns(self) -> pa.Table:
         """Every campaign in the store (read once per change of the store).
@@ -347,4 +518,14 @@ class Events:
             return self._run(query, params)
 
 
-__all__ = ["FUNNEL_SCHEMA", "Events", "funnel_table", "open"]
+__all__ = [
+    "EXPERIMENT_SCHEMA",
+    "EXPERIMENT_TIMELINE_SCHEMA",
+    "FUNNEL_SCHEMA",
+    "Events",
+    "experiment_plan",
+    "experiment_table",
+    "experiment_timeline_table",
+    "funnel_table",
+    "open",
+]

@@ -1,11 +1,16 @@
 """Realistic sample journeys, written as the bot's own event files: for demos, tests and benchmarks.
 
-Customers arrive by Get Started (some through a QR code, a flyer or an ad), by a referral in an open thread,
-or by writing a message. Some answer at once, some late (a few after the conversion window), some never;
-some phones send no read receipts; a few sends fail; a few customers come back for a second journey; three
-campaigns overlap. Each campaign hands out single-use codes: a third to a half of them are used at the till,
-most within days, and the loyalty campaign's codes run out for its last two days. Event ids, payloads and
-details have the shapes the bot gives them.
+Customers arrive by Get Started (some through the till's QR code, a flyer, an Instagram story or a
+Click-to-Messenger ad), by a referral in an open thread, or by writing a message (`direct`); each journey's
+start and welcome record where it came from. The spring sale is an A/B test of two variants (1:1, each
+customer's by a hash, a few forced by a link that names one, a few returning through a link of the other): B's
+coupon is revealed 30 % more often, relatively, than A's, a true difference for the experiment card to find.
+
+Some answer at once, some late (a few after the conversion window), some never; some phones send no read
+receipts; a few sends fail; a few customers come back for a second journey; three campaigns overlap. Each
+campaign hands out single-use codes: a third to a half of them are used at the till, most within days, and
+the loyalty campaign's codes run out for its last two days. Event ids, payloads and details have the shapes
+the bot gives them.
 
 The two clocks are the platform's: each page message has the platform's time, somewhere inside the Send API
 call, and the bot stamps it when the call has answered, a round trip later. Customers' actions and receipts
@@ -18,6 +23,8 @@ press *Redeem*, always after the code reached the customer.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import multiprocessing
 import random
 import uuid
@@ -34,7 +41,18 @@ from bot.store import FileStore, write_events
 
 PAGE = "100000000000001"
 CAMPAIGNS = (("spring-sale", 0.55), ("summer-sale", 0.3), ("loyalty", 0.15))
-REFS = (("till-qr", 0.45), ("flyer", 0.2), ("ad-spring", 0.15), (None, 0.2))
+# Where customers come from: an entry link's placement, the ad, or nothing (direct).
+AD = "ad"
+PLACEMENTS = (("till", 0.4), ("flyer", 0.17), ("instagram", 0.1), (AD, 0.13), (None, 0.2))
+AD_ID, AD_TITLE = "120210987654321", "Spring sale: 20% off everything"
+DIRECT = "direct"
+# The experiment: its campaign, its variants and their weights (the first is the reference), and how likely
+# a customer who asked for the coupon is to reveal it in each; other campaigns: REVEALS.
+EXPERIMENT = "spring-sale"
+VARIANTS = (("A", 1), ("B", 1))
+REVEALS = 0.62
+VARIANT_REVEALS = {"A": 0.55, "B": 0.55 * 1.3}
+FORCED_SHARE = 0.03  # of the experiment's customers who came by a placement's link: it named a variant
 PARALLEL_FROM = 20_000  # customers; fewer are written by this process alone
 REDEEMED_SHARE = 0.42  # of the codes handed out
 CODES_GONE_DAYS = {"loyalty": 2}  # campaigns whose pool is empty for their last days
@@ -42,12 +60,8 @@ CODES_GONE_DAYS = {"loyalty": 2}  # campaigns whose pool is empty for their last
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = 1_000_000  # journeys keep time in microseconds: integer arithmetic is what makes 1M events quick
 _MS = 1000
-_STARTED_BY_POSTBACK = {
-    ref: detail_json(trigger="postback", **({"ref": ref, "source": "SHORTLINK"} if ref else {}))
-    for ref, _ in REFS
-}
-_STARTED_BY_REFERRAL = {ref: detail_json(trigger="referral", ref=ref, source="SHORTLINK") for ref, _ in REFS}
-_STARTED_BY_TEXT = detail_json(trigger="text")
+_HASHED = {EventName.MESSAGE_DELIVERED, EventName.MESSAGE_READ, EventName.TEXT_RECEIVED}
+_SHARES = [[name, round(weight / sum(w for _, w in VARIANTS), 4)] for name, weight in VARIANTS]
 _IMAGE = detail_json(part="image")
 _SEND_FAILED = detail_json(code=-1, reason="transient", reply="welcome", subcode=None)
 
@@ -55,6 +69,37 @@ _SEND_FAILED = detail_json(code=-1, reason="transient", reply="welcome", subcode
 def _choose(rng: random.Random, options: tuple) -> object:
     (value,) = rng.choices([o for o, _ in options], weights=[w for _, w in options])
     return value
+
+
+def assigned_variant(campaign: str, customer: str) -> str:
+    """The experiment's variant a customer is assigned (contract 18: a hash of campaign and customer)."""
+    u = int.from_bytes(hashlib.sha256(f"{campaign}\x00{customer}".encode()).digest()[:8], "big") / 2**64
+    total, cumulative = sum(w for _, w in VARIANTS), 0.0
+    for name, weight in VARIANTS:
+        cumulative += weight / total
+        if u < cumulative:
+            return name
+    return VARIANTS[-1][0]
+
+
+@functools.lru_cache(maxsize=256)
+def _started(trigger: str, campaign: str, placement: str | None, forced: str | None) -> tuple[str, str]:
+    """The detail and source of a conversation's start, as the bot records them."""
+    fields: dict[str, object] = {"trigger": trigger}
+    if placement == AD:
+        fields.update(source="ADS", type="OPEN_THREAD", ad_id=AD_ID, ad_title=AD_TITLE)
+        source = f"ad:{AD_ID}"
+    elif placement is not None:
+        ref = f"{campaign}.{placement}" + (f".{forced}" if forced else "")
+        fields.update(ref=ref, source="SHORTLINK", type="OPEN_THREAD")
+        source = placement
+    else:
+        source = DIRECT
+    if campaign == EXPERIMENT:
+        fields["variants"] = _SHARES
+        if forced:
+            fields["variant_forced"] = True
+    return detail_json(**fields), source
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +115,14 @@ class _Journey:
     """One conversation as it happens: `now` is the customer's side of it on the platform's clock (µs,
     actions land on whole milliseconds); `bot_free` is when the bot's last Send API call answered."""
 
-    def __init__(self, rng: random.Random, customer: str, campaign: str, start_us: int) -> None:
+    def __init__(
+        self, rng: random.Random, customer: str, campaign: str, start_us: int, variant: str | None = None
+    ) -> None:
         self.rng, self.customer, self.campaign = rng, customer, campaign
+        # The journey's variant (on its start, welcome, clicks and the bot's answers) and the hash's (receipts
+        # and texts, which name none): they differ when a link forced one.
+        self.variant = variant
+        self.hashed = assigned_variant(campaign, customer) if variant is not None else None
         self.now = start_us
         self.bot_free = 0
         self.events: list[Event] = []
@@ -81,6 +132,8 @@ class _Journey:
         self.now += int(seconds * _SECOND)
 
     def record(self, event_id: str, name: EventName, at_us: int, **columns: str | int | None) -> Event:
+        if "variant" not in columns:
+            columns["variant"] = self.hashed if name in _HASHED else self.variant
         event = Event(
             event_id=event_id,
             ts=_EPOCH + timedelta(microseconds=at_us),
@@ -140,7 +193,13 @@ class _Journey:
     def send_failed(self, answers: Event) -> None:
         start, rtt = self._call()
         self.bot_free = start + rtt
-        self.record(f"{answers.event_id}.w.f", EventName.SEND_FAILED, self.bot_free, detail=_SEND_FAILED)
+        self.record(
+            f"{answers.event_id}.w.f",
+            EventName.SEND_FAILED,
+            self.bot_free,
+            detail=_SEND_FAILED,
+            source=answers.source,
+        )
 
     def delivered(self, platform_ms: int, digest: int) -> None:
         """The phone reports the message delivered; the watermark is the message's platform time."""
@@ -154,30 +213,51 @@ class _Journey:
 
 
 def journey(
-    rng: random.Random, customer: str, start_us: int, campaign: str, codes_gone_us: int | None = None
+    rng: random.Random,
+    customer: str,
+    start_us: int,
+    campaign: str,
+    codes_gone_us: int | None = None,
+    *,
+    forced: str | None = None,
 ) -> Journey:
     """One customer's conversation, from how it started to where they stopped; a reveal from `codes_gone_us`
-    on finds the campaign's single-use codes all handed out."""
-    j = _Journey(rng, customer, campaign, start_us)
-    how, ref = rng.random(), _choose(rng, REFS)
+    on finds the campaign's single-use codes all handed out. In the experiment's campaign, `forced`: the
+    variant the entry link names (else the hash's, or now and then a link's)."""
+    how, placement = rng.random(), _choose(rng, PLACEMENTS)
+    variant = None
+    if campaign == EXPERIMENT:
+        if forced is None and placement not in (None, AD) and rng.random() < FORCED_SHARE:
+            forced = str(_choose(rng, VARIANTS))
+        if placement in (None, AD):
+            forced = None  # only an entry link names a variant
+        variant = forced or assigned_variant(campaign, customer)
+    j = _Journey(rng, customer, campaign, start_us, variant)
     if how < 0.75:
+        detail, source = _started("postback", campaign, placement, forced)
         started = j.inbound(
-            EventName.CONVERSATION_STARTED, "p", button="GET_STARTED", detail=_STARTED_BY_POSTBACK[ref]
+            EventName.CONVERSATION_STARTED, "p", button="GET_STARTED", detail=detail, source=source
         )
-    elif how < 0.9 and ref is not None:
-        started = j.inbound(EventName.CONVERSATION_STARTED, "r", detail=_STARTED_BY_REFERRAL[ref])
+    elif how < 0.9 and placement is not None:
+        # A link opened in a thread the customer already has: a `messaging_referrals` event.
+        detail, source = _started("referral", campaign, placement, forced)
+        started = j.inbound(EventName.CONVERSATION_STARTED, "r", detail=detail, source=source)
     else:
+        if campaign == EXPERIMENT:
+            j.variant = j.hashed  # a typed message names no variant
+        detail, source = _started("text", campaign, None, None)
         text = j.inbound(EventName.TEXT_RECEIVED, "m")
         started = j.record(
             f"{text.event_id}.s",
             EventName.CONVERSATION_STARTED,
             j.now // _MS * _MS,
-            detail=_STARTED_BY_TEXT,
+            detail=detail,
+            source=source,
         )
     if rng.random() < 0.01:
         j.send_failed(started)
         return Journey(j.events, j.platform_ms)
-    welcome_ms, welcome_id = j.send(started, EventName.WELCOME_SENT, "w")
+    welcome_ms, welcome_id = j.send(started, EventName.WELCOME_SENT, "w", source=source)
     welcome_stamp = j.bot_free
     receipts = rng.random() < 0.85  # some phones never report reads
     answers = rng.random() >= 0.22
@@ -202,7 +282,7 @@ def journey(
         # Most answer within minutes, some hours or days later (a few after the 7-day window).
         j.wait(rng.lognormvariate(4.5, 2.2))
 
-    payload = f"{campaign}||"
+    payload = f"{campaign}|{j.variant or ''}|"
     if rng.random() < 0.3:
         no = j.inbound(EventName.DECLINED, "p", button=payload + "no")
         j.send(no, EventName.THANKS_SENT, "t")
@@ -216,7 +296,7 @@ def journey(
         return Journey(j.events, j.platform_ms)
     yes = j.inbound(EventName.COUPON_REQUESTED, "p", button=payload + "yes")
     coupon_ms, coupon_id = j.send(yes, EventName.COUPON_SENT, "c")
-    reveals = rng.random() < 0.62
+    reveals = rng.random() < VARIANT_REVEALS.get(j.variant, REVEALS)
     j.delivered(coupon_ms, coupon_id)
     if late_read:
         # Reported after the bot's stamp of the coupon, yet it covers the welcome only.
@@ -269,11 +349,13 @@ def generate(
             again = begin + int(rng.uniform(1, 10) * 86400 * _SECOND)
             used = any(e.event == EventName.COUPON_REDEEMED for e in events)
             has_code = any(e.event == EventName.CODE_SENT for e in events)  # a second reveal: that code again
-            events += [
-                e
-                for e in journey(rng, customer, again, campaign, None if has_code else gone_us).events
-                if not (used and e.event == EventName.COUPON_REDEEMED)
-            ]
+            # Some come back through a link that names the other variant: they saw both.
+            seen = events[0].variant
+            other = None
+            if seen is not None and rng.random() < 0.3:
+                other = next(v for v, _ in VARIANTS if v != seen)
+            second = journey(rng, customer, again, campaign, None if has_code else gone_us, forced=other)
+            events += [e for e in second.events if not (used and e.event == EventName.COUPON_REDEEMED)]
         yield [e for e in events if e.ts <= cutoff]
 
 

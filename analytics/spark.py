@@ -22,7 +22,12 @@ from sqlglot import exp
 
 from analytics import definitions as sql
 from analytics.filters import AnalyticsError, Filters
-from analytics.query import funnel_table
+from analytics.query import (
+    experiment_plan,
+    experiment_table,
+    experiment_timeline_table,
+    funnel_table,
+)
 from bot.events import SCHEMA
 from bot.facts import FunnelStep
 
@@ -226,7 +231,8 @@ class SparkEvents:
         self._spark.conf.set("spark.sql.session.timeZone", "UTC")
         self._lock = threading.Lock()
         self._cached: list[DataFrame] | None = None  # None: the store is not read yet
-        self._questions: dict[Filters, DataFrame] = {}
+        self._welcomes: DataFrame | None = None  # sql.WELCOMES, cached when a question first needs it
+        self._questions: dict[tuple[Filters, bool], DataFrame] = {}
 
     # -- reading the store ---------------------------------------------------------------------------------
 
@@ -270,9 +276,10 @@ class SparkEvents:
         return table
 
     def _forget(self) -> None:
-        for table in [*(self._cached or ()), *self._questions.values()]:
+        for table in [*(self._cached or ()), *self._questions.values(), *filter(None, [self._welcomes])]:
             table.unpersist()
         self._cached = None
+        self._welcomes = None
         self._questions.clear()
 
     def _view(self, name: str, query: str) -> None:
@@ -292,23 +299,27 @@ class SparkEvents:
         # Spark binds the values itself (named parameter markers): nothing is spliced into the text.
         return self._spark.sql(transpile(query), args=params or None)
 
-    def _answer(self, query: str, filters: Filters | None = None) -> pa.Table:
+    def _answer(self, query: str, filters: Filters | None = None, labelled: bool = False) -> pa.Table:
         with self._lock:
             if self._cached is None:
                 self._read()
             if filters is None:
                 return _arrow(self._frame(query))
-            self._steps_for(filters).createOrReplaceTempView("customer_steps")
+            labelled = labelled or filters.labelled
+            if labelled and self._welcomes is None:
+                self._welcomes = self._cache("welcomes", sql.WELCOMES)
+            self._steps_for(filters, labelled).createOrReplaceTempView("customer_steps")
             return _arrow(self._frame(query, filters.params()))
 
-    def _steps_for(self, filters: Filters) -> DataFrame:
-        """This question's customers and their steps, computed once per question while the store is read."""
-        steps = self._questions.pop(filters, None)
+    def _steps_for(self, filters: Filters, labelled: bool) -> DataFrame:
+        """This question's customers and their steps (`labelled`: with the source and variant of their
+        entry), computed once per question while the store is read."""
+        steps = self._questions.pop((filters, labelled), None)
         if steps is None:
-            steps = self._frame(sql.CUSTOMER_STEPS, filters.params()).cache()
+            steps = self._frame(sql.customer_steps(labelled), filters.params()).cache()
             if len(self._questions) >= _CACHED_QUESTIONS:
                 self._questions.pop(next(iter(self._questions))).unpersist()
-        self._questions[filters] = steps  # the most recently asked last
+        self._questions[(filters, labelled)] = steps  # the most recently asked last
         return steps
 
     # -- the metrics (as analytics.Events) -------------------------------------------------------------------
@@ -341,15 +352,46 @@ class SparkEvents:
 
     def buttons(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
         """Clicks per button on days in the range (analytics.Events.buttons)."""
-        return self._answer(sql.BUTTONS, Filters.of(filters, **keywords))
+        filters = Filters.of(filters, **keywords)
+        return self._answer(sql.buttons(filters.labelled), filters)
 
     def pool_empty(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
         """Reveals that found a campaign's codes all handed out (analytics.Events.pool_empty)."""
-        return self._answer(sql.POOL_EMPTY, Filters.of(filters, **keywords))
+        filters = Filters.of(filters, **keywords)
+        return self._answer(sql.pool_empty(filters.labelled), filters)
 
     def journeys(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
         """One row per journey that entered the funnel (analytics.Events.journeys)."""
-        return self._answer(sql.JOURNEY_LIST, Filters.of(filters, **keywords))
+        filters = Filters.of(filters, **keywords)
+        return self._answer(sql.journey_list(filters.labelled), filters)
+
+    def sources(self, filters: Filters | None = None, **keywords: Any) -> pa.Table:
+        """The funnel by the source of each customer's entry (analytics.Events.sources)."""
+        return self._answer(sql.SOURCES, Filters.of(filters, **keywords), labelled=True)
+
+    def experiment(
+        self, filters: Filters | None = None, step: str = FunnelStep.COUPON_REVEALED, **keywords: Any
+    ) -> pa.Table:
+        """An A/B comparison of a campaign's variants at `step` (analytics.Events.experiment).
+
+        Raises:
+            AnalyticsError: no single campaign with variants, a variant filter, an unknown step.
+        """
+        query = sql.experiment(step)
+        question, plan = experiment_plan(Filters.of(filters, **keywords), self._answer(sql.VARIANT_PLANS))
+        return experiment_table(plan, self._answer(query, question, labelled=True))
+
+    def experiment_timeline(
+        self, filters: Filters | None = None, step: str = FunnelStep.COUPON_REVEALED, **keywords: Any
+    ) -> pa.Table:
+        """An experiment's cumulative customers and conversions by day (analytics.Events.experiment_timeline).
+
+        Raises:
+            AnalyticsError: as `experiment`.
+        """
+        query = sql.experiment_days(step)
+        question, plan = experiment_plan(Filters.of(filters, **keywords), self._answer(sql.VARIANT_PLANS))
+        return experiment_timeline_table(plan, self._answer(query, question, labelled=True))
 
     def campaigns(self) -> pa.Table:
         """Every campaign in the store (analytics.Events.campaigns)."""

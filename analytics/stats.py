@@ -71,7 +71,7 @@ def compare(
     """
     _check(counts, weights, draws)
     rates = [_rate(n, x) for _, n, x in counts]
-    intervals = [_wilson(n, x) for _, n, x in counts]
+    intervals = [wilson(n, x) for _, n, x in counts]
     lifts = [_lift(counts[0][1:], c[1:]) if i else (None, None, None) for i, c in enumerate(counts)]
     wins, losses = _chance_to_win(counts, draws, seed)
     srm = _srm_p([n for _, n, _ in counts], weights)
@@ -117,8 +117,13 @@ def _rate(customers: int, conversions: int) -> float | None:
     return conversions / customers if customers else None
 
 
-def _wilson(customers: int, conversions: int) -> tuple[float | None, float | None]:
-    """Wilson's score interval: sound near 0 and 1 and with few customers, where the normal one is not."""
+def wilson(customers: int, conversions: int) -> tuple[float | None, float | None]:
+    """The 95 % interval of a rate, Wilson's score interval: sound near 0 and 1 and with few customers, where
+    the normal one is not.
+
+    Returns:
+        (low, high); (None, None) without customers.
+    """
     if not customers:
         return None, None
     n, z2 = customers, Z * Z

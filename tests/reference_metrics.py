@@ -40,8 +40,28 @@ def _watermark(event: Event) -> int | None:
     return json.loads(event.detail)["watermark"] if event.detail else None
 
 
-def journeys(events, campaign=None, start=None, end=None, window=timedelta(days=7), tz="UTC") -> dict:
-    """(campaign, customer) -> {step: ts}, as docs/metrics.md defines each step."""
+def _entry_label(mine: list[Event], entry: datetime) -> tuple[str, str | None]:
+    """The source and variant of a journey's entry welcome ('unknown' when it has no source)."""
+    welcomes = [e for e in mine if e.event == "welcome_sent" and e.ts == entry]
+    sources = [e.source for e in welcomes if e.source is not None]
+    variants = [e.variant for e in welcomes if e.variant is not None]
+    return (min(sources) if sources else "unknown"), (min(variants) if variants else None)
+
+
+def journeys(
+    events,
+    campaign=None,
+    start=None,
+    end=None,
+    window=timedelta(days=7),
+    tz="UTC",
+    source=None,
+    variant=None,
+    labels=None,
+) -> dict:
+    """(campaign, customer) -> {step: ts}, as docs/metrics.md defines each step; only journeys whose entry
+    welcome has `source` and `variant` (when given). `labels`, a dict, receives each journey's (source,
+    variant)."""
     events = [e for e in deduplicate(events) if campaign is None or e.campaign_id == campaign]
     by_pair = defaultdict(list)
     for e in events:
@@ -58,6 +78,11 @@ def journeys(events, campaign=None, start=None, end=None, window=timedelta(days=
         if not welcomes:
             continue
         entry = min(welcomes)
+        label = _entry_label(mine, entry)
+        if (source is not None and label[0] != source) or (variant is not None and label[1] != variant):
+            continue
+        if labels is not None:
+            labels[pair] = label
         last = entry + window
 
         def first(name, lowest, where=lambda e: True, mine=mine, last=last):
@@ -216,3 +241,68 @@ def buttons(events, campaign=None, start=None, end=None, tz="UTC") -> dict[tuple
 
 def median(values):
     return statistics.median(values) if values else None
+
+
+def sources(events, **filters) -> dict[str, dict]:
+    """source -> {"title": …, step: customers}: each customer under the source of their earliest entry, at a
+    step when any of their journeys is."""
+    labels: dict = {}
+    by_customer: dict = defaultdict(list)
+    for (campaign, customer), steps in journeys(events, labels=labels, **filters).items():
+        by_customer[customer].append((steps, labels[(campaign, customer)][0]))
+    titles: dict = {}
+    for e in sorted(deduplicate(events), key=lambda e: e.ts):
+        if e.event == "conversation_started" and e.source and e.source.startswith("ad:") and e.detail:
+            title = json.loads(e.detail).get("ad_title")
+            if title is not None:
+                titles[e.source] = title  # the latest
+    out: dict = {}
+    for journeys_of in by_customer.values():
+        _, source = min(journeys_of, key=lambda pair: pair[0]["reached"])
+        row = out.setdefault(source, {"title": titles.get(source), **dict.fromkeys(STEPS, 0)})
+        for step in STEPS:
+            row[step] += any(steps[step] is not None for steps, _ in journeys_of)
+    return out
+
+
+def experiment(events, campaign, step="coupon_revealed", **filters) -> dict:
+    """An experiment's counts: {"variants": {variant: {customers, conversions, declined, send_failed}},
+    "excluded_mixed": n, "excluded_forced": n}, customers by the variant of their entry welcome."""
+    window = filters.get("window", timedelta(days=7))
+    stored = [e for e in deduplicate(events) if e.campaign_id == campaign]
+    shown: dict = defaultdict(set)
+    for e in stored:
+        if e.event == "welcome_sent" and e.variant is not None:
+            shown[e.customer_id].add(e.variant)
+    forced = {
+        e.customer_id
+        for e in stored
+        if e.event == "conversation_started"
+        and e.detail
+        and json.loads(e.detail).get("variant_forced") is True
+    }
+    labels: dict = {}
+    variants: dict = {}
+    mixed_count = forced_count = 0
+    for (_, customer), steps in journeys(events, campaign=campaign, labels=labels, **filters).items():
+        variant = labels[(campaign, customer)][1]
+        if variant is None:
+            continue
+        mixed, was_forced = len(shown[customer]) > 1, customer in forced
+        mixed_count += mixed
+        forced_count += was_forced
+        if mixed or was_forced:
+            continue
+        entry = steps["reached"]
+        failed = any(
+            e.event == "send_failed" and e.customer_id == customer and entry <= e.ts <= entry + window
+            for e in stored
+        )
+        row = variants.setdefault(
+            variant, {"customers": 0, "conversions": 0, "declined": 0, "send_failed": 0}
+        )
+        row["customers"] += 1
+        row["conversions"] += steps[step] is not None
+        row["declined"] += steps["declined"] is not None
+        row["send_failed"] += failed
+    return {"variants": variants, "excluded_mixed": mixed_count, "excluded_forced": forced_count}

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import analytics
-from analytics import AnalyticsError
+from analytics import AnalyticsError, stats
 from analytics.sample import write_sample
 from bot.events import Event, detail_json, from_table
 from bot.store import FileStore, write_events
@@ -455,6 +455,13 @@ def datasets(draw) -> list[Event]:
             if name != "welcome_sent"
             else None
         )
+        source = detail = None
+        if name in ("welcome_sent", "conversation_started"):
+            source = draw(st.sampled_from([None, "till", "ad:1"]))
+        if name == "conversation_started" and source == "ad:1":
+            detail = detail_json(
+                trigger="postback", ad_id="1", ad_title=draw(st.sampled_from(["One", "Two"]))
+            )
         events.append(
             Event(
                 event_id=f"e{index}",
@@ -465,6 +472,8 @@ def datasets(draw) -> list[Event]:
                 event=name,
                 button=button,
                 watermark=watermark,
+                source=source,
+                detail=detail,
             )
         )
     # Redeliveries and replays: exact copies of earlier events.
@@ -528,6 +537,13 @@ def test_every_metric_matches_a_plain_python_computation(
     }
     assert buttons == reference.buttons(events, campaign=campaign, start=start, end=end, tz=tz)
 
+    sources = {row.pop("source"): row for row in stored.sources(**filters).to_pylist()}
+    assert sources == reference.sources(events, **filters)
+    for source in ("till", "unknown"):
+        funnel = counts(stored.funnel(source=source, **filters))
+        expected = reference.funnel(events, source=source, **filters)
+        assert funnel == {step: row["customers"] for step, row in expected.items()}, source
+
 
 def test_sample_journeys_on_the_platforms_clocks_match_the_reference(tmp_path):
     write_sample(tmp_path, customers=400, days=10, seed=3, progress=False)
@@ -542,6 +558,39 @@ def test_sample_journeys_on_the_platforms_clocks_match_the_reference(tmp_path):
     assert funnel["coupon_seen"] > funnel["coupon_revealed"]
     # A third to a half of the reveals are used at the till.
     assert funnel["coupon_revealed"] / 2 > funnel["redeemed"] > funnel["coupon_revealed"] / 4
+
+
+def test_sample_sources_and_experiment_match_the_reference(tmp_path):
+    write_sample(tmp_path, customers=1500, days=20, seed=4, progress=False)
+    stored = from_table(ds.dataset(tmp_path / "events", format="parquet", partitioning="hive").to_table())
+    events = analytics.open(tmp_path)
+
+    sources = {row.pop("source"): row for row in events.sources().to_pylist()}
+    assert sources == reference.sources(stored)
+    assert {"till", "flyer", "instagram", "direct"} < set(sources)
+    spring = {
+        row.pop("source"): row
+        for row in events.sources(campaign=SPRING, window=timedelta(days=1)).to_pylist()
+    }
+    assert spring == reference.sources(stored, campaign=SPRING, window=timedelta(days=1))
+    assert counts(events.funnel(source="till")) == {
+        step: row["customers"] for step, row in reference.funnel(stored, source="till").items()
+    }
+
+    for step in ("coupon_revealed", "redeemed"):
+        expected = reference.experiment(stored, SPRING, step)
+        table = events.experiment(step=step)
+        assert {
+            row["variant"]: {k: row[k] for k in ("customers", "conversions", "declined", "send_failed")}
+            for row in table.to_pylist()
+        } == expected["variants"]
+        assert table.column("excluded_mixed")[0].as_py() == expected["excluded_mixed"] > 0
+        assert table.column("excluded_forced")[0].as_py() == expected["excluded_forced"] > 0
+    final = {r["variant"]: r for r in events.experiment_timeline().to_pylist()[-2:]}
+    assert {v: (r["customers"], r["conversions"]) for v, r in final.items()} == {
+        v: (c["customers"], c["conversions"])
+        for v, c in reference.experiment(stored, SPRING)["variants"].items()
+    }
 
 
 def test_a_filters_object_and_keywords_ask_the_same_question(tmp_path):
@@ -572,3 +621,246 @@ def test_figures_follow_each_new_file_without_a_rebuild(tmp_path):
     for path in sorted(compacted.glob("*.parquet"))[1:]:
         path.unlink()  # a file removed (as compaction replaces files): read everything again
     assert counts(events.funnel())["reached"] == 1
+
+
+# -- sources -------------------------------------------------------------------------------------------------
+
+
+def entered(
+    customer: str, source: str | None, campaign: str = SPRING, start: datetime = T0, **detail
+) -> Journey:
+    """A journey that starts from `source` (as the bot records it: on the start and on its welcome)."""
+    return (
+        Journey(customer, campaign, start)
+        .at(0, "conversation_started", source=source, detail=detail_json(trigger="postback", **detail))
+        .at(1, "welcome_sent", source=source)
+    )
+
+
+def by_source(table) -> dict[str, dict]:
+    return {row.pop("source"): row for row in table.to_pylist()}
+
+
+def test_the_funnel_by_source_counts_a_customer_once_under_their_earliest_entry(tmp_path):
+    # x came from the till in spring, then from a flyer in summer, and declined there.
+    till = entered("x", "till").at(20, "coupon_requested")
+    flyer = entered("x", "flyer", "summer-sale", T0 + timedelta(days=1)).at(30, "declined")
+    before_sources = Journey("y").at(0, "welcome_sent")  # written before sources were recorded
+    events = store(tmp_path, till.events + flyer.events + before_sources.events)
+
+    everyone = by_source(events.sources())
+    summer = by_source(events.sources(campaign="summer-sale"))
+
+    assert list(everyone) == ["till", "unknown"]  # by reached, then source: flyer has no customer of its own
+    assert everyone["till"] == {
+        "title": None,
+        "reached": 1,
+        "responded": 1,
+        "coupon_requested": 1,
+        "coupon_seen": 0,
+        "coupon_revealed": 0,
+        "redeemed": 0,
+        "declined": 1,  # x declined in summer: a customer is at a step when any of their journeys is
+    }
+    assert everyone["unknown"]["reached"] == 1
+    assert list(summer) == ["flyer"]
+    assert summer["flyer"]["declined"] == 1
+    funnel = counts(events.funnel())
+    assert {step: sum(row[step] for row in everyone.values()) for step in funnel} == funnel
+
+
+def test_an_ads_source_carries_its_latest_title(tmp_path):
+    first = entered("a", "ad:6123", ad_id="6123", ad_title="Spring sale")
+    later = entered(
+        "b", "ad:6123", start=T0 + timedelta(hours=1), ad_id="6123", ad_title="Spring sale: 20% off"
+    )
+    events = store(tmp_path, first.events + later.events)
+
+    rows = events.sources().to_pylist()
+
+    assert [(r["source"], r["title"], r["reached"]) for r in rows] == [("ad:6123", "Spring sale: 20% off", 2)]
+    assert events.sources().column_names == ["source", "title", *analytics.STEPS]
+
+
+def test_a_source_filter_counts_the_journeys_whose_entry_welcome_came_from_it(tmp_path):
+    till = entered("x", "till").at(20, "coupon_requested")
+    flyer = entered("x", "flyer", "summer-sale", T0 + timedelta(days=1)).at(30, "declined")
+    # z came from a flyer, then opened the till's QR code in the same thread: a later welcome, not the entry.
+    again = entered("z", "flyer").at(10, "declined")
+    again.events += entered("z", "till", start=T0 + timedelta(hours=2)).events
+    unknown = Journey("y").at(0, "welcome_sent")
+    events = store(tmp_path, till.events + flyer.events + again.events + unknown.events)
+
+    from_the_till = counts(events.funnel(source="till"))
+    assert (from_the_till["reached"], from_the_till["declined"]) == (1, 0)  # x's spring journey only
+    assert counts(events.funnel(source="flyer"))["reached"] == 2  # x in summer, z
+    assert counts(events.funnel(source="unknown"))["reached"] == 1
+    assert counts(events.funnel(source="flyer", campaign=SPRING))["declined"] == 1
+    assert {r["customer_id"] for r in events.journeys(source="flyer").to_pylist()} == {"x", "z"}
+    assert events.journeys(source="flyer").column("source").to_pylist() == ["flyer", "flyer"]
+
+
+# -- experiments ---------------------------------------------------------------------------------------------
+
+PLAN = detail_json(trigger="postback", variants=[["control", 0.5], ["bold", 0.5]])
+
+
+def exposed(
+    customer: str, variant: str, *, start: datetime = T0, forced: bool = False, plan: str = PLAN
+) -> Journey:
+    """A customer of an experiment: the start records the campaign's variants, the welcome the variant."""
+    detail = plan if not forced else plan[:-1] + ',"variant_forced":true}'
+    return (
+        Journey(customer, SPRING, start)
+        .at(0, "conversation_started", variant=variant, source="till", detail=detail)
+        .at(1, "welcome_sent", variant=variant, source="till")
+    )
+
+
+def revealing(journey: Journey) -> Journey:
+    variant = journey.events[-1].variant
+    return (
+        journey.at(20, "coupon_requested", variant=variant)
+        .at(21, "coupon_sent", variant=variant)
+        .at(50, "coupon_revealed", variant=variant)
+    )
+
+
+def experiment_journeys() -> list[Event]:
+    journeys = [
+        revealing(exposed("c1", "control")),
+        exposed("c2", "control").at(30, "declined", variant="control"),
+        exposed("c3", "control").at(3 * 86400, "send_failed", variant="control"),  # in the window
+        exposed("c4", "control").at(9 * 86400, "send_failed", variant="control"),  # after it
+        revealing(exposed("b1", "bold")),
+        revealing(exposed("b2", "bold")).at(60, "send_failed", variant="bold"),
+        exposed("b3", "bold"),
+        # m saw the control, then (a new journey in the same campaign) the bold variant: excluded.
+        revealing(exposed("m", "control")),
+        exposed("m", "bold", start=T0 + timedelta(days=2)),
+        # f followed a link that forced the bold variant: excluded.
+        revealing(exposed("f", "bold", forced=True)),
+    ]
+    return [e for j in journeys for e in j.events]
+
+
+def test_an_experiment_compares_the_variants_in_the_campaign_files_order(tmp_path):
+    events = store(tmp_path, experiment_journeys())
+
+    table = events.experiment()
+
+    assert table.column_names == [
+        "variant",
+        "customers",
+        "conversions",
+        "rate",
+        "rate_low",
+        "rate_high",
+        "lift",
+        "lift_low",
+        "lift_high",
+        "chance_to_win",
+        "expected_loss",
+        "srm_p",
+        "declined",
+        "send_failed",
+        "excluded_mixed",
+        "excluded_forced",
+    ]
+    rows = {r["variant"]: r for r in table.to_pylist()}
+    assert table.column("variant").to_pylist() == ["control", "bold"]  # the first listed is the reference
+    assert [(r["customers"], r["conversions"], r["declined"], r["send_failed"]) for r in rows.values()] == [
+        (4, 1, 1, 1),
+        (3, 2, 0, 1),
+    ]
+    assert table.column("excluded_mixed").to_pylist() == [1, 1]
+    assert table.column("excluded_forced").to_pylist() == [1, 1]
+    assert rows["control"]["lift"] is None
+    assert rows["bold"]["lift"] == pytest.approx((2 / 3) / (1 / 4) - 1)
+    compared = stats.compare([("control", 4, 1), ("bold", 3, 2)], weights=[0.5, 0.5])
+    assert table.select(compared.column_names) == compared
+    assert events.experiment(campaign=SPRING) == table
+
+
+def test_an_experiment_counts_any_step_and_only_the_questions_customers(tmp_path):
+    later = revealing(exposed("late", "bold", start=T0 + timedelta(days=5))).at(3600, "coupon_redeemed")
+    events = store(tmp_path, experiment_journeys() + later.events)
+
+    redeemed = events.experiment(step="redeemed").to_pylist()
+    first_days = events.experiment(end=T0.date() + timedelta(days=1)).to_pylist()
+    from_the_till = events.experiment(source="till").column("customers").to_pylist()
+
+    assert [(r["variant"], r["conversions"]) for r in redeemed] == [("control", 0), ("bold", 1)]
+    assert [r["customers"] for r in first_days] == [4, 3]  # late entered on day 5
+    assert from_the_till == [4, 4]
+    assert events.experiment(source="flyer").column("customers").to_pylist() == [0, 0]
+    with pytest.raises(AnalyticsError, match="step"):
+        events.experiment(step="reached")
+
+
+def test_the_sample_ratio_check_uses_the_recorded_shares(tmp_path):
+    plan = detail_json(trigger="postback", variants=[["A", 0.8], ["B", 0.2]])
+    journeys = [exposed(f"a{n}", "A", plan=plan) for n in range(8)] + [exposed("b0", "B", plan=plan)]
+    events = store(tmp_path, [e for j in journeys for e in j.events])
+
+    srm = events.experiment().column("srm_p").to_pylist()
+
+    assert srm == [pytest.approx(stats.chi_square_sf((8 - 7.2) ** 2 / 7.2 + (1 - 1.8) ** 2 / 1.8, 1))] * 2
+    assert srm[0] > 0.5  # 8:1 is as planned; against equal shares it would be a mismatch
+    assert stats.compare([("A", 8, 0), ("B", 1, 0)]).column("srm_p")[0].as_py() < 0.05
+
+
+def test_the_experiment_timeline_is_cumulative_by_day_of_entry(tmp_path):
+    journeys = [
+        revealing(exposed("c1", "control")),
+        exposed("b1", "bold"),
+        revealing(exposed("c2", "control", start=T0 + timedelta(days=2))),
+        revealing(exposed("b2", "bold", start=T0 + timedelta(days=2))),
+        revealing(exposed("f", "bold", start=T0 + timedelta(days=1), forced=True)),  # excluded
+    ]
+    events = store(tmp_path, [e for j in journeys for e in j.events])
+
+    rows = [
+        (r["day"], r["variant"], r["customers"], r["conversions"])
+        for r in events.experiment_timeline().to_pylist()
+    ]
+
+    day = T0.date()
+    assert rows == [
+        (day, "control", 1, 1),
+        (day, "bold", 1, 0),
+        (day + timedelta(days=1), "control", 1, 1),
+        (day + timedelta(days=1), "bold", 1, 0),
+        (day + timedelta(days=2), "control", 2, 2),
+        (day + timedelta(days=2), "bold", 2, 1),
+    ]
+    last = events.experiment_timeline().to_pylist()[-1]
+    assert (last["rate"], last["rate_low"], last["rate_high"]) == (0.5, *stats.wilson(2, 1))
+
+
+def test_an_experiment_needs_one_campaign_with_variants(tmp_path):
+    events = store(tmp_path, Journey("n").at(0, "welcome_sent").events)
+    with pytest.raises(AnalyticsError, match="one campaign with variants"):
+        events.experiment()
+
+    other = Journey("o", "summer-sale").at(0, "conversation_started", variant="A", detail=PLAN)
+    store(tmp_path, experiment_journeys(), other.events)
+    with pytest.raises(AnalyticsError, match="choose one"):
+        events.experiment()
+    with pytest.raises(AnalyticsError, match="choose one"):
+        events.experiment_timeline()
+    assert events.experiment(campaign=SPRING).num_rows == 2
+    with pytest.raises(AnalyticsError, match="'loyalty' recorded no variants"):
+        events.experiment(campaign="loyalty")
+    with pytest.raises(AnalyticsError, match="variant filter"):
+        events.experiment(campaign=SPRING, variant="bold")
+
+
+def test_a_variant_filter_counts_the_journeys_whose_entry_welcome_had_it(tmp_path):
+    events = store(tmp_path, experiment_journeys())
+
+    assert counts(events.funnel(variant="bold"))["reached"] == 3 + 1  # b1 b2 b3 f; m entered with control
+    assert counts(events.funnel(variant="control"))["coupon_revealed"] == 2  # c1 m
+    assert counts(events.funnel(variant="none-such"))["reached"] == 0
+    clicks = {r["button"]: r["clicks"] for r in events.buttons(variant="control").to_pylist()}
+    assert clicks == {}  # these journeys' clicks carry no payload

@@ -3,6 +3,7 @@ must have the semantics of real Messenger data (docs: DESIGN.md, "Two clocks")."
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,17 @@ import pyarrow.compute as pc
 import pyarrow.dataset
 import pytest
 
-from analytics.sample import Journey, generate, journey, write_sample
+import analytics
+from analytics.sample import (
+    AD_ID,
+    AD_TITLE,
+    EXPERIMENT,
+    Journey,
+    assigned_variant,
+    generate,
+    journey,
+    write_sample,
+)
 from bot.events import Event
 from bot.facts import SEND_ALLOWANCE, EventName
 
@@ -21,6 +32,7 @@ START_US = 1_772_000_000 * 1_000_000  # 2026-02-25
 SENT = {EventName.WELCOME_SENT, EventName.COUPON_SENT, EventName.THANKS_SENT, EventName.CODE_SENT}
 RECEIPTS = {EventName.MESSAGE_DELIVERED, EventName.MESSAGE_READ}
 CLICKS = {EventName.COUPON_REQUESTED, EventName.DECLINED}
+SOURCED = {EventName.CONVERSATION_STARTED, EventName.WELCOME_SENT, EventName.SEND_FAILED}
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +203,63 @@ def test_a_code_is_redeemed_once_and_a_pool_runs_out_for_its_last_days():
     earlier = {e.customer_id for e in codes if e.ts < gone_from}
     assert all(e.customer_id in earlier for e in late)  # only a second reveal: the customer's code again
     assert not any(e.event == EventName.COUPON_POOL_EMPTY for e in events if e.campaign_id != "loyalty")
+
+
+# -- sources and the experiment ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def customers() -> list[list[Event]]:
+    return list(generate(range(3000), 20, seed=12, end=datetime(2026, 3, 1, tzinfo=UTC)))
+
+
+def test_journeys_start_from_sources_recorded_on_their_start_and_welcome(customers):
+    events = [e for c in customers for e in c]
+    starts = [e for e in events if e.event == EventName.CONVERSATION_STARTED]
+    welcomes = [e for e in events if e.event == EventName.WELCOME_SENT]
+
+    assert {e.source for e in starts} == {"till", "flyer", "instagram", f"ad:{AD_ID}", "direct"}
+    by_start = {e.event_id: e.source for e in starts}
+    assert all(by_start[w.event_id.rsplit(".", 1)[0]] == w.source for w in welcomes)  # answers its start
+    assert all(e.source is None for e in events if e.event not in SOURCED)
+    details = [json.loads(e.detail) for e in starts]
+    assert {d["ad_title"] for d in details if "ad_id" in d} == {AD_TITLE}
+    assert {d["ref"] for d in details if "ref" in d} >= {"spring-sale.till", "summer-sale.flyer"}
+    referred = [d for d in details if d["trigger"] == "referral"]  # a link opened in an existing thread
+    assert 0.05 * len(details) < len(referred) < 0.25 * len(details)
+
+
+def test_the_spring_sale_is_an_experiment_with_sticky_forced_and_mixed_customers(customers):
+    spring = [c for c in customers if c[0].campaign_id == EXPERIMENT]
+    starts = [e for c in spring for e in c if e.event == EventName.CONVERSATION_STARTED]
+    assert all(json.loads(e.detail)["variants"] == [["A", 0.5], ["B", 0.5]] for e in starts)
+    forced = [e for e in starts if json.loads(e.detail).get("variant_forced")]
+    assert all(json.loads(e.detail)["ref"].endswith("." + e.variant) for e in forced)
+    assert 0.01 * len(spring) < len({e.customer_id for e in forced}) < 0.05 * len(spring)
+    for c in spring:
+        hashed = assigned_variant(EXPERIMENT, c[0].customer_id)
+        assert all(e.variant in ("A", "B") for e in c)  # every event of the journey names one
+        assert all(e.variant == hashed for e in c if e.event in RECEIPTS)
+        welcomes = {e.variant for e in c if e.event == EventName.WELCOME_SENT}
+        forced_here = any(e in forced for e in c)
+        assert welcomes <= {hashed} or forced_here  # sticky, unless a link named another
+        for e in c:
+            if e.button and e.button != "GET_STARTED":
+                assert e.button.split("|")[1] == e.variant
+    mixed = [c for c in spring if len({e.variant for e in c if e.event == EventName.WELCOME_SENT}) > 1]
+    assert 5 < len(mixed) < 0.02 * len(spring)
+    assert all(e.variant is None for c in customers if c[0].campaign_id != EXPERIMENT for e in c)
+
+
+def test_the_samples_b_variant_reveals_more_as_planted(tmp_path):
+    write_sample(tmp_path, customers=4000, days=30, seed=21, progress=False)
+
+    rows = {row["variant"]: row for row in analytics.open(tmp_path).experiment().to_pylist()}
+
+    assert list(rows) == ["A", "B"]
+    assert min(rows["A"]["customers"], rows["B"]["customers"]) > 800
+    assert rows["B"]["chance_to_win"] > 0.95
+    assert rows["B"]["lift_low"] < 0.3 < rows["B"]["lift_high"]  # the planted lift, within the interval
+    assert rows["A"]["srm_p"] > 0.001  # assigned 1:1 as recorded
+    assert rows["A"]["excluded_mixed"] > 0
+    assert rows["A"]["excluded_forced"] > 0

@@ -6,6 +6,7 @@ bot's own event writer, with one file copied under another name (a replayed flus
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -114,6 +115,34 @@ def test_buttons_journeys_and_campaigns_equal_duckdb(engines):
     assert_same(spark_events.pool_empty(question), duckdb_events.pool_empty(question))
     assert_same(spark_events.pool_empty(), duckdb_events.pool_empty())
     assert duckdb_events.pool_empty().column("reveals").to_pylist()[-1] >= 3  # the summer-sale's, at least
+
+
+@pytest.mark.parametrize("question", QUESTIONS.values(), ids=QUESTIONS.keys())
+def test_sources_and_a_source_or_variant_filter_equal_duckdb(engines, question):
+    duckdb_events, spark_events = engines
+    sources = duckdb_events.sources(question)
+    assert sources.num_rows >= 4  # the sample's till, flyer, instagram, ad and direct
+    assert_same(spark_events.sources(question), sources)
+    from_the_till = dataclasses.replace(question, source="till")
+    assert_same(spark_events.funnel(from_the_till), duckdb_events.funnel(from_the_till))
+    variant_b = dataclasses.replace(question, variant="B")
+    assert_same(spark_events.timeline(variant_b), duckdb_events.timeline(variant_b))
+    assert_same(spark_events.journeys(variant_b), duckdb_events.journeys(variant_b))
+
+
+@pytest.mark.parametrize("step", ["coupon_revealed", "redeemed"])
+def test_the_experiment_and_its_timeline_equal_duckdb(engines, step):
+    duckdb_events, spark_events = engines
+    for question in (Filters(), Filters(start=TODAY - timedelta(days=30), tz="Asia/Kolkata", source="till")):
+        experiment = duckdb_events.experiment(question, step=step)
+        assert min(experiment.column("conversions").to_pylist()) > 0
+        assert_same(spark_events.experiment(question, step=step), experiment)
+        assert_same(
+            spark_events.experiment_timeline(question, step=step),
+            duckdb_events.experiment_timeline(question, step=step),
+        )
+    with pytest.raises(AnalyticsError, match="recorded no variants"):
+        spark_events.experiment(campaign="summer-sale")
 
 
 def test_the_keyword_form_and_raw_sql_in_duckdbs_dialect(engines):

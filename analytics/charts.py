@@ -185,11 +185,13 @@ def experiment_chart(timeline: pa.Table, step: str = FunnelStep.COUPON_REVEALED)
     """Each variant's cumulative rate of `step` by entry day (Events.experiment_timeline), with its 95 %
     interval as a band: rates that settle, and intervals that narrow, as customers come."""
     base = alt.Chart(alt.Data(values=_records(timeline))).encode(
-        x=alt.X("day:T", title=None, axis=alt.Axis(format="%b %d")),
-        color=alt.Color("variant:N", title="Variant", legend=alt.Legend(orient="bottom")),
+        x=alt.X("day:T", title=None, axis=alt.Axis(format="%b %d"))
     )
-    band = base.mark_area(opacity=0.18).encode(y="rate_low:Q", y2="rate_high:Q")
+    band = base.mark_area(opacity=0.18).encode(
+        y="rate_low:Q", y2="rate_high:Q", color=alt.Color("variant:N", legend=None)
+    )
     line = base.mark_line(point=True).encode(
+        color=alt.Color("variant:N", title="Variant", legend=alt.Legend(orient="bottom")),
         y=alt.Y("rate:Q", title=STEP_LABELS[step] + " (cumulative)", axis=alt.Axis(format="%")),
         tooltip=[
             "day:T",

@@ -1,17 +1,16 @@
 """The business's dashboard: widgets over the analytics API, shown by Voilà from its notebook (package data).
 
-KPI tiles, warnings when a campaign's single-use codes run low or ran out, funnel, timeline, cohort heatmap
-(of reveals or of codes used at the till), buttons and a per-campaign comparison; filters for campaign and
+KPI tiles, warnings when a campaign's single-use codes run low or ran out, funnel, timeline, the funnel by
+source, the experiment card of a campaign with variants, cohort heatmap (of reveals or of codes used at the
+till), buttons, a per-campaign comparison and the campaigns' entry links; filters for campaign, source and
 dates; a refresh button; CSV downloads of the tables shown. Charts are SVG drawn on the server by vl-convert,
 so the page needs no internet. Only the analytics API is used: no SQL of its own.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import html
-import io
 import os
 import sys
 import threading
@@ -20,12 +19,15 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from analytics import charts
-from analytics.pools import CodePools, PoolLevel
+from analytics.entry_links import links_html, stored_links
+from analytics.experiment_card import experiment_html
+from analytics.filters import AnalyticsError
+from analytics.panels import csv_link, health_html, kpi_tiles_html, pools_html, sources_html, table_html
+from analytics.pools import CodePools
 from analytics.query import Events
-from analytics.report import kpi_texts, kpis
+from analytics.report import kpis
 from bot.facts import STEP_LABELS, FunnelStep
 
 # Package data, like the Voilà template beside it: an installed package (a wheel, the container image) has
@@ -50,6 +52,13 @@ STYLE = """
 .pb-pool { padding: 6px 12px; margin: 4px 0; border-radius: 8px; background: #f0f2f5; color: #1c1e21; }
 .pb-pool[data-pool-state="low"] { background: #fff4e5; color: #663c00; }
 .pb-pool[data-pool-state="gone"] { background: #fdecea; color: #611a15; font-weight: 600; }
+.pb-banner { padding: 6px 12px; margin: 4px 0; border-radius: 8px; background: #f0f2f5; font-size: 14px; }
+.pb-banner[data-banner="srm"], .pb-banner[data-banner="too-few"] { background: #fff4e5; color: #663c00; }
+.pb-banner[data-banner="winner"] { background: #e7f5e9; color: #1e4620; }
+.pb-note { color: #65676b; font-size: 13px; }
+.pb-health { padding: 4px 12px; margin: 4px 0; border-radius: 8px; font-size: 13px; background: #e7f5e9; }
+.pb-health[data-health="warn"] { background: #fff4e5; color: #663c00; }
+.pb-health[data-health="fail"] { background: #fdecea; color: #611a15; }
 .pb-first-paint { padding: 0 16px; }
 .pb-first-paint .pb-note { color: #65676b; font-size: 13px; }
 </style>
@@ -81,69 +90,6 @@ def date_range(
     return None, None
 
 
-def kpi_tiles_html(figures: dict, attribute: str = "data-kpi") -> str:
-    tiles = [(kpi.key, kpi.label, text) for kpi, text in kpi_texts(figures)]
-    return (
-        '<div class="pb-tiles">'
-        + "".join(
-            f'<div class="pb-tile" {attribute}="{key}"><div class="pb-value">{value}</div>'
-            f'<div class="pb-name">{name}</div></div>'
-            for key, name, value in tiles
-        )
-        + "</div>"
-    )
-
-
-def pools_html(levels: list[PoolLevel], empty: pa.Table, problem: str | None = None) -> str:
-    """A line per campaign with single-use codes (how many are left; a warning when few or none are), and
-    the reveals that found its codes all handed out (`empty`: Events.pool_empty)."""
-    refused = {row["campaign_id"]: row for row in empty.to_pylist()}
-    lines = []
-    for level in levels:
-        state = "gone" if level.gone else "low" if level.low else "ok"
-        text = f"<b>{html.escape(level.campaign_id)}</b>: {level.free:,} of {level.total:,} codes left"
-        if state != "ok":
-            text = ("No codes left" if level.gone else "Codes running low") + f" — {text}. Add codes to the "
-            text += "campaign's codes file and restart the bot"
-        lines.append((level.campaign_id, state, text))
-    for campaign, row in refused.items():
-        known = next((i for i, (c, _, _) in enumerate(lines) if c == campaign), None)
-        told = (
-            f"{row['reveals']:,} reveals found no code left ({row['customers']:,} customers got the "
-            f"“all gone” message), the first at {row['first_seen']:%Y-%m-%d %H:%M} UTC"
-        )
-        if known is None:
-            lines.append((campaign, "gone", f"<b>{html.escape(campaign)}</b>: {told}"))
-        else:
-            campaign, state, text = lines[known]
-            lines[known] = (campaign, state, f"{text}. {told}")
-    notes = "".join(
-        f'<div class="pb-pool" data-pool="{html.escape(campaign)}" data-pool-state="{state}">{text}.</div>'
-        for campaign, state, text in lines
-    )
-    if problem:
-        notes += f'<div class="pb-pool" data-pool-state="unknown">{html.escape(problem)}</div>'
-    return f'<div class="pb-pools">{notes}</div>' if notes else ""
-
-
-def csv_link(name: str, table: pa.Table) -> str:
-    buffer = io.BytesIO()
-    pacsv.write_csv(table, buffer)
-    encoded = base64.b64encode(buffer.getvalue()).decode()
-    return f'<a download="{name}.csv" href="data:text/csv;base64,{encoded}">{html.escape(name)}.csv</a>'
-
-
-def table_html(table: pa.Table, limit: int = 50) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.column_names)
-    rows = "".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row.values())
-        + "</tr>"
-        for row in table.slice(0, limit).to_pylist()
-    )
-    return f'<div class="pb-table"><table><tr>{head}</tr>{rows}</table></div>'
-
-
 class Dashboard:
     """The widgets; `Dashboard(events).show()` is what the notebook displays.
 
@@ -157,18 +103,27 @@ class Dashboard:
         self.events = events
         self.code_pools = pools if pools is not None else CodePools.of(events.source)
         self.campaign = w.Dropdown(description="Campaign", options=[("All campaigns", None)])
+        self.source = w.Dropdown(description="Source", options=[("All sources", None)])
         self.preset = w.ToggleButtons(options=PRESETS, value="Last 30 days", description="Dates")
         self.start = w.DatePicker(description="From", disabled=True)
         self.end = w.DatePicker(description="To", disabled=True)
         self.refresh_button = w.Button(description="Refresh", icon="refresh", button_style="primary")
         self.status = w.HTML()
+        self.health = w.HTML()
         self.kpis = w.HTML()
         self.pools = w.HTML()
         self.cohort_step = w.ToggleButtons(
             options=[(STEP_LABELS[step], step) for step in COHORT_STEPS], description="Cohorts"
         )
+        self.experiment_step = w.ToggleButtons(
+            options=[(STEP_LABELS[step], step) for step in COHORT_STEPS], description="Compare on"
+        )
         self.funnel = w.HTML()
         self.timeline = w.HTML()
+        self.sources = w.HTML()
+        self.experiment = w.HTML()
+        self.experiment_box = w.VBox([self.experiment_step, self.experiment])
+        self.links = w.HTML()
         self.cohorts = w.HTML()
         self.buttons = w.HTML()
         self.comparison = w.HTML()
@@ -179,13 +134,15 @@ class Dashboard:
                 self.kpis,
                 w.HBox([self.funnel, self.buttons], layout=w.Layout(flex_flow="row wrap")),
                 self.timeline,
+                self.sources,
+                self.experiment_box,
                 self.cohort_step,
                 w.HBox([self.cohorts, self.comparison], layout=w.Layout(flex_flow="row wrap")),
                 self.downloads,
             ]
         )
         filters = w.HBox(
-            [self.campaign, self.preset, self.start, self.end, self.refresh_button],
+            [self.campaign, self.source, self.preset, self.start, self.end, self.refresh_button],
             layout=w.Layout(flex_flow="row wrap", align_items="center"),
         )
         self.widget = w.VBox(
@@ -193,9 +150,11 @@ class Dashboard:
                 w.HTML(STYLE + "<h2>Promotion dashboard</h2>"),
                 filters,
                 self.status,
+                self.health,
                 self.pools,  # shown whatever the dates: a pool runs out today
                 self.empty,
                 self.body,
+                self.links,  # whatever the figures: a shop with no customers yet needs its links first
                 w.HTML(LIVE),  # last: the first paint stays until everything above is drawn
             ]
         )
@@ -209,7 +168,14 @@ class Dashboard:
         self._quiet_in: int | None = None  # the thread setting controls itself: no update per control
 
         self.preset.observe(self._preset_changed, names="value")
-        for control in (self.campaign, self.start, self.end, self.cohort_step):
+        for control in (
+            self.campaign,
+            self.source,
+            self.start,
+            self.end,
+            self.cohort_step,
+            self.experiment_step,
+        ):
             control.observe(lambda _change: self._quiet() or self.update(), names="value")
         self.refresh_button.on_click(lambda _button: self.refresh())
         self._list_campaigns()
@@ -242,11 +208,15 @@ class Dashboard:
             self.update()
 
     def _list_campaigns(self) -> None:
+        """The campaigns and sources the store has, as the filters' choices."""
         campaigns = self.events.campaigns().column("campaign_id").to_pylist()
-        current = self.campaign.value
+        sources = self.events.sources().column("source").to_pylist()
+        current, source = self.campaign.value, self.source.value
         with self._setting_controls():
             self.campaign.options = [("All campaigns", None), *((c, c) for c in campaigns)]
             self.campaign.value = current if current in campaigns else None
+            self.source.options = [("All sources", None), *((s, s) for s in sorted(sources))]
+            self.source.value = source if source in sources else None
 
     def is_current(self) -> bool:
         """Whether the figures on show are those of the store's files and of today's date presets."""
@@ -290,16 +260,19 @@ class Dashboard:
         """The figures on show, laid out as the widgets lay them out, without the controls."""
         with self._shown_lock:
             if self._figures.get("reached", 0) == 0:
-                figures = self.pools.value + self.empty.value
+                figures = self.pools.value + self.empty.value + self.links.value
             else:
                 figures = (
                     kpi_tiles_html(self._figures, attribute="data-first-paint-kpi")
                     + self.pools.value
                     + f'<div class="pb-row">{self.funnel.value}{self.buttons.value}</div>'
                     + self.timeline.value
+                    + self.sources.value
+                    + self.experiment.value
                     + f'<div class="pb-row">{self.cohorts.value}{self.comparison.value}</div>'
+                    + self.links.value
                 )
-            status = self.status.value
+            status = self.status.value + self.health.value
         note = "Newer events are being read; the figures update in a moment." if stale else ""
         return (
             f'<div class="pb-first-paint">{STYLE}<h2>Promotion dashboard</h2>'
@@ -310,7 +283,7 @@ class Dashboard:
         start, end = date_range(self.preset.value, self.start.value, self.end.value)
         if start is not None and end is not None and start > end:
             start, end = end, start
-        return {"campaign": self.campaign.value, "start": start, "end": end}
+        return {"campaign": self.campaign.value, "source": self.source.value, "start": start, "end": end}
 
     def update(self) -> None:
         """Compute everything first, then show it all at once: tiles and charts never disagree on screen."""
@@ -332,11 +305,14 @@ class Dashboard:
         funnel = self.events.funnel(**chosen)
         figures = kpis(funnel)
         scope = "all time" if chosen["start"] is None else f"{chosen['start']} to {chosen['end']} (UTC)"
+        source = f", source {chosen['source']}" if chosen["source"] else ""
+        shown = html.escape((chosen["campaign"] or "all campaigns") + source)
         status = (
-            f"<span data-scope>Showing {html.escape(chosen['campaign'] or 'all campaigns')}, "
-            f"{scope}. Updated {datetime.now(UTC):%H:%M:%S} UTC.</span>"
+            f"<span data-scope>Showing {shown}, {scope}. Updated {datetime.now(UTC):%H:%M:%S} UTC.</span>"
         )
         pools = self._pools(chosen)
+        health = health_html(self.code_pools.health())
+        links = links_html(stored_links(self.events.source), chosen["campaign"])
         if figures["reached"] == 0:
             empty = (
                 '<div class="pb-empty"><b>No customers reached yet in this selection.</b><br>Once customers '
@@ -348,6 +324,8 @@ class Dashboard:
                     self.empty: empty,
                     self.status: status,
                     self.pools: pools,
+                    self.health: health,
+                    self.links: links,
                     self.kpis: kpi_tiles_html(figures),
                 },
                 figures,
@@ -358,13 +336,19 @@ class Dashboard:
         cohorts = self.events.cohorts("week", step=cohort_step, **chosen)
         buttons = self.events.buttons(**chosen)
         comparison = self._comparison(chosen)
+        sources = self.events.sources(**chosen)
+        experiment_step = self.experiment_step.value
+        experiment, experiment_chart = self._experiment(chosen, experiment_step)
         tables = {
             "funnel": funnel,
             "timeline": timeline,
+            "sources": sources,
             "cohorts": cohorts,
             "buttons": buttons,
             "campaigns": comparison,
         }
+        if experiment is not None:
+            tables["experiment"] = experiment
         shown = {
             self.funnel: charts.to_svg(charts.funnel_chart(funnel)),
             self.timeline: charts.to_svg(charts.timeline_chart(timeline)),
@@ -372,15 +356,36 @@ class Dashboard:
             if cohorts.num_rows
             else "",
             self.buttons: charts.to_svg(charts.buttons_chart(buttons)) if buttons.num_rows else "",
+            self.sources: f'<div class="pb-row">{charts.to_svg(charts.sources_chart(sources))}'
+            f"{sources_html(sources)}</div>"
+            if sources.num_rows
+            else "",
+            self.experiment: ""
+            if experiment is None
+            else experiment_html(experiment, experiment_step) + experiment_chart,
             self.comparison: "<h3>Campaigns</h3>" + table_html(comparison),
             self.downloads: '<div class="pb-downloads">Download: '
             + " ".join(csv_link(name, table) for name, table in tables.items())
             + "</div>",
             self.status: status,
             self.pools: pools,
+            self.health: health,
+            self.links: links,
             self.kpis: kpi_tiles_html(figures),  # last: tests and people read the tiles as "done"
         }
+        self.experiment_box.layout.display = "none" if experiment is None else None
         return shown, figures, chosen
+
+    def _experiment(self, chosen: dict, step: str) -> tuple[pa.Table | None, str]:
+        """The chosen campaign's comparison of variants and its cumulative chart; None when it has none."""
+        try:
+            table = self.events.experiment(step=step, **chosen)
+        except AnalyticsError:
+            return None, ""  # no campaign with variants in the selection
+        if table.num_rows == 0:
+            return None, ""
+        timeline = self.events.experiment_timeline(step=step, **chosen)
+        return table, charts.to_svg(charts.experiment_chart(timeline, step)) if timeline.num_rows else ""
 
     def _pools(self, chosen: dict) -> str:
         """The chosen campaigns' codes left (from the bot's store) and reveals refused for want of one."""
@@ -395,7 +400,7 @@ class Dashboard:
         for campaign in self.events.campaigns().column("campaign_id").to_pylist():
             if chosen["campaign"] not in (None, campaign):
                 continue
-            figures = kpis(self.events.funnel(campaign=campaign, start=chosen["start"], end=chosen["end"]))
+            figures = kpis(self.events.funnel(**{**chosen, "campaign": campaign}))
             rows.append({"campaign": campaign, **figures})
         return pa.Table.from_pylist(rows) if rows else pa.table({"campaign": pa.array([], pa.string())})
 

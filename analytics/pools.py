@@ -1,4 +1,5 @@
-"""How many single-use codes each campaign has left, read from the bot's transactional store.
+"""The bot's transactional store as the dashboard reads it: the codes each campaign has left, and the
+store's health (last webhook, replies owed, events waiting for a flush).
 
 The pools live in the store (bot.database), not in the events: the SQLite file `promobot.sqlite3` in the data
 directory, or the database PROMOBOT_DATABASE_URL (or DATABASE_URL) names. A store that does not exist yet is
@@ -7,13 +8,16 @@ never created here: it is looked for again at the next read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.config import Settings
 from bot.database import SQLITE_FILE, Database, DatabaseError
+from bot.doctor import Check, local_health
 from bot.migrations import MigrationError
 from bot.pool import LOW_POOL_SHARE
 
@@ -88,6 +92,19 @@ class CodePools:
                 return []
             self.problem = None
             return [PoolLevel(c, status.total, status.free) for c, status in found if status.total]
+
+    def health(self, environ: Mapping[str, str] = os.environ) -> list[Check]:
+        """The store's health checks (bot.doctor.local_health); none when no bot has run here yet."""
+        flush_seconds = Settings.flush_seconds
+        # A bad value: the bot refuses it at start-up; judged by the default meanwhile.
+        with contextlib.suppress(ValueError):
+            flush_seconds = float(environ.get("PROMOBOT_FLUSH_SECONDS", "") or flush_seconds)
+        with self._lock:
+            try:
+                database = self._open()
+            except (DatabaseError, MigrationError):
+                return []  # `levels` tells why
+            return [] if database is None else local_health(database, flush_seconds=flush_seconds)
 
     def close(self) -> None:
         database, self._database = self._database, None

@@ -21,6 +21,7 @@ from bot.database import SQLITE_FILE, Database
 from bot.events import Event
 from bot.facts import ButtonStep, EventName
 from bot.flow import button_payload, plan_replies, record
+from bot.links import links_command
 from bot.messenger import parse_body
 from bot.store import FileStore, write_events
 from tests import payloads
@@ -64,7 +65,9 @@ def test_the_first_paint_shows_the_widgets_figures_and_charts(store):
 
     assert tiles(dashboard.kpis.value, "data-kpi") == expected
     assert tiles(first_paint, "data-first-paint-kpi") == expected
-    assert first_paint.count('class="marks"') == 4  # funnel, buttons, timeline, cohorts
+    # funnel, buttons, timeline, sources, the experiment's cumulative rates (the sample's spring sale is the
+    # one campaign with variants), cohorts
+    assert first_paint.count('class="marks"') == 6
     assert "data-kpi=" not in first_paint  # the live tiles are the only ones with that name
     assert 'class="pb-first-paint"' in first_paint
 
@@ -170,6 +173,71 @@ def test_the_cohorts_can_show_codes_used_at_the_till(store):
 
     assert "used at the till" in dashboard.cohorts.value
     assert dashboard.cohorts.value != revealed
+
+
+def test_the_experiment_card_shows_the_apis_comparison(store):
+    dashboard = Dashboard(analytics.open(store))
+    dashboard.preset.value = "All time"
+    expected = analytics.open(store).experiment(campaign="spring-sale").to_pylist()
+
+    card = dashboard.experiment.value
+
+    assert re.findall(r'data-variant="([^"]+)"', card) == [row["variant"] for row in expected] == ["A", "B"]
+    a_row, b_row = re.findall(r"<tr data-variant=.*?</tr>", card)
+    assert f"<td>{expected[0]['customers']:,}</td>" in a_row
+    assert f"<td>{expected[1]['rate'] * 100:.1f} % (" in b_row
+    assert 'data-banner="peeking"' in card
+    assert 'download="experiment.csv"' in dashboard.downloads.value
+    assert card in dashboard.first_paint_html()
+
+    dashboard.experiment_step.value = "redeemed"
+    assert "Used at the till by variant" in dashboard.experiment.value
+    dashboard.campaign.value = "summer-sale"  # no variants: no card
+    assert dashboard.experiment.value == ""
+    assert dashboard.experiment_box.layout.display == "none"
+
+
+def test_the_source_filter_and_the_funnel_by_source(store):
+    dashboard = Dashboard(analytics.open(store))
+    events = analytics.open(store)
+    dashboard.preset.value = "All time"
+    sources = events.sources().to_pylist()
+    assert {"till", "flyer", "direct"} <= {row["source"] for row in sources}
+    assert [o for _, o in dashboard.source.options][1:] == sorted(row["source"] for row in sources)
+    for row in sources:
+        assert f'data-source="{row["source"]}"><td>' in dashboard.sources.value
+
+    dashboard.source.value = "till"
+
+    assert tiles(dashboard.kpis.value, "data-kpi") == shown_kpis(kpis(events.funnel(source="till")))
+    assert "source till" in dashboard.status.value
+    assert re.findall(r'data-source="([^"]+)"', dashboard.sources.value) == ["till"]
+
+
+def test_the_campaigns_entry_links_are_listed_even_before_any_customer(tmp_path):
+    environ = {"PROMOBOT_DATA": str(tmp_path)}
+    assert links_command("spring", "till,flyer", None, page="cornerbakery", environ=environ) == 0
+
+    dashboard = Dashboard(analytics.open(tmp_path))
+
+    assert 'data-links="2"' in dashboard.links.value
+    assert "https://m.me/cornerbakery?ref=spring.flyer" in dashboard.first_paint_html()
+
+
+# -- the bot's store: code pools and health ---------------------------------------------------------------
+
+
+def test_the_health_strip_shows_the_bots_store(store):
+    database = Database.open(None, store)
+    reveal_in(database, "spring-sale", range(7000, 7001))  # a webhook now; its reply owed, not yet due
+    dashboard = Dashboard(analytics.open(store))
+
+    assert 'data-health="ok"' in dashboard.health.value
+    assert "last webhook" in dashboard.health.value
+    assert dashboard.health.value in dashboard.first_paint_html()
+    database.close()
+
+    assert Dashboard(analytics.open(store / "elsewhere")).health.value == ""  # no bot ran there
 
 
 # -- the code pools, in the bot's store ---------------------------------------------------------------------

@@ -84,6 +84,8 @@ def test_the_dashboard_shows_the_apis_numbers_and_follows_the_filters(dashboard)
     last_30 = shown_kpis(kpis(events.funnel(start=today - timedelta(days=29), end=today)))
     all_time = shown_kpis(kpis(events.funnel()))
     spring = shown_kpis(kpis(events.funnel(campaign="spring-sale")))
+    spring_till = shown_kpis(kpis(events.funnel(campaign="spring-sale", source="till")))
+    variants = [row["variant"] for row in events.experiment(campaign="spring-sale").to_pylist()]
     assert last_30 != all_time
 
     with chromium_page(offline_except=url) as page:
@@ -105,6 +107,16 @@ def test_the_dashboard_shows_the_apis_numbers_and_follows_the_filters(dashboard)
         wait_for_reached(page, spring["reached"])
         assert {key: tile(page, key) for key in spring} == spring
         assert page.locator('a[download="funnel.csv"]').count() == 1
+        card = page.locator(".widget-html .pb-experiment")
+        assert (
+            card.locator("tr[data-variant]").evaluate_all("rows => rows.map(r => r.dataset.variant)")
+            == variants
+        )
+        assert card.locator('[data-banner="peeking"]').is_visible()
+
+        page.locator("select").nth(1).select_option(label="till")
+        wait_for_reached(page, spring_till["reached"])
+        assert {key: tile(page, key) for key in spring_till} == spring_till
 
         assert page.locator(".pb-first-paint").is_hidden()  # the live widgets took its place
 
@@ -125,7 +137,8 @@ def test_the_figures_are_drawn_before_voilas_scripts_load(dashboard):
         page.goto(url + "/", wait_until="commit", timeout=60_000)
         page.locator(".pb-first-paint svg.marks").first.wait_for(state="visible", timeout=60_000)
 
-        assert page.locator(".pb-first-paint svg.marks").count() == 4
+        # funnel, buttons, timeline, sources, the experiment's cumulative rates, cohorts
+        assert page.locator(".pb-first-paint svg.marks").count() == 6
         first_paint = {
             key: page.locator(f'[data-first-paint-kpi="{key}"] .pb-value').inner_text() for key in last_30
         }

@@ -1,0 +1,116 @@
+"""The dashboard's pieces as HTML: KPI tiles, code pool warnings, tables, the funnel by source, downloads."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from analytics.pools import PoolLevel
+from analytics.report import kpi_texts
+from bot.doctor import Check, Status, worst
+
+
+def kpi_tiles_html(figures: dict, attribute: str = "data-kpi") -> str:
+    tiles = [(kpi.key, kpi.label, text) for kpi, text in kpi_texts(figures)]
+    return (
+        '<div class="pb-tiles">'
+        + "".join(
+            f'<div class="pb-tile" {attribute}="{key}"><div class="pb-value">{value}</div>'
+            f'<div class="pb-name">{name}</div></div>'
+            for key, name, value in tiles
+        )
+        + "</div>"
+    )
+
+
+def pools_html(levels: list[PoolLevel], empty: pa.Table, problem: str | None = None) -> str:
+    """A line per campaign with single-use codes (how many are left; a warning when few or none are), and
+    the reveals that found its codes all handed out (`empty`: Events.pool_empty)."""
+    refused = {row["campaign_id"]: row for row in empty.to_pylist()}
+    lines = []
+    for level in levels:
+        state = "gone" if level.gone else "low" if level.low else "ok"
+        text = f"<b>{html.escape(level.campaign_id)}</b>: {level.free:,} of {level.total:,} codes left"
+        if state != "ok":
+            text = ("No codes left" if level.gone else "Codes running low") + f" — {text}. Add codes to the "
+            text += "campaign's codes file and restart the bot"
+        lines.append((level.campaign_id, state, text))
+    for campaign, row in refused.items():
+        known = next((i for i, (c, _, _) in enumerate(lines) if c == campaign), None)
+        told = (
+            f"{row['reveals']:,} reveals found no code left ({row['customers']:,} customers got the "
+            f"“all gone” message), the first at {row['first_seen']:%Y-%m-%d %H:%M} UTC"
+        )
+        if known is None:
+            lines.append((campaign, "gone", f"<b>{html.escape(campaign)}</b>: {told}"))
+        else:
+            campaign, state, text = lines[known]
+            lines[known] = (campaign, state, f"{text}. {told}")
+    notes = "".join(
+        f'<div class="pb-pool" data-pool="{html.escape(campaign)}" data-pool-state="{state}">{text}.</div>'
+        for campaign, state, text in lines
+    )
+    if problem:
+        notes += f'<div class="pb-pool" data-pool-state="unknown">{html.escape(problem)}</div>'
+    return f'<div class="pb-pools">{notes}</div>' if notes else ""
+
+
+def csv_link(name: str, table: pa.Table) -> str:
+    buffer = io.BytesIO()
+    pacsv.write_csv(table, buffer)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return f'<a download="{name}.csv" href="data:text/csv;base64,{encoded}">{html.escape(name)}.csv</a>'
+
+
+def table_html(table: pa.Table, limit: int = 50) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.column_names)
+    rows = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row.values())
+        + "</tr>"
+        for row in table.slice(0, limit).to_pylist()
+    )
+    return f'<div class="pb-table"><table><tr>{head}</tr>{rows}</table></div>'
+
+
+def sources_html(sources: pa.Table) -> str:
+    """The funnel by source (Events.sources) as a table: customers reached from each place, and the shares
+    of them who responded and revealed the code, and of those who used it at the till."""
+
+    def share(part: int, whole: int) -> str:
+        return f"{part / whole * 100:.1f} %" if whole else "–"
+
+    head = "".join(
+        f"<th>{title}</th>"
+        for title in ("Source", "Reached", "Responded", "Revealed the code", "Used at the till")
+    )
+
+    def name(row: dict) -> str:
+        return html.escape(row["source"] + (f" ({row['title']})" if row.get("title") else ""))
+
+    rows = "".join(
+        f'<tr data-source="{html.escape(row["source"])}"><td>{name(row)}</td>'
+        f"<td>{row['reached']:,}</td><td>{share(row['responded'], row['reached'])}</td>"
+        f"<td>{share(row['coupon_revealed'], row['reached'])}</td>"
+        f"<td>{row['redeemed']:,} ({share(row['redeemed'], row['coupon_revealed'])})</td></tr>"
+        for row in sources.to_pylist()
+    )
+    return f'<div class="pb-table pb-sources"><table><tr>{head}</tr>{rows}</table></div>'
+
+
+def health_html(checks: list[Check]) -> str:
+    """The bot's health in one line, coloured by the worst check; what to do when one is not ok."""
+    if not checks:
+        return ""
+    state = worst(checks)
+    parts = " · ".join(html.escape(f"{check.name}: {check.message}") for check in checks)
+    fixes = "".join(
+        f"<br>{html.escape(check.name)}: {html.escape(check.fix)}"
+        for check in checks
+        if check.status is not Status.OK and check.fix
+    )
+    return f'<div class="pb-health" data-health="{state}"><b>Bot</b> {parts}{fixes}</div>'

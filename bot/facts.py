@@ -29,7 +29,7 @@ class EventName(StrEnum):
     MESSAGE_READ = "message_read"
     TEXT_RECEIVED = "text_received"
     SEND_FAILED = "send_failed"
-    REACTION_RECEIVED = "reaction_received"  # a customer reacted to a message: their action, nothing to answer
+    REACTION_RECEIVED = "reaction_received"  # a customer reacted to a message: nothing to answer
     OPTED_OUT = "opted_out"  # wrote a stop word or chose the menu's item: no promotion is sent to them again
     OPTED_IN = "opted_in"  # wrote a start word after opting out
     HANDED_OVER = "handed_over"  # staff wrote from the page's inbox: the bot keeps quiet for a while

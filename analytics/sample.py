@@ -24,7 +24,6 @@ press *Redeem*, always after the code reached the customer.
 from __future__ import annotations
 
 import functools
-import hashlib
 import multiprocessing
 import random
 import uuid
@@ -36,7 +35,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from bot.campaign import assign_variant
 from bot.events import Event, EventName, detail_json, message_digest
+from bot.flow import SHARE_DECIMALS
 from bot.store import FileStore, write_events
 
 PAGE = "100000000000001"
@@ -61,7 +62,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = 1_000_000  # journeys keep time in microseconds: integer arithmetic is what makes 1M events quick
 _MS = 1000
 _HASHED = {EventName.MESSAGE_DELIVERED, EventName.MESSAGE_READ, EventName.TEXT_RECEIVED}
-_SHARES = [[name, round(weight / sum(w for _, w in VARIANTS), 4)] for name, weight in VARIANTS]
+_PLANNED = [(name, weight / sum(w for _, w in VARIANTS)) for name, weight in VARIANTS]
+_SHARES = [[name, round(share, SHARE_DECIMALS)] for name, share in _PLANNED]  # as the bot records them
 _IMAGE = detail_json(part="image")
 _SEND_FAILED = detail_json(code=-1, reason="transient", reply="welcome", subcode=None)
 
@@ -72,14 +74,8 @@ def _choose(rng: random.Random, options: tuple) -> object:
 
 
 def assigned_variant(campaign: str, customer: str) -> str:
-    """The experiment's variant a customer is assigned (contract 18: a hash of campaign and customer)."""
-    u = int.from_bytes(hashlib.sha256(f"{campaign}\x00{customer}".encode()).digest()[:8], "big") / 2**64
-    total, cumulative = sum(w for _, w in VARIANTS), 0.0
-    for name, weight in VARIANTS:
-        cumulative += weight / total
-        if u < cumulative:
-            return name
-    return VARIANTS[-1][0]
+    """The experiment's variant a customer is assigned, as the bot assigns it."""
+    return assign_variant(campaign, customer, _PLANNED)
 
 
 @functools.lru_cache(maxsize=256)

@@ -11,6 +11,7 @@ import math
 import re
 import string
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import cached_property
@@ -51,6 +52,19 @@ class Variant:
 
 DEFAULT_CODE_TEXT = "Your code: {code}\nValid until: {expires}\nAt the till, show this link: {link}"
 MAX_VALID_DAYS = 366
+
+
+def assign_variant(campaign_id: str, customer_id: str, shares: Sequence[tuple[str, float]]) -> str:
+    """The variant of `shares` ((name, share) in file order) a customer gets: the SHA-256 of campaign and
+    customer read as a number u in [0, 1), and the first variant whose cumulative share exceeds it."""
+    digest = hashlib.sha256(f"{campaign_id}\x00{customer_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    cumulative = 0.0
+    for name, share in shares:
+        cumulative += share
+        if u < cumulative:
+            return name
+    return shares[-1][0]  # u just under 1 and shares that add up to a hair less
 
 
 @dataclass(frozen=True)
@@ -101,14 +115,7 @@ class Campaign:
         number u in [0, 1), and the first variant whose cumulative share exceeds it. None without variants."""
         if not self.variants:
             return None
-        digest = hashlib.sha256(f"{self.id}\x00{customer_id}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2**64
-        cumulative = 0.0
-        for name, share in self.shares:
-            cumulative += share
-            if u < cumulative:
-                return name
-        return self.variants[-1].name  # u just under 1 and shares that add up to a hair less
+        return assign_variant(self.id, customer_id, self.shares)
 
     def for_variant(self, name: str | None) -> Campaign:
         """The campaign as customers of variant `name` read it (its buttons carry the name). A name the

@@ -253,11 +253,13 @@ class ProgressLine:
         total = max(tally.total, 1)
         width = 30
         filled = width * tally.done // total
-        left_min = (tally.total - tally.done) / self.rate
+        left_s = 60 * (tally.total - tally.done) / self.rate
+        left = f"{left_s:.0f} s" if left_s < 120 else f"{left_s / 60:.0f} min"
         skipped = sum(tally.skipped.values())
         line = (
             f"broadcast {tally.broadcast_id} [{'#' * filled}{'.' * (width - filled)}]"
-            f" {tally.done}/{tally.total} · {tally.sent} sent · {skipped} skipped · at most {left_min:.0f} min left"
+            f" {tally.done}/{tally.total} · {tally.sent} sent · {skipped} skipped"
+            f" · at most {left} left"
         )
         if tally.backing_off_s:
             line += f" · the platform asked to slow down: pausing {tally.backing_off_s:.0f} s"

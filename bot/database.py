@@ -853,7 +853,7 @@ class Database:
             "SELECT b.broadcast, b.campaign_id, b.rate_per_minute, b.state, b.started_at, b.finished_at,"
             " r.state, r.reason, count(r.customer_id)"
             " FROM broadcasts AS b LEFT JOIN broadcast_recipients AS r ON r.broadcast = b.broadcast"
-            " WHERE ? IS NULL OR b.campaign_id = ?"
+            " WHERE CAST(? AS TEXT) IS NULL OR b.campaign_id = ?"
             " GROUP BY b.broadcast, b.campaign_id, b.rate_per_minute, b.state, b.started_at, b.finished_at,"
             " r.state, r.reason ORDER BY b.broadcast DESC",
             (campaign_id, campaign_id),

@@ -1,11 +1,12 @@
-"""The audience and the broadcast (issue 19): who may be sent a campaign now, and its welcome sent to them at a
-steady pace, never twice, with the fake Graph API and the real store (SQLite, and PostgreSQL where it
+"""The audience and the broadcast (issue 19): who may be sent a campaign now, and its welcome sent to them
+at a steady pace, never twice, with the fake Graph API and the real store (SQLite, and PostgreSQL where it
 matters). The `customers` table is filled directly, as the webhook's transaction keeps it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -92,10 +93,11 @@ def put_customer(database: Database, customer: str, **times: datetime | None) ->
     """A row of `customers` as the webhook's transaction keeps it: times in µs since the epoch."""
     columns = ("last_action_at", "ad_referral_at", "opted_out_at", "handed_over_until", "unreachable_at")
     values = [None if times.get(c) is None else int(times[c].timestamp() * 1_000_000) for c in columns]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
     with contextlib.closing(database.engine.connect()) as connection:
         connection.execute(
             f"INSERT INTO customers (page_id, customer_id, {', '.join(columns)}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            f" ON CONFLICT (page_id, customer_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in columns)}",
+            f" ON CONFLICT (page_id, customer_id) DO UPDATE SET {updates}",
             (PAGE, customer, *values),
         )
 
@@ -258,7 +260,7 @@ async def test_the_broadcast_keeps_to_its_rate(sqlite_url, graph, data):
 
     times = [at for at, _, status in graph.send_log if status == 200]
     assert len(times) == 8
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert min(gaps) > 60 / rate - 0.05, gaps  # tolerance: a timer firing early, the fake's threads
     assert took < 7 * 60 / rate + 3.0
 
@@ -273,7 +275,8 @@ async def test_the_broadcast_pauses_when_the_platform_asks_to_slow_down_then_goe
         tally = await run_broadcast(database, graph, data, sqlite_url, rate=600, first_backoff_s=1.0)
         (result,) = database.broadcast_results(CAMPAIGN_ID)
 
-    assert tally.sent == 3 and result.sent == 3
+    assert tally.sent == 3
+    assert result.sent == 3
     assert Counter(send["recipient"] for send in graph.sent) == {"3001": 1, "3002": 1, "3003": 1}
     log = graph.send_log
     first_refusal = next(at for at, customer, status in log if customer == "3002" and status != 200)
@@ -345,7 +348,8 @@ async def test_a_dry_run_sends_nothing_and_records_nothing(sqlite_url, graph, da
     status = broadcast_command(CAMPAIGN_ID, 30, True, environ=environ(data, graph, sqlite_url))
 
     assert status == 0
-    assert graph.send_log == [] and graph.profile_calls == []
+    assert graph.send_log == []
+    assert graph.profile_calls == []
     with opened(sqlite_url, data) as database:
         assert database.broadcast_results() == []
         assert buffered(database) == []

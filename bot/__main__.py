@@ -1,5 +1,5 @@
 """Command line: `python -m bot serve | migrate | codes generate | redeem | compact | links | doctor |
-run-local`."""
+audience | broadcast | run-local`."""
 
 from __future__ import annotations
 
@@ -81,6 +81,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     doctor.add_argument("--json", action="store_true", help="print the checks as one JSON object")
 
+    audience = commands.add_parser(
+        "audience", help="how many customers a campaign may be sent now, and why not the others"
+    )
+    audience.add_argument("--campaign", required=True, help="the campaign's id")
+    audience.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+
+    broadcast = commands.add_parser(
+        "broadcast",
+        help="send the campaign's welcome to every customer Messenger lets the page message now (running it "
+        "again resumes a stopped broadcast)",
+    )
+    broadcast.add_argument("--campaign", required=True, help="the campaign's id (the campaign file's)")
+    broadcast.add_argument(
+        "--rate",
+        type=int,
+        metavar="PER_MINUTE",
+        help="welcomes a minute (default 60, or the resumed broadcast's)",
+    )
+    broadcast.add_argument(
+        "--dry-run", action="store_true", help="show the audience; send and record nothing"
+    )
+
     commands.add_parser(
         "run-local",
         help="seed sample data, start the bot with its Messenger simulator and the dashboard on 127.0.0.1, "
@@ -123,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         from bot.doctor import doctor_command
 
         return doctor_command(fix=args.fix, as_json=args.json)
+    if args.command == "audience":
+        from bot.broadcast import audience_command
+
+        return audience_command(args.campaign, args.json)
+    if args.command == "broadcast":
+        from bot.broadcast import broadcast_command
+
+        return broadcast_command(args.campaign, args.rate, args.dry_run)
     if args.command == "run-local":
         from bot.local import run_local
 

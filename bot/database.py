@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import secrets
 import sqlite3
 import threading
@@ -30,7 +31,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot import pool
+from bot import audience, pool
+from bot.audience import BroadcastResult, BroadcastState, Customer, Reason, RecipientState
 from bot.config import SQLITE_FILE
 from bot.events import Event
 from bot.facts import EventName
@@ -41,6 +43,8 @@ SEEN_RETENTION = timedelta(days=7)  # Messenger redelivers an unacknowledged web
 CONNECT_TIMEOUT_S = 5  # PostgreSQL: seconds to wait for a connection, unless the URL says otherwise
 BUSY_TIMEOUT_S = 10.0  # SQLite: how long a writer waits for another process's transaction
 _ROWS_PER_STATEMENT = 1000  # seen marks per INSERT: under both engines' limits on bound values
+UNAVAILABLE_CODE = 551  # Send API: "this person isn't available right now"
+BLOCKED_SUBCODE = 1545041  # Send API: the customer blocked the page (or left Messenger)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _EVENT_FIELDS = (
@@ -215,6 +219,29 @@ RETURNING kind, code, token, expires_at, {_EVENT_COLUMNS}"""
 _TAKE_BATCH = """
 UPDATE events SET batch = ?
 WHERE seq IN (SELECT seq FROM events WHERE batch IS NULL ORDER BY seq LIMIT ? {skip_locked})"""
+
+
+# Each customer, with whether a broadcast of the campaign (the first parameter) sent or is sending them its
+# welcome: see bot.audience.Customer.
+_CUSTOMERS = """
+SELECT c.page_id, c.customer_id, c.last_action_at, c.ad_referral_at, c.opted_out_at, c.handed_over_until,
+       c.unreachable_at,
+       EXISTS (
+           SELECT 1 FROM broadcast_recipients AS r JOIN broadcasts AS b ON b.broadcast = r.broadcast
+           WHERE r.page_id = c.page_id AND r.customer_id = c.customer_id AND b.campaign_id = ?
+             AND r.state IN (?, ?)
+       ) AS already_sent
+FROM customers AS c"""
+
+
+def _already_sent_params(campaign_id: str) -> tuple[str, str, str]:
+    return (campaign_id, str(RecipientState.SENDING), str(RecipientState.SENT))
+
+
+def _customer(row: Sequence[Any]) -> Customer:
+    page_id, customer_id, *times, already_sent = row
+    moments = (None if t is None else _moment(t) for t in times)
+    return Customer(page_id, customer_id, *moments, already_sent=bool(already_sent))
 
 
 _Waiting = tuple[Sequence[Event], Sequence[Reply], asyncio.Future]  # a webhook for the next commit
@@ -596,7 +623,60 @@ class Database:
                 if cursor.rowcount:
                     cursor.execute(_INSERT_EVENT, _event_values(outcome))
                     completed += 1
+                    if outcome.event is EventName.SEND_FAILED:
+                        self._mark_unreachable(cursor, outcome)
+                    broadcast_id = audience.broadcast_of(reply_id, outcome)
+                    if broadcast_id is not None:
+                        self._broadcast_outcome(cursor, broadcast_id, outcome)
         return completed
+
+    def _mark_unreachable(self, cursor: Any, failed: Event) -> None:
+        """A send the platform refused because the customer cannot be messaged (code 551: not available,
+        subcode 1545041: blocked the page): no promotion goes to them until they write again."""
+        detail = json.loads(failed.detail or "{}")
+        if detail.get("code") == UNAVAILABLE_CODE or detail.get("subcode") == BLOCKED_SUBCODE:
+            cursor.execute(
+                "UPDATE customers SET unreachable_at = ? WHERE page_id = ? AND customer_id = ?",
+                (_micros(self.clock()), failed.page_id, failed.customer_id),
+            )
+
+    def _broadcast_outcome(self, cursor: Any, broadcast_id: int, outcome: Event) -> None:
+        """The broadcast's record of a welcome's outcome: the recipient sent (`broadcast_sent`) or skipped
+        (`broadcast_skipped`: unreachable, or send_failed), whichever process sent it."""
+        reason = None
+        if outcome.event is EventName.SEND_FAILED:
+            detail = json.loads(outcome.detail or "{}")
+            unreachable = detail.get("code") == UNAVAILABLE_CODE or detail.get("subcode") == BLOCKED_SUBCODE
+            reason = str(Reason.UNREACHABLE) if unreachable else audience.SEND_FAILED
+        state = RecipientState.SENT if reason is None else RecipientState.SKIPPED
+        cursor.execute(
+            "UPDATE broadcast_recipients SET state = ?, reason = ?, updated_at = ?"
+            " WHERE broadcast = ? AND page_id = ? AND customer_id = ? AND state = ?",
+            (
+                str(state),
+                reason,
+                _micros(self.clock()),
+                broadcast_id,
+                outcome.page_id,
+                outcome.customer_id,
+                str(RecipientState.SENDING),
+            ),
+        )
+        if cursor.rowcount:
+            event = (
+                audience.sent_event(broadcast_id, outcome)
+                if reason is None
+                else audience.skipped_event(
+                    broadcast_id,
+                    outcome.page_id,
+                    outcome.customer_id,
+                    outcome.campaign_id,
+                    outcome.variant,
+                    reason,
+                    outcome.ts,
+                )
+            )
+            cursor.execute(_INSERT_EVENT, _event_values(event))
 
     def complete(self, reply_id: str, outcome: Event) -> bool:
         """End a reply: delete it from the outbox and buffer its outcome event (`*_sent`, `send_failed`) in
@@ -607,6 +687,195 @@ class Database:
     def retry(self, reply_id: str, at: datetime) -> None:
         """Release a claimed reply, to be claimed again from `at`. Blocking."""
         self.complete_many((), [(reply_id, at)])
+
+    # -- audience and broadcasts ----------------------------------------------------------------------------
+
+    def audience_customers(self, campaign_id: str) -> list[Customer]:
+        """Every customer the store knows, with what decides whether the campaign may be sent to them now
+        (a read: no write lock). Blocking."""
+        return [_customer(row) for row in self._query(_CUSTOMERS, _already_sent_params(campaign_id))]
+
+    def create_broadcast(self, campaign_id: str, rate_per_minute: int) -> int:
+        """A new broadcast of the campaign, its recipients every customer known now, all pending; returns
+        its number. Blocking."""
+        now = _micros(self.clock())
+        with self._transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO broadcasts (campaign_id, rate_per_minute, state, started_at) VALUES (?, ?, ?, ?)"
+                " RETURNING broadcast",
+                (campaign_id, rate_per_minute, str(BroadcastState.RUNNING), now),
+            )
+            (number,) = cursor.fetchone()
+            cursor.execute(
+                "INSERT INTO broadcast_recipients (broadcast, page_id, customer_id, state, updated_at)"
+                " SELECT ?, page_id, customer_id, ?, ? FROM customers",
+                (number, str(RecipientState.PENDING), now),
+            )
+        return number
+
+    def unfinished_broadcast(self, campaign_id: str) -> tuple[int, int] | None:
+        """The campaign's latest broadcast that is not finished (stopped, or its process died): its number
+        and rate; None when there is none. Blocking."""
+        rows = self._query(
+            "SELECT broadcast, rate_per_minute FROM broadcasts WHERE campaign_id = ? AND state <> ?"
+            " ORDER BY broadcast DESC LIMIT 1",
+            (campaign_id, str(BroadcastState.FINISHED)),
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def set_broadcast_state(
+        self, broadcast_id: int, state: BroadcastState, rate_per_minute: int | None = None
+    ) -> None:
+        """Move a broadcast to `state` (and its rate, if given); finishing stamps `finished_at`. Blocking."""
+        now = _micros(self.clock()) if state is BroadcastState.FINISHED else None
+        with self._transaction() as cursor:
+            cursor.execute(
+                "UPDATE broadcasts SET state = ?, finished_at = ?,"
+                " rate_per_minute = coalesce(?, rate_per_minute) WHERE broadcast = ?",
+                (str(state), now, rate_per_minute, broadcast_id),
+            )
+
+    def pending_recipients(self, broadcast_id: int) -> list[tuple[str, str]]:
+        """(page, customer) of the broadcast's recipients not decided yet, in a stable order. Blocking."""
+        rows = self._query(
+            "SELECT page_id, customer_id FROM broadcast_recipients WHERE broadcast = ? AND state = ?"
+            " ORDER BY page_id, customer_id",
+            (broadcast_id, str(RecipientState.PENDING)),
+        )
+        return [(page_id, customer_id) for page_id, customer_id in rows]
+
+    def take_recipient(
+        self,
+        broadcast_id: int,
+        page_id: str,
+        customer_id: str,
+        *,
+        campaign_id: str,
+        variant: str | None,
+        lease: timedelta,
+    ) -> Reply | Reason | None:
+        """Decide, now, for one pending recipient, in one transaction: when the campaign may be sent to them,
+        owe them its welcome in the outbox, leased for `lease` by the caller, and return that reply; else
+        record them skipped (`broadcast_skipped`) and return the reason. None: not pending any more (another
+        process took them). Blocking."""
+        now = self.clock()
+        lock = " FOR UPDATE OF c" if self.engine.name == "postgresql" else ""  # against a concurrent opt-out
+        with self._transaction() as cursor:
+            cursor.execute(
+                f"{_CUSTOMERS} WHERE c.page_id = ? AND c.customer_id = ?{lock}",
+                (*_already_sent_params(campaign_id), page_id, customer_id),
+            )
+            row = cursor.fetchone()
+            # A customer whose row is gone (their data deleted) has no window the store knows of.
+            customer = _customer(row) if row else Customer(page_id, customer_id)
+            reason = audience.skip_reason(customer, now)
+            state = RecipientState.SENDING if reason is None else RecipientState.SKIPPED
+            cursor.execute(
+                "UPDATE broadcast_recipients SET state = ?, reason = ?, updated_at = ?"
+                " WHERE broadcast = ? AND page_id = ? AND customer_id = ? AND state = ?",
+                (
+                    str(state),
+                    None if reason is None else str(reason),
+                    _micros(now),
+                    broadcast_id,
+                    page_id,
+                    customer_id,
+                    str(RecipientState.PENDING),
+                ),
+            )
+            if not cursor.rowcount:
+                return None
+            if reason is not None:
+                skipped = audience.skipped_event(
+                    broadcast_id, page_id, customer_id, campaign_id, variant, str(reason), now
+                )
+                cursor.execute(_INSERT_EVENT, _event_values(skipped))
+                return reason
+            reply = audience.welcome_reply(broadcast_id, customer, campaign_id, variant, now)
+            # Owed already leased: no sender claims it unless this one dies and its lease runs out.
+            cursor.execute(_INSERT_REPLY, _reply_values(reply, 0, _micros(now + lease)))
+            return reply
+
+    def release_recipient(self, broadcast_id: int, reply: Reply) -> bool:
+        """Take back a broadcast's welcome that was not sent (the platform asked to slow down; the broadcast
+        stops): out of the outbox, the recipient pending again. False: it was not owed any more. Blocking."""
+        with self._transaction() as cursor:
+            cursor.execute("DELETE FROM outbox WHERE reply_id = ?", (reply.sent_id,))
+            if not cursor.rowcount:
+                return False
+            cursor.execute(
+                "UPDATE broadcast_recipients SET state = ?, updated_at = ?"
+                " WHERE broadcast = ? AND page_id = ? AND customer_id = ?",
+                (
+                    str(RecipientState.PENDING),
+                    _micros(self.clock()),
+                    broadcast_id,
+                    reply.answers.page_id,
+                    reply.customer_id,
+                ),
+            )
+            return True
+
+    def reclaim_stranded(self, broadcast_id: int) -> int:
+        """Recipients a dead broadcast process left with a welcome in the outbox: those whose lease ran out
+        (no sender holds them) become pending again, to be checked and sent afresh. Returns how many are still
+        leased (by a sender that may be sending them now: their outcome will come). Blocking."""
+        now = _micros(self.clock())
+        rows = self._query(
+            "SELECT customer_id FROM broadcast_recipients WHERE broadcast = ? AND state = ?",
+            (broadcast_id, str(RecipientState.SENDING)),
+        )
+        held = 0
+        for (customer_id,) in rows:
+            reply_id = f"{audience.BROADCAST_ID_PREFIX}{broadcast_id}.{customer_id}.w"
+            with self._transaction() as cursor:
+                cursor.execute("DELETE FROM outbox WHERE reply_id = ? AND due_at <= ?", (reply_id, now))
+                if not cursor.rowcount:
+                    held += 1
+                    continue
+                cursor.execute(
+                    "UPDATE broadcast_recipients SET state = ?, updated_at = ?"
+                    " WHERE broadcast = ? AND customer_id = ? AND state = ?",
+                    (
+                        str(RecipientState.PENDING),
+                        now,
+                        broadcast_id,
+                        customer_id,
+                        str(RecipientState.SENDING),
+                    ),
+                )
+        return held
+
+    def broadcast_results(self, campaign_id: str | None = None) -> list[BroadcastResult]:
+        """Every broadcast (of `campaign_id`, or of all campaigns), newest first: recipients sent, skipped by
+        reason, not done yet (a read: no write lock). Blocking."""
+        rows = self._query(
+            "SELECT b.broadcast, b.campaign_id, b.rate_per_minute, b.state, b.started_at, b.finished_at,"
+            " r.state, r.reason, count(r.customer_id)"
+            " FROM broadcasts AS b LEFT JOIN broadcast_recipients AS r ON r.broadcast = b.broadcast"
+            " WHERE CAST(? AS TEXT) IS NULL OR b.campaign_id = ?"
+            " GROUP BY b.broadcast, b.campaign_id, b.rate_per_minute, b.state, b.started_at, b.finished_at,"
+            " r.state, r.reason ORDER BY b.broadcast DESC",
+            (campaign_id, campaign_id),
+        )
+        results: dict[int, BroadcastResult] = {}
+        for number, campaign, rate, state, started, finished, recipient_state, reason, count in rows:
+            result = results.get(number) or BroadcastResult(
+                number,
+                campaign,
+                rate,
+                BroadcastState(state),
+                _moment(started),
+                None if finished is None else _moment(finished),
+            )
+            if recipient_state == RecipientState.SENT:
+                result = dataclasses.replace(result, sent=result.sent + count)
+            elif recipient_state == RecipientState.SKIPPED:
+                result.skipped[reason] = result.skipped.get(reason, 0) + count
+            elif recipient_state is not None:
+                result = dataclasses.replace(result, pending=result.pending + count)
+            results[number] = result
+        return list(results.values())
 
     # -- flush batches --------------------------------------------------------------------------------------
 

@@ -115,6 +115,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             " unreachable_at BIGINT, PRIMARY KEY (page_id, customer_id))",
         ),
     ),
+    Migration(
+        5,
+        "broadcasts of a campaign's welcome and their recipients",
+        (
+            # `python -m bot broadcast`: one row per broadcast, its pace and lifecycle (bot.broadcast's
+            # BroadcastState); times on the bot's clock.
+            "CREATE TABLE broadcasts (broadcast {auto_id}, campaign_id TEXT NOT NULL,"
+            " rate_per_minute INTEGER NOT NULL, state TEXT NOT NULL, started_at BIGINT NOT NULL,"
+            " finished_at BIGINT)",
+            # The audience a broadcast took at its start, each customer's state (bot.broadcast's
+            # RecipientState) and, once skipped or failed, why.
+            "CREATE TABLE broadcast_recipients (broadcast BIGINT NOT NULL, page_id TEXT NOT NULL,"
+            " customer_id TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, updated_at BIGINT NOT NULL,"
+            " PRIMARY KEY (broadcast, page_id, customer_id))",
+            "CREATE INDEX broadcast_recipients_by_customer ON broadcast_recipients (page_id, customer_id)",
+        ),
+    ),
 )
 
 

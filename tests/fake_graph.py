@@ -41,6 +41,7 @@ class FakeGraph:
         self.attempts: dict[str, int] = {}
         self.profile_calls: list[str] = []
         self.batches: list[int] = []  # the number of calls in each batch request received
+        self.send_log: list[tuple[float, str, int]] = []  # (time.monotonic(), customer, status; 0: hung)
         self.names: dict[str, str] = {}
         self._sends: dict[str, list[Answer]] = {}
         self._profiles: dict[str, list[Answer]] = {}
@@ -101,6 +102,8 @@ class FakeGraph:
         with self._lock:
             self.attempts[customer] = self.attempts.get(customer, 0) + 1
         answer = self._next(self._sends, customer)
+        with self._lock:
+            self.send_log.append((time.monotonic(), customer, 0 if answer.delay_s else answer.status))
         message_id = f"m_fake{next(self._ids):06d}"
         if answer.status == 200 and answer.body is None and not answer.delay_s:
             with self._lock:

@@ -1,5 +1,5 @@
 """Command line: `python -m bot serve | migrate | codes generate | redeem | compact | links | doctor |
-run-local`."""
+forget | run-local`."""
 
 from __future__ import annotations
 
@@ -81,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     doctor.add_argument("--json", action="store_true", help="print the checks as one JSON object")
 
+    forget = commands.add_parser(
+        "forget",
+        help="delete everything promobot keeps of one customer: the transactional store's rows and their "
+        "rows in the event files (rewritten at once)",
+    )
+    forget.add_argument("psid", help="the customer's page-scoped id, as the events' customer_id")
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
     commands.add_parser(
         "run-local",
         help="seed sample data, start the bot with its Messenger simulator and the dashboard on 127.0.0.1, "
@@ -123,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         from bot.doctor import doctor_command
 
         return doctor_command(fix=args.fix, as_json=args.json)
+    if args.command == "forget":
+        from bot.privacy import forget_command
+
+        return forget_command(args.psid, yes=args.yes)
     if args.command == "run-local":
         from bot.local import run_local
 

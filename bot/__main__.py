@@ -1,5 +1,5 @@
 """Command line: `python -m bot serve | migrate | codes generate | redeem | compact | links | doctor |
-audience | broadcast | run-local`."""
+audience | broadcast | forget | run-local`."""
 
 from __future__ import annotations
 
@@ -102,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     broadcast.add_argument(
         "--dry-run", action="store_true", help="show the audience; send and record nothing"
     )
+    forget = commands.add_parser(
+        "forget",
+        help="delete everything promobot keeps of one customer: the transactional store's rows and their "
+        "rows in the event files (rewritten at once)",
+    )
+    forget.add_argument("psid", help="the customer's page-scoped id, as the events' customer_id")
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     commands.add_parser(
         "run-local",
@@ -153,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         from bot.broadcast import broadcast_command
 
         return broadcast_command(args.campaign, args.rate, args.dry_run)
+    if args.command == "forget":
+        from bot.privacy import forget_command
+
+        return forget_command(args.psid, yes=args.yes)
     if args.command == "run-local":
         from bot.local import run_local
 

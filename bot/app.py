@@ -19,15 +19,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import httpx
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from bot import doctor, flow
+from bot import doctor, flow, privacy
 from bot.campaign import Campaign, CampaignError, load_campaign
 from bot.codes import CodesError, load_codes
 from bot.config import ConfigError, Mode, Settings
@@ -269,6 +271,8 @@ def create_app(
             Route("/webhook", verify, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/media/{name:path}", media, methods=["GET", "HEAD"]),
+            Route("/data-deletion", data_deletion, methods=["POST"]),
+            Route(privacy.STATUS_PATH + "{code}", deletion_status, methods=["GET"]),
             *(simulator_routes(stand_in, settings.app_secret) if stand_in is not None else []),
             *till,
         ],
@@ -417,6 +421,47 @@ async def media(request: Request) -> Response:
     if path is None:
         return PlainTextResponse("not found", status_code=404)
     return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+
+
+MAX_DELETION_BODY_BYTES = 64 * 1024  # a signed_request is a few hundred bytes
+
+
+async def data_deletion(request: Request) -> Response:
+    """Meta's data deletion callback: a form with a `signed_request` signed with the app secret. A valid one
+    is recorded and answered at once with its status page's URL and confirmation code; the deletion runs
+    after the answer. Anything else is 400 and changes nothing."""
+    runtime: Runtime = request.app.state.runtime
+    body = await request.body()
+    if len(body) > MAX_DELETION_BODY_BYTES:
+        return PlainTextResponse("body too large", status_code=413)
+    fields = parse_qs(body.decode("utf-8", errors="replace"))
+    try:
+        payload = privacy.read_signed_request(fields.get("signed_request", [""])[0], runtime.app_secret)
+    except privacy.InvalidSignedRequest as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+    database, files = runtime.database, runtime.flusher.files
+    try:
+        code = await asyncio.to_thread(
+            privacy.request, database, str(payload["user_id"]), privacy.Reason.META_CALLBACK
+        )
+    except DatabaseError as exc:
+        log.error("a data deletion request could not be recorded: %s", exc)
+        return PlainTextResponse("the request could not be recorded", status_code=503)
+    return JSONResponse(
+        {"url": f"{runtime.settings.public_url}{privacy.STATUS_PATH}{code}", "confirmation_code": code},
+        background=BackgroundTask(privacy.process_pending, database, files),
+    )
+
+
+async def deletion_status(request: Request) -> Response:
+    """A deletion request's status page, found by its confirmation code."""
+    runtime: Runtime = request.app.state.runtime
+    try:
+        found = await asyncio.to_thread(runtime.database.deletion_request, request.path_params["code"])
+    except DatabaseError:
+        return PlainTextResponse("the status cannot be read now, try again later", status_code=503)
+    page = privacy.status_page(found)
+    return HTMLResponse(page, status_code=200 if found is not None else 404)
 
 
 # -- running it ----------------------------------------------------------------------------------------------

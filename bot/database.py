@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +246,64 @@ def _customer(row: Sequence[Any]) -> Customer:
 
 
 _Waiting = tuple[Sequence[Event], Sequence[Reply], asyncio.Future]  # a webhook for the next commit
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRows:
+    """A table that names customers, and the column that does: `forget_customer` deletes their rows.
+    `id_prefix`: the column holds ids that begin with the customer's id and a dot (inbound event ids)."""
+
+    table: str
+    column: str = "customer_id"
+    id_prefix: bool = False
+
+    def where(self, customer_id: str) -> tuple[str, tuple[str]]:
+        """The WHERE clause of the customer's rows, and its parameter."""
+        if not self.id_prefix:
+            return f"{self.column} = ?", (customer_id,)
+        escaped = customer_id.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        return f"{self.column} LIKE ? ESCAPE '!'", (f"{escaped}.%",)
+
+
+# Every table whose rows name a customer: a table added by a later step that does joins this list, one line.
+# (The single-use codes a customer was handed are kept, see `forget_customer`.)
+CUSTOMER_ROWS: tuple[CustomerRows, ...] = (
+    CustomerRows("events"),  # the buffer the flusher has not written yet
+    CustomerRows("outbox"),  # replies owed to them
+    CustomerRows("customers"),  # their window, opt-out, takeover, reachability
+    CustomerRows("seen", "event_id", id_prefix=True),  # bot.messenger.Inbound.event_id starts with theirs
+    CustomerRows("broadcast_recipients"),  # the broadcasts that took them in their audience
+)
+FORGOTTEN_PREFIX = "forgotten-"  # a handed-out code's customer, once forgotten: this and random letters
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What `forget_customer` did: rows deleted per table (codes: handed-out codes that no longer name
+    them), and the flush batches that held their buffered events (their files may be being written)."""
+
+    rows: dict[str, int]
+    batches: tuple[int, ...]
+
+
+class RequestStatus(StrEnum):
+    """Where a deletion request stands."""
+
+    PENDING = "pending"  # recorded; its customer's rows not all deleted yet
+    DONE = "done"  # their rows are deleted
+    NOT_FOUND = "not_found"  # done, and nothing was kept under the id it named
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionRequest:
+    """A request to delete a customer's data, as its status page shows it (never whose it is)."""
+
+    code: str
+    reason: str
+    status: RequestStatus
+    requested_at: datetime
+    done_at: datetime | None
+    removed: str | None  # JSON: counts of what was deleted
 
 
 class Database:
@@ -571,6 +630,84 @@ class Database:
         with self._transaction() as cursor:
             cursor.execute("DELETE FROM seen WHERE seen_at < ?", (_micros(self.clock() - retention),))
             return cursor.rowcount
+
+    # -- forgetting a customer ------------------------------------------------------------------------------
+
+    def forget_customer(self, customer_id: str, tables: Sequence[CustomerRows] = CUSTOMER_ROWS) -> Forgotten:
+        """Delete the customer's rows from every table of `tables`, and take their name off the single-use
+        codes they were handed, in one transaction. Running it again finds nothing more to do. Blocking.
+
+        A handed-out code stays handed out (never back in the pool: it may still be shown at the till);
+        its customer becomes a random `forgotten-…` value: one per code, so that nothing links the codes of
+        one person, and unique, as a campaign's handed-out codes must be.
+        """
+        rows: dict[str, int] = {}
+        with self._transaction() as cursor:
+            cursor.execute(
+                "SELECT DISTINCT batch FROM events WHERE customer_id = ? AND batch IS NOT NULL",
+                (customer_id,),
+            )
+            batches = tuple(sorted(number for (number,) in cursor.fetchall()))
+            for rows_of in tables:
+                where, params = rows_of.where(customer_id)
+                cursor.execute(f"DELETE FROM {rows_of.table} WHERE {where}", params)
+                rows[rows_of.table] = cursor.rowcount
+            cursor.execute("SELECT campaign_id, code FROM codes WHERE customer_id = ?", (customer_id,))
+            handed = cursor.fetchall()
+            for campaign_id, code in handed:
+                cursor.execute(
+                    "UPDATE codes SET customer_id = ? WHERE campaign_id = ? AND code = ?",
+                    (FORGOTTEN_PREFIX + secrets.token_hex(8), campaign_id, code),
+                )
+            rows["codes"] = len(handed)
+        return Forgotten(rows, batches)
+
+    def unflushed(self, batches: Sequence[int]) -> list[int]:
+        """Those of `batches` not yet flushed (a read). Blocking."""
+        if not batches:
+            return []
+        marks = ", ".join("?" * len(batches))
+        rows = self._query(f"SELECT batch FROM batches WHERE batch IN ({marks}) ORDER BY batch", batches)
+        return [number for (number,) in rows]
+
+    def add_deletion_request(self, code: str, reason: str, customer_id: str) -> None:
+        """Record a pending request to delete the customer's data under its confirmation `code`. Blocking."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO deletion_requests (code, reason, customer_id, status, requested_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (code, reason, customer_id, str(RequestStatus.PENDING), _micros(self.clock())),
+            )
+
+    def pending_deletion_requests(self) -> list[tuple[str, str]]:
+        """(code, customer id) of every pending deletion request, oldest first (a read). Blocking."""
+        rows = self._query(
+            "SELECT code, customer_id FROM deletion_requests WHERE status = ? ORDER BY requested_at, code",
+            (str(RequestStatus.PENDING),),
+        )
+        return [(code, customer_id) for code, customer_id in rows]
+
+    def finish_deletion_request(self, code: str, status: RequestStatus, removed: str) -> None:
+        """Mark a request done (`removed`: JSON counts) and forget whose it was. Blocking."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                "UPDATE deletion_requests SET status = ?, done_at = ?, removed = ?, customer_id = NULL"
+                " WHERE code = ?",
+                (str(status), _micros(self.clock()), removed, code),
+            )
+
+    def deletion_request(self, code: str) -> DeletionRequest | None:
+        """The request with this confirmation code, None when there is none (a read). Blocking."""
+        rows = self._query(
+            "SELECT code, reason, status, requested_at, done_at, removed FROM deletion_requests"
+            " WHERE code = ?",
+            (code,),
+        )
+        if not rows:
+            return None
+        code, reason, status, requested_at, done_at, removed = rows[0]
+        done = None if done_at is None else _moment(done_at)
+        return DeletionRequest(code, reason, RequestStatus(status), _moment(requested_at), done, removed)
 
     # -- the outbox -----------------------------------------------------------------------------------------
 

@@ -132,6 +132,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX broadcast_recipients_by_customer ON broadcast_recipients (page_id, customer_id)",
         ),
     ),
+    Migration(
+        6,
+        "requests to delete a customer's data",
+        (
+            # One row per request (Meta's data deletion callback, the customer's own words, the command
+            # line), named by the confirmation code its requester is given. `customer_id` is kept only until
+            # the request is done; `removed` then tells what was deleted (counts as JSON, never an id). Times
+            # are µs on the bot's clock.
+            "CREATE TABLE deletion_requests (code TEXT PRIMARY KEY, reason TEXT NOT NULL, customer_id TEXT,"
+            " status TEXT NOT NULL, requested_at BIGINT NOT NULL, done_at BIGINT, removed TEXT)",
+            "CREATE INDEX deletion_requests_pending ON deletion_requests (requested_at)"
+            " WHERE status = 'pending'",
+        ),
+    ),
 )
 
 

@@ -281,6 +281,39 @@ def deduplicate(table: pa.Table) -> pa.Table:
     return table.take(pc.take(first.column("__row_min"), keep))
 
 
+# -- removing a customer's rows ----------------------------------------------------------------------------
+
+
+def files_naming(files: FileStore, customer_id: str) -> list[str]:
+    """Relative paths of the event files that hold a row of the customer (row groups whose statistics rule
+    the customer out are not read)."""
+    import pyarrow.dataset as ds  # the scan's machinery, for this rare command only
+
+    relatives = files.list(EVENTS_DIR)
+    if not relatives:
+        return []
+    dataset = ds.dataset([files.path(r) for r in relatives], filesystem=files.fs, format="parquet")
+    naming = ds.field("customer_id") == customer_id
+    prefix = len(files.root) + 1
+    return sorted(
+        fragment.path[prefix:] for fragment in dataset.get_fragments() if fragment.count_rows(filter=naming)
+    )
+
+
+def rewrite_without(files: FileStore, relative: str, customer_id: str) -> int:
+    """Replace an event file by the same file without the customer's rows, made visible whole under the same
+    name (readers see the old file or the new one, and a compaction's manifest still names it); the file's
+    columns are kept as its writer wrote them. Returns how many rows went (0: the file is left as it was).
+    Raises: OSError if the file could not be read or written (it is then as it was)."""
+    table = files.read_table(relative)
+    keep = pc.invert(pc.equal(table.column("customer_id"), customer_id).fill_null(False))
+    kept = table.filter(keep)
+    removed = table.num_rows - kept.num_rows
+    if removed:
+        files.put(relative, parquet_bytes(kept))
+    return removed
+
+
 # -- compaction --------------------------------------------------------------------------------------------
 
 
@@ -376,6 +409,8 @@ __all__ = [
     "FileStore",
     "compact",
     "compact_command",
+    "files_naming",
     "open_filesystem",
+    "rewrite_without",
     "write_events",
 ]

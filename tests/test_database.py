@@ -34,7 +34,7 @@ BOT_T0 = PLATFORM_T0 + timedelta(seconds=2)
 LEASE = timedelta(seconds=30)
 
 # Two more schema steps, as a later release would add them: the second needs the first's table.
-NEXT = len(MIGRATIONS) + 1
+NEXT = max(step.version for step in MIGRATIONS) + 1
 STEP_TWO = Migration(NEXT, "tills", ("CREATE TABLE tills (till_id TEXT PRIMARY KEY, name TEXT NOT NULL)",))
 STEP_THREE = Migration(
     NEXT + 1, "first till", ("INSERT INTO tills (till_id, name) VALUES ('t1', 'front desk')",)
@@ -172,7 +172,7 @@ from bot.database import Database
 from bot.migrations import MIGRATIONS, Migration
 
 url, data_dir, gate = (sys.argv[1] or None), Path(sys.argv[2]), Path(sys.argv[3])
-step = Migration(len(MIGRATIONS) + 1, sys.argv[4], tuple(sys.argv[5:]))
+step = Migration(max(s.version for s in MIGRATIONS) + 1, sys.argv[4], tuple(sys.argv[5:]))
 print("ready", flush=True)
 deadline = time.monotonic() + 60
 while not gate.exists():

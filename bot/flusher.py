@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from bot.database import Batch, Database, DatabaseError
+from bot.privacy import process_pending
 from bot.store import (
     FileStore,
     event_row,
@@ -78,7 +79,8 @@ def _make_directory(directory: Path) -> None:
 
 class Flusher:
     """Runs `flush_once` in a thread every `interval_s` seconds, or sooner when asked, and once more at close;
-    every `prune_every_s` a round also forgets the seen marks past their retention (`Database.prune_seen`).
+    every `prune_every_s` a round also forgets the seen marks past their retention (`Database.prune_seen`)
+    and carries out deletion requests left pending (`bot.privacy.process_pending`).
 
     A round that fails is logged and the next round tries again: its events stay in the database.
 
@@ -131,10 +133,13 @@ class Flusher:
     def _round(self) -> None:
         started = time.perf_counter()
         try:
+            count = flush_once(self.database, self.files, self.limit)
             if self._pruned_at is None or started - self._pruned_at >= self.prune_every_s:
                 self.database.prune_seen()
+                # Deletion requests a crash left pending (they are carried out when they arrive). Their
+                # flushes are done: this round's flush just ran, in this thread.
+                process_pending(self.database, self.files, settle_s=0)
                 self._pruned_at = started
-            count = flush_once(self.database, self.files, self.limit)
         except (FlushError, DatabaseError) as exc:
             self.last_error = exc
             log.error("flushing events to %s failed, trying again next round: %s", self.files.data, exc)

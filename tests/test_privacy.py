@@ -25,7 +25,7 @@ from bot.app import create_app
 from bot.database import FORGOTTEN_PREFIX, Database, RequestStatus
 from bot.events import Event
 from bot.facts import EventName
-from bot.flusher import flush_once
+from bot.flusher import Flusher, flush_once
 from bot.store import FileStore, write_events
 from tests.bot_process import APP_SECRET, make_home
 from tests.conftest import REPO
@@ -247,6 +247,23 @@ def test_a_request_is_done_later_and_keeps_no_trace_of_whose_it_was(tmp_path):
     assert json.loads(done.removed or "{}")["file_rows"] == 8
     assert nothing is not None
     assert nothing.status is RequestStatus.NOT_FOUND
+    assert not [row for row in file_rows(files) if customer_of(row) == VICTIM]
+
+
+def test_the_flusher_carries_out_a_request_a_crash_left_pending(tmp_path):
+    database = Database.open(None, tmp_path / "state")
+    files = FileStore(str(tmp_path / "data"))
+    try:
+        asyncio.run(Shop(database, files).fill())
+        code = privacy.request(database, VICTIM, privacy.Reason.CUSTOMER)  # and the process died
+
+        Flusher(database, files, prune_every_s=3600).close()  # a new process's first round
+
+        done = database.deletion_request(code)
+    finally:
+        database.close()
+    assert done is not None
+    assert done.status is RequestStatus.DONE
     assert not [row for row in file_rows(files) if customer_of(row) == VICTIM]
 
 

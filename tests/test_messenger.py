@@ -203,7 +203,11 @@ def test_standby_changes_and_unknown_kinds_are_skipped():
                     "id": "1",
                     "time": 1,
                     "messaging": [
-                        {**payloads.text("7"), "message": None, "pass_thread_control": {"new_owner_app_id": "9"}},
+                        {
+                            **payloads.text("7"),
+                            "message": None,
+                            "pass_thread_control": {"new_owner_app_id": "9"},
+                        },
                         "not an object",
                         {
                             "sender": {"id": "7"},

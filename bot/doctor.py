@@ -115,16 +115,21 @@ def _unreachable(name: str, what: str, error: SendError) -> Check:
 
 
 async def graph_checks(
-    graph: GraphClient, *, fix: bool = False, deadline_s: float | None = None, app_id: str | None = None
+    graph: GraphClient,
+    *,
+    fix: bool = False,
+    deadline_s: float | None = None,
+    app_id: str | None = None,
+    menu: bool = False,
 ) -> list[Check]:
-    """Check the page token (`GET /me`), the app's webhook subscription (`GET /{page}/subscribed_apps`) and
-    the page's persistent menu (`GET /me/messenger_profile`); with `fix`, subscribe the app to the fields it
-    lacks and add the opt-out item to the menu.
+    """Check the page token (`GET /me`), the app's webhook subscription (`GET /{page}/subscribed_apps`) and,
+    with `menu`, the page's persistent menu (`GET /me/messenger_profile`); with `fix`, subscribe the app to
+    the fields it lacks and add the opt-out item to the menu.
 
     Parameters: `deadline_s` how long each call may take, retries included (default: the client's); `app_id`
     PROMOBOT_APP_ID, checked against the token's app ("" unset; None: not checked).
-    Returns: the "page token", "webhooks", ("app id") and "persistent menu" checks. Raises nothing: a failed
-    call is a failed check.
+    Returns: the "page token", "webhooks" (then "app id", "persistent menu") checks. Raises nothing: a
+    failed call is a failed check.
     """
     try:
         page = await graph.get("me", {"fields": "id,name"}, deadline_s=deadline_s)
@@ -150,7 +155,8 @@ async def graph_checks(
     checks = [token, await _webhooks(graph, page_id, token_app, fix=fix, deadline_s=deadline_s)]
     if app_id is not None:
         checks.append(_app_id_check(app_id, token_app))
-    checks.append(await _menu(graph, fix=fix, deadline_s=deadline_s))
+    if menu:
+        checks.append(await _menu(graph, fix=fix, deadline_s=deadline_s))
     return checks
 
 
@@ -514,7 +520,7 @@ async def _page_checks(
 
     graph = graph_client(settings, transport)
     try:
-        return await graph_checks(graph, fix=fix, app_id=settings.app_id)
+        return await graph_checks(graph, fix=fix, app_id=settings.app_id, menu=True)
     finally:
         await graph.aclose()
 

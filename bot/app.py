@@ -74,6 +74,7 @@ class Runtime:
     app_secret: str
     verify_token: str
     images: dict[str, Path]  # the local thank-you images served under /media/, by name
+    rules: flow.PageRules  # opt-out and opt-in words, the bot's app id, the takeover's pause
 
 
 def image_url(settings: Settings, campaign: Campaign) -> str:
@@ -234,6 +235,7 @@ def create_app(
             app_secret=settings.app_secret,
             verify_token=settings.verify_token,
             images={name: campaign_dir / name for name in campaign.local_images},
+            rules=flow.PageRules.from_settings(settings),
         )
         try:
             log.info(
@@ -337,7 +339,9 @@ class WebhookReceiver:
         except MalformedBody as exc:
             return PlainTextResponse(f"malformed notification: {exc}", status_code=400)
 
-        events = [event for action in inbound for event in flow.record(runtime.campaign, action)]
+        events = [
+            event for action in inbound for event in flow.record(runtime.campaign, action, runtime.rules)
+        ]
         if not events:
             return ACKNOWLEDGED
         replies = [reply for event in events for reply in flow.plan_replies(event)]

@@ -50,6 +50,9 @@ class Variant:
     thanks_image: str | None = None
 
 
+# What a customer who opts out (or back in) is told, unless the file's [opt_out] section says otherwise.
+DEFAULT_OPT_OUT_TEXT = "You will get no more promotions from us. Write START if you change your mind."
+DEFAULT_OPT_IN_TEXT = "Welcome back! You will hear about our offers again."
 DEFAULT_CODE_TEXT = "Your code: {code}\nValid until: {expires}\nAt the till, show this link: {link}"
 MAX_VALID_DAYS = 366
 
@@ -93,6 +96,9 @@ class Campaign:
     timezone: str = "UTC"
     # An A/B test: two or more variants, the first the reference; empty for a campaign without one.
     variants: tuple[Variant, ...] = ()
+    # The one-time confirmations of an opt-out and of an opt-in ([opt_out] stopped, resumed).
+    opt_out_text: str = DEFAULT_OPT_OUT_TEXT
+    opt_in_text: str = DEFAULT_OPT_IN_TEXT
 
     @property
     def image_is_local(self) -> bool:
@@ -165,10 +171,13 @@ _TEXTS = {
     "coupon.redeemed_text": (TEXT_LIMIT, set()),
     "thanks.text": (TEXT_LIMIT, set()),
     "thanks.image_url": (TEXT_LIMIT, set()),
+    "opt_out.stopped": (TEXT_LIMIT, set()),
+    "opt_out.resumed": (TEXT_LIMIT, set()),
 }
 _OPTIONAL = {"coupon.code", "coupon.all_gone", "coupon.code_text", "coupon.redeemed_text"}  # see below
+_OPTIONAL_SECTIONS = {"opt_out"}  # a missing one keeps its texts' defaults
 _COUPON_SETTINGS = {"codes", "expires", "valid_days"}
-_TOP_LEVEL = {"id", "variant", "variants", "timezone", "welcome", "coupon", "thanks"}
+_TOP_LEVEL = {"id", "variant", "variants", "timezone", "welcome", "coupon", "thanks", "opt_out"}
 # What a [variants.NAME] table may replace: the keys of _TEXTS it may hold.
 _VARIANT_TEXTS = ("welcome.text", "coupon.text", "thanks.text", "thanks.image_url")
 
@@ -207,8 +216,10 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
             )
         values[name] = value
 
-    for section in ("welcome", "coupon", "thanks"):
+    for section in ("welcome", "coupon", "thanks", "opt_out"):
         table = raw.get(section)
+        if table is None and section in _OPTIONAL_SECTIONS:
+            continue
         if not isinstance(table, dict):
             raise fail(section, "missing section" if table is None else "must be a table")
         expected = {key.split(".")[1] for key in _TEXTS if key.startswith(section + ".")}
@@ -220,9 +231,9 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
 
     for key in _TEXTS:
         section, name = key.split(".")
-        value = raw[section].get(name)
+        value = raw.get(section, {}).get(name)
         if value is None:
-            if key in _OPTIONAL:
+            if key in _OPTIONAL or section in _OPTIONAL_SECTIONS:
                 continue
             raise fail(key, "missing")
         values[key] = _checked_text(key, value, lambda reason, key=key: fail(key, reason))
@@ -260,6 +271,8 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
         thanks_image=image,
         timezone=timezone,
         variants=variants,
+        opt_out_text=values.get("opt_out.stopped", DEFAULT_OPT_OUT_TEXT),
+        opt_in_text=values.get("opt_out.resumed", DEFAULT_OPT_IN_TEXT),
         **coupon,
     )
 

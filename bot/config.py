@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -35,6 +36,10 @@ SQLITE_FILE = "promobot.sqlite3"  # the store's file, in the data directory unle
 LOCAL_STAFF_PIN = "0000"  # local mode's till PIN, unless PROMOBOT_STAFF_PIN says otherwise
 HEALTH_TOKEN_MIN_LENGTH = 16  # PROMOBOT_HEALTH_TOKEN guards what the deep health check tells
 MESSAGING_WINDOW_S = 24 * 3600.0  # how long after a customer's message the page may answer it (RESPONSE)
+DEFAULT_OPT_OUT_WORDS = ("stop", "unsubscribe")  # a message that is one of these opts the customer out
+DEFAULT_OPT_IN_WORDS = ("start",)  # and one of these back in
+DEFAULT_HANDOVER_MINUTES = 30.0  # the bot keeps quiet this long for a customer staff wrote to by hand
+MAX_HANDOVER_MINUTES = 7 * 24 * 60.0  # past a week, no window is left open to answer in anyway
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,15 @@ class Settings:
     staff_pin: str = ""
     # A monitor asks `/healthz?deep=1` with `Authorization: Bearer <this>`; "" turns the deep checks off.
     health_token: str = ""
+    # Messages that opt a customer out of promotions, and back in (matched whole, case and punctuation
+    # ignored).
+    opt_out_words: tuple[str, ...] = DEFAULT_OPT_OUT_WORDS
+    opt_in_words: tuple[str, ...] = DEFAULT_OPT_IN_WORDS
+    # The Meta app the bot sends with: its echoes are its own messages, any other app's (the page's inbox)
+    # are staff answering by hand, who pause the bot for that customer for `handover_minutes`. "" (unknown):
+    # no echo pauses the bot; `python -m bot doctor` says which id to set.
+    app_id: str = ""
+    handover_minutes: float = DEFAULT_HANDOVER_MINUTES
 
     @property
     def data_is_s3(self) -> bool:
@@ -182,8 +196,34 @@ class Settings:
                 f"PROMOBOT_HEALTH_TOKEN must be at least {HEALTH_TOKEN_MIN_LENGTH} characters: a short one "
                 "can be guessed (make one with `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
             )
+        opt_out_words = _words(get("PROMOBOT_OPT_OUT_WORDS"), "PROMOBOT_OPT_OUT_WORDS", cls.opt_out_words)
+        opt_in_words = _words(get("PROMOBOT_OPT_IN_WORDS"), "PROMOBOT_OPT_IN_WORDS", cls.opt_in_words)
+        both = sorted(set(map(keyword, opt_out_words)) & set(map(keyword, opt_in_words)))
+        if both:
+            raise ConfigError(
+                f"PROMOBOT_OPT_OUT_WORDS and PROMOBOT_OPT_IN_WORDS both hold {', '.join(map(repr, both))}"
+            )
+        app_id = get("PROMOBOT_APP_ID") or ""
+        if app_id and not (app_id.isdigit() and app_id.isascii()):
+            raise ConfigError(
+                f"PROMOBOT_APP_ID={app_id!r} is not a Meta app id (digits; `python -m bot doctor` shows it)"
+            )
+        handover = get("PROMOBOT_HANDOVER_MINUTES")
+        try:
+            handover_minutes = float(handover) if handover else cls.handover_minutes
+        except ValueError:
+            raise ConfigError(f"PROMOBOT_HANDOVER_MINUTES={handover!r} is not a number of minutes") from None
+        if not 0 <= handover_minutes <= MAX_HANDOVER_MINUTES:  # also refuses NaN
+            raise ConfigError(
+                f"PROMOBOT_HANDOVER_MINUTES={handover!r} is not between 0 and "
+                f"{MAX_HANDOVER_MINUTES:.0f} minutes"
+            )
         return cls(
             mode=mode,
+            opt_out_words=opt_out_words,
+            opt_in_words=opt_in_words,
+            app_id=app_id,
+            handover_minutes=handover_minutes,
             staff_pin=staff_pin,
             health_token=health_token,
             app_secret=platform["PROMOBOT_APP_SECRET"],
@@ -200,3 +240,19 @@ class Settings:
             flush_seconds=flush_seconds,
             log_level=(get("PROMOBOT_LOG_LEVEL") or cls.log_level).upper(),
         )
+
+
+def keyword(text: str) -> str:
+    """A message or a word as opt-out and opt-in words are matched: case folded, punctuation and extra
+    spaces gone ("STOP." and "stop" are one; "stop please" stays two words)."""
+    return " ".join(re.sub(r"[\W_]+", " ", text.casefold()).split())
+
+
+def _words(raw: str | None, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of words (each as `_keyword` makes it), or `default` when unset."""
+    if raw is None:
+        return default
+    words = tuple(dict.fromkeys(word for word in map(keyword, raw.split(",")) if word))
+    if not words:
+        raise ConfigError(f"{name}={raw!r} holds no word (give them comma-separated, e.g. stop,unsubscribe)")
+    return words

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import secrets
 import sqlite3
@@ -37,7 +38,7 @@ from bot.audience import BroadcastResult, BroadcastState, Customer, Reason, Reci
 from bot.config import SQLITE_FILE
 from bot.events import Event
 from bot.facts import EventName
-from bot.flow import IssuedCode, Reply, ReplyKind
+from bot.flow import IssuedCode, Reply, ReplyKind, handover_span
 from bot.migrations import MIGRATIONS, Migration, migrate
 
 SEEN_RETENTION = timedelta(days=7)  # Messenger redelivers an unacknowledged webhook for at most a day
@@ -243,6 +244,148 @@ def _customer(row: Sequence[Any]) -> Customer:
     page_id, customer_id, *times, already_sent = row
     moments = (None if t is None else _moment(t) for t in times)
     return Customer(page_id, customer_id, *moments, already_sent=bool(already_sent))
+
+
+# -- customers: the messaging window, opt-outs, takeovers -----------------------------------------------
+
+# A customer's own actions: they open Messenger's window (receipts and the page's echoes do not).
+OWN_ACTIONS = frozenset(
+    {
+        EventName.CONVERSATION_STARTED,
+        EventName.COUPON_REQUESTED,
+        EventName.DECLINED,
+        EventName.COUPON_REVEALED,
+        EventName.TEXT_RECEIVED,
+        EventName.REACTION_RECEIVED,
+        EventName.OPTED_OUT,
+        EventName.OPTED_IN,
+    }
+)
+_RECEIPTS = frozenset({EventName.MESSAGE_DELIVERED, EventName.MESSAGE_READ})
+# Events a broadcast records for a customer carry this source and the bot's clock: not their action.
+BROADCAST_SOURCE = "broadcast:"
+_KEEP, _OPT_OUT, _OPT_IN = 0, 1, 2  # what a commit does to a customer's opt-out
+
+_READ_CUSTOMERS = (
+    "SELECT customer_id, opted_out_at, handed_over_until FROM customers"
+    " WHERE page_id = ? AND customer_id IN ({marks})"
+)
+# Times only move forward (a redelivered older webhook, two instances committing at once); the last opt-out
+# or opt-in of the commit wins, and an opt-out keeps the time of the first one.
+_UPSERT_CUSTOMER = """
+INSERT INTO customers (page_id, customer_id, last_action_at, ad_referral_at, opted_out_at, handed_over_until)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (page_id, customer_id) DO UPDATE SET
+    last_action_at = CASE WHEN customers.last_action_at IS NULL
+        OR excluded.last_action_at > customers.last_action_at
+        THEN excluded.last_action_at ELSE customers.last_action_at END,
+    ad_referral_at = CASE WHEN customers.ad_referral_at IS NULL
+        OR excluded.ad_referral_at > customers.ad_referral_at
+        THEN excluded.ad_referral_at ELSE customers.ad_referral_at END,
+    opted_out_at = CASE ? WHEN 1 THEN coalesce(customers.opted_out_at, excluded.opted_out_at)
+        WHEN 2 THEN NULL ELSE customers.opted_out_at END,
+    handed_over_until = CASE WHEN customers.handed_over_until IS NULL
+        OR excluded.handed_over_until > customers.handed_over_until
+        THEN excluded.handed_over_until ELSE customers.handed_over_until END,
+    unreachable_at = CASE WHEN excluded.last_action_at IS NULL THEN customers.unreachable_at END"""
+
+
+@dataclass
+class _Customer:
+    """What one commit learns of a customer, over what the row said before it."""
+
+    opted_out: bool  # as the events so far leave it
+    handed_over_until: int | None
+    last_action_at: int | None = None
+    ad_referral_at: int | None = None
+    opt: int = _KEEP
+    opted_out_at: int | None = None
+    changed: bool = False  # the row is to be written
+
+
+@dataclass(frozen=True, slots=True)
+class _Standing:
+    """Where a commit leaves its customers: opt-outs and opt-ins that changed nothing (their events are left
+    out), and who is owed no promotion (opted out, or taken over by staff)."""
+
+    unchanged: frozenset[str]
+    quiet: frozenset[tuple[str, str]]
+
+    def owes(self, reply: Reply) -> bool:
+        """Whether `reply` goes to the outbox: not when it answers an event left out, nor a promotion to a
+        customer who is quiet; a confirmation of an opt-out or opt-in is always sent."""
+        if reply.answers.event_id in self.unchanged:
+            return False
+        return not (reply.is_promotion and (reply.answers.page_id, reply.answers.customer_id) in self.quiet)
+
+
+def _keep_customers(cursor: Any, events: Sequence[Event], now: int) -> _Standing:
+    """Bring the `customers` rows of these new events' customers up to date, one upsert per customer: the
+    latest own action and ADS referral (the platform's times), opt-outs, takeovers until `now` (the bot's
+    clock, µs) plus the pause the event names, and `unreachable_at` cleared by an own action."""
+    keys = sorted({(e.page_id, e.customer_id) for e in events if e.event not in _RECEIPTS})
+    if not keys:
+        return _Standing(frozenset(), frozenset())
+    known = {}
+    for page_id, customer_ids in itertools.groupby(keys, key=lambda key: key[0]):
+        ids = [customer_id for _, customer_id in customer_ids]
+        for start in range(0, len(ids), _ROWS_PER_STATEMENT):
+            chunk = ids[start : start + _ROWS_PER_STATEMENT]
+            cursor.execute(_READ_CUSTOMERS.format(marks=", ".join(["?"] * len(chunk))), (page_id, *chunk))
+            known.update(((page_id, row[0]), row[1:]) for row in cursor.fetchall())
+    customers = {
+        key: _Customer(known[key][0] is not None, known[key][1]) if key in known else _Customer(False, None)
+        for key in keys
+    }
+    unchanged = set()
+    for event in events:
+        customer = customers.get((event.page_id, event.customer_id))
+        if customer is None or (event.source or "").startswith(BROADCAST_SOURCE):
+            continue
+        ts = _micros(event.ts)
+        if event.event is EventName.HANDED_OVER:
+            until = now + handover_span(event) // _US
+            if customer.handed_over_until is None or until > customer.handed_over_until:
+                customer.handed_over_until = until
+            customer.changed = True
+            continue
+        if event.event not in OWN_ACTIONS:
+            continue
+        customer.changed = True
+        if customer.last_action_at is None or ts > customer.last_action_at:
+            customer.last_action_at = ts
+        if event.event is EventName.CONVERSATION_STARTED and _from_an_ad(event):
+            customer.ad_referral_at = max(ts, customer.ad_referral_at or ts)
+        if event.event is EventName.OPTED_OUT:
+            if customer.opted_out:
+                unchanged.add(event.event_id)
+            else:
+                customer.opted_out, customer.opt, customer.opted_out_at = True, _OPT_OUT, ts
+        elif event.event is EventName.OPTED_IN:
+            if customer.opted_out:
+                customer.opted_out, customer.opt, customer.opted_out_at = False, _OPT_IN, None
+            else:
+                unchanged.add(event.event_id)
+    rows = [
+        (*key, c.last_action_at, c.ad_referral_at, c.opted_out_at, c.handed_over_until, c.opt)
+        for key, c in customers.items()
+        if c.changed
+    ]
+    if rows:
+        cursor.executemany(_UPSERT_CUSTOMER, rows)
+    quiet = frozenset(
+        key
+        for key, c in customers.items()
+        if c.opted_out or (c.handed_over_until is not None and c.handed_over_until > now)
+    )
+    return _Standing(frozenset(unchanged), quiet)
+
+
+def _from_an_ad(event: Event) -> bool:
+    """Whether a conversation_started came from a Click-to-Messenger ad (its referral's source is ADS)."""
+    if not event.detail or "ADS" not in event.detail:
+        return False
+    return json.loads(event.detail).get("source") == "ADS"
 
 
 _Waiting = tuple[Sequence[Event], Sequence[Reply], asyncio.Future]  # a webhook for the next commit
@@ -490,7 +633,12 @@ class Database:
             self._committer = None
 
     def _commit(self, group: list[_Waiting]) -> list[list[Event]]:
-        """One transaction for every webhook of `group`; the new events of each."""
+        """One transaction for every webhook of `group`; the new events of each.
+
+        The customers of the new events have their row of `customers` brought up to date (one upsert each);
+        an opt-out or opt-in that changes nothing (a second "stop") is left out with its confirmation; and
+        replies to customers who opted out or whom staff took over are not owed (confirmations excepted).
+        """
         now = _micros(self.clock())
         with self._transaction() as cursor:
             # Sorted: two transactions inserting the same ids take their locks in one order (no deadlock).
@@ -505,18 +653,24 @@ class Database:
                     [value for event_id in chunk for value in (event_id, now)],
                 )
                 fresh.update(event_id for (event_id,) in cursor.fetchall())
-            news, event_rows, reply_rows = [], {}, []
-            for events, replies, _ in group:
-                new, new_ids = [], set()
+            news = []
+            for events, _, _ in group:
+                new = []
                 for event in events:
                     if event.event_id in fresh:
                         fresh.discard(event.event_id)  # the first caller with an id has it
                         new.append(event)
-                        new_ids.add(event.event_id)
-                        event_rows[event.event_id] = _event_values(event)
                 news.append(new)
+            standing = _keep_customers(cursor, [event for new in news for event in new], now)
+            event_rows, reply_rows = {}, []
+            for (_, replies, _), new in zip(group, news, strict=True):
+                new[:] = [event for event in new if event.event_id not in standing.unchanged]
+                new_ids = set()
+                for event in new:
+                    new_ids.add(event.event_id)
+                    event_rows[event.event_id] = _event_values(event)
                 ordinals: dict[str, int] = {}
-                owed = [reply for reply in replies if reply.answers.event_id in new_ids]
+                owed = [r for r in replies if r.answers.event_id in new_ids and standing.owes(r)]
                 for reply in self._hand_out_codes(cursor, owed, now, new, event_rows):
                     ordinals[reply.answers.event_id] = ordinal = ordinals.get(reply.answers.event_id, -1) + 1
                     reply_rows.append(_reply_values(reply, ordinal, now))

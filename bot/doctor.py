@@ -1,7 +1,8 @@
 """Health checks: the page's token and webhook subscription, the Graph API version's end of life, and
 whether the bot keeps up (the last webhook, the outbox, the flusher).
 
-`python -m bot doctor` runs them all (`--fix` subscribes the app to the webhook fields it lacks);
+`python -m bot doctor` runs them all (`--fix` subscribes the app to the webhook fields it lacks and adds
+the opt-out item to the page's persistent menu);
 `/healthz?deep=1` shows them to a monitor that has the health token; `local_health` gives the store's figures
 alone, without the Graph API, for the dashboard's health strip.
 """
@@ -24,6 +25,7 @@ import httpx
 
 from bot.config import ConfigError, Mode, Settings
 from bot.database import SEEN_RETENTION, Database, DatabaseError, HealthFigures
+from bot.flow import OPT_OUT_MENU_TITLE, OPT_OUT_PAYLOAD
 from bot.graph import TOKEN_INVALID, GraphClient, SendError
 from bot.migrations import MigrationError
 
@@ -44,6 +46,8 @@ class Name(StrEnum):
 
     PAGE = "page token"  # GET /me with the page token
     WEBHOOKS = "webhooks"  # the app's subscription to the page's webhook fields
+    APP_ID = "app id"  # PROMOBOT_APP_ID against the token's app: its echoes are the bot's own messages
+    MENU = "persistent menu"  # the page's menu has the item that opts a customer out
     GRAPH_VERSION = "graph api version"  # PROMOBOT_GRAPH_VERSION against its end of life
     LAST_WEBHOOK = "last webhook"  # the newest seen mark
     OUTBOX = "outbox"  # replies owed, and how overdue the oldest is
@@ -81,6 +85,7 @@ NEEDED_FIELDS = (
     "message_deliveries",  # delivery receipts
     "message_reads",  # read receipts: the funnel's coupon_seen
     "message_echoes",  # the page's own messages: staff answering by hand pause the bot
+    "message_reactions",  # a reaction is the customer's own action: it keeps the messaging window open
 )
 
 RECONNECT = (
@@ -110,13 +115,21 @@ def _unreachable(name: str, what: str, error: SendError) -> Check:
 
 
 async def graph_checks(
-    graph: GraphClient, *, fix: bool = False, deadline_s: float | None = None
+    graph: GraphClient,
+    *,
+    fix: bool = False,
+    deadline_s: float | None = None,
+    app_id: str | None = None,
+    menu: bool = False,
 ) -> list[Check]:
-    """Check the page token (`GET /me`) and the app's webhook subscription (`GET /{page}/subscribed_apps`);
-    with `fix`, subscribe the app to the fields it lacks (`POST /{page}/subscribed_apps`).
+    """Check the page token (`GET /me`), the app's webhook subscription (`GET /{page}/subscribed_apps`) and,
+    with `menu`, the page's persistent menu (`GET /me/messenger_profile`); with `fix`, subscribe the app to
+    the fields it lacks and add the opt-out item to the menu.
 
-    Parameters: `deadline_s` how long each call may take, retries included (default: the client's).
-    Returns: the "page token" and "webhooks" checks. Raises nothing: a failed call is a failed check.
+    Parameters: `deadline_s` how long each call may take, retries included (default: the client's); `app_id`
+    PROMOBOT_APP_ID, checked against the token's app ("" unset; None: not checked).
+    Returns: the "page token", "webhooks" (then "app id", "persistent menu") checks. Raises nothing: a
+    failed call is a failed check.
     """
     try:
         page = await graph.get("me", {"fields": "id,name"}, deadline_s=deadline_s)
@@ -134,16 +147,120 @@ async def graph_checks(
             Check(Name.WEBHOOKS, Status.WARN, "not checked: the page token does not work"),
         ]
     token = Check(Name.PAGE, Status.OK, f"valid, for the page {name!r} ({page_id})")
-    return [token, await _webhooks(graph, page_id, fix=fix, deadline_s=deadline_s)]
-
-
-async def _webhooks(graph: GraphClient, page_id: str, *, fix: bool, deadline_s: float | None) -> Check:
-    edge = f"{quote(page_id, safe='')}/subscribed_apps"
     try:
         app = await graph.get("app", {"fields": "id,name"}, deadline_s=deadline_s)
-        app_id = str(app.get("id", "")) if isinstance(app, dict) else ""
+        token_app = str(app.get("id", "")) if isinstance(app, dict) else ""
     except SendError:
-        app_id = ""  # the token's app unknown: a page with one subscribed app is still checked
+        token_app = ""  # the token's app unknown: a page with one subscribed app is still checked
+    checks = [token, await _webhooks(graph, page_id, token_app, fix=fix, deadline_s=deadline_s)]
+    if app_id is not None:
+        checks.append(_app_id_check(app_id, token_app))
+    if menu:
+        checks.append(await _menu(graph, fix=fix, deadline_s=deadline_s))
+    return checks
+
+
+def _app_id_check(configured: str, token_app: str) -> Check:
+    """PROMOBOT_APP_ID against the app the page token belongs to (whose echoes are the bot's own sends)."""
+    if not token_app:
+        return Check(Name.APP_ID, Status.WARN, "not checked: the Graph API did not name the token's app")
+    if not configured:
+        return Check(
+            Name.APP_ID,
+            Status.WARN,
+            "PROMOBOT_APP_ID is not set: staff answering by hand in the page's inbox do not pause the bot",
+            f"set PROMOBOT_APP_ID={token_app} and restart",
+        )
+    if configured != token_app:
+        return Check(
+            Name.APP_ID,
+            Status.FAIL,
+            f"PROMOBOT_APP_ID is {configured}, but the page token is the app {token_app}'s: the bot takes "
+            "its own messages for staff's and pauses itself after each",
+            f"set PROMOBOT_APP_ID={token_app} and restart",
+        )
+    return Check(Name.APP_ID, Status.OK, f"{token_app}: the bot tells its own messages from staff's")
+
+
+_MENU_FIELDS = "persistent_menu,get_started"
+_GET_STARTED = "GET_STARTED"  # the Get Started button's payload when the page has none (the menu needs one)
+
+
+async def _menu(graph: GraphClient, *, fix: bool, deadline_s: float | None) -> Check:
+    """Whether the page's persistent menu offers the opt-out item; with `fix`, add it (keeping the page's
+    own items, and setting a Get Started button if there is none: the platform shows no menu without)."""
+    try:
+        profile = await _profile(graph, deadline_s)
+        fixed = fix and not _has_opt_out(profile)
+        if fixed:
+            await graph.post("me/messenger_profile", _with_opt_out(profile), deadline_s=deadline_s)
+            profile = await _profile(graph, deadline_s)
+    except SendError as exc:
+        return Check(
+            Name.MENU,
+            Status.WARN,
+            f"could not read or set the page's persistent menu: {exc.reason}",
+            "check the app's permissions for the page (pages_messaging)",
+        )
+    if not _has_opt_out(profile):
+        return Check(
+            Name.MENU,
+            Status.WARN,
+            f"no {OPT_OUT_MENU_TITLE!r} item: customers can only opt out by writing a stop word",
+            "run `python -m bot doctor --fix` to add it",
+        )
+    now = " now (--fix)" if fixed else ""
+    return Check(Name.MENU, Status.OK, f"offers {OPT_OUT_MENU_TITLE!r}{now}")
+
+
+async def _profile(graph: GraphClient, deadline_s: float | None) -> dict:
+    answer = await graph.get("me/messenger_profile", {"fields": _MENU_FIELDS}, deadline_s=deadline_s)
+    data = answer.get("data") if isinstance(answer, dict) else None
+    return data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
+
+
+def _menus(profile: dict) -> list[dict]:
+    menus = profile.get("persistent_menu")
+    return [menu for menu in menus if isinstance(menu, dict)] if isinstance(menus, list) else []
+
+
+def _items(menu: dict) -> list:
+    items = menu.get("call_to_actions")
+    return items if isinstance(items, list) else []
+
+
+def _is_opt_out(item: object) -> bool:
+    return isinstance(item, dict) and item.get("payload") == OPT_OUT_PAYLOAD
+
+
+def _has_opt_out(profile: dict) -> bool:
+    """Whether there is a menu and every locale's has the opt-out item."""
+    menus = _menus(profile)
+    return bool(menus) and all(any(map(_is_opt_out, _items(menu))) for menu in menus)
+
+
+def _with_opt_out(profile: dict) -> dict:
+    """The Messenger Profile fields that add the opt-out item to each locale's menu (a `default` one when
+    there is none) and a Get Started button when the page has none."""
+    item = {"type": "postback", "title": OPT_OUT_MENU_TITLE, "payload": OPT_OUT_PAYLOAD}
+    menus = _menus(profile) or [
+        {"locale": "default", "composer_input_disabled": False, "call_to_actions": []}
+    ]
+    fields: dict = {
+        "persistent_menu": [
+            {**menu, "call_to_actions": [*(i for i in _items(menu) if not _is_opt_out(i)), item]}
+            for menu in menus
+        ]
+    }
+    if not isinstance(profile.get("get_started"), dict):
+        fields["get_started"] = {"payload": _GET_STARTED}
+    return fields
+
+
+async def _webhooks(
+    graph: GraphClient, page_id: str, app_id: str, *, fix: bool, deadline_s: float | None
+) -> Check:
+    edge = f"{quote(page_id, safe='')}/subscribed_apps"
     try:
         fields = _subscribed_fields(await graph.get(edge, deadline_s=deadline_s), app_id)
         missing = [field for field in NEEDED_FIELDS if field not in (fields or ())]
@@ -403,7 +520,7 @@ async def _page_checks(
 
     graph = graph_client(settings, transport)
     try:
-        return await graph_checks(graph, fix=fix)
+        return await graph_checks(graph, fix=fix, app_id=settings.app_id, menu=True)
     finally:
         await graph.aclose()
 
@@ -417,7 +534,8 @@ def doctor(
 ) -> list[Check]:
     """Every check, for the bot the environment describes.
 
-    Parameters: `fix` subscribe the app to the webhook fields it lacks; `environ`, `transport` and `now`
+    Parameters: `fix` subscribe the app to the webhook fields it lacks and add the opt-out item to the page's
+    persistent menu; `environ`, `transport` and `now`
     the environment, the Graph API transport and the clock (tests pass stand-ins).
     Raises: ConfigError for a malformed setting.
     """

@@ -11,19 +11,29 @@ What a button means travels in its payload (`campaign|variant|step`), so any ins
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from bot.campaign import FIRST_NAME_ROOM, Campaign
+from bot.config import (
+    DEFAULT_HANDOVER_MINUTES,
+    DEFAULT_OPT_IN_WORDS,
+    DEFAULT_OPT_OUT_WORDS,
+    Settings,
+    keyword,
+)
 from bot.events import Event, detail_json, message_digest
 from bot.facts import CLICK_EVENTS, Button, ButtonStep, EventName, parse_payload
 from bot.messenger import (
     Delivery,
+    Echo,
     Inbound,
     Postback,
+    Reaction,
     Read,
     Referral,
     ReferralEvent,
@@ -41,6 +51,53 @@ DIRECT = "direct"  # the source of a journey with no referral (or one whose ref 
 SOURCE_LIMIT = 64  # characters kept of a ref that is not an entry link's
 SHARE_DECIMALS = 4  # of the planned shares recorded with each conversation_started
 
+# The persistent menu's item that opts a customer out (`python -m bot doctor --fix` sets the menu).
+OPT_OUT_PAYLOAD = "PROMOBOT_OPT_OUT"
+OPT_OUT_MENU_TITLE = "Stop promotions"
+DEFAULT_HANDOVER = timedelta(minutes=DEFAULT_HANDOVER_MINUTES)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRules:
+    """What the flow knows beyond the campaign: the words that opt a customer out and back in (as `keyword`
+    makes them), the bot's own app id (its echoes are its own sends; None: unknown, and no echo pauses the
+    bot), and how long staff writing from the page's inbox pause it."""
+
+    opt_out_words: frozenset[str] = frozenset(DEFAULT_OPT_OUT_WORDS)
+    opt_in_words: frozenset[str] = frozenset(DEFAULT_OPT_IN_WORDS)
+    app_id: str | None = None
+    handover: timedelta = DEFAULT_HANDOVER
+
+    @classmethod
+    def of(
+        cls,
+        opt_out_words: Iterable[str] = DEFAULT_OPT_OUT_WORDS,
+        opt_in_words: Iterable[str] = DEFAULT_OPT_IN_WORDS,
+        *,
+        app_id: str | None = None,
+        handover: timedelta = DEFAULT_HANDOVER,
+    ) -> PageRules:
+        """Rules from the words as configured (matched as `keyword` makes them)."""
+        return cls(
+            frozenset(filter(None, map(keyword, opt_out_words))),
+            frozenset(filter(None, map(keyword, opt_in_words))),
+            app_id or None,
+            handover,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PageRules:
+        """The rules `settings` give (PROMOBOT_OPT_OUT_WORDS, _OPT_IN_WORDS, _APP_ID, _HANDOVER_MINUTES)."""
+        return cls.of(
+            settings.opt_out_words,
+            settings.opt_in_words,
+            app_id=settings.app_id,
+            handover=timedelta(minutes=settings.handover_minutes),
+        )
+
+
+DEFAULT_RULES = PageRules()
+
 
 def button_payload(campaign: Campaign, step: ButtonStep) -> str:
     """The payload of this campaign's button for `step`."""
@@ -56,6 +113,12 @@ class ReplyKind(StrEnum):
     ALL_GONE = "all_gone"  # instead of the code, when the campaign's single-use codes are all handed out
     CODE_QR = "code_qr"  # after a single-use code: its till link as a QR code, for the till to scan
     REDEEMED = "redeemed"  # the campaign's thanks once a code is used at the till, if it has one
+    OPTED_OUT = "opted_out"  # the one-time confirmation of an opt-out
+    OPTED_IN = "opted_in"  # the one-time confirmation of an opt-in
+
+
+# Replies that are not promotions: sent to a customer who opted out (they confirm it).
+CONFIRMATIONS = frozenset({ReplyKind.OPTED_OUT, ReplyKind.OPTED_IN})
 
 
 # What each reply records when it is sent, and the suffix of that event's id.
@@ -68,14 +131,24 @@ _SENT = {
     ReplyKind.ALL_GONE: (EventName.ALL_GONE_SENT, "g"),
     ReplyKind.CODE_QR: (EventName.CODE_SENT, "q"),
     ReplyKind.REDEEMED: (EventName.THANKS_SENT, "r"),
+    ReplyKind.OPTED_OUT: (EventName.THANKS_SENT, "o"),
+    ReplyKind.OPTED_IN: (EventName.THANKS_SENT, "n"),
 }
 # What tells a sent event apart from another of the same name.
-_PARTS = {ReplyKind.THANKS_IMAGE: "image", ReplyKind.CODE_QR: "qr", ReplyKind.REDEEMED: "redeemed"}
+_PARTS = {
+    ReplyKind.THANKS_IMAGE: "image",
+    ReplyKind.CODE_QR: "qr",
+    ReplyKind.REDEEMED: "redeemed",
+    ReplyKind.OPTED_OUT: "opted_out",
+    ReplyKind.OPTED_IN: "opted_in",
+}
 _ANSWERS = {
     EventName.CONVERSATION_STARTED: (ReplyKind.WELCOME,),
     EventName.COUPON_REQUESTED: (ReplyKind.COUPON,),
     EventName.COUPON_REVEALED: (ReplyKind.CODE,),
     EventName.DECLINED: (ReplyKind.THANKS_TEXT, ReplyKind.THANKS_IMAGE),
+    EventName.OPTED_OUT: (ReplyKind.OPTED_OUT,),
+    EventName.OPTED_IN: (ReplyKind.OPTED_IN,),
 }
 
 
@@ -112,6 +185,11 @@ class Reply:
     @property
     def needs_first_name(self) -> bool:
         return self.kind is ReplyKind.WELCOME
+
+    @property
+    def is_promotion(self) -> bool:
+        """Everything but the confirmations of an opt-out or opt-in: never sent to those who opted out."""
+        return self.kind not in CONFIRMATIONS
 
     def sent(self, message_id: str | None, at: datetime) -> Event:
         """The event recording this reply as sent at `at` (the bot's clock, once the Send API answered), with
@@ -183,12 +261,16 @@ def _start_detail(campaign: Campaign, trigger: str, referral: Referral | None, f
     return detail_json(**fields)
 
 
-def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
-    """The events a customer's action becomes, in order.
+def record(campaign: Campaign, inbound: Inbound, rules: PageRules = DEFAULT_RULES) -> list[Event]:
+    """The events a customer's action (or the page's echoed message) becomes, in order.
 
     A journey starts with a conversation_started (Get Started, a referral, a text, a button the bot no longer
     knows) that carries its `source`. In an A/B test every event carries the customer's variant (the hash's,
-    or the one an entry link forces); a click carries the one its button names.
+    or the one an entry link forces); a click carries the one its button names. A message that is an opt-out
+    or opt-in word (of `rules`), or the menu's opt-out item, is an `opted_out` / `opted_in`; a reaction a
+    `reaction_received`; an echo of a message another app than the bot's sent (staff in the page's inbox) a
+    `handed_over` whose `detail` says for how many minutes. Whether an opt-out changes anything, and what is
+    left unanswered, is the store's to say: it knows the customer's state.
     """
     assigned = campaign.assigned_variant(inbound.customer_id) if campaign.variants else campaign.variant
 
@@ -214,6 +296,8 @@ def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
         # A customer's own message or click keeps its platform id only as the digest in its event id (which
         # tells two of them in one millisecond apart): nothing reads the id back. The bot's sends, and the
         # delivery receipts that name them, keep a `message_digest` of theirs.
+        case Postback(payload=payload) if payload == OPT_OUT_PAYLOAD:
+            return [event(EventName.OPTED_OUT, button=payload, detail=detail_json(trigger="menu"))]
         case Postback(payload=payload, referral=referral):
             button = parse_payload(payload)
             if button is not None and button.campaign_id == campaign.id:
@@ -223,11 +307,28 @@ def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
         case ReferralEvent(referral=referral):
             # An entry link or ad opened in a thread that exists: a new journey, from there.
             return [_started(campaign, event, "referral", referral)]
-        case TextMessage():
-            return [
-                event(EventName.TEXT_RECEIVED),
-                _started(campaign, event, "text", None, event_id=f"{inbound.event_id}.s"),
-            ]
+        case TextMessage(text=text):
+            # The words themselves are matched here and never recorded.
+            said = keyword(text) if text else ""
+            received = event(EventName.TEXT_RECEIVED)
+            started = _started(campaign, event, "text", None, event_id=f"{inbound.event_id}.s")
+            if said in rules.opt_out_words:
+                opted = event(EventName.OPTED_OUT, event_id=f"{inbound.event_id}.o", detail=_TEXT_TRIGGER)
+                return [received, opted]
+            if said in rules.opt_in_words:
+                opted = event(EventName.OPTED_IN, event_id=f"{inbound.event_id}.i", detail=_TEXT_TRIGGER)
+                return [received, opted, started]
+            return [received, started]
+        case Reaction(reaction=reaction, action=action):
+            return [event(EventName.REACTION_RECEIVED, detail=detail_json(reaction=reaction, action=action))]
+        case Echo(app_id=app_id):
+            # The bot's own send; or one it cannot tell from its own (its app id unknown, or an echo naming
+            # no app): pausing the bot after each of its own messages would silence it.
+            if rules.app_id is None or app_id is None or app_id == rules.app_id:
+                return []
+            minutes = rules.handover / timedelta(minutes=1)
+            detail = detail_json(app_id=app_id, minutes=int(minutes) if minutes.is_integer() else minutes)
+            return [event(EventName.HANDED_OVER, detail=detail)]
         case Delivery(watermark=watermark, mids=mids):
             return [
                 event(
@@ -239,6 +340,14 @@ def record(campaign: Campaign, inbound: Inbound) -> list[Event]:
         case Read(watermark=watermark):
             return [event(EventName.MESSAGE_READ, watermark=watermark)]
     raise TypeError(f"not a customer action: {inbound!r}")
+
+
+_TEXT_TRIGGER = detail_json(trigger="text")
+
+
+def handover_span(event: Event) -> timedelta:
+    """How long a `handed_over` event pauses the bot for its customer (its `detail`'s minutes)."""
+    return timedelta(minutes=float(json.loads(event.detail or "{}").get("minutes", 0)))
 
 
 def _started(
@@ -294,6 +403,10 @@ def render(campaign: Campaign, kind: ReplyKind, *, first_name: str | None, image
             return text_message(campaign.thanks_text)
         case ReplyKind.THANKS_IMAGE:
             return image_message(image_url)
+        case ReplyKind.OPTED_OUT:
+            return text_message(campaign.opt_out_text)
+        case ReplyKind.OPTED_IN:
+            return text_message(campaign.opt_in_text)
     raise ValueError(f"unknown reply {kind}")
 
 

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot import jsontext
@@ -104,13 +104,42 @@ class ReferralEvent(Inbound):
 
 @dataclass(frozen=True, slots=True)
 class TextMessage(Inbound):
-    """A message the customer wrote (text or attachments). Its content is not kept."""
+    """A message the customer wrote (text or attachments). Its `text` is held in memory only, for the flow to
+    match opt-out and opt-in words: it is never recorded, nor shown in a repr (logs)."""
 
     mid: str | None = None
+    text: str | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
         return "m"
+
+
+@dataclass(frozen=True, slots=True)
+class Echo(Inbound):
+    """A message the page sent to the customer, echoed back: by this bot, another app, or staff writing from
+    the page's inbox (`app_id` names the app that sent it; the platform may leave it out)."""
+
+    app_id: str | None = None
+    mid: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "e"
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction(Inbound):
+    """A customer reacting to a message (`action` "react" or "unreact"; `reaction` the platform's name of it,
+    e.g. "love"); `mid` is the message reacted to."""
+
+    reaction: str | None = None
+    action: str | None = None
+    mid: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "x"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +229,9 @@ def _walk(entries: list) -> Iterator[Inbound]:
 
 
 def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | None:
+    message = item.get("message")
+    if isinstance(message, dict) and message.get("is_echo"):
+        return _echo(item, message, entry_id)
     customer = _party_id(item.get("sender"))
     if customer is None:
         return None  # e.g. a checkbox-plugin opt-in, known only by a user_ref: nobody to answer
@@ -208,9 +240,7 @@ def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | Non
         return None
     base = {"page_id": page, "customer_id": customer, "ts_ms": _millis(item.get("timestamp"))}
 
-    if isinstance(message := item.get("message"), dict):
-        if message.get("is_echo"):
-            return None  # the page's own message, echoed back
+    if isinstance(message, dict):
         quick_reply = message.get("quick_reply")
         if isinstance(quick_reply, dict) and isinstance(quick_reply.get("payload"), str):
             return Postback(
@@ -219,7 +249,7 @@ def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | Non
                 title=_text(message.get("text")),
                 mid=_text(message.get("mid")),
             )
-        return TextMessage(**base, mid=_text(message.get("mid")))
+        return TextMessage(**base, mid=_text(message.get("mid")), text=_text(message.get("text")))
     if isinstance(postback := item.get("postback"), dict):
         return Postback(
             **base,
@@ -236,7 +266,32 @@ def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | Non
         return Delivery(**base, watermark=_millis(delivery.get("watermark")), mids=mids)
     if isinstance(read := item.get("read"), dict):
         return Read(**base, watermark=_millis(read.get("watermark")))
-    return None  # an event kind promobot does not act on (reactions, opt-ins, handovers, …)
+    if isinstance(reaction := item.get("reaction"), dict):
+        return Reaction(
+            **base,
+            reaction=_text(reaction.get("reaction")),
+            action=_text(reaction.get("action")),
+            mid=_text(reaction.get("mid")),
+        )
+    return None  # an event kind promobot does not act on (opt-ins, handovers, …)
+
+
+def _echo(item: Mapping[str, Any], message: Mapping[str, Any], entry_id: object) -> Echo | None:
+    """The page's own message: sent by the page (`sender`) to the customer (`recipient`). Some copies of
+    echoes name the parties the other way round; the entry's id says which one is the page."""
+    sender, recipient = _party_id(item.get("sender")), _party_id(item.get("recipient"))
+    page, customer = sender, recipient
+    if recipient is not None and recipient == _id(entry_id) and sender != recipient:
+        page, customer = recipient, sender
+    if customer is None or page is None:
+        return None
+    return Echo(
+        page_id=page,
+        customer_id=customer,
+        ts_ms=_millis(item.get("timestamp")),
+        app_id=_id(message.get("app_id")),
+        mid=_text(message.get("mid")),
+    )
 
 
 _LAST_MS = 253_402_300_799_999  # the end of year 9999, the last a timestamp (and a partition) can name

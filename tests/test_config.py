@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,41 @@ def test_the_health_token_is_read_kept_out_of_repr_and_refused_when_short():
     assert Settings.from_env(SECRETS).health_token == ""  # unset: the deep health checks are off
     with pytest.raises(ConfigError, match="PROMOBOT_HEALTH_TOKEN must be at least 16 characters"):
         Settings.from_env({**SECRETS, "PROMOBOT_HEALTH_TOKEN": "short"})
+
+
+def test_opt_out_and_opt_in_words_handover_and_app_id_are_read_and_checked():
+    settings = Settings.from_env(
+        {
+            "PROMOBOT_OPT_OUT_WORDS": " STOP!, Opt out ,,",
+            "PROMOBOT_OPT_IN_WORDS": "Start",
+            "PROMOBOT_APP_ID": "700000000000001",
+            "PROMOBOT_HANDOVER_MINUTES": "45",
+        },
+        mode=Mode.LOCAL,
+    )
+
+    assert (settings.opt_out_words, settings.opt_in_words) == (("stop", "opt out"), ("start",))
+    assert (settings.app_id, settings.handover_minutes) == ("700000000000001", 45.0)
+    defaults = Settings.from_env({}, mode=Mode.LOCAL)
+    assert (defaults.opt_out_words, defaults.opt_in_words) == (("stop", "unsubscribe"), ("start",))
+    assert (defaults.app_id, defaults.handover_minutes) == ("", 30.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PROMOBOT_OPT_OUT_WORDS", " , ! ", "PROMOBOT_OPT_OUT_WORDS=', !' holds no word"),
+        (
+            "PROMOBOT_OPT_IN_WORDS",
+            "Stop",
+            "PROMOBOT_OPT_OUT_WORDS and PROMOBOT_OPT_IN_WORDS both hold 'stop'",
+        ),
+        ("PROMOBOT_APP_ID", "my-app", "PROMOBOT_APP_ID='my-app' is not a Meta app id"),
+        ("PROMOBOT_HANDOVER_MINUTES", "soon", "PROMOBOT_HANDOVER_MINUTES='soon' is not a number of minutes"),
+        ("PROMOBOT_HANDOVER_MINUTES", "-1", "PROMOBOT_HANDOVER_MINUTES='-1' is not between 0 and 10080"),
+        ("PROMOBOT_HANDOVER_MINUTES", "nan", "not between 0 and 10080"),
+    ],
+)
+def test_a_bad_reach_setting_is_refused_naming_it(name, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env({name: value}, mode=Mode.LOCAL)

@@ -45,6 +45,7 @@ class Platform:
         self.token_error = token_error  # answer every call with error 190 and this subcode
         self.requests: list[httpx.Request] = []
         self.app_refused = False  # GET /app answers an error: the token's app is not known
+        self.profile: dict = {}  # the page's Messenger Profile (persistent_menu, get_started)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -61,6 +62,14 @@ class Platform:
             return httpx.Response(400, json={"error": {"message": "Unsupported get request", "code": 100}})
         if request.method == "GET" and path == "app":
             return httpx.Response(200, json={"id": APP_ID, "name": "promobot"})
+        if path == "me/messenger_profile" and request.method == "GET":
+            fields = request.url.params["fields"].split(",")
+            return httpx.Response(
+                200, json={"data": [{k: v for k, v in self.profile.items() if k in fields}]}
+            )
+        if path == "me/messenger_profile" and request.method == "POST":
+            self.profile.update(json.loads(request.content))  # each field given replaces the page's
+            return httpx.Response(200, json={"result": "success"})
         if path == f"{PAGE_ID}/subscribed_apps" and request.method == "GET":
             apps = [{"id": app, "subscribed_fields": fields} for app, fields in self.subscriptions.items()]
             return httpx.Response(200, json={"data": apps})
@@ -70,7 +79,12 @@ class Platform:
         return httpx.Response(400, json={"error": {"message": "Unknown path", "code": 100}})
 
     def posts(self) -> list[dict]:
-        return [json.loads(request.content) for request in self.requests if request.method == "POST"]
+        """The bodies of the POSTs to the page's subscribed_apps."""
+        return [
+            json.loads(request.content)
+            for request in self.requests
+            if request.method == "POST" and request.url.path.endswith("/subscribed_apps")
+        ]
 
 
 @pytest.fixture
@@ -159,7 +173,7 @@ def test_an_app_not_subscribed_fails_and_fix_subscribes_exactly_the_needed_field
 
     assert doctor_command(fix=True, environ=environ, transport=platform.transport(), now=TODAY) == 0
     assert platform.posts() == [{"subscribed_fields": ",".join(NEEDED_FIELDS)}]
-    (post,) = [request for request in platform.requests if request.method == "POST"]
+    (post,) = [r for r in platform.requests if r.method == "POST" and r.url.path.endswith("/subscribed_apps")]
     assert post.url.path == f"/v25.0/{PAGE_ID}/subscribed_apps"
     assert "OK    webhooks: subscribed now (--fix)" in capsys.readouterr().out
 
@@ -206,6 +220,8 @@ def test_the_json_output_is_one_object_with_every_check(environ, capsys):
     assert [check["name"] for check in report["checks"]] == [
         "page token",
         "webhooks",
+        "app id",
+        "persistent menu",
         "graph api version",
         "last webhook",
         "outbox",
@@ -468,3 +484,67 @@ def test_deep_health_on_the_server_needs_the_token_and_shows_the_checks(tmp_path
     assert checks["webhooks"]["status"] == "ok"
     assert HEALTH_TOKEN not in log
     assert "test-page-token" not in log
+
+
+# -- the bot's app id and the persistent menu's opt-out item ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("configured", "line"),
+    [
+        (None, "WARN  app id: PROMOBOT_APP_ID is not set"),
+        (APP_ID, f"OK    app id: {APP_ID}: the bot tells its own messages from staff's"),
+        ("123", f"FAIL  app id: PROMOBOT_APP_ID is 123, but the page token is the app {APP_ID}'s"),
+    ],
+    ids=["unset", "right", "wrong"],
+)
+def test_the_app_id_is_checked_against_the_tokens_app(environ, capsys, configured, line):
+    if configured is not None:
+        environ["PROMOBOT_APP_ID"] = configured
+    platform = Platform(subscriptions={APP_ID: list(NEEDED_FIELDS)})
+
+    status = doctor_command(environ=environ, transport=platform.transport(), now=TODAY)
+
+    output = lines_of(capsys.readouterr().out, Name.APP_ID)
+    assert output.startswith(line)
+    assert status == (1 if configured == "123" else 0)
+    if configured != APP_ID:
+        assert f"set PROMOBOT_APP_ID={APP_ID}" in output
+
+
+def test_fix_adds_the_opt_out_item_to_the_menu_keeping_the_pages_own_items(environ, capsys):
+    hours = {"type": "web_url", "title": "Opening hours", "url": "https://bakery.example/hours"}
+    platform = Platform(subscriptions={APP_ID: list(NEEDED_FIELDS)})
+    platform.profile = {
+        "get_started": {"payload": "HELLO"},
+        "persistent_menu": [
+            {"locale": "default", "composer_input_disabled": False, "call_to_actions": [hours]}
+        ],
+    }
+    doctor_command(environ=environ, transport=platform.transport(), now=TODAY)
+    assert "WARN  persistent menu: no 'Stop promotions' item" in capsys.readouterr().out
+
+    doctor_command(fix=True, environ=environ, transport=platform.transport(), now=TODAY)
+
+    assert "OK    persistent menu: offers 'Stop promotions' now (--fix)" in capsys.readouterr().out
+    [menu] = platform.profile["persistent_menu"]
+    assert menu["call_to_actions"] == [
+        hours,
+        {"type": "postback", "title": "Stop promotions", "payload": "PROMOBOT_OPT_OUT"},
+    ]
+    assert platform.profile["get_started"] == {"payload": "HELLO"}  # the page's own, kept
+
+    doctor_command(fix=True, environ=environ, transport=platform.transport(), now=TODAY)
+    assert "OK    persistent menu: offers 'Stop promotions'\n" in capsys.readouterr().out + "\n"
+    assert len(platform.profile["persistent_menu"][0]["call_to_actions"]) == 2  # not added twice
+
+
+def test_fix_sets_a_menu_and_get_started_button_on_a_page_with_neither(environ, capsys):
+    platform = Platform(subscriptions={APP_ID: list(NEEDED_FIELDS)})
+
+    doctor_command(fix=True, environ=environ, transport=platform.transport(), now=TODAY)
+
+    assert platform.profile["get_started"] == {"payload": "GET_STARTED"}  # no menu shows without one
+    assert platform.profile["persistent_menu"][0]["call_to_actions"] == [
+        {"type": "postback", "title": "Stop promotions", "payload": "PROMOBOT_OPT_OUT"}
+    ]

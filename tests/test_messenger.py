@@ -182,8 +182,7 @@ def test_an_ad_id_or_title_that_is_not_a_string_is_ignored(odd):
     assert (action.referral.ad_id, action.referral.ad_title, action.referral.source) == (None, None, "ADS")
 
 
-def test_echoes_and_optins_without_a_sender_are_not_customer_actions():
-    assert parse_body(fixture("botman-driver-facebook__message_echo.json")) == []
+def test_optins_without_a_sender_are_not_customer_actions():
     assert parse_body(fixture("botman-driver-facebook__optin_user_ref_no_sender.json")) == []
 
 
@@ -204,7 +203,11 @@ def test_standby_changes_and_unknown_kinds_are_skipped():
                     "id": "1",
                     "time": 1,
                     "messaging": [
-                        {**payloads.text("7"), "message": None, "reaction": {"reaction": "love"}},
+                        {
+                            **payloads.text("7"),
+                            "message": None,
+                            "pass_thread_control": {"new_owner_app_id": "9"},
+                        },
                         "not an object",
                         {
                             "sender": {"id": "7"},

@@ -111,11 +111,8 @@ class Shop:
         self.database.add_codes(CAMPAIGN.id, CODES, CAMPAIGN.code_expiry)
         write_history(self.files)
         for customer in (VICTIM, *OTHERS):
-            await self.database.record(*reveal(customer))  # seen marks, buffered events, codes, replies owed
-            self.database._query(
-                "INSERT INTO customers (page_id, customer_id, last_action_at) VALUES (?, ?, ?) RETURNING 1",
-                ("111899832631525", customer, 1),
-            )
+            # seen marks, buffered events, codes, replies owed, their row of customers
+            await self.database.record(*reveal(customer))
         # A broadcast took them all in its audience.
         self.database.create_broadcast(CAMPAIGN.id, 60)
         # A flusher numbered the first events (the victim's among them) and has not written them yet.

@@ -8,9 +8,10 @@ transaction; callers that arrive while a commit runs share the next one (group c
 one lone caller and with 100 concurrent callers on one event loop (the server's webhook requests), on SQLite
 (a file on this disk, synchronous=FULL) and on PostgreSQL (a server started for the run, fsync on). The
 baseline, run in the same process against a fresh database of the same schema and settings, is a plain
-transaction per group: the driver's `executemany` INSERT of the same rows (seen marks, events, replies owed),
-one transaction per group of the size `record`'s transactions had in the run it is compared with (1 for the
-lone caller). Each is run `--rounds` times, alternately, and the medians are shown.
+transaction per group: the driver's `executemany` INSERT of the same rows (seen marks, events, replies owed,
+and an upsert of each customer's row), one transaction per group of the size `record`'s transactions had in
+the run it is compared with (1 for the lone caller). Each is run `--rounds` times, alternately, and the
+medians are shown.
 
 Bytes per event are given column by column, against the file the previous version wrote of the same events
 (the platform's message ids themselves where this one keeps their digests). Flush time is `flush_once`
@@ -270,9 +271,15 @@ def baseline_rate(engine: Engine, hooks: list[Webhook], group: int) -> float:
     Database.open(url, directory).close()  # the schema
     connection = engine.connect(url, directory)
     marks = ", ".join([engine.placeholder] * 2)
-    values = ", ".join([engine.placeholder] * 11)
+    values = ", ".join([engine.placeholder] * len(FILE_SCHEMA.names))
     insert_seen = f"INSERT INTO seen (event_id, seen_at) VALUES ({marks})"
     insert_event = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({values})"
+    customer_marks = ", ".join([engine.placeholder] * 3)
+    # Each customer's row (their latest action: the messaging window), once per transaction, as `record` does.
+    upsert_customer = (
+        f"INSERT INTO customers (page_id, customer_id, last_action_at) VALUES ({customer_marks})"
+        " ON CONFLICT (page_id, customer_id) DO UPDATE SET last_action_at = excluded.last_action_at"
+    )
     reply_marks = ", ".join([engine.placeholder] * 4)
     insert_reply = (
         f"INSERT INTO outbox (reply_id, kind, ordinal, due_at, {EVENT_COLUMNS})"
@@ -293,6 +300,8 @@ def baseline_rate(engine: Engine, hooks: list[Webhook], group: int) -> float:
             cursor.execute(engine.begin)
             cursor.executemany(insert_seen, [(event.event_id, now) for event in events])
             cursor.executemany(insert_event, [event_row(event) for event in events])
+            latest = {(event.page_id, event.customer_id): event_row(event)[1] for event in events}
+            cursor.executemany(upsert_customer, [(*customer, at) for customer, at in latest.items()])
             if replies:
                 cursor.executemany(insert_reply, replies)
             cursor.execute("COMMIT")

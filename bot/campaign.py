@@ -53,6 +53,10 @@ class Variant:
 # What a customer who opts out (or back in) is told, unless the file's [opt_out] section says otherwise.
 DEFAULT_OPT_OUT_TEXT = "You will get no more promotions from us. Write START if you change your mind."
 DEFAULT_OPT_IN_TEXT = "Welcome back! You will hear about our offers again."
+DEFAULT_DELETION_TEXT = (
+    "We are deleting everything we kept about you; it takes a few minutes. Thanks for having stopped by!"
+)
+DISCLOSURE_LIMIT = 200  # the line goes above the welcome, which must stay under its template's limit
 DEFAULT_CODE_TEXT = "Your code: {code}\nValid until: {expires}\nAt the till, show this link: {link}"
 MAX_VALID_DAYS = 366
 
@@ -99,6 +103,10 @@ class Campaign:
     # The one-time confirmations of an opt-out and of an opt-in ([opt_out] stopped, resumed).
     opt_out_text: str = DEFAULT_OPT_OUT_TEXT
     opt_in_text: str = DEFAULT_OPT_IN_TEXT
+    # [privacy]: a line above every welcome saying the customer talks to a bot (required in some regions),
+    # and the answer to a customer's request to delete their data.
+    disclosure: str | None = None
+    deletion_text: str = DEFAULT_DELETION_TEXT
 
     @property
     def image_is_local(self) -> bool:
@@ -173,11 +181,13 @@ _TEXTS = {
     "thanks.image_url": (TEXT_LIMIT, set()),
     "opt_out.stopped": (TEXT_LIMIT, set()),
     "opt_out.resumed": (TEXT_LIMIT, set()),
+    "privacy.disclosure": (DISCLOSURE_LIMIT, set()),
+    "privacy.deleted": (TEXT_LIMIT, set()),
 }
 _OPTIONAL = {"coupon.code", "coupon.all_gone", "coupon.code_text", "coupon.redeemed_text"}  # see below
-_OPTIONAL_SECTIONS = {"opt_out"}  # a missing one keeps its texts' defaults
+_OPTIONAL_SECTIONS = {"opt_out", "privacy"}  # a missing one keeps its texts' defaults
 _COUPON_SETTINGS = {"codes", "expires", "valid_days"}
-_TOP_LEVEL = {"id", "variant", "variants", "timezone", "welcome", "coupon", "thanks", "opt_out"}
+_TOP_LEVEL = {"id", "variant", "variants", "timezone", "welcome", "coupon", "thanks", "opt_out", "privacy"}
 # What a [variants.NAME] table may replace: the keys of _TEXTS it may hold.
 _VARIANT_TEXTS = ("welcome.text", "coupon.text", "thanks.text", "thanks.image_url")
 
@@ -216,7 +226,7 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
             )
         values[name] = value
 
-    for section in ("welcome", "coupon", "thanks", "opt_out"):
+    for section in ("welcome", "coupon", "thanks", "opt_out", "privacy"):
         table = raw.get(section)
         if table is None and section in _OPTIONAL_SECTIONS:
             continue
@@ -253,6 +263,18 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
     image = values["thanks.image_url"]
     _check_image(image, data_dir, lambda reason: fail("thanks.image_url", reason))
     variants = _variants(raw.get("variants"), data_dir, fail)
+    disclosure = values.get("privacy.disclosure")
+    if disclosure is not None:
+        room = TEMPLATE_TEXT_LIMIT - FIRST_NAME_ROOM
+        for key, text in [("welcome.text", values["welcome.text"])] + [
+            (f"variants.{v.name}.welcome.text", v.welcome_text) for v in variants if v.welcome_text
+        ]:
+            if len(disclosure) + 2 + len(text) > room:
+                raise fail(
+                    "privacy.disclosure",
+                    f"above {key} it makes {len(disclosure) + 2 + len(text)} characters; Messenger allows "
+                    f"{room} here (with room for a first name)",
+                )
     if variants and "variant" in values:
         raise fail(
             "variant", "give either a `variant` label or [variants.NAME] tables (an A/B test), not both"
@@ -273,6 +295,8 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
         variants=variants,
         opt_out_text=values.get("opt_out.stopped", DEFAULT_OPT_OUT_TEXT),
         opt_in_text=values.get("opt_out.resumed", DEFAULT_OPT_IN_TEXT),
+        disclosure=disclosure,
+        deletion_text=values.get("privacy.deleted", DEFAULT_DELETION_TEXT),
         **coupon,
     )
 

@@ -38,6 +38,7 @@ HEALTH_TOKEN_MIN_LENGTH = 16  # PROMOBOT_HEALTH_TOKEN guards what the deep healt
 MESSAGING_WINDOW_S = 24 * 3600.0  # how long after a customer's message the page may answer it (RESPONSE)
 DEFAULT_OPT_OUT_WORDS = ("stop", "unsubscribe")  # a message that is one of these opts the customer out
 DEFAULT_OPT_IN_WORDS = ("start",)  # and one of these back in
+DEFAULT_DELETE_WORDS = ("delete my data",)  # and one of these deletes what promobot keeps of them
 DEFAULT_HANDOVER_MINUTES = 30.0  # the bot keeps quiet this long for a customer staff wrote to by hand
 MAX_HANDOVER_MINUTES = 7 * 24 * 60.0  # past a week, no window is left open to answer in anyway
 
@@ -75,6 +76,7 @@ class Settings:
     # ignored).
     opt_out_words: tuple[str, ...] = DEFAULT_OPT_OUT_WORDS
     opt_in_words: tuple[str, ...] = DEFAULT_OPT_IN_WORDS
+    delete_words: tuple[str, ...] = DEFAULT_DELETE_WORDS
     # The Meta app the bot sends with: its echoes are its own messages, any other app's (the page's inbox)
     # are staff answering by hand, who pause the bot for that customer for `handover_minutes`. "" (unknown):
     # no echo pauses the bot; `python -m bot doctor` says which id to set.
@@ -198,6 +200,7 @@ class Settings:
             )
         opt_out_words = _words(get("PROMOBOT_OPT_OUT_WORDS"), "PROMOBOT_OPT_OUT_WORDS", cls.opt_out_words)
         opt_in_words = _words(get("PROMOBOT_OPT_IN_WORDS"), "PROMOBOT_OPT_IN_WORDS", cls.opt_in_words)
+        delete_words = _words(get("PROMOBOT_DELETE_WORDS"), "PROMOBOT_DELETE_WORDS", cls.delete_words)
         both = sorted(set(map(keyword, opt_out_words)) & set(map(keyword, opt_in_words)))
         if both:
             raise ConfigError(
@@ -221,6 +224,7 @@ class Settings:
         return cls(
             mode=mode,
             opt_out_words=opt_out_words,
+            delete_words=delete_words,
             opt_in_words=opt_in_words,
             app_id=app_id,
             handover_minutes=handover_minutes,

@@ -18,6 +18,7 @@ Times are stored as µs since the epoch (UTC), from the bot's clock except for t
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import itertools
@@ -388,6 +389,18 @@ def _from_an_ad(event: Event) -> bool:
     return json.loads(event.detail).get("source") == "ADS"
 
 
+_INSERT_DELETION_REQUEST = (
+    "INSERT INTO deletion_requests (code, reason, customer_id, status, requested_at) VALUES (?, ?, ?, ?, ?)"
+)
+CUSTOMER_REASON = "customer"  # a request the customer made in the conversation (bot.privacy.Reason)
+
+
+def deletion_code() -> str:
+    """A deletion request's confirmation code: 16 letters and digits, unguessable (a status page is found by
+    its code only)."""
+    return base64.b32encode(secrets.token_bytes(10)).decode()
+
+
 _Waiting = tuple[Sequence[Event], Sequence[Reply], asyncio.Future]  # a webhook for the next commit
 
 
@@ -678,6 +691,9 @@ class Database:
                 cursor.executemany(_INSERT_EVENT, event_rows.values())
             if reply_rows:
                 cursor.executemany(_INSERT_REPLY, reply_rows)
+            for event in (e for new in news for e in new if e.event is EventName.DELETION_REQUESTED):
+                # Carried out by bot.privacy.process_pending once the answer has had time to go out.
+                cursor.execute(_INSERT_DELETION_REQUEST, self._deletion_request(event.customer_id, now))
         return news
 
     def _hand_out_codes(
@@ -828,16 +844,22 @@ class Database:
         """Record a pending request to delete the customer's data under its confirmation `code`. Blocking."""
         with self._transaction() as cursor:
             cursor.execute(
-                "INSERT INTO deletion_requests (code, reason, customer_id, status, requested_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                _INSERT_DELETION_REQUEST,
                 (code, reason, customer_id, str(RequestStatus.PENDING), _micros(self.clock())),
             )
 
-    def pending_deletion_requests(self) -> list[tuple[str, str]]:
-        """(code, customer id) of every pending deletion request, oldest first (a read). Blocking."""
+    @staticmethod
+    def _deletion_request(customer_id: str, now: int) -> tuple:
+        """The row of a customer's own request (they wrote a delete word), under a new code."""
+        return (deletion_code(), CUSTOMER_REASON, customer_id, str(RequestStatus.PENDING), now)
+
+    def pending_deletion_requests(self, before: datetime | None = None) -> list[tuple[str, str]]:
+        """(code, customer id) of every pending deletion request (made before `before`, if given), oldest
+        first (a read). Blocking."""
         rows = self._query(
-            "SELECT code, customer_id FROM deletion_requests WHERE status = ? ORDER BY requested_at, code",
-            (str(RequestStatus.PENDING),),
+            "SELECT code, customer_id FROM deletion_requests WHERE status = ? AND requested_at < ?"
+            " ORDER BY requested_at, code",
+            (str(RequestStatus.PENDING), _micros(before) if before is not None else 2**62),
         )
         return [(code, customer_id) for code, customer_id in rows]
 

@@ -35,6 +35,7 @@ class EventName(StrEnum):
     HANDED_OVER = "handed_over"  # staff wrote from the page's inbox: the bot keeps quiet for a while
     BROADCAST_SENT = "broadcast_sent"  # the campaign's welcome sent by `python -m bot broadcast`
     BROADCAST_SKIPPED = "broadcast_skipped"  # not sent by a broadcast; `detail` says why
+    DELETION_REQUESTED = "deletion_requested"  # wrote a delete word: their data goes (bot.privacy)
 
 
 class ButtonStep(StrEnum):

@@ -20,6 +20,7 @@ from enum import StrEnum
 
 from bot.campaign import FIRST_NAME_ROOM, Campaign
 from bot.config import (
+    DEFAULT_DELETE_WORDS,
     DEFAULT_HANDOVER_MINUTES,
     DEFAULT_OPT_IN_WORDS,
     DEFAULT_OPT_OUT_WORDS,
@@ -67,6 +68,7 @@ class PageRules:
     opt_in_words: frozenset[str] = frozenset(DEFAULT_OPT_IN_WORDS)
     app_id: str | None = None
     handover: timedelta = DEFAULT_HANDOVER
+    delete_words: frozenset[str] = frozenset(DEFAULT_DELETE_WORDS)
 
     @classmethod
     def of(
@@ -76,6 +78,7 @@ class PageRules:
         *,
         app_id: str | None = None,
         handover: timedelta = DEFAULT_HANDOVER,
+        delete_words: Iterable[str] = DEFAULT_DELETE_WORDS,
     ) -> PageRules:
         """Rules from the words as configured (matched as `keyword` makes them)."""
         return cls(
@@ -83,6 +86,7 @@ class PageRules:
             frozenset(filter(None, map(keyword, opt_in_words))),
             app_id or None,
             handover,
+            frozenset(filter(None, map(keyword, delete_words))),
         )
 
     @classmethod
@@ -93,6 +97,7 @@ class PageRules:
             settings.opt_in_words,
             app_id=settings.app_id,
             handover=timedelta(minutes=settings.handover_minutes),
+            delete_words=settings.delete_words,
         )
 
 
@@ -115,10 +120,11 @@ class ReplyKind(StrEnum):
     REDEEMED = "redeemed"  # the campaign's thanks once a code is used at the till, if it has one
     OPTED_OUT = "opted_out"  # the one-time confirmation of an opt-out
     OPTED_IN = "opted_in"  # the one-time confirmation of an opt-in
+    DELETED = "deleted"  # the answer to a request to delete the customer's data
 
 
 # Replies that are not promotions: sent to a customer who opted out (they confirm it).
-CONFIRMATIONS = frozenset({ReplyKind.OPTED_OUT, ReplyKind.OPTED_IN})
+CONFIRMATIONS = frozenset({ReplyKind.OPTED_OUT, ReplyKind.OPTED_IN, ReplyKind.DELETED})
 
 
 # What each reply records when it is sent, and the suffix of that event's id.
@@ -133,6 +139,7 @@ _SENT = {
     ReplyKind.REDEEMED: (EventName.THANKS_SENT, "r"),
     ReplyKind.OPTED_OUT: (EventName.THANKS_SENT, "o"),
     ReplyKind.OPTED_IN: (EventName.THANKS_SENT, "n"),
+    ReplyKind.DELETED: (EventName.THANKS_SENT, "x"),
 }
 # What tells a sent event apart from another of the same name.
 _PARTS = {
@@ -141,6 +148,7 @@ _PARTS = {
     ReplyKind.REDEEMED: "redeemed",
     ReplyKind.OPTED_OUT: "opted_out",
     ReplyKind.OPTED_IN: "opted_in",
+    ReplyKind.DELETED: "deleted",
 }
 _ANSWERS = {
     EventName.CONVERSATION_STARTED: (ReplyKind.WELCOME,),
@@ -149,6 +157,7 @@ _ANSWERS = {
     EventName.DECLINED: (ReplyKind.THANKS_TEXT, ReplyKind.THANKS_IMAGE),
     EventName.OPTED_OUT: (ReplyKind.OPTED_OUT,),
     EventName.OPTED_IN: (ReplyKind.OPTED_IN,),
+    EventName.DELETION_REQUESTED: (ReplyKind.DELETED,),
 }
 
 
@@ -315,6 +324,12 @@ def record(campaign: Campaign, inbound: Inbound, rules: PageRules = DEFAULT_RULE
             if said in rules.opt_out_words:
                 opted = event(EventName.OPTED_OUT, event_id=f"{inbound.event_id}.o", detail=_TEXT_TRIGGER)
                 return [received, opted]
+            if said in rules.delete_words:
+                # bot.database records the request in the same transaction; bot.privacy carries it out.
+                asked = event(
+                    EventName.DELETION_REQUESTED, event_id=f"{inbound.event_id}.x", detail=_TEXT_TRIGGER
+                )
+                return [received, asked]
             if said in rules.opt_in_words:
                 opted = event(EventName.OPTED_IN, event_id=f"{inbound.event_id}.i", detail=_TEXT_TRIGGER)
                 return [received, opted, started]
@@ -407,6 +422,8 @@ def render(campaign: Campaign, kind: ReplyKind, *, first_name: str | None, image
             return text_message(campaign.opt_out_text)
         case ReplyKind.OPTED_IN:
             return text_message(campaign.opt_in_text)
+        case ReplyKind.DELETED:
+            return text_message(campaign.deletion_text)
     raise ValueError(f"unknown reply {kind}")
 
 
@@ -433,4 +450,5 @@ def render_code_qr(issued: IssuedCode, till_url: str) -> dict:
 
 def render_welcome_text(campaign: Campaign, first_name: str | None) -> str:
     name = " ".join((first_name or "").split())[:FIRST_NAME_ROOM] or NEUTRAL_NAME_GREETING
-    return campaign.welcome_text.format(first_name=name)
+    text = campaign.welcome_text.format(first_name=name)
+    return f"{campaign.disclosure}\n\n{text}" if campaign.disclosure else text

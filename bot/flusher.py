@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from bot.database import Batch, Database, DatabaseError
@@ -25,6 +26,9 @@ from bot.store import (
 )
 
 log = logging.getLogger(__name__)
+
+# How long a customer's request to delete their data waits for its answer to be sent.
+DELETION_DELAY = timedelta(minutes=2)
 
 DEFAULT_INTERVAL_S = 5.0
 DEFAULT_BATCH_SIZE = 10_000
@@ -80,7 +84,7 @@ def _make_directory(directory: Path) -> None:
 class Flusher:
     """Runs `flush_once` in a thread every `interval_s` seconds, or sooner when asked, and once more at close;
     every `prune_every_s` a round also forgets the seen marks past their retention (`Database.prune_seen`)
-    and carries out deletion requests left pending (`bot.privacy.process_pending`).
+    and every round carries out the deletion requests older than DELETION_DELAY (`bot.privacy`).
 
     A round that fails is logged and the next round tries again: its events stay in the database.
 
@@ -134,11 +138,12 @@ class Flusher:
         started = time.perf_counter()
         try:
             count = flush_once(self.database, self.files, self.limit)
+            # Customers' own requests once their answer has had time to go out (which `forget` would take
+            # from the outbox), and requests a crash left pending. Their flushes are done: this round's
+            # flush just ran, in this thread.
+            process_pending(self.database, self.files, settle_s=0, older_than=DELETION_DELAY)
             if self._pruned_at is None or started - self._pruned_at >= self.prune_every_s:
                 self.database.prune_seen()
-                # Deletion requests a crash left pending (they are carried out when they arrive). Their
-                # flushes are done: this round's flush just ran, in this thread.
-                process_pending(self.database, self.files, settle_s=0)
                 self._pruned_at = started
         except (FlushError, DatabaseError) as exc:
             self.last_error = exc

@@ -19,14 +19,21 @@ import hmac
 import html
 import json
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 
-from bot.database import Database, DatabaseError, DeletionRequest, RequestStatus
+from bot.database import (
+    CUSTOMER_REASON,
+    Database,
+    DatabaseError,
+    DeletionRequest,
+    RequestStatus,
+    deletion_code,
+)
 from bot.store import FileStore, files_naming, rewrite_without
 
 log = logging.getLogger(__name__)
@@ -46,7 +53,7 @@ class Reason(StrEnum):
     """Who asked for a customer's data to be deleted."""
 
     META_CALLBACK = "meta_callback"  # Meta's data deletion callback (the person removed the app)
-    CUSTOMER = "customer"  # the customer, in the conversation
+    CUSTOMER = CUSTOMER_REASON  # the customer, in the conversation (recorded with their words' events)
     OPERATOR = "operator"  # the business, from the command line
 
 
@@ -118,24 +125,22 @@ def forget(
     return Removal(forgotten.rows, file_rows, rewritten)
 
 
-def new_code() -> str:
-    """A confirmation code: 16 letters and digits, unguessable (a status page is found by its code only)."""
-    return base64.b32encode(secrets.token_bytes(10)).decode()
-
-
 def request(database: Database, customer_id: str, reason: Reason) -> str:
     """Record a request to delete the customer's data, for `process_pending`; returns its confirmation code.
     Blocking (one short transaction). Raises: DatabaseError."""
-    code = new_code()
+    code = deletion_code()
     database.add_deletion_request(code, str(reason), customer_id)
     return code
 
 
-def process_pending(database: Database, files: FileStore, *, settle_s: float = SETTLE_S) -> int:
-    """Carry out every pending deletion request, oldest first; returns how many were done. A request that
-    fails stays pending (logged) for the next call. Blocking: the event files are read and rewritten."""
+def process_pending(
+    database: Database, files: FileStore, *, settle_s: float = SETTLE_S, older_than: timedelta = timedelta(0)
+) -> int:
+    """Carry out every pending deletion request made at least `older_than` ago, oldest first; returns how many
+    were done. A request that fails stays pending (logged) for the next call. Blocking: the event files are
+    read and rewritten."""
     done = 0
-    for code, customer_id in database.pending_deletion_requests():
+    for code, customer_id in database.pending_deletion_requests(before=database.clock() - older_than):
         try:
             removal = forget(database, files, customer_id, settle_s=settle_s)
         except (DatabaseError, OSError) as exc:

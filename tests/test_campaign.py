@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.campaign import CampaignError, load_campaign, parse_campaign
+from bot.flow import render_welcome_text
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "data" / "campaign.toml"
@@ -71,6 +72,24 @@ def test_a_file_that_is_not_toml_is_refused_with_its_name(tmp_path: Path):
 def test_a_missing_file_says_which_setting_names_it(tmp_path: Path):
     with pytest.raises(CampaignError, match="PROMOBOT_CAMPAIGN"):
         load_campaign(tmp_path / "nope.toml")
+
+
+def test_a_disclosure_line_goes_above_every_welcome_and_must_leave_it_room():
+    raw = {**example(), "privacy": {"disclosure": "You are chatting with an automated assistant."}}
+    campaign = parse_campaign(raw)
+
+    text = render_welcome_text(campaign, "Ana")
+    assert text == "You are chatting with an automated assistant.\n\n" + campaign.welcome_text.format(
+        first_name="Ana"
+    )
+    assert render_welcome_text(parse_campaign(example()), "Ana") == campaign.welcome_text.format(
+        first_name="Ana"
+    )
+    long_welcome = {**raw["welcome"], "text": "Hi {first_name}! " + "x" * 550}
+    with pytest.raises(
+        CampaignError, match=r"privacy\.disclosure: above welcome\.text it makes 614 characters"
+    ):
+        parse_campaign({**raw, "welcome": long_welcome})
 
 
 def test_literal_braces_reach_customers_unescaped():

@@ -57,6 +57,7 @@ def test_event_names_are_the_designed_ones():
         "handed_over",
         "broadcast_sent",
         "broadcast_skipped",
+        "deletion_requested",
     }
 
 

@@ -25,8 +25,11 @@ from bot.app import create_app
 from bot.database import FORGOTTEN_PREFIX, Database, RequestStatus
 from bot.events import Event
 from bot.facts import EventName
-from bot.flusher import Flusher, flush_once
+from bot.flow import ReplyKind, plan_replies, record
+from bot.flusher import DELETION_DELAY, Flusher, flush_once
+from bot.messenger import parse_body
 from bot.store import FileStore, write_events
+from tests import payloads
 from tests.bot_process import APP_SECRET, make_home
 from tests.conftest import REPO
 from tests.test_app import platform, running, settings_for
@@ -252,7 +255,8 @@ def test_the_flusher_carries_out_a_request_a_crash_left_pending(tmp_path):
     files = FileStore(str(tmp_path / "data"))
     try:
         asyncio.run(Shop(database, files).fill())
-        code = privacy.request(database, VICTIM, privacy.Reason.CUSTOMER)  # and the process died
+        code = privacy.request(database, VICTIM, privacy.Reason.OPERATOR)  # and the process died
+        database.clock = lambda: datetime.now(UTC) + DELETION_DELAY
 
         Flusher(database, files, prune_every_s=3600).close()  # a new process's first round
 
@@ -261,6 +265,36 @@ def test_the_flusher_carries_out_a_request_a_crash_left_pending(tmp_path):
         database.close()
     assert done is not None
     assert done.status is RequestStatus.DONE
+    assert not [row for row in file_rows(files) if customer_of(row) == VICTIM]
+
+
+def test_a_customer_who_writes_delete_my_data_is_answered_then_forgotten(tmp_path):
+    database = Database.open(None, tmp_path / "state")
+    files = FileStore(str(tmp_path / "data"))
+    try:
+        asyncio.run(Shop(database, files).fill())
+        body = payloads.envelope(payloads.text(VICTIM, "Delete my data!", mid="m_delete"))
+        events = [event for action in parse_body(body) for event in record(CAMPAIGN, action)]
+        replies = [reply for event in events for reply in plan_replies(event)]
+        assert [event.event for event in events][-1] is EventName.DELETION_REQUESTED
+
+        asyncio.run(database.record(events, replies))
+
+        # the request is recorded with the words' events, and the answer owed
+        [(code, status)] = database._query("SELECT code, status FROM deletion_requests")
+        assert status == RequestStatus.PENDING
+        owed = database._query("SELECT kind FROM outbox WHERE customer_id = ?", (VICTIM,))
+        assert (str(ReplyKind.DELETED),) in owed
+        # a flush right away leaves them: their answer is on its way
+        Flusher(database, files, prune_every_s=3600).close()
+        assert database.deletion_request(code).status is RequestStatus.PENDING
+        # once it has had time to go out, they are forgotten
+        database.clock = lambda: datetime.now(UTC) + DELETION_DELAY
+        Flusher(database, files, prune_every_s=3600).close()
+        assert database.deletion_request(code).status is RequestStatus.DONE
+        assert rows_naming(database, VICTIM)["events"] == 0
+    finally:
+        database.close()
     assert not [row for row in file_rows(files) if customer_of(row) == VICTIM]
 
 

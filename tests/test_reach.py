@@ -62,6 +62,27 @@ def test_a_message_that_only_holds_an_opt_out_word_does_not_opt_out(words):
     assert names(events_of(payloads.text("42", words))) == ["text_received", "conversation_started"]
 
 
+@pytest.mark.parametrize("words", ["delete my data", "Delete my data!", "DELETE MY DATA."])
+def test_delete_words_ask_for_the_customers_data_to_go_and_are_answered_even_when_opted_out(words):
+    events = events_of(payloads.text("42", words))
+
+    assert names(events) == ["text_received", "deletion_requested"]
+    [answer] = [reply for e in events for reply in plan_replies(e)]
+    assert answer.kind is ReplyKind.DELETED
+    assert not answer.is_promotion
+    assert names(events_of(payloads.text("42", "please delete my data"))) == [
+        "text_received",
+        "conversation_started",
+    ]
+    rules = PageRules.from_settings(
+        Settings.from_env({"PROMOBOT_DELETE_WORDS": "forget me"}, mode=Mode.LOCAL)
+    )
+    assert names(events_of(payloads.text("42", "Forget me."), rules=rules)) == [
+        "text_received",
+        "deletion_requested",
+    ]
+
+
 def test_opt_out_and_opt_in_words_are_configurable():
     settings = Settings.from_env(
         {"PROMOBOT_OPT_OUT_WORDS": "Arrêt, opt out", "PROMOBOT_OPT_IN_WORDS": "reprendre"}, mode=Mode.LOCAL

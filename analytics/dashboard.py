@@ -24,7 +24,15 @@ from analytics import charts
 from analytics.entry_links import links_html, stored_links
 from analytics.experiment_card import experiment_html
 from analytics.filters import AnalyticsError
-from analytics.panels import csv_link, health_html, kpi_tiles_html, pools_html, sources_html, table_html
+from analytics.panels import (
+    csv_link,
+    health_html,
+    kpi_tiles_html,
+    pools_html,
+    reach_html,
+    sources_html,
+    table_html,
+)
 from analytics.pools import CodePools
 from analytics.query import Events
 from analytics.report import kpis
@@ -124,6 +132,7 @@ class Dashboard:
         self.experiment = w.HTML()
         self.experiment_box = w.VBox([self.experiment_step, self.experiment])
         self.links = w.HTML()
+        self.reach = w.HTML()
         self.cohorts = w.HTML()
         self.buttons = w.HTML()
         self.comparison = w.HTML()
@@ -154,6 +163,7 @@ class Dashboard:
                 self.pools,  # shown whatever the dates: a pool runs out today
                 self.empty,
                 self.body,
+                self.reach,  # whatever the dates: who may be sent a campaign now
                 self.links,  # whatever the figures: a shop with no customers yet needs its links first
                 w.HTML(LIVE),  # last: the first paint stays until everything above is drawn
             ]
@@ -260,7 +270,7 @@ class Dashboard:
         """The figures on show, laid out as the widgets lay them out, without the controls."""
         with self._shown_lock:
             if self._figures.get("reached", 0) == 0:
-                figures = self.pools.value + self.empty.value + self.links.value
+                figures = self.pools.value + self.empty.value + self.reach.value + self.links.value
             else:
                 figures = (
                     kpi_tiles_html(self._figures, attribute="data-first-paint-kpi")
@@ -270,6 +280,7 @@ class Dashboard:
                     + self.sources.value
                     + self.experiment.value
                     + f'<div class="pb-row">{self.cohorts.value}{self.comparison.value}</div>'
+                    + self.reach.value
                     + self.links.value
                 )
             status = self.status.value + self.health.value
@@ -312,6 +323,7 @@ class Dashboard:
         )
         pools = self._pools(chosen)
         health = health_html(self.code_pools.health())
+        reach = self._reach(chosen)
         links = links_html(stored_links(self.events.source), chosen["campaign"])
         if figures["reached"] == 0:
             empty = (
@@ -325,6 +337,7 @@ class Dashboard:
                     self.status: status,
                     self.pools: pools,
                     self.health: health,
+                    self.reach: reach,
                     self.links: links,
                     self.kpis: kpi_tiles_html(figures),
                 },
@@ -370,11 +383,17 @@ class Dashboard:
             self.status: status,
             self.pools: pools,
             self.health: health,
+            self.reach: reach,
             self.links: links,
             self.kpis: kpi_tiles_html(figures),  # last: tests and people read the tiles as "done"
         }
         self.experiment_box.layout.display = "none" if experiment is None else None
         return shown, figures, chosen
+
+    def _reach(self, chosen: dict) -> str:
+        """The chosen campaigns' audience now and their broadcasts, from the bot's store."""
+        campaigns = self.events.campaigns().column("campaign_id").to_pylist()
+        return reach_html(*self.code_pools.reach(c for c in campaigns if chosen["campaign"] in (None, c)))
 
     def _experiment(self, chosen: dict, step: str) -> tuple[pa.Table | None, str]:
         """The chosen campaign's comparison of variants and its cumulative chart; None when it has none."""

@@ -11,6 +11,7 @@ import pyarrow.csv as pacsv
 
 from analytics.pools import PoolLevel
 from analytics.report import kpi_texts
+from bot.audience import AudienceCounts, BroadcastResult
 from bot.doctor import Check, Status, worst
 
 
@@ -114,3 +115,36 @@ def health_html(checks: list[Check]) -> str:
         if check.status is not Status.OK and check.fix
     )
     return f'<div class="pb-health" data-health="{state}"><b>Bot</b> {parts}{fixes}</div>'
+
+
+def reach_html(audiences: dict[str, AudienceCounts], broadcasts: list[BroadcastResult]) -> str:
+    """Who each campaign may be sent now (`python -m bot audience`), and how its broadcasts went."""
+    if not audiences and not broadcasts:
+        return ""
+    lines = []
+    for campaign, counts in audiences.items():
+        others = ", ".join(
+            f"{n:,} {reason.replace('_', ' ')}" for reason, n in counts.as_dict()["skipped"].items() if n
+        )
+        lines.append(
+            f'<div class="pb-pool" data-audience="{html.escape(campaign)}"><b>{html.escape(campaign)}</b>: '
+            f"{counts.eligible:,} customers may be sent it now (their Messenger window is open)"
+            + (f"; not the others: {html.escape(others)}" if others else "")
+            + ".</div>"
+        )
+    rows = "".join(
+        f'<tr data-broadcast="{b.broadcast_id}"><td>{b.broadcast_id}</td>'
+        f"<td>{html.escape(b.campaign_id)}</td>"
+        f"<td>{b.started_at:%Y-%m-%d %H:%M}</td><td>{html.escape(str(b.state))}</td><td>{b.sent:,}</td>"
+        f"<td>{html.escape(', '.join(f'{n:,} {r}' for r, n in b.skipped.items() if n) or '–')}</td>"
+        f"<td>{b.pending:,}</td></tr>"
+        for b in broadcasts
+    )
+    table = ""
+    if broadcasts:
+        head = "".join(
+            f"<th>{title}</th>"
+            for title in ("Broadcast", "Campaign", "Started (UTC)", "State", "Sent", "Skipped", "Pending")
+        )
+        table = f'<div class="pb-table"><table><tr>{head}</tr>{rows}</table></div>'
+    return f'<div class="pb-reach"><h3>Audience and broadcasts</h3>{"".join(lines)}{table}</div>'

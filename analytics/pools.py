@@ -1,5 +1,6 @@
-"""The bot's transactional store as the dashboard reads it: the codes each campaign has left, and the
-store's health (last webhook, replies owed, events waiting for a flush).
+"""The bot's transactional store as the dashboard reads it: the codes each campaign has left, the store's
+health (last webhook, replies owed, events waiting for a flush), who may be sent a campaign now, and how its
+broadcasts went.
 
 The pools live in the store (bot.database), not in the events: the SQLite file `promobot.sqlite3` in the data
 directory, or the database PROMOBOT_DATABASE_URL (or DATABASE_URL) names. A store that does not exist yet is
@@ -15,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.audience import AudienceCounts, BroadcastResult
+from bot.broadcast import audience_now, broadcast_results
 from bot.config import Settings
 from bot.database import SQLITE_FILE, Database, DatabaseError
 from bot.doctor import Check, local_health
@@ -105,6 +108,21 @@ class CodePools:
             except (DatabaseError, MigrationError):
                 return []  # `levels` tells why
             return [] if database is None else local_health(database, flush_seconds=flush_seconds)
+
+    def reach(self, campaigns: Iterable[str]) -> tuple[dict[str, AudienceCounts], list[BroadcastResult]]:
+        """Each campaign's audience now, and the broadcasts of those campaigns (newest first); nothing when
+        no bot has run here yet or the store cannot be read (`levels` tells why)."""
+        with self._lock:
+            try:
+                database = self._open()
+                if database is None:
+                    return {}, []
+                chosen = list(campaigns)
+                audiences = {campaign: audience_now(database, campaign) for campaign in chosen}
+                broadcasts = [b for b in broadcast_results(database) if b.campaign_id in chosen]
+            except (DatabaseError, MigrationError):
+                return {}, []
+            return audiences, broadcasts
 
     def close(self) -> None:
         database, self._database = self._database, None

@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         "whether the bot keeps up; exit status 1 when a check fails",
     )
     doctor.add_argument(
-        "--fix", action="store_true", help="subscribe the app to the page's webhook fields it lacks"
+        "--fix",
+        action="store_true",
+        help="subscribe the app to the page's webhook fields it lacks, and add the persistent menu's "
+        "'Stop promotions' item",
     )
     doctor.add_argument("--json", action="store_true", help="print the checks as one JSON object")
 

@@ -240,6 +240,27 @@ def test_the_health_strip_shows_the_bots_store(store):
     assert Dashboard(analytics.open(store / "elsewhere")).health.value == ""  # no bot ran there
 
 
+def test_the_audience_now_and_the_broadcasts_of_the_chosen_campaign(store):
+    database = Database.open(None, store)
+    campaign = parse_campaign({**single_use(valid_days=7), "id": "spring-sale"})
+    now_ms = int(time.time() * 1000)
+    for customer, ts in (("5001", now_ms - 3_600_000), ("5002", now_ms - 2 * 86_400_000)):  # 1 h, 2 days ago
+        body = payloads.envelope(payloads.text(customer, "hello", ts=ts, mid=f"m_{customer}"))
+        events = [event for action in parse_body(body) for event in record(campaign, action)]
+        asyncio.run(database.record(events, []))
+    broadcast = database.create_broadcast("spring-sale", 60)
+
+    dashboard = Dashboard(analytics.open(store))
+
+    assert "<b>spring-sale</b>: 1 customers may be sent it now" in dashboard.reach.value
+    assert "1 window closed" in dashboard.reach.value
+    assert f'data-broadcast="{broadcast}"' in dashboard.reach.value
+    dashboard.campaign.value = "summer-sale"
+    assert "data-broadcast" not in dashboard.reach.value
+    assert "<b>summer-sale</b>: 1 customers may be sent it now" in dashboard.reach.value
+    database.close()
+
+
 # -- the code pools, in the bot's store ---------------------------------------------------------------------
 
 

@@ -268,9 +268,13 @@ BROADCAST_SOURCE = "broadcast:"
 _KEEP, _OPT_OUT, _OPT_IN = 0, 1, 2  # what a commit does to a customer's opt-out
 
 _READ_CUSTOMERS = (
-    "SELECT customer_id, opted_out_at, handed_over_until FROM customers"
-    " WHERE page_id = ? AND customer_id IN ({marks})"
+    "SELECT customer_id, opted_out_at, handed_over_until, last_action_at, ad_referral_at, unreachable_at"
+    " FROM customers WHERE page_id = ? AND customer_id IN ({marks})"
 )
+# A customer's latest own action is written again only once it has moved on by this much (µs): a journey's
+# taps, seconds apart, write the row once. The window this leaves is at most this much shorter than the
+# platform's (24 hours or 7 days): never longer.
+ACTION_GRAIN_US = 60_000_000
 # Times only move forward (a redelivered older webhook, two instances committing at once); the last opt-out
 # or opt-in of the commit wins, and an opt-out keeps the time of the first one.
 _UPSERT_CUSTOMER = """
@@ -302,6 +306,29 @@ class _Customer:
     opt: int = _KEEP
     opted_out_at: int | None = None
     changed: bool = False  # the row is to be written
+    stored: tuple | None = None  # the row's last_action_at, ad_referral_at, unreachable_at; None: no row
+
+    def worth_writing(self) -> bool:
+        """Whether the row must be written: it is new, or something but a moment more of the window changed
+        (an opt-out or opt-in, a takeover, an ad, a customer reachable again), or the window moved on by
+        ACTION_GRAIN_US at least."""
+        if not self.changed:
+            return False
+        if self.stored is None or self.opt != _KEEP:
+            return True
+        last_action_at, ad_referral_at, unreachable_at = self.stored
+        return (
+            unreachable_at is not None
+            or (self.handed_over_until is not None and self.handed_over_until != self.stored_handover)
+            or (
+                self.ad_referral_at is not None
+                and (ad_referral_at is None or self.ad_referral_at > ad_referral_at)
+            )
+            or last_action_at is None
+            or (self.last_action_at is not None and self.last_action_at >= last_action_at + ACTION_GRAIN_US)
+        )
+
+    stored_handover: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +362,11 @@ def _keep_customers(cursor: Any, events: Sequence[Event], now: int) -> _Standing
             cursor.execute(_READ_CUSTOMERS.format(marks=", ".join(["?"] * len(chunk))), (page_id, *chunk))
             known.update(((page_id, row[0]), row[1:]) for row in cursor.fetchall())
     customers = {
-        key: _Customer(known[key][0] is not None, known[key][1]) if key in known else _Customer(False, None)
+        key: _Customer(
+            known[key][0] is not None, known[key][1], stored=known[key][2:], stored_handover=known[key][1]
+        )
+        if key in known
+        else _Customer(False, None)
         for key in keys
     }
     unchanged = set()
@@ -370,7 +401,7 @@ def _keep_customers(cursor: Any, events: Sequence[Event], now: int) -> _Standing
     rows = [
         (*key, c.last_action_at, c.ad_referral_at, c.opted_out_at, c.handed_over_until, c.opt)
         for key, c in customers.items()
-        if c.changed
+        if c.worth_writing()
     ]
     if rows:
         cursor.executemany(_UPSERT_CUSTOMER, rows)

@@ -108,7 +108,11 @@ def pandas_funnel(root: Path) -> Funnel:
     ) -> pd.Series:
         joined = rows.join(journeys, on=JOURNEY, how="inner")
         joined = joined[(joined.ts >= joined[low]) & (joined.ts <= joined[high])]
-        return joined.groupby(JOURNEY).ts.min().rename(name)
+        return by_journey(joined).ts.min().rename(name)
+
+    def by_journey(rows: pd.DataFrame) -> pd.core.groupby.DataFrameGroupBy:
+        # A join on the journey's columns may keep them as an index as well (pandas 3): group by the columns.
+        return rows.reset_index(drop=True).groupby(JOURNEY)
 
     j = of("welcome_sent").groupby(JOURNEY).ts.min().rename("entry").to_frame()
     j["earliest"], j["deadline"] = j.entry - allowance, j.entry + window
@@ -120,13 +124,13 @@ def pandas_funnel(root: Path) -> Funnel:
     shown = j[j.revealed.notna()]
     j = j.join(first_between(of("coupon_redeemed"), shown, "redeem_from", "deadline", "redeemed"))
     sent = of("coupon_sent").join(asked, on=JOURNEY, how="inner")
-    sent_after = sent[sent.ts >= sent.requested].groupby(JOURNEY).size().index
+    sent_after = by_journey(sent[sent.ts >= sent.requested]).size().index
     reads = of("message_read").join(asked.loc[asked.index.isin(sent_after)], on=JOURNEY, how="inner")
     from_detail = reads.detail.str.extract(r'"watermark":\s*(\d+)')[0].astype("float64")
     watermark = reads.watermark.fillna(from_detail)
     requested_ms = (reads.requested - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
     reads = reads[(watermark > requested_ms) & (reads.ts <= reads.deadline)]
-    j = j.join(reads.groupby(JOURNEY).ts.min().rename("read"))
+    j = j.join(by_journey(reads).ts.min().rename("read"))
     j["responded"] = j[["requested", "declined"]].min(axis=1)
     j["seen"] = j[["revealed", "read"]].min(axis=1)
 

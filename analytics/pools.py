@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.audience import AudienceCounts, BroadcastResult
-from bot.broadcast import audience_now, broadcast_results
 from bot.config import Settings
 from bot.database import SQLITE_FILE, Database, DatabaseError
 from bot.doctor import Check, local_health
 from bot.migrations import MigrationError
 from bot.pool import LOW_POOL_SHARE
+from bot.recipients import audience_now, broadcast_results
 
 
 @dataclass(frozen=True, slots=True)

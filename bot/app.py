@@ -34,6 +34,7 @@ from bot.campaign import Campaign, CampaignError, load_campaign
 from bot.codes import CodesError, load_codes
 from bot.config import ConfigError, Mode, Settings
 from bot.database import Database, DatabaseError
+from bot.deletions import deletion_request
 from bot.flusher import Flusher
 from bot.graph import GraphClient, RetryPolicy
 from bot.messenger import SIGNATURE_HEADER, MalformedBody, parse_body, verify_signature
@@ -461,7 +462,7 @@ async def deletion_status(request: Request) -> Response:
     """A deletion request's status page, found by its confirmation code."""
     runtime: Runtime = request.app.state.runtime
     try:
-        found = await asyncio.to_thread(runtime.database.deletion_request, request.path_params["code"])
+        found = await asyncio.to_thread(deletion_request, runtime.database, request.path_params["code"])
     except DatabaseError:
         return PlainTextResponse("the status cannot be read now, try again later", status_code=503)
     page = privacy.status_page(found)

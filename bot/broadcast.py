@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import TextIO
 
@@ -30,20 +30,30 @@ import httpx
 from bot.audience import (
     REASONS,
     SEND_FAILED,
-    AudienceCounts,
     BroadcastResult,
     BroadcastState,
     Reason,
-    count_audience,
     describe_audience,
 )
 from bot.campaign import Campaign
 from bot.config import Settings
-from bot.database import BLOCKED_SUBCODE, UNAVAILABLE_CODE, Database
+from bot.customers import unreachable
+from bot.database import Database
 from bot.events import Event
 from bot.facts import EventName
 from bot.flow import Reply, render_welcome_text
 from bot.graph import TOKEN_INVALID, RetryPolicy, SendError
+from bot.recipients import (
+    audience_now,
+    broadcast_results,
+    create_broadcast,
+    pending_recipients,
+    reclaim_stranded,
+    release_recipient,
+    set_broadcast_state,
+    take_recipient,
+    unfinished_broadcast,
+)
 from bot.sender import Sender
 
 log = logging.getLogger(__name__)
@@ -137,7 +147,7 @@ class Broadcaster:
         Raises: TokenRejected (the broadcast can go on once the page is reconnected), DatabaseError.
         """
         await self._settle_stranded(broadcast_id, stop)
-        recipients = await asyncio.to_thread(self.database.pending_recipients, broadcast_id)
+        recipients = await asyncio.to_thread(pending_recipients, self.database, broadcast_id)
         tally = Tally(broadcast_id, len(recipients))
         pacer = Pacer(rate_per_minute)
         backoff = self.first_backoff_s
@@ -145,7 +155,8 @@ class Broadcaster:
         while index < len(recipients) and await pacer.wait(stop):
             page_id, customer_id = recipients[index]
             taken = await asyncio.to_thread(
-                self.database.take_recipient,
+                take_recipient,
+                self.database,
                 broadcast_id,
                 page_id,
                 customer_id,
@@ -163,7 +174,7 @@ class Broadcaster:
             outcome = await self._send(taken)
             if isinstance(outcome, SendError) or _token_rejected(outcome):
                 # Not sent: back to pending, so that it is checked again when its turn comes back.
-                await asyncio.to_thread(self.database.release_recipient, broadcast_id, taken)
+                await asyncio.to_thread(release_recipient, self.database, broadcast_id, taken)
                 if not isinstance(outcome, SendError):
                     raise TokenRejected(
                         "the Graph API rejects the page access token (code 190): reconnect the page and set "
@@ -180,7 +191,7 @@ class Broadcaster:
             await asyncio.to_thread(self.database.complete_many, [(taken.sent_id, outcome)])
             index += 1
             if outcome.event is EventName.SEND_FAILED:
-                reason = str(Reason.UNREACHABLE) if _unreachable(outcome) else SEND_FAILED
+                reason = str(Reason.UNREACHABLE) if unreachable(outcome) else SEND_FAILED
                 tally.skipped[reason] = tally.skipped.get(reason, 0) + 1
             else:
                 tally.sent += 1
@@ -204,7 +215,7 @@ class Broadcaster:
         """A run killed while a welcome was in the outbox left it leased: wait until its lease runs out (or
         the bot's sender, which may have taken it over, stores its outcome), then check that customer
         again."""
-        while await asyncio.to_thread(self.database.reclaim_stranded, broadcast_id):
+        while await asyncio.to_thread(reclaim_stranded, self.database, broadcast_id):
             if await stopped_within(stop, STRANDED_POLL_S):
                 return
 
@@ -215,25 +226,6 @@ def _detail(event: Event) -> dict:
 
 def _token_rejected(outcome: Event) -> bool:
     return outcome.event is EventName.SEND_FAILED and _detail(outcome).get("code") == TOKEN_INVALID
-
-
-def _unreachable(outcome: Event) -> bool:
-    detail = _detail(outcome)
-    return detail.get("code") == UNAVAILABLE_CODE or detail.get("subcode") == BLOCKED_SUBCODE
-
-
-# -- what the dashboard calls ------------------------------------------------------------------------------
-
-
-def audience_now(database: Database, campaign_id: str, now: datetime | None = None) -> AudienceCounts:
-    """How many customers the campaign may be sent to now, and the others by reason. Blocking."""
-    return count_audience(database.audience_customers(campaign_id), now or database.clock())
-
-
-def broadcast_results(database: Database, campaign_id: str | None = None) -> list[BroadcastResult]:
-    """Each broadcast (of the campaign, or all), newest first: sent, skipped by reason, started and finished.
-    Blocking."""
-    return database.broadcast_results(campaign_id)
 
 
 # -- the commands ------------------------------------------------------------------------------------------
@@ -354,7 +346,7 @@ def broadcast_command(
 
 def _dry_run(database: Database, campaign: Campaign, rate_per_minute: int | None) -> int:
     counts = audience_now(database, campaign.id)
-    unfinished = database.unfinished_broadcast(campaign.id)
+    unfinished = unfinished_broadcast(database, campaign.id)
     rate = rate_per_minute or (unfinished[1] if unfinished else DEFAULT_RATE)
     print(describe_audience(campaign.id, counts))
     what = f"resume broadcast {unfinished[0]}" if unfinished else "start a broadcast"
@@ -380,15 +372,15 @@ async def _broadcast(
     from bot.flusher import FlushError, flush_once
     from bot.store import FileStore
 
-    unfinished = await asyncio.to_thread(database.unfinished_broadcast, campaign.id)
+    unfinished = await asyncio.to_thread(unfinished_broadcast, database, campaign.id)
     if unfinished is not None:
         broadcast_id, stored_rate = unfinished
         rate = rate_per_minute or stored_rate
-        await asyncio.to_thread(database.set_broadcast_state, broadcast_id, BroadcastState.RUNNING, rate)
+        await asyncio.to_thread(set_broadcast_state, database, broadcast_id, BroadcastState.RUNNING, rate)
         print(f"Resuming broadcast {broadcast_id} of campaign {campaign.id!r} at {rate} a minute.")
     else:
         rate = rate_per_minute or DEFAULT_RATE
-        broadcast_id = await asyncio.to_thread(database.create_broadcast, campaign.id, rate)
+        broadcast_id = await asyncio.to_thread(create_broadcast, database, campaign.id, rate)
         print(f"Broadcast {broadcast_id} of campaign {campaign.id!r} at {rate} a minute.")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -410,14 +402,14 @@ async def _broadcast(
             loop.remove_signal_handler(signum)
     progress.end()
     if stop.is_set() or status:
-        await asyncio.to_thread(database.set_broadcast_state, broadcast_id, BroadcastState.STOPPED)
+        await asyncio.to_thread(set_broadcast_state, database, broadcast_id, BroadcastState.STOPPED)
         status = status or 130
     else:
-        await asyncio.to_thread(database.set_broadcast_state, broadcast_id, BroadcastState.FINISHED)
+        await asyncio.to_thread(set_broadcast_state, database, broadcast_id, BroadcastState.FINISHED)
     with contextlib.suppress(FlushError):  # the bot's flusher writes them later otherwise
         await asyncio.to_thread(flush_once, database, FileStore(settings.data))
     (result,) = [
-        r for r in await asyncio.to_thread(database.broadcast_results) if r.broadcast_id == broadcast_id
+        r for r in await asyncio.to_thread(broadcast_results, database) if r.broadcast_id == broadcast_id
     ]
     print(describe_result(result))
     if status == 130:

@@ -1,6 +1,6 @@
 """Forgetting a customer: their rows leave the transactional store and the event files, at once.
 
-`forget` deletes what the store keeps of a customer (bot.database.CUSTOMER_ROWS, and their name on the codes
+`forget` deletes what the store keeps of a customer (bot.deletions.CUSTOMER_ROWS, and their name on the codes
 they were handed), then rewrites each event file that holds a row of theirs without it, under the same name
 and made visible whole. Run again after a crash, it finds only what is left to do. Analytics count them no
 more once they read the store again (a local store's listing sees the files change; `refresh()` otherwise).
@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from bot.database import (
-    CUSTOMER_REASON,
-    Database,
-    DatabaseError,
+from bot.database import CUSTOMER_REASON, Database, DatabaseError, RequestStatus, deletion_code
+from bot.deletions import (
     DeletionRequest,
-    RequestStatus,
-    deletion_code,
+    add_deletion_request,
+    finish_deletion_request,
+    forget_customer,
+    pending_deletion_requests,
 )
 from bot.store import FileStore, files_naming, rewrite_without
 
@@ -101,7 +101,7 @@ def forget(
     Returns: what was removed by this call (all zero when there was nothing left).
     Raises: DatabaseError, OSError: what was done stays done, and a rerun finishes the rest.
     """
-    forgotten = database.forget_customer(customer_id)
+    forgotten = forget_customer(database, customer_id)
     deadline = time.monotonic() + settle_s
     while database.unflushed(forgotten.batches) and time.monotonic() < deadline:
         time.sleep(_POLL_S)
@@ -129,7 +129,7 @@ def request(database: Database, customer_id: str, reason: Reason) -> str:
     """Record a request to delete the customer's data, for `process_pending`; returns its confirmation code.
     Blocking (one short transaction). Raises: DatabaseError."""
     code = deletion_code()
-    database.add_deletion_request(code, str(reason), customer_id)
+    add_deletion_request(database, code, str(reason), customer_id)
     return code
 
 
@@ -140,14 +140,14 @@ def process_pending(
     were done. A request that fails stays pending (logged) for the next call. Blocking: the event files are
     read and rewritten."""
     done = 0
-    for code, customer_id in database.pending_deletion_requests(before=database.clock() - older_than):
+    for code, customer_id in pending_deletion_requests(database, before=database.clock() - older_than):
         try:
             removal = forget(database, files, customer_id, settle_s=settle_s)
         except (DatabaseError, OSError) as exc:
             log.error("deletion request %s failed, to be tried again: %s", code, exc)
             continue
         status = RequestStatus.DONE if removal.total else RequestStatus.NOT_FOUND
-        database.finish_deletion_request(code, status, json.dumps(removal.counts()))
+        finish_deletion_request(database, code, status, json.dumps(removal.counts()))
         log.info("deletion request %s done: %d rows removed", code, removal.total)
         done += 1
     return done

@@ -98,7 +98,7 @@ async def test_a_webhook_the_store_cannot_take_is_answered_503_and_its_redeliver
         assert refused.headers["Retry-After"] == "5"
         assert (await post(client, second)).status_code == 200  # the platform's redelivery: a new connection
         assert (await post(client, second)).status_code == 200  # and once more: recorded once all the same
-        recorded = app.state.runtime.database._query(
+        recorded = app.state.runtime.database.query(
             "SELECT customer_id FROM events WHERE event = 'conversation_started'"
         )
     assert sorted(customer for (customer,) in recorded) == ["9101", "9102"]
@@ -370,8 +370,6 @@ async def test_a_nul_in_a_ref_is_stored_as_a_replacement_character_on_postgresql
         assert (
             await post(client, payloads.envelope(payloads.postback("9402", "GET_STARTED")))
         ).status_code == 200
-        rows = app.state.runtime.database._query(
-            "SELECT customer_id, detail FROM events ORDER BY customer_id"
-        )
+        rows = app.state.runtime.database.query("SELECT customer_id, detail FROM events ORDER BY customer_id")
     assert [customer for customer, _ in rows] == ["9401", "9402"]
     assert json.loads(rows[0][1])["ref"] == "till\ufffdqr"

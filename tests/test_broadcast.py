@@ -22,14 +22,7 @@ import pytest
 
 from bot.app import build_sender
 from bot.audience import Reason
-from bot.broadcast import (
-    Broadcaster,
-    Tally,
-    audience_command,
-    audience_now,
-    broadcast_command,
-    broadcast_results,
-)
+from bot.broadcast import Broadcaster, Tally, audience_command, broadcast_command
 from bot.campaign import load_campaign
 from bot.config import Mode, Settings
 from bot.database import Database
@@ -37,6 +30,7 @@ from bot.events import Event
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
 from bot.graph import RetryPolicy
+from bot.recipients import audience_now, broadcast_results, create_broadcast
 from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, make_home
 from tests.conftest import REPO
 from tests.fake_graph import Answer, FakeGraph, graph_error
@@ -137,7 +131,7 @@ async def run_broadcast(
     campaign = load_campaign(settings.campaign, data_dir=data)
     sender = build_sender(settings, campaign, database, retry=QUICK_RETRY)
     broadcaster = Broadcaster(database, sender, campaign, first_backoff_s=first_backoff_s, report=report)
-    number = await asyncio.to_thread(database.create_broadcast, campaign.id, rate)
+    number = await asyncio.to_thread(create_broadcast, database, campaign.id, rate)
     try:
         return await broadcaster.run(number, rate, asyncio.Event())
     finally:
@@ -273,7 +267,7 @@ async def test_the_broadcast_pauses_when_the_platform_asks_to_slow_down_then_goe
         graph.script_sends("3002", slow_down, slow_down, slow_down)
 
         tally = await run_broadcast(database, graph, data, sqlite_url, rate=600, first_backoff_s=1.0)
-        (result,) = database.broadcast_results(CAMPAIGN_ID)
+        (result,) = broadcast_results(database, CAMPAIGN_ID)
 
     assert tally.sent == 3
     assert result.sent == 3
@@ -351,7 +345,7 @@ async def test_a_dry_run_sends_nothing_and_records_nothing(sqlite_url, graph, da
     assert graph.send_log == []
     assert graph.profile_calls == []
     with opened(sqlite_url, data) as database:
-        assert database.broadcast_results() == []
+        assert broadcast_results(database) == []
         assert buffered(database) == []
         assert database.owed() == 0
     out = capsys.readouterr().out
@@ -423,6 +417,6 @@ def test_a_broadcast_stopped_or_killed_resumes_without_sending_anyone_twice(stor
 
     assert accepted(graph) == dict.fromkeys(customers, 1)
     with opened(store_url, data) as database:
-        (result,) = database.broadcast_results(CAMPAIGN_ID)
+        (result,) = broadcast_results(database, CAMPAIGN_ID)
         assert (result.sent, result.pending, result.state) == (8, 0, "finished")
         assert database.owed() == 0

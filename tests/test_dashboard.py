@@ -23,6 +23,7 @@ from bot.facts import ButtonStep, EventName
 from bot.flow import button_payload, plan_replies, record
 from bot.links import links_command
 from bot.messenger import parse_body
+from bot.recipients import create_broadcast
 from bot.store import FileStore, write_events
 from tests import payloads
 from tests.test_pool import single_use
@@ -248,7 +249,7 @@ def test_the_audience_now_and_the_broadcasts_of_the_chosen_campaign(store):
         body = payloads.envelope(payloads.text(customer, "hello", ts=ts, mid=f"m_{customer}"))
         events = [event for action in parse_body(body) for event in record(campaign, action)]
         asyncio.run(database.record(events, []))
-    broadcast = database.create_broadcast("spring-sale", 60)
+    broadcast = create_broadcast(database, "spring-sale", 60)
 
     dashboard = Dashboard(analytics.open(store))
 

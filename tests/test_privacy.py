@@ -22,12 +22,14 @@ import pytest
 import analytics
 from bot import privacy
 from bot.app import create_app
-from bot.database import FORGOTTEN_PREFIX, Database, RequestStatus
+from bot.database import Database, RequestStatus
+from bot.deletions import FORGOTTEN_PREFIX, deletion_request
 from bot.events import Event
 from bot.facts import EventName
 from bot.flow import ReplyKind, plan_replies, record
 from bot.flusher import DELETION_DELAY, Flusher, flush_once
 from bot.messenger import parse_body
+from bot.recipients import create_broadcast
 from bot.store import FileStore, write_events
 from tests import payloads
 from tests.bot_process import APP_SECRET, make_home
@@ -91,10 +93,10 @@ def rows_naming(database: Database, customer: str) -> dict[str, int]:
     prefix = f"{customer}.%"
     counts = {}
     for table in ("events", "outbox", "customers", "codes", "deletion_requests", "broadcast_recipients"):
-        ((counts[table],),) = database._query(
+        ((counts[table],),) = database.query(
             f"SELECT count(*) FROM {table} WHERE customer_id = ?", (customer,)
         )
-    ((counts["seen"],),) = database._query("SELECT count(*) FROM seen WHERE event_id LIKE ?", (prefix,))
+    ((counts["seen"],),) = database.query("SELECT count(*) FROM seen WHERE event_id LIKE ?", (prefix,))
     return counts
 
 
@@ -117,7 +119,7 @@ class Shop:
             # seen marks, buffered events, codes, replies owed, their row of customers
             await self.database.record(*reveal(customer))
         # A broadcast took them all in its audience.
-        self.database.create_broadcast(CAMPAIGN.id, 60)
+        create_broadcast(self.database, CAMPAIGN.id, 60)
         # A flusher numbered the first events (the victim's among them) and has not written them yet.
         assert self.database.next_batch(3) is not None
 
@@ -146,7 +148,7 @@ def test_a_forgotten_customer_is_nowhere_and_everyone_else_is_as_before(database
     others_before = {t: rows_naming(database, c)[t] for c in OTHERS for t in ("events", "outbox", "seen")}
     before = file_rows(files)
     untouched = {r: files.read_bytes(r) for r in files.list("events") if "writer-c" in r}
-    [(victims_code,)] = database._query("SELECT code FROM codes WHERE customer_id = ?", (VICTIM,))
+    [(victims_code,)] = database.query("SELECT code FROM codes WHERE customer_id = ?", (VICTIM,))
     free_before = database.pool_status(CAMPAIGN.id).free
     events = analytics.open(files.data)
     funnel_before = {campaign: funnel(events, campaign) for campaign in (CAMPAIGN.id, AUTUMN)}
@@ -162,7 +164,7 @@ def test_a_forgotten_customer_is_nowhere_and_everyone_else_is_as_before(database
         t: rows_naming(database, c)[t] for c in OTHERS for t in ("events", "outbox", "seen")
     } == others_before
     # their code stays handed out, to nobody
-    [(holder,)] = database._query(
+    [(holder,)] = database.query(
         "SELECT customer_id FROM codes WHERE campaign_id = ? AND code = ?", (CAMPAIGN.id, victims_code)
     )
     assert holder.startswith(FORGOTTEN_PREFIX)
@@ -231,14 +233,14 @@ def test_a_request_is_done_later_and_keeps_no_trace_of_whose_it_was(tmp_path):
         asyncio.run(Shop(database, files).fill())
 
         code = privacy.request(database, VICTIM, privacy.Reason.CUSTOMER)
-        pending = database.deletion_request(code)
+        pending = deletion_request(database, code)
         assert pending is not None
         assert pending.status is RequestStatus.PENDING
         unknown = privacy.request(database, "9999", privacy.Reason.OPERATOR)
 
         assert privacy.process_pending(database, files, settle_s=0) == 2
-        done, nothing = database.deletion_request(code), database.deletion_request(unknown)
-        assert database._query("SELECT customer_id FROM deletion_requests") == [(None,), (None,)]
+        done, nothing = deletion_request(database, code), deletion_request(database, unknown)
+        assert database.query("SELECT customer_id FROM deletion_requests") == [(None,), (None,)]
     finally:
         database.close()
     assert done is not None
@@ -260,7 +262,7 @@ def test_the_flusher_carries_out_a_request_a_crash_left_pending(tmp_path):
 
         Flusher(database, files, prune_every_s=3600).close()  # a new process's first round
 
-        done = database.deletion_request(code)
+        done = deletion_request(database, code)
     finally:
         database.close()
     assert done is not None
@@ -281,17 +283,17 @@ def test_a_customer_who_writes_delete_my_data_is_answered_then_forgotten(tmp_pat
         asyncio.run(database.record(events, replies))
 
         # the request is recorded with the words' events, and the answer owed
-        [(code, status)] = database._query("SELECT code, status FROM deletion_requests")
+        [(code, status)] = database.query("SELECT code, status FROM deletion_requests")
         assert status == RequestStatus.PENDING
-        owed = database._query("SELECT kind FROM outbox WHERE customer_id = ?", (VICTIM,))
+        owed = database.query("SELECT kind FROM outbox WHERE customer_id = ?", (VICTIM,))
         assert (str(ReplyKind.DELETED),) in owed
         # a flush right away leaves them: their answer is on its way
         Flusher(database, files, prune_every_s=3600).close()
-        assert database.deletion_request(code).status is RequestStatus.PENDING
+        assert deletion_request(database, code).status is RequestStatus.PENDING
         # once it has had time to go out, they are forgotten
         database.clock = lambda: datetime.now(UTC) + DELETION_DELAY
         Flusher(database, files, prune_every_s=3600).close()
-        assert database.deletion_request(code).status is RequestStatus.DONE
+        assert deletion_request(database, code).status is RequestStatus.DONE
         assert rows_naming(database, VICTIM)["events"] == 0
     finally:
         database.close()
@@ -354,7 +356,7 @@ async def test_a_forged_deletion_callback_is_refused_and_deletes_nothing(tmp_pat
         ):
             answer = await client.post("/data-deletion", data=form)
             assert answer.status_code == 400, form
-        recorded = app.state.runtime.database._query("SELECT count(*) FROM deletion_requests")
+        recorded = app.state.runtime.database.query("SELECT count(*) FROM deletion_requests")
     assert recorded == [(0,)]
     assert file_rows(files) == before
 

@@ -14,7 +14,8 @@ import pytest
 
 from bot.campaign import load_campaign
 from bot.config import Mode, Settings
-from bot.database import ACTION_GRAIN_US, Database
+from bot.customers import ACTION_GRAIN_US
+from bot.database import Database
 from bot.events import Event
 from bot.facts import ButtonStep, EventName
 from bot.flow import OPT_OUT_PAYLOAD, PageRules, ReplyKind, button_payload, plan_replies, record

@@ -22,7 +22,6 @@ import base64
 import contextlib
 import dataclasses
 import secrets
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +31,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from bot import audience, customers, pool
+from bot import audience, customers, engines, pool
 from bot.audience import Reason, RecipientState
 from bot.config import SQLITE_FILE
+from bot.engines import Engine
 from bot.events import Event
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
@@ -53,8 +53,6 @@ from bot.rows import (
 )
 
 SEEN_RETENTION = timedelta(days=7)  # Messenger redelivers an unacknowledged webhook for at most a day
-CONNECT_TIMEOUT_S = 5  # PostgreSQL: seconds to wait for a connection, unless the URL says otherwise
-BUSY_TIMEOUT_S = 10.0  # SQLite: how long a writer waits for another process's transaction
 
 
 class DatabaseError(RuntimeError):
@@ -82,58 +80,6 @@ class HealthFigures:
     oldest_due: datetime | None  # the earliest `due_at` in the outbox (a claimed reply's is its lease's end)
     buffered_events: int  # events waiting for the flusher
     oldest_buffered: datetime | None  # when the oldest of them was recorded
-
-
-@dataclass(frozen=True, slots=True)
-class _Engine:
-    name: str  # "sqlite" or "postgresql", as bot.migrations names them
-    where: str  # the database, for messages (never a password)
-    connect: Callable[[], Any]  # a DB-API connection in autocommit mode, taking `?` placeholders
-    error: type[Exception]  # the driver's base exception
-    begin: str  # SQLite takes the write lock at BEGIN: no transaction fails upgrading a read to a write
-    skip_locked: str  # PostgreSQL: a claim passes over rows another claim holds instead of waiting
-    conflict: type[Exception]  # the driver's error for a unique index violated
-
-
-def _sqlite(path: Path) -> _Engine:
-    def connect() -> sqlite3.Connection:
-        # Autocommit: transactions are begun and ended explicitly. One connection per thread, but all are
-        # closed by the thread that closes the database. FULL: a commit survives a crash of the machine.
-        connection = sqlite3.connect(path, BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = FULL")
-        return connection
-
-    return _Engine(
-        "sqlite", f"SQLite {path}", connect, sqlite3.Error, "BEGIN IMMEDIATE", "", sqlite3.IntegrityError
-    )
-
-
-def _postgresql(url: str) -> _Engine:
-    import psycopg  # only needed with a PostgreSQL URL
-
-    class QmarkCursor(psycopg.Cursor):
-        """Takes `?` placeholders, as sqlite3 does: one text of each statement serves both engines."""
-
-        def execute(self, query: str, params: Any = None, **options: Any) -> QmarkCursor:
-            return super().execute(query.replace("?", "%s"), params, **options)
-
-        def executemany(self, query: str, params_seq: Any, **options: Any) -> None:
-            super().executemany(query.replace("?", "%s"), params_seq, **options)
-
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    # Without a limit, a server that drops packets holds a webhook (or start-up) for minutes.
-    timeout = {} if "connect_timeout" in info else {"connect_timeout": CONNECT_TIMEOUT_S}
-    where = f"PostgreSQL {info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-    return _Engine(
-        "postgresql",
-        where,
-        lambda: psycopg.connect(url, autocommit=True, cursor_factory=QmarkCursor, **timeout),
-        psycopg.Error,
-        "BEGIN",
-        "FOR UPDATE SKIP LOCKED",
-        psycopg.errors.UniqueViolation,
-    )
 
 
 def redeemed_event(state: pool.CodeState, at: datetime) -> Event:
@@ -193,7 +139,7 @@ class Database:
     """The transactional store. Open with `Database.open`; blocking methods are safe from any thread (each
     thread has its own connection); `record` is for the event loop."""
 
-    def __init__(self, engine: _Engine, clock: Callable[[], datetime]) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self.engine = engine
         self.clock = clock
         self.commits = 0  # transactions `record` has committed, for metrics
@@ -226,9 +172,9 @@ class Database:
         if url is None or url.startswith("sqlite:///"):
             path = data_dir / SQLITE_FILE if url is None else Path(url.removeprefix("sqlite:///"))
             path.parent.mkdir(parents=True, exist_ok=True)
-            engine = _sqlite(path)
+            engine = engines.sqlite(path)
         elif url.startswith(("postgresql://", "postgres://")):
-            engine = _postgresql(url)
+            engine = engines.postgresql(url)
         else:
             scheme = url.split(":", 1)[0]
             raise DatabaseError(

@@ -259,6 +259,16 @@ def test_staff_writing_by_hand_pause_the_bot_for_that_customer_for_thirty_minute
     assert customer_row(store, "42")["handed_over_until"] == us(int(BOT_T0.timestamp() * 1000) + 30 * 60_000)
 
 
+def test_staff_writing_seconds_after_the_customers_tap_still_pause_the_bot(store, database):
+    # The customer's row was just written: the takeover must be written all the same.
+    deliver(database, payloads.postback("42", YES, ts=T0_MS))
+    deliver(database, payloads.echo("42", app_id=PAGE_INBOX_APP, ts=T0_MS + 5000))
+    deliver(database, payloads.postback("42", YES, ts=T0_MS + 10_000, mid="m_again"))
+
+    assert owed(store, "42") == ["coupon"]  # the first tap's answer only
+    assert customer_row(store, "42")["handed_over_until"] is not None
+
+
 def test_the_bots_own_echo_never_pauses_it(store, database):
     deliver(database, payloads.echo("42", app_id=BOT_APP, ts=T0_MS))
     deliver(database, payloads.postback("42", YES, ts=T0_MS + 1000))

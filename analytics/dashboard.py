@@ -392,8 +392,12 @@ class Dashboard:
 
     def _reach(self, chosen: dict) -> str:
         """The chosen campaigns' audience now and their broadcasts, from the bot's store."""
+        return reach_html(*self.code_pools.reach(self._chosen_campaigns(chosen)))
+
+    def _chosen_campaigns(self, chosen: dict) -> list[str]:
+        """The store's campaigns the filters choose: one, or all of them."""
         campaigns = self.events.campaigns().column("campaign_id").to_pylist()
-        return reach_html(*self.code_pools.reach(c for c in campaigns if chosen["campaign"] in (None, c)))
+        return [c for c in campaigns if chosen["campaign"] in (None, c)]
 
     def _experiment(self, chosen: dict, step: str) -> tuple[pa.Table | None, str]:
         """The chosen campaign's comparison of variants and its cumulative chart; None when it has none."""
@@ -408,17 +412,13 @@ class Dashboard:
 
     def _pools(self, chosen: dict) -> str:
         """The chosen campaigns' codes left (from the bot's store) and reveals refused for want of one."""
-        campaigns = self.events.campaigns().column("campaign_id").to_pylist()
-        chosen_campaigns = [c for c in campaigns if chosen["campaign"] in (None, c)]
-        levels = self.code_pools.levels(chosen_campaigns)
+        levels = self.code_pools.levels(self._chosen_campaigns(chosen))
         return pools_html(levels, self.events.pool_empty(**chosen), self.code_pools.problem)
 
     def _comparison(self, chosen: dict) -> pa.Table:
         """Reached and the share revealing, per campaign, for the chosen dates."""
         rows = []
-        for campaign in self.events.campaigns().column("campaign_id").to_pylist():
-            if chosen["campaign"] not in (None, campaign):
-                continue
+        for campaign in self._chosen_campaigns(chosen):
             figures = kpis(self.events.funnel(**{**chosen, "campaign": campaign}))
             rows.append({"campaign": campaign, **figures})
         return pa.Table.from_pylist(rows) if rows else pa.table({"campaign": pa.array([], pa.string())})

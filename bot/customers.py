@@ -77,6 +77,7 @@ class _Customer:
     opted_out_at: int | None = None
     changed: bool = False  # the row is to be written
     stored: tuple | None = None  # the row's last_action_at, ad_referral_at, unreachable_at; None: no row
+    handover_raised: bool = False  # staff wrote: the pause lasts longer than the row says
 
     def worth_writing(self) -> bool:
         """Whether the row must be written: it is new, or something but a moment more of the window changed
@@ -89,7 +90,7 @@ class _Customer:
         last_action_at, ad_referral_at, unreachable_at = self.stored
         return (
             unreachable_at is not None
-            or (self.handed_over_until is not None and self.handed_over_until != self.stored_handover)
+            or self.handover_raised
             or (
                 self.ad_referral_at is not None
                 and (ad_referral_at is None or self.ad_referral_at > ad_referral_at)
@@ -97,8 +98,6 @@ class _Customer:
             or last_action_at is None
             or (self.last_action_at is not None and self.last_action_at >= last_action_at + ACTION_GRAIN_US)
         )
-
-    stored_handover: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +131,7 @@ def keep(cursor: Any, events: Sequence[Event], now: int) -> Standing:
             cursor.execute(_READ_CUSTOMERS.format(marks=", ".join(["?"] * len(chunk))), (page_id, *chunk))
             known.update(((page_id, row[0]), row[1:]) for row in cursor.fetchall())
     customers = {
-        key: _Customer(
-            known[key][0] is not None, known[key][1], stored=known[key][2:], stored_handover=known[key][1]
-        )
+        key: _Customer(known[key][0] is not None, known[key][1], stored=known[key][2:])
         if key in known
         else _Customer(False, None)
         for key in keys
@@ -149,6 +146,7 @@ def keep(cursor: Any, events: Sequence[Event], now: int) -> Standing:
             until = now + handover_span(event) // US
             if customer.handed_over_until is None or until > customer.handed_over_until:
                 customer.handed_over_until = until
+                customer.handover_raised = True
             customer.changed = True
             continue
         if event.event not in OWN_ACTIONS:

@@ -129,13 +129,9 @@ def bot_signature(body: bytes) -> str:
     return sign(APP_SECRET, body)
 
 
-def test_a_bad_campaign_stops_start_up_naming_file_and_key(data, graph):
-    campaign = data / "campaign.toml"
-    campaign.write_text(
-        campaign.read_text().replace('reveal = "Reveal the coupon"', 'reveal = "Reveal the coupon, please"')
-    )
+def refused_start(data, graph) -> subprocess.CompletedProcess:
+    """`python -m bot serve` on `data`, which must refuse to start: its exit and output."""
     bot = BotProcess(data, graph.url)
-
     result = subprocess.run(
         [sys.executable, "-m", "bot", "serve", "--port", str(bot.port)],
         cwd=REPO,
@@ -144,8 +140,17 @@ def test_a_bad_campaign_stops_start_up_naming_file_and_key(data, graph):
         text=True,
         timeout=60,
     )
-
     assert result.returncode != 0
+    return result
+
+
+def test_a_bad_campaign_stops_start_up_naming_file_and_key(data, graph):
+    campaign = data / "campaign.toml"
+    campaign.write_text(
+        campaign.read_text().replace('reveal = "Reveal the coupon"', 'reveal = "Reveal the coupon, please"')
+    )
+    result = refused_start(data, graph)
+
     assert f"{campaign}: coupon.reveal: 25 characters, Messenger allows 20" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -511,17 +516,7 @@ def test_an_ad_and_a_link_forcing_a_variant_are_recorded_and_answered_in_its_tex
 def test_a_variants_missing_image_stops_start_up_naming_file_and_key(data, graph):
     campaign = data / "campaign.toml"
     campaign.write_text(campaign.read_text() + VARIANTS)  # thanks-b.png is not there
-    bot = BotProcess(data, graph.url)
+    result = refused_start(data, graph)
 
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "serve", "--port", str(bot.port)],
-        cwd=REPO,
-        env=bot.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-    assert result.returncode != 0
     assert f"{campaign}: variants.B.thanks.image_url: no file {data / 'thanks-b.png'}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -98,10 +98,10 @@ async def baseline_app(scope: dict, receive: Callable, send: Callable) -> None:
 
 
 def uvicorn_options(log_level: str) -> dict[str, Any]:
-    """The options `bot.app.serve` gives uvicorn.run, besides the app, host and port (kept equal by
+    """The options `bot.server.serve` gives uvicorn.run, besides the app, host and port (kept equal by
     tests/test_bench_webhook.py): the loop is uvicorn's default for both."""
-    from bot.app import SHUTDOWN_REPLY_GRACE_S
     from bot.http import BoundedHttpToolsProtocol
+    from bot.startup import SHUTDOWN_REPLY_GRACE_S
 
     return {
         "log_level": log_level,
@@ -118,7 +118,7 @@ def serve_baseline(port: int) -> None:
     """The baseline under uvicorn, in a process set up as the bot's server sets up its own."""
     import uvicorn
 
-    from bot.app import tune_garbage_collector
+    from bot.startup import tune_garbage_collector
 
     tune_garbage_collector()
     uvicorn.run(baseline_app, host="127.0.0.1", port=port, **uvicorn_options("warning"))

@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "serve":
-        from bot.app import serve as run_server
         from bot.config import Mode
+        from bot.server import serve as run_server
 
         run_server(Mode.SERVER, host=args.host, port=args.port)
         return 0
@@ -178,15 +178,15 @@ def main(argv: list[str] | None = None) -> int:
 def migrate() -> int:
     """Open the store named by the environment (PROMOBOT_DATABASE_URL, DATABASE_URL, or the SQLite file in
     PROMOBOT_DATA), applying the schema steps it lacks; it needs none of the platform's secrets."""
-    from pathlib import Path
 
     from bot.config import ConfigError, Mode, Settings
-    from bot.database import Database, DatabaseError
+    from bot.database import DatabaseError
     from bot.migrations import MigrationError
+    from bot.startup import open_database
 
     try:
         settings = Settings.from_env(mode=Mode.LOCAL)  # only the store's settings are read
-        Database.open(settings.database, Path(settings.data)).close()
+        open_database(settings).close()
     except (ConfigError, DatabaseError, MigrationError) as exc:
         print(f"promobot migrate: {exc}", file=sys.stderr)
         return 1

@@ -1,14 +1,5 @@
-"""AWS Lambda entry point: `bot.aws_lambda.handler`, behind API Gateway or a Lambda function URL, and invoked
-on a schedule by an EventBridge rule.
-
-A frozen Lambda runs nothing after it has answered, so everything happens inside the invocation: Mangum
-runs the app's start-up and shut-down around every request, the replies are sent before the webhook is
-answered, and shutting down flushes the events to `PROMOBOT_DATA` (an `s3://` bucket). Keep the state in
-PostgreSQL (`PROMOBOT_DATABASE_URL`): without it, an SQLite file in /tmp lasts only as long as the container.
-
-A reply can still be left owed: the function timed out or its container was stopped mid-send, or the Graph
-API asked for a retry later. The scheduled invocation (`{"source": "aws.events", ...}`, e.g. every minute)
-sends whatever is owed once its lease has run out, and flushes the events.
+"""AWS Lambda entry point: `bot.aws_lambda.handler`, behind API Gateway or a function URL, and invoked on a
+schedule by an EventBridge rule to send what was left owed (docs/design.md).
 """
 
 from __future__ import annotations
@@ -19,8 +10,9 @@ import logging
 from mangum import Mangum
 from starlette.applications import Starlette
 
-from bot.app import configure_logging, create_app, load_settings
+from bot.app import create_app
 from bot.config import Mode
+from bot.startup import configure_logging, load_settings
 
 log = logging.getLogger("promobot")
 

@@ -1,13 +1,5 @@
-"""`python -m bot broadcast` and `python -m bot audience`: a campaign's welcome sent to the customers
-Messenger lets the page message now, at a steady pace, resumable.
-
-A broadcast takes every customer the store knows as its recipients, then goes through them one at a time:
-at the moment of sending it checks the customer again (window, opt-out, reachability, an earlier broadcast,
-staff answering by hand) and either skips them, recording why, or owes them the welcome in the outbox and
-sends it as the bot sends a reply (bot.replies, a `RESPONSE`, never a tag). The welcome's outcome is stored
-by `Database.complete_many`, which also records the recipient sent or skipped: a broadcast killed at any
-moment is resumed by running the same command again, and sends no one a second time (except a welcome that
-was on its way to the platform at the very moment of a kill -9: the Send API has no idempotency key).
+"""`python -m bot broadcast` and `python -m bot audience`: a campaign's welcome sent, at a steady pace, to
+the customers Messenger lets the page message now; a stopped broadcast resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +14,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
-from pathlib import Path
 from typing import TextIO
 
 import httpx
@@ -55,6 +46,7 @@ from bot.recipients import (
     unfinished_broadcast,
 )
 from bot.sender import Sender
+from bot.startup import build_sender, file_store, open_database
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +107,7 @@ async def stopped_within(stop: asyncio.Event, seconds: float) -> bool:
 
 
 class Broadcaster:
-    """Sends one broadcast's welcomes with `sender`'s Replier and lease (bot.app.build_sender).
+    """Sends one broadcast's welcomes with `sender`'s Replier and lease (bot.startup.build_sender).
 
     Parameters: `campaign` the campaign whose welcome is sent (each customer in their variant's texts);
     `first_backoff_s`/`max_backoff_s` the pause after the platform asks to slow down, doubling while it
@@ -275,7 +267,7 @@ def audience_command(campaign_id: str, as_json: bool, *, environ: Mapping[str, s
 
     try:
         settings = Settings.from_env(environ, mode=Mode.LOCAL)  # only the store's settings are read
-        database = Database.open(settings.database, Path(settings.data))
+        database = open_database(settings)
         try:
             counts = audience_now(database, campaign_id)
         finally:
@@ -319,7 +311,7 @@ def broadcast_command(
                 f"the campaign file {settings.campaign} is campaign {campaign.id!r}, not {campaign_id!r}: "
                 "a broadcast sends the welcome of the campaign the bot runs (PROMOBOT_CAMPAIGN)"
             )
-        database = Database.open(settings.database, Path(settings.data))
+        database = open_database(settings)
     except (ConfigError, CampaignError, DatabaseError, MigrationError) as exc:
         print(f"promobot broadcast: {exc}", file=sys.stderr)
         return 1
@@ -368,9 +360,7 @@ async def _broadcast(
     *,
     first_backoff_s: float,
 ) -> int:
-    from bot.app import build_sender
     from bot.flusher import FlushError, flush_once
-    from bot.store import FileStore
 
     unfinished = await asyncio.to_thread(unfinished_broadcast, database, campaign.id)
     if unfinished is not None:
@@ -407,7 +397,7 @@ async def _broadcast(
     else:
         await asyncio.to_thread(set_broadcast_state, database, broadcast_id, BroadcastState.FINISHED)
     with contextlib.suppress(FlushError):  # the bot's flusher writes them later otherwise
-        await asyncio.to_thread(flush_once, database, FileStore(settings.data))
+        await asyncio.to_thread(flush_once, database, file_store(settings))
     (result,) = [
         r for r in await asyncio.to_thread(broadcast_results, database) if r.broadcast_id == broadcast_id
     ]

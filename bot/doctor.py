@@ -1,10 +1,8 @@
 """Health checks: the page's token and webhook subscription, the Graph API version's end of life, and
 whether the bot keeps up (the last webhook, the outbox, the flusher).
 
-`python -m bot doctor` runs them all (`--fix` subscribes the app to the webhook fields it lacks and adds
-the opt-out item to the page's persistent menu);
-`/healthz?deep=1` shows them to a monitor that has the health token; `local_health` gives the store's figures
-alone, without the Graph API, for the dashboard's health strip.
+`python -m bot doctor [--fix]` runs them all, `/healthz?deep=1` shows them to a monitor, and `local_health`
+gives the store's figures alone for the dashboard.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from bot.database import SEEN_RETENTION, Database, DatabaseError, HealthFigures
 from bot.flow import OPT_OUT_MENU_TITLE, OPT_OUT_PAYLOAD
 from bot.graph import TOKEN_INVALID, GraphClient, SendError
 from bot.migrations import MigrationError
+from bot.startup import graph_client, open_database
 
 
 class Status(StrEnum):
@@ -493,7 +492,7 @@ def _store_checks(settings: Settings, now: datetime | None) -> list[Check]:
             )
         ]
     try:
-        database = Database.open(settings.database, Path(settings.data))
+        database = open_database(settings)
     except (DatabaseError, MigrationError) as exc:
         return [
             Check(Name.STORE, Status.FAIL, str(exc), "check PROMOBOT_DATABASE_URL and that the database runs")
@@ -516,8 +515,6 @@ async def _page_checks(
                 "set it to the page access token the bot runs with",
             )
         ]
-    from bot.app import graph_client
-
     graph = graph_client(settings, transport)
     try:
         return await graph_checks(graph, fix=fix, app_id=settings.app_id, menu=True)

@@ -20,6 +20,7 @@ import segno
 
 from bot.config import ConfigError, Mode, Settings
 from bot.graph import GraphClient, SendError
+from bot.startup import graph_client
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 # A page's username is letters, digits and dots.
@@ -161,8 +162,6 @@ def _settings(environ: Mapping[str, str]) -> Settings:
 
 
 async def _lookup(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> str:
-    from bot.app import graph_client
-
     graph = graph_client(settings, transport)
     try:
         return await page_username(graph)

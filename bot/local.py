@@ -1,13 +1,7 @@
-"""`make run`: the whole product on one machine, with no Facebook app.
+"""`make run`: the bot in local mode and the dashboard on one machine, with no Facebook app.
 
-Seeds a demo store with sample journeys on the first run (so the dashboard has something to show), starts the
-bot in local mode (the Messenger simulator at http://127.0.0.1:8000) and the dashboard
-(http://127.0.0.1:8866) on that store, and stops both cleanly on Ctrl-C, events flushed.
-
-The bot runs in a process of its own, `python -m bot.local --port N`: an internal entry point, not a
-documented command, and it listens on 127.0.0.1 only. A process of its own, because then it stops like a
-server does (SIGTERM, replies drained, events flushed, exit 0), a crash of either server is seen here, and
-the tests can start a local bot alone on a port of their choosing.
+Seeds a demo store on the first run, starts the bot (`python -m bot.local --port N`, on 127.0.0.1 only) and
+the dashboard as processes of their own, and stops both on Ctrl-C, events flushed.
 """
 
 from __future__ import annotations
@@ -113,7 +107,7 @@ def wait_until_up(url: str, processes: list[subprocess.Popen], timeout_s: float 
 
 def serve_local(argv: list[str] | None = None) -> None:
     """`python -m bot.local [--port N]`: the bot alone in local mode, on 127.0.0.1 (`run_local` starts it)."""
-    from bot.app import serve
+    from bot.server import serve
 
     parser = argparse.ArgumentParser(prog="python -m bot.local", description=serve_local.__doc__)
     parser.add_argument("--port", type=int, default=8000)

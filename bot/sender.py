@@ -1,12 +1,7 @@
 """The sender: claims the replies owed in the outbox, sends them, and stores each outcome.
 
-A reply stays in the outbox until its outcome event is stored, so a reply owed when a process dies is sent
-by whichever sender claims it next. Claims are leases: with PostgreSQL, any number of senders on any number
-of instances share one outbox and none sends a reply another holds.
-
-`python -m bot serve` runs the sender as a process of its own (`SenderProcess`, `python -m bot.sender`),
-so that sending never takes the event loop's time from acknowledging webhooks; local mode runs it as a task
-of the server, AWS Lambda inside each invocation.
+A reply stays in the outbox until its outcome event is stored; claims are leases, so with PostgreSQL any
+number of senders share one outbox and none sends a reply another holds (docs/design.md).
 """
 
 from __future__ import annotations
@@ -14,13 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-import sys
 from datetime import datetime, timedelta
-from pathlib import Path
 
-from bot.config import Mode
 from bot.database import Database, DatabaseError
 from bot.events import Event
 from bot.flow import Reply
@@ -176,103 +166,9 @@ class Sender:
             await asyncio.gather(self._store_soon(), return_exceptions=True)
 
 
-class SenderProcess:
-    """`python -m bot.sender` beside the server, started again when it dies (up to RESTARTS times in a row).
-
-    It gets the server's environment; its own session, so that Ctrl-C in a terminal reaches the server only,
-    which then stops it.
-    """
-
-    def __init__(self) -> None:
-        self.command = [sys.executable, "-m", "bot.sender"]
-        self.process: asyncio.subprocess.Process | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._closing = False
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            *self.command, stdin=asyncio.subprocess.PIPE, start_new_session=True
-        )
-        if self._watcher is None:
-            self._watcher = asyncio.create_task(self._watch(), name="promobot-sender-watch")
-
-    async def _watch(self) -> None:
-        deaths = 0
-        while not self._closing and self.process is not None:
-            status = await self.process.wait()
-            if self._closing:
-                return
-            deaths += 1
-            if deaths > RESTARTS:
-                log.error("the sender process keeps stopping (status %s): replies wait in the outbox", status)
-                return
-            log.error("the sender process stopped (status %s); starting another", status)
-            await asyncio.sleep(min(30.0, 0.5 * 2**deaths))
-            if not self._closing:
-                await self.start()
-
-    async def close(self, grace_s: float) -> None:
-        """Ask the sender to finish (SIGTERM), wait up to `grace_s` plus a little, then kill it."""
-        self._closing = True
-        process = self.process
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), grace_s + 5)
-            except TimeoutError:
-                log.warning("the sender process did not stop in time; its replies stay owed")
-                process.kill()
-                await process.wait()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
-
-
-async def run_process() -> None:
-    """The sender process: claim and send until SIGTERM, or until the server's end of stdin closes."""
-    from bot.app import SHUTDOWN_REPLY_GRACE_S, build_sender, load_settings
-
-    settings, campaign = load_settings(Mode.SERVER)
-    database = await asyncio.to_thread(Database.open, settings.database, Path(settings.data))
-    sender = build_sender(settings, campaign, database, poll_s=PROCESS_POLL_S)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.buffer.read1() or stop.set())  # EOF: server gone
-    if database.engine.name == "sqlite":
-        await release_leases(database)
-    sender.start()
-    try:
-        await stop.wait()
-    finally:
-        await sender.close(SHUTDOWN_REPLY_GRACE_S)
-        await sender.replier.graph.aclose()
-        await asyncio.to_thread(database.close)
-
-
 async def release_leases(database: Database) -> None:
     """For a store only this process family sends from (SQLite): what a previous sender had claimed and not
     finished is owed now, not when its lease runs out."""
     released = await asyncio.to_thread(database.release_leases)
     if released:
         log.info("%d replies owed from before the last stop; sending them now", released)
-
-
-def main() -> None:
-    from bot.app import configure_logging, tune_garbage_collector
-
-    configure_logging(os.environ.get("PROMOBOT_LOG_LEVEL", "INFO").upper())
-    with contextlib.suppress(OSError):
-        os.nice(5)  # acknowledging webhooks comes first: on a busy machine replies wait for the CPU
-    tune_garbage_collector()
-    try:
-        import uvloop
-
-        uvloop.run(run_process())
-    except ImportError:
-        asyncio.run(run_process())
-
-
-if __name__ == "__main__":
-    main()

@@ -61,7 +61,7 @@ def test_the_baseline_runs_under_the_uvicorn_options_of_the_bots_server(
     handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     threshold = gc.get_threshold()
     # When `python -m bot serve` starts (uvicorn itself replaced: nothing listens)
-    from bot.app import serve
+    from bot.server import serve
 
     try:
         serve(Mode.SERVER, port=8000)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import build_sender
 from bot.audience import Reason
 from bot.broadcast import Broadcaster, Tally, audience_command, broadcast_command
 from bot.campaign import load_campaign
@@ -31,6 +30,7 @@ from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
 from bot.graph import RetryPolicy
 from bot.recipients import audience_now, broadcast_results, create_broadcast
+from bot.startup import build_sender
 from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, make_home
 from tests.conftest import REPO
 from tests.fake_graph import Answer, FakeGraph, graph_error

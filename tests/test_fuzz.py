@@ -34,7 +34,7 @@ pytestmark = pytest.mark.e2e
 
 # Bounded and derandomized: the same examples on every run, within the module's time budget.
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None)
-MAX_BODY_BYTES = 4 * 1024 * 1024  # the webhook's limit (bot.app.MAX_BODY_BYTES)
+MAX_BODY_BYTES = 4 * 1024 * 1024  # the webhook's limit (bot.webhook.MAX_BODY_BYTES)
 SERVER_ERROR_MARKS = ("Exception in ASGI application", "Traceback")
 
 

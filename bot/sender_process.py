@@ -1,0 +1,117 @@
+"""The sender's process beside the server: `python -m bot.sender_process`, and its supervisor in the server.
+
+The server starts it (`SenderProcess`) so that sending never takes the event loop's time from acknowledging
+webhooks, and starts it again when it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from bot.config import Mode
+from bot.sender import PROCESS_POLL_S, RESTARTS, release_leases
+from bot.startup import (
+    SHUTDOWN_REPLY_GRACE_S,
+    build_sender,
+    configure_logging,
+    load_settings,
+    open_database,
+    tune_garbage_collector,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SenderProcess:
+    """`python -m bot.sender_process` beside the server, started again when it dies (RESTARTS times in a row).
+
+    It gets the server's environment; its own session, so that Ctrl-C in a terminal reaches the server only,
+    which then stops it.
+    """
+
+    def __init__(self) -> None:
+        self.command = [sys.executable, "-m", "bot.sender_process"]
+        self.process: asyncio.subprocess.Process | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command, stdin=asyncio.subprocess.PIPE, start_new_session=True
+        )
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="promobot-sender-watch")
+
+    async def _watch(self) -> None:
+        deaths = 0
+        while not self._closing and self.process is not None:
+            status = await self.process.wait()
+            if self._closing:
+                return
+            deaths += 1
+            if deaths > RESTARTS:
+                log.error("the sender process keeps stopping (status %s): replies wait in the outbox", status)
+                return
+            log.error("the sender process stopped (status %s); starting another", status)
+            await asyncio.sleep(min(30.0, 0.5 * 2**deaths))
+            if not self._closing:
+                await self.start()
+
+    async def close(self, grace_s: float) -> None:
+        """Ask the sender to finish (SIGTERM), wait up to `grace_s` plus a little, then kill it."""
+        self._closing = True
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), grace_s + 5)
+            except TimeoutError:
+                log.warning("the sender process did not stop in time; its replies stay owed")
+                process.kill()
+                await process.wait()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+
+
+async def run_process() -> None:
+    """The sender process: claim and send until SIGTERM, or until the server's end of stdin closes."""
+    settings, campaign = load_settings(Mode.SERVER)
+    database = await asyncio.to_thread(open_database, settings)
+    sender = build_sender(settings, campaign, database, poll_s=PROCESS_POLL_S)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.buffer.read1() or stop.set())  # EOF: server gone
+    if database.engine.name == "sqlite":
+        await release_leases(database)
+    sender.start()
+    try:
+        await stop.wait()
+    finally:
+        await sender.close(SHUTDOWN_REPLY_GRACE_S)
+        await sender.replier.graph.aclose()
+        await asyncio.to_thread(database.close)
+
+
+def main() -> None:
+    configure_logging(os.environ.get("PROMOBOT_LOG_LEVEL", "INFO").upper())
+    with contextlib.suppress(OSError):
+        os.nice(5)  # acknowledging webhooks comes first: on a busy machine replies wait for the CPU
+    tune_garbage_collector()
+    try:
+        import uvloop
+
+        uvloop.run(run_process())
+    except ImportError:
+        asyncio.run(run_process())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Start-up: the settings checked, the process set up, and the collaborators built from them.
+
+Every entry point (the server, local mode, the sender process, AWS Lambda, the commands) builds its Graph
+client, store and sender here, the same way.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+
+from bot.campaign import Campaign, CampaignError, load_campaign
+from bot.codes import CodesError, load_codes
+from bot.config import ConfigError, Mode, Settings
+from bot.database import Database
+from bot.graph import GraphClient, RetryPolicy
+from bot.pool import LOW_POOL_SHARE
+from bot.replies import Replier
+from bot.sender import IDLE_POLL_S, LEASE_MARGIN_S, Sender
+from bot.store import FileStore
+
+log = logging.getLogger("promobot")
+
+SHUTDOWN_REPLY_GRACE_S = 10.0  # how long a stop waits for the replies in flight
+# Replies are sent before a Lambda's webhook is answered, and Messenger expects the answer within seconds.
+INLINE_RETRY = RetryPolicy(deadline_s=3.0, request_timeout_s=1.5, first_backoff_s=0.1, max_backoff_s=1.0)
+
+
+def load_settings(mode: Mode) -> tuple[Settings, Campaign]:
+    """Settings for `mode` and the campaign, checked before anything starts.
+
+    Raises: SystemExit with the reason when a setting, the campaign file or its codes file is wrong.
+    """
+    try:
+        settings = Settings.from_env(mode=mode)
+        campaign = load_campaign(settings.campaign, data_dir=settings.campaign.parent)
+        if campaign.single_use:
+            load_codes(settings.campaign.parent / (campaign.codes or ""))
+    except (ConfigError, CampaignError, CodesError) as exc:
+        sys.exit(f"promobot cannot start: {exc}")
+    return settings, campaign
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at `level`, never a Graph API URL (it carries the page token)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def tune_garbage_collector() -> None:
+    """For a long-running process, once it has made what it starts with: keep that out of the cyclic
+    collector's sight, and collect the young generation less often (docs/design.md)."""
+    gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
+
+
+def graph_client(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy | None = None
+) -> GraphClient:
+    """The Graph API client of `settings`; on Lambda, a retry policy that fits inside the webhook.
+
+    Parameters: `transport` replaces the network (tests, local mode's stand-in); `retry` the retry policy.
+    """
+    if retry is None:
+        retry = (
+            INLINE_RETRY
+            if settings.mode is Mode.LAMBDA
+            else RetryPolicy(
+                request_timeout_s=settings.graph_timeout_s, deadline_s=4 * settings.graph_timeout_s
+            )
+        )
+    return GraphClient(
+        base_url=settings.graph_url,
+        version=settings.graph_version,
+        page_token=settings.page_token,
+        app_secret=settings.app_secret,
+        retry=retry,
+        transport=transport,
+    )
+
+
+def open_database(settings: Settings) -> Database:
+    """The transactional store of `settings`, its schema brought up to date.
+
+    Raises: DatabaseError (cannot be reached), MigrationError (a schema newer than this promobot).
+    """
+    return Database.open(settings.database, Path(settings.data))
+
+
+def file_store(settings: Settings) -> FileStore:
+    """The Parquet partitions of `settings` (a directory, or `s3://bucket/prefix`)."""
+    return FileStore(settings.data)
+
+
+def image_url(settings: Settings, campaign: Campaign) -> str:
+    """The thank-you image's URL: a file beside the campaign is served by the bot under /media/."""
+    if campaign.image_is_local:
+        return f"{settings.public_url}/media/{campaign.thanks_image}"
+    return campaign.thanks_image
+
+
+def build_sender(
+    settings: Settings,
+    campaign: Campaign,
+    database: Database,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    retry: RetryPolicy | None = None,
+    poll_s: float = IDLE_POLL_S,
+) -> Sender:
+    """The sender of `campaign`'s replies: its Graph client, its Replier, and a lease longer than a reply can
+    take (a profile lookup and a send, each within the retry deadline)."""
+    graph = graph_client(settings, transport, retry)
+    replier = Replier(
+        campaign,
+        graph,
+        image_url=image_url(settings, campaign),
+        image_urls={v.name: image_url(settings, campaign.for_variant(v.name)) for v in campaign.variants},
+        till_url=settings.public_url,
+        max_age_s=settings.reply_max_age_s,
+    )
+    lease = timedelta(seconds=2 * graph.retry.deadline_s + LEASE_MARGIN_S)
+    return Sender(database, replier, lease=lease, poll_s=poll_s)
+
+
+def load_pool(database: Database, campaign: Campaign, settings: Settings) -> None:
+    """Add the lines of the campaign's codes file to its pool (new lines join at start-up), and log how many
+    are left.
+
+    Raises: CodesError for a file that cannot be used.
+    """
+    codes = load_codes(settings.campaign.parent / (campaign.codes or ""))
+    status = database.add_codes(campaign.id, codes, campaign.code_expiry)
+    log.info(
+        "campaign %r: %d single-use codes, %d not handed out yet", campaign.id, status.total, status.free
+    )
+    if status.free < LOW_POOL_SHARE * status.total:
+        log.warning(
+            "campaign %r has only %d of its %d codes left: add codes to %s and restart",
+            campaign.id,
+            status.free,
+            status.total,
+            campaign.codes,
+        )
+    if settings.mode is not Mode.LOCAL and not settings.public_url.startswith("https://"):
+        log.warning(
+            "codes link to the till page at %s/redeem/…: set PROMOBOT_PUBLIC_URL to the bot's public https "
+            "address",
+            settings.public_url,
+        )
+
+
+def check_no_legacy_wal(settings: Settings) -> None:
+    """Refuse to start over events an earlier promobot left unflushed in its write-ahead log.
+
+    Raises: ConfigError naming the directory and what to do.
+    """
+    folder = settings.legacy_wal
+    if folder.is_dir() and any(folder.glob("*.wal")):
+        raise ConfigError(
+            f"{folder} holds events an earlier promobot had not yet written to {settings.data}: start that "
+            "version once more and stop it with Ctrl-C or SIGTERM (it writes them out), then start this one"
+        )

@@ -1,9 +1,6 @@
-"""Who may be sent a campaign's promotion now, and why the others may not; how a broadcast records each.
+"""Who may be sent a campaign's promotion now, and why the others may not: pure functions, no I/O.
 
-Messenger lets a page message a customer (`messaging_type: RESPONSE`, never a tag for a promotion) only inside
-their window: 24 hours after their last own action (a message, a click, a referral, a reaction), or 7 days
-after the referral of a Click-to-Messenger ad. The times come from the `customers` table (bot.migrations
-step 4): the customer's actions on the platform's clock, the rest on the bot's. Pure functions: no I/O.
+A page may message a customer only inside their messaging window (docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,15 +1,11 @@
-"""The bot's exact, shared state in a SQL database: seen marks, the events buffer, the outbox, flush batches.
-
-One SQLite file by default (one process on a persistent disk), or PostgreSQL for a `postgresql://` URL
-(several instances, ephemeral disks). The schema lives in bot.migrations and is brought up to date at open.
+"""The bot's exact, shared state in SQLite or PostgreSQL: seen marks, events, the outbox, flush batches.
 
 - `record` writes a webhook's new events, their seen marks and the replies they call for in one transaction;
   concurrent callers share transactions (group commit).
-- `claim` / `complete` / `retry`: senders lease replies from the outbox; a sender that dies lets its lease
-  run out and the reply goes to another.
+- `claim` / `complete` / `retry`: senders lease replies from the outbox.
 - `next_batch` / `pending_batches` / `flushed`: the flusher moves events out in numbered batches.
 
-Times are stored as µs since the epoch (UTC), from the bot's clock except for the events' own `ts`.
+Times are µs since the epoch (UTC), from the bot's clock except for the events' own `ts`.
 """
 
 # The SQL is assembled from constant column lists and placeholders; every value is a bound parameter.

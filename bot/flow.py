@@ -1,10 +1,7 @@
 """The promo conversation, as pure functions: no I/O, no clock, no session.
 
-Two steps, both deterministic:
-
-- `record(campaign, inbound)`: what a customer's action means, as the events to log before acknowledging;
-- `plan_replies(campaign, event)`: the messages an event calls for. Because replies are planned from logged
-  events, a restarted bot re-plans the replies it still owes from its log, with the same ids.
+- `record(campaign, inbound, rules)`: what a customer's action means, as the events to record;
+- `plan_replies(event)`: the messages an event calls for.
 
 What a button means travels in its payload (`campaign|variant|step`), so any instance answers any click.
 """

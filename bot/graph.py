@@ -1,15 +1,5 @@
-"""Talking to the Graph API: the Send API and the User Profile API, with timeouts, retries and backoff.
-
-One `httpx.AsyncClient` is shared by every call. Transient failures (timeouts, connection errors, 5xx, 429,
-and the platform's transient codes) are retried with exponential backoff and full jitter until a deadline;
-permanent ones fail at once with the platform's code and subcode.
-
-Calls wait in one queue and go out with at most `max_connections` HTTP requests under way. A call that finds
-the way clear goes alone, as a plain request; calls that queue up together while the client is busy go out
-as one of the platform's batch requests (up to 50 calls in one HTTP request, each answered on its own:
-https://developers.facebook.com/docs/graph-api/batch-requests). Under load that is one HTTP request where
-there were dozens, for the bot's CPU and for the rate of requests the platform sees; every call in a batch
-still gets its own outcome, retries and deadline.
+"""The Graph API's Send and User Profile APIs: timeouts, retries with backoff, and calls that queue up
+together sent as one batch request (docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""uvicorn's HTTP protocol (httptools), refusing a request whose header section outgrows a limit.
-
-The httptools protocol reads a request's headers whole, however large: without a limit one request can make
-the server hold any amount of memory. uvicorn's h11 protocol has a limit but costs three times the CPU per
-webhook (benchmarks/webhook.py, raw ASGI baseline: 0.128 ms against 0.042). This counts the bytes that
-arrive before a request's headers are complete and answers 431 past `MAX_HEADER_BYTES` (what it holds is then
-at most the limit and one read from the socket).
+"""uvicorn's HTTP protocol (httptools), refusing with 431 a request whose header section outgrows
+`MAX_HEADER_BYTES` (docs/design.md).
 """
 
 from __future__ import annotations

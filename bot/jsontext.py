@@ -1,10 +1,5 @@
-"""JSON on promobot's busy paths: orjson's speed, with the standard library's leniency where it is stricter.
-
-orjson reads several times faster than `json` and writes ten times faster, but it refuses some JSON that
-`json` reads (an integer beyond 64 bits, NaN, a lone surrogate escape such as "\\ud83d") and any string
-holding a lone surrogate, which UTF-8 cannot carry. Such input is rare (webhook bodies and Graph API
-answers are written by the platform) but must not cost an event: what orjson refuses is read by `json`,
-and every lone surrogate becomes U+FFFD, so that what is read can always be written again.
+"""JSON on the busy paths: orjson, falling back to the standard library for what orjson refuses, with
+every lone surrogate read as U+FFFD (docs/design.md).
 """
 
 from __future__ import annotations

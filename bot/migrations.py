@@ -1,12 +1,6 @@
 """The transactional store's schema, as numbered steps applied in order when the database is opened.
 
-A table `schema_migrations` lists the steps a database has had. Opening runs the missing ones, all in one
-transaction that holds a lock (PostgreSQL: an advisory lock; SQLite: BEGIN IMMEDIATE), so that processes
-starting together apply each step once. A step is never edited once released: a change is a new step.
-
-Why not Alembic: it is built around SQLAlchemy, which this package does not use (no ORM, plain drivers on
-two engines), for a handful of tables. The dozen lines below are the whole mechanism, and the steps are the
-SQL an operator would read anyway.
+A step is never edited once released: a change is a new step (docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """A campaign's single-use codes in the transactional store: loading them, handing them out, redeeming them.
 
 These functions run inside a transaction of bot.database, on its cursor (`?` placeholders on both engines).
-A code is handed out in the transaction that records the reveal, so a code is either handed out and its
-reply owed, or neither; the same customer always gets the same code; and no code goes to two customers:
-a unique index holds one code per customer and campaign, and PostgreSQL's `SKIP LOCKED` lets concurrent
-transactions take different free codes instead of waiting for one another.
 """
 
 # The SQL is constant text and the engine's own clause; every value is a bound parameter.

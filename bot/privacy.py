@@ -1,13 +1,7 @@
 """Forgetting a customer: their rows leave the transactional store and the event files, at once.
 
-`forget` deletes what the store keeps of a customer (bot.deletions.CUSTOMER_ROWS, and their name on the codes
-they were handed), then rewrites each event file that holds a row of theirs without it, under the same name
-and made visible whole. Run again after a crash, it finds only what is left to do. Analytics count them no
-more once they read the store again (a local store's listing sees the files change; `refresh()` otherwise).
-
-A deletion request (Meta's data deletion callback, the customer's own words, the command line) is recorded
-with a confirmation code by `request` and carried out by `process_pending`; its status page tells what was
-deleted and when, never whose it was. A customer who writes again after being forgotten is a new customer.
+`forget` carries it out; `request` records a deletion request with its confirmation code, `process_pending`
+carries out those due, and `status_page` tells what was deleted and when, never whose it was.
 """
 
 from __future__ import annotations

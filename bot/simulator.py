@@ -1,12 +1,7 @@
-"""The built-in stand-in for the Graph API, used in local mode so the whole bot runs with no Facebook app.
+"""The built-in stand-in for the Graph API in local mode, and the simulator page's routes.
 
-It answers the Send and User Profile calls the way the platform does and keeps each customer's messages, so
-the simulator page can show them. Each message gets the platform's time when it arrives, inside the bot's
-Send API call; the page sends it back as the watermark of the receipts that cover it, as Messenger does. The
-bot's own Graph client talks to it through an httpx transport: the production code path, minus the network.
-
-Its memory is bounded (the last messages of each of the most recently active customers), and its routes, the
-simulator page included, exist only in local mode: `create_app` adds them when it builds a stand-in.
+It answers the Send and User Profile calls as the platform does and keeps the last messages of the most
+recently active customers for the page; its routes exist only in local mode.
 """
 
 from __future__ import annotations

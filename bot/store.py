@@ -1,10 +1,5 @@
-"""Event files: where they live, their codec, compaction.
-
-Events reach analytics as immutable Parquet files in Hive partitions,
-`events/event_date=YYYY-MM-DD/<name>.parquet`, in a local directory or an `s3://bucket/prefix`. A file is
-made visible whole (written under a temporary name and renamed, or put as one object); its name is its
-writer's own, so several writers share one store and a writer that repeats itself rewrites the same file.
-Compaction merges each closed day's files into one.
+"""Event files: Hive partitions of Parquet (`events/event_date=YYYY-MM-DD/<name>.parquet`) in a local
+directory or an `s3://bucket/prefix`, each made visible whole; their codec; compaction of closed days.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """The till page: staff check a customer's single-use code and mark it used, from a phone.
 
-    GET  /redeem              sign in with the staff PIN, then type a code
-    GET  /redeem/{token}      the customer's link (or its QR code): the code's state at a glance
-    GET  /redeem/{token}/qr.png   that link as a QR code: the image the customer is sent after the code
-    POST /redeem/pin          the staff PIN; a signed session cookie for the rest of the shift
-    POST /redeem/use          mark the code used (one press; atomic: a second press sees "already used")
-
-Server-rendered HTML, no scripts, nothing from elsewhere. The PIN is compared in constant time, never logged,
-and wrong ones are rate-limited per client and overall. Every form carries a CSRF token (double-submit
-cookie); every page is sent with `Cache-Control: no-store`.
+GET  /redeem              sign in with the staff PIN, then type a code
+GET  /redeem/{token}      the customer's link (or its QR code): the code's state at a glance
+GET  /redeem/{token}/qr.png   that link as a QR code
+POST /redeem/pin          the staff PIN; a signed session cookie for the rest of the shift
+POST /redeem/use          mark the code used (atomic: a second press sees "already used")
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 from analytics.pools import PoolLevel
 from analytics.report import kpi_texts
 from bot.audience import AudienceCounts, BroadcastResult
-from bot.doctor import Check, Status, worst
+from bot.health import Check, Status, worst
 
 
 def kpi_tiles_html(figures: dict, attribute: str = "data-kpi") -> str:

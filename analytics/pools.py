@@ -19,7 +19,7 @@ from pathlib import Path
 from bot.audience import AudienceCounts, BroadcastResult
 from bot.config import Settings
 from bot.database import SQLITE_FILE, Database, DatabaseError
-from bot.doctor import Check, local_health
+from bot.health import Check, local_health
 from bot.migrations import MigrationError
 from bot.pool import LOW_POOL_SHARE
 from bot.recipients import audience_now, broadcast_results

@@ -11,7 +11,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from bot import doctor, privacy
+from bot import health, page_checks, privacy
 from bot.config import Mode
 from bot.database import DatabaseError
 from bot.deletions import deletion_request
@@ -43,29 +43,30 @@ async def healthz(request: Request) -> Response:
         owed = await asyncio.to_thread(runtime.database.owed)
     except DatabaseError as exc:
         return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
-    health = {
+    answer: dict[str, object] = {
         "status": "ok",
         "campaign": runtime.campaign.id,
         "replies_owed": owed,
     }
     if runtime.flusher.last_error is not None:
         # Events wait in the store meanwhile: the bot still works, the dashboard falls behind.
-        health["flush_error"] = str(runtime.flusher.last_error)
+        answer["flush_error"] = str(runtime.flusher.last_error)
     if not deep:
-        return JSONResponse(health)
+        return JSONResponse(answer)
     checks = []
     if runtime.settings.mode is not Mode.LOCAL:  # local mode has no page: the simulator stands in
         cached = getattr(request.app.state, "graph_checks", None)
         if cached is None:
-            cached = request.app.state.graph_checks = doctor.CachedGraphChecks()
+            cached = request.app.state.graph_checks = page_checks.CachedGraphChecks()
         checks += await cached.get(runtime.sender.replier.graph, deadline_s=runtime.settings.graph_timeout_s)
-    checks.append(doctor.version_check(runtime.settings.graph_version, runtime.database.clock().date()))
+    checks.append(page_checks.version_check(runtime.settings.graph_version, runtime.database.clock().date()))
     checks += await asyncio.to_thread(
-        doctor.local_health, runtime.database, flush_seconds=runtime.settings.flush_seconds
+        health.local_health, runtime.database, flush_seconds=runtime.settings.flush_seconds
     )
-    health["status"] = doctor.worst(checks)
-    health["checks"] = [check.as_dict() for check in checks]
-    return JSONResponse(health, status_code=503 if health["status"] is doctor.Status.FAIL else 200)
+    status = health.worst(checks)
+    answer["status"] = status
+    answer["checks"] = [check.as_dict() for check in checks]
+    return JSONResponse(answer, status_code=503 if status is health.Status.FAIL else 200)
 
 
 async def media(request: Request) -> Response:

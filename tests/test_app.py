@@ -131,7 +131,7 @@ BEARER = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
 
 def page_platform(requests: list[httpx.Request], *, token_error: bool = False):
     """The Graph API of a page whose app is subscribed to every field the bot needs."""
-    from bot.doctor import NEEDED_FIELDS
+    from bot.page_checks import NEEDED_FIELDS
 
     def handle(request: httpx.Request) -> httpx.Response:
         requests.append(request)

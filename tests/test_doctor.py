@@ -14,18 +14,12 @@ import pytest
 
 from bot.__main__ import main
 from bot.database import Database
-from bot.doctor import (
-    NEEDED_FIELDS,
-    Name,
-    Status,
-    doctor_command,
-    local_health,
-    store_checks,
-    version_check,
-)
+from bot.doctor import doctor_command
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
 from bot.graph import GraphClient, RetryPolicy
+from bot.health import Name, Status, local_health, store_checks
+from bot.page_checks import NEEDED_FIELDS, version_check
 from tests.bot_process import BotProcess, make_home
 from tests.builders import customer_event
 from tests.fake_graph import FakeGraph

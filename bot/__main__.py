@@ -172,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_local()
     parser.error(f"unknown command {args.command}")
-    return 2
 
 
 def migrate() -> int:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 
@@ -212,8 +212,9 @@ class Broadcaster:
                 return
 
 
-def _detail(event: Event) -> dict:
-    return json.loads(event.detail or "{}")
+def _detail(event: Event) -> dict[str, Any]:
+    detail: dict[str, Any] = json.loads(event.detail or "{}")
+    return detail
 
 
 def _token_rejected(outcome: Event) -> bool:

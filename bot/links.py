@@ -86,7 +86,7 @@ def entry_links(page: str, campaign: str, placements: Sequence[str], variant: st
         check_name("--variant", variant)
     if not placements:
         raise LinksError("--placements names no placement (e.g. --placements till,flyer,instagram)")
-    links = []
+    links: list[EntryLink] = []
     for placement in placements:
         check_name("--placements", placement)
         if placement in (link.placement for link in links):
@@ -120,8 +120,8 @@ def write_links(links: Sequence[EntryLink], out: Path) -> Path:
         for link in links:
             code = segno.make_qr(link.url, error=QR_ERROR)
             png, svg = f"{link.stem}.png", f"{link.stem}.svg"
-            code.save(out / png, scale=PNG_SCALE, border=QUIET_ZONE)
-            code.save(out / svg, scale=PNG_SCALE, border=QUIET_ZONE, title=link.url)
+            code.save(str(out / png), scale=PNG_SCALE, border=QUIET_ZONE)
+            code.save(str(out / svg), scale=PNG_SCALE, border=QUIET_ZONE, title=link.url)
             writer.writerow((link.placement, link.variant or "", link.url, png, svg))
     return table
 

@@ -92,7 +92,7 @@ def run_local() -> int:
     return status
 
 
-def wait_until_up(url: str, processes: list[subprocess.Popen], timeout_s: float = 120) -> bool:
+def wait_until_up(url: str, processes: list[subprocess.Popen[bytes]], timeout_s: float = 120) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in processes):

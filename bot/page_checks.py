@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import date, timedelta
+from typing import Any
 from urllib.parse import quote
 
 from bot.flow import OPT_OUT_MENU_TITLE, OPT_OUT_PAYLOAD
@@ -149,18 +150,18 @@ async def _menu(graph: GraphClient, *, fix: bool, deadline_s: float | None) -> C
     return Check(Name.MENU, Status.OK, f"offers {OPT_OUT_MENU_TITLE!r}{now}")
 
 
-async def _profile(graph: GraphClient, deadline_s: float | None) -> dict:
+async def _profile(graph: GraphClient, deadline_s: float | None) -> dict[str, Any]:
     answer = await graph.get("me/messenger_profile", {"fields": _MENU_FIELDS}, deadline_s=deadline_s)
     data = answer.get("data") if isinstance(answer, dict) else None
     return data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
 
 
-def _menus(profile: dict) -> list[dict]:
+def _menus(profile: dict[str, Any]) -> list[dict[str, Any]]:
     menus = profile.get("persistent_menu")
     return [menu for menu in menus if isinstance(menu, dict)] if isinstance(menus, list) else []
 
 
-def _items(menu: dict) -> list:
+def _items(menu: dict[str, Any]) -> list[object]:
     items = menu.get("call_to_actions")
     return items if isinstance(items, list) else []
 
@@ -169,20 +170,20 @@ def _is_opt_out(item: object) -> bool:
     return isinstance(item, dict) and item.get("payload") == OPT_OUT_PAYLOAD
 
 
-def _has_opt_out(profile: dict) -> bool:
+def _has_opt_out(profile: dict[str, Any]) -> bool:
     """Whether there is a menu and every locale's has the opt-out item."""
     menus = _menus(profile)
     return bool(menus) and all(any(map(_is_opt_out, _items(menu))) for menu in menus)
 
 
-def _with_opt_out(profile: dict) -> dict:
+def _with_opt_out(profile: dict[str, Any]) -> dict[str, Any]:
     """The Messenger Profile fields that add the opt-out item to each locale's menu (a `default` one when
     there is none) and a Get Started button when the page has none."""
     item = {"type": "postback", "title": OPT_OUT_MENU_TITLE, "payload": OPT_OUT_PAYLOAD}
     menus = _menus(profile) or [
         {"locale": "default", "composer_input_disabled": False, "call_to_actions": []}
     ]
-    fields: dict = {
+    fields: dict[str, Any] = {
         "persistent_menu": [
             {**menu, "call_to_actions": [*(i for i in _items(menu) if not _is_opt_out(i)), item]}
             for menu in menus

@@ -53,7 +53,7 @@ async def healthz(request: Request) -> Response:
         answer["flush_error"] = str(runtime.flusher.last_error)
     if not deep:
         return JSONResponse(answer)
-    checks = []
+    checks: list[health.Check] = []
     if runtime.settings.mode is not Mode.LOCAL:  # local mode has no page: the simulator stands in
         cached = getattr(request.app.state, "graph_checks", None)
         if cached is None:

@@ -88,7 +88,13 @@ async def run_process() -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.buffer.read1() or stop.set())  # EOF: server gone
+    stdin = sys.stdin.fileno()
+
+    def read_stdin() -> None:
+        if not os.read(stdin, 4096):  # EOF: the server is gone
+            stop.set()
+
+    loop.add_reader(stdin, read_stdin)
     if database.engine.name == "sqlite":
         await release_leases(database)
     sender.start()

@@ -26,7 +26,7 @@ from bot.store import FileStore
 
 log = logging.getLogger("promobot")
 
-SHUTDOWN_REPLY_GRACE_S = 10.0  # how long a stop waits for the replies in flight
+SHUTDOWN_REPLY_GRACE_S = 10  # how long a stop waits for the replies in flight
 # Replies are sent before a Lambda's webhook is answered, and Messenger expects the answer within seconds.
 INLINE_RETRY = RetryPolicy(deadline_s=3.0, request_timeout_s=1.5, first_backoff_s=0.1, max_backoff_s=1.0)
 

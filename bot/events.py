@@ -151,7 +151,8 @@ class Event:
         unknown = set(record) - set(_REQUIRED) - set(_OPTIONAL) - {PARTITION_COLUMN}
         if unknown:
             raise EventError(f"event has unknown key {sorted(unknown)[0]!r}")
-        values = {key: record.get(key) for key in (*_REQUIRED, *_OPTIONAL)}
+        # Values of any type: __post_init__ checks each, with a message that names the key.
+        values: dict[str, Any] = {key: record.get(key) for key in (*_REQUIRED, *_OPTIONAL)}
         ts = values["ts"]
         if isinstance(ts, str):
             try:

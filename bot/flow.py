@@ -209,7 +209,15 @@ class Reply:
         detail = detail_json(reply=str(self.kind), code=code, subcode=subcode, reason=reason)
         return self._outcome(self.failed_id, EventName.SEND_FAILED, at, detail=detail)
 
-    def _outcome(self, event_id: str, name: EventName, at: datetime, **columns: str | int | None) -> Event:
+    def _outcome(
+        self,
+        event_id: str,
+        name: EventName,
+        at: datetime,
+        *,
+        message_digest: int | None = None,
+        detail: str | None = None,
+    ) -> Event:
         source = self.answers
         return Event(
             event_id=event_id,
@@ -220,7 +228,8 @@ class Reply:
             variant=source.variant,
             event=name,
             source=source.source,
-            **columns,
+            message_digest=message_digest,
+            detail=detail,
         )
 
 
@@ -285,7 +294,11 @@ def record(campaign: Campaign, inbound: Inbound, rules: PageRules = DEFAULT_RULE
         *,
         event_id: str | None = None,
         variant: str | None = assigned,
-        **columns: str | int | None,
+        button: str | None = None,
+        message_digest: int | None = None,
+        detail: str | None = None,
+        watermark: int | None = None,
+        source: str | None = None,
     ) -> Event:
         return Event(
             event_id=event_id or inbound.event_id,
@@ -295,7 +308,11 @@ def record(campaign: Campaign, inbound: Inbound, rules: PageRules = DEFAULT_RULE
             campaign_id=campaign.id,
             variant=variant,
             event=name,
-            **columns,
+            button=button,
+            message_digest=message_digest,
+            detail=detail,
+            watermark=watermark,
+            source=source,
         )
 
     match inbound:
@@ -388,7 +405,9 @@ def plan_replies(event: Event) -> list[Reply]:
     return [Reply(kind, event) for kind in _ANSWERS.get(EventName(event.event), ())]
 
 
-def render(campaign: Campaign, kind: ReplyKind, *, first_name: str | None, image_url: str) -> dict:
+def render(
+    campaign: Campaign, kind: ReplyKind, *, first_name: str | None, image_url: str
+) -> dict[str, object]:
     """The Send API `message` object for a reply of this kind."""
     match kind:
         case ReplyKind.WELCOME:
@@ -424,7 +443,7 @@ def render(campaign: Campaign, kind: ReplyKind, *, first_name: str | None, image
     raise ValueError(f"unknown reply {kind}")
 
 
-def render_code(campaign: Campaign, issued: IssuedCode, till_url: str) -> dict:
+def render_code(campaign: Campaign, issued: IssuedCode, till_url: str) -> dict[str, object]:
     """The message that shows a customer their single-use code, its last valid day and its till link."""
     if issued.expires_at is None:
         expires = "no end date"
@@ -440,7 +459,7 @@ def till_link(till_url: str, issued: IssuedCode) -> str:
     return f"{till_url}/redeem/{issued.token}"
 
 
-def render_code_qr(issued: IssuedCode, till_url: str) -> dict:
+def render_code_qr(issued: IssuedCode, till_url: str) -> dict[str, object]:
     """The image message of a single-use code's till link as a QR code, which the bot serves itself."""
     return image_message(f"{till_link(till_url, issued)}/qr.png", reusable=False)
 

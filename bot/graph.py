@@ -14,8 +14,9 @@ import random
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import httpx
@@ -123,12 +124,13 @@ def _form_value(value: object) -> str:
     return form_quote(value if isinstance(value, str) else _compact_json(value))
 
 
-def _plain(body: dict) -> dict:
+def _plain(body: Mapping[str, object]) -> dict[str, object]:
     """A body with its encoded values back as plain values, for a request that sends it as JSON."""
     return {key: value.value if isinstance(value, Encoded) else value for key, value in body.items()}
 
 
 Outcome = Callable[[object], None]  # gets a call's answer: the response body, or a SendError
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True, eq=False)
@@ -137,16 +139,16 @@ class _Call:
 
     method: str
     path: str
-    params: dict | None
-    body: dict | None
+    params: Mapping[str, str] | None
+    body: Mapping[str, object] | None
     deadline: float
     answer: Outcome
     alone: bool = False  # never in a batch request (its last one timed out)
     abandoned: bool = False  # its caller stopped waiting: not sent, not answered
 
-    def batch_entry(self) -> dict:
+    def batch_entry(self) -> dict[str, str]:
         """The call as an entry of a batch request: a relative URL, and a POST's fields form-encoded."""
-        entry: dict = {"method": self.method, "relative_url": self.path}
+        entry = {"method": self.method, "relative_url": self.path}
         if self.params:
             entry["relative_url"] += "?" + urlencode(self.params)
         if self.body is not None:
@@ -168,8 +170,8 @@ class Attempts:
         client: GraphClient,
         method: str,
         path: str,
-        params: dict | None,
-        body: dict | None,
+        params: Mapping[str, str] | None,
+        body: Mapping[str, object] | None,
         deadline: float,
         outcome: Outcome,
     ) -> None:
@@ -234,7 +236,7 @@ class BatchEntry:
     method: str
     path: str
     params: dict[str, str]
-    body: dict
+    body: dict[str, object]  # each field's JSON value, or its text when it is not JSON
 
 
 def read_batch(form: dict[str, str]) -> list[BatchEntry]:
@@ -242,7 +244,7 @@ def read_batch(form: dict[str, str]) -> list[BatchEntry]:
     entries = []
     for entry in json.loads(form["batch"]):
         url = urlsplit(entry["relative_url"])
-        body = {}
+        body: dict[str, object] = {}
         for key, value in parse_qsl(entry.get("body", "")):
             try:
                 body[key] = json.loads(value)
@@ -299,9 +301,11 @@ class GraphClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def send(self, recipient_id: str, body: dict) -> str | None:
+    async def send(self, recipient_id: str, body: Mapping[str, object]) -> str | None:
         """POST a Send API body; returns the platform's message id. Raises SendError."""
-        outcome = await self._outcome_of(lambda done: self.send_soon(recipient_id, body, done))
+        outcome: str | SendError | None = await self._outcome_of(
+            lambda done: self.send_soon(recipient_id, body, done)
+        )
         if isinstance(outcome, SendError):
             raise outcome
         return outcome
@@ -310,7 +314,9 @@ class GraphClient:
         """The customer's first name, or None when the profile cannot be had: the greeting goes on without."""
         return await self._outcome_of(lambda done: self.first_name_soon(customer_id, done))
 
-    async def get(self, path: str, params: dict | None = None, *, deadline_s: float | None = None) -> object:
+    async def get(
+        self, path: str, params: Mapping[str, str] | None = None, *, deadline_s: float | None = None
+    ) -> object:
         """GET a Graph API object or edge, e.g. `get("me", {"fields": "id,name"})`, through the client's
         retrying queue.
 
@@ -320,7 +326,7 @@ class GraphClient:
         """
         return await self._call("GET", path, params, None, deadline_s)
 
-    async def post(self, path: str, body: dict, *, deadline_s: float | None = None) -> object:
+    async def post(self, path: str, body: Mapping[str, object], *, deadline_s: float | None = None) -> object:
         """POST `body`'s fields to a Graph API edge, e.g. `post("123/subscribed_apps", {...})`, as `get` does.
 
         Returns: the decoded JSON body. Raises: SendError.
@@ -328,10 +334,15 @@ class GraphClient:
         return await self._call("POST", path, None, body, deadline_s)
 
     async def _call(
-        self, method: str, path: str, params: dict | None, body: dict | None, deadline_s: float | None
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: Mapping[str, object] | None,
+        deadline_s: float | None,
     ) -> object:
         deadline = self.retry.deadline_s if deadline_s is None else deadline_s
-        outcome = await self._outcome_of(
+        outcome: object = await self._outcome_of(
             lambda done: self._submit(method, path, params, body, deadline, done)
         )
         if isinstance(outcome, SendError):
@@ -339,7 +350,7 @@ class GraphClient:
         return outcome
 
     def send_soon(
-        self, recipient_id: str, body: dict, outcome: Callable[[str | SendError | None], None]
+        self, recipient_id: str, body: Mapping[str, object], outcome: Callable[[str | SendError | None], None]
     ) -> Attempts:
         """`send` without waiting: `outcome` gets the message id or the SendError. Values of the body may be
         `Encoded`."""
@@ -378,10 +389,15 @@ class GraphClient:
         return self._submit("GET", path, {"fields": "first_name"}, None, 3.0, answered)
 
     @staticmethod
-    async def _outcome_of(start: Callable[[Callable[[object], None]], Attempts | None]) -> object:
+    async def _outcome_of(start: Callable[[Callable[[_T], None]], Attempts | None]) -> _T:
         """Wait for the outcome a `*_soon` call gives; a caller that is cancelled abandons the call."""
-        future = asyncio.get_running_loop().create_future()
-        attempts = start(lambda outcome: future.done() or future.set_result(outcome))
+        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+
+        def settle(outcome: _T) -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        attempts = start(settle)
         try:
             return await future
         except asyncio.CancelledError:
@@ -393,8 +409,8 @@ class GraphClient:
         self,
         method: str,
         path: str,
-        params: dict | None,
-        body: dict | None,
+        params: Mapping[str, str] | None,
+        body: Mapping[str, object] | None,
         deadline_s: float,
         outcome: Outcome,
     ) -> Attempts:
@@ -569,4 +585,5 @@ def _transport_error(exc: httpx.HTTPError) -> TransientSendError:
 
 def _copy(exc: SendError) -> SendError:
     """A SendError of its own for each call of a failed batch (the retry loop amends its reason)."""
-    return type(exc)(exc.reason, code=exc.code, subcode=exc.subcode)
+    kind = TransientSendError if exc.transient else PermanentSendError
+    return kind(exc.reason, code=exc.code, subcode=exc.subcode)

@@ -13,9 +13,12 @@ import hmac
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from bot import jsontext
+
+if TYPE_CHECKING:
+    from bot.graph import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +211,7 @@ def _without_nul(value: object) -> object:
     return value
 
 
-def _walk(entries: list) -> Iterator[Inbound]:
+def _walk(entries: list[object]) -> Iterator[Inbound]:
     for entry in entries:
         if not isinstance(entry, dict):
             continue
@@ -228,6 +231,14 @@ def _walk(entries: list) -> Iterator[Inbound]:
                 yield parsed
 
 
+class _Who(TypedDict):
+    """The fields every inbound event has (see Inbound)."""
+
+    page_id: str
+    customer_id: str
+    ts_ms: int
+
+
 def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | None:
     message = item.get("message")
     if isinstance(message, dict) and message.get("is_echo"):
@@ -238,7 +249,7 @@ def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | Non
     page = _party_id(item.get("recipient")) or _id(entry_id)
     if page is None:
         return None
-    base = {"page_id": page, "customer_id": customer, "ts_ms": _millis(item.get("timestamp"))}
+    base: _Who = {"page_id": page, "customer_id": customer, "ts_ms": _millis(item.get("timestamp"))}
 
     if isinstance(message, dict):
         quick_reply = message.get("quick_reply")
@@ -258,8 +269,8 @@ def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | Non
             mid=_text(postback.get("mid")),
             referral=_referral(postback.get("referral")),
         )
-    if isinstance(referral := item.get("referral"), dict):
-        return ReferralEvent(**base, referral=_referral(referral))
+    if (referral := _referral(item.get("referral"))) is not None:
+        return ReferralEvent(**base, referral=referral)
     if isinstance(delivery := item.get("delivery"), dict):
         mids = delivery.get("mids")
         mids = tuple(m for m in mids if isinstance(m, str)) if isinstance(mids, list) else ()
@@ -346,11 +357,11 @@ def _referral(value: object) -> Referral | None:
 # -- outbound (Send API bodies) --------------------------------------------------------------------------
 
 
-def text_message(text: str) -> dict:
+def text_message(text: str) -> dict[str, object]:
     return {"text": text}
 
 
-def button_template(text: str, buttons: list[tuple[str, str]]) -> dict:
+def button_template(text: str, buttons: list[tuple[str, str]]) -> dict[str, object]:
     """A button template of postback buttons, each (title, payload)."""
     return {
         "attachment": {
@@ -366,12 +377,13 @@ def button_template(text: str, buttons: list[tuple[str, str]]) -> dict:
     }
 
 
-def image_message(url: str, *, reusable: bool = True) -> dict:
+def image_message(url: str, *, reusable: bool = True) -> dict[str, object]:
     # Reusable: the platform fetches the image once and serves later sends from its cache (not for an image
     # of one customer's own).
     return {"attachment": {"type": "image", "payload": {"url": url, "is_reusable": reusable}}}
 
 
-def send_body(recipient_id: str, message: dict) -> dict:
-    """A Send API request body: a `RESPONSE` to the customer's own action, inside the 24-hour window."""
+def send_body(recipient_id: str, message: Mapping[str, object] | Encoded) -> dict[str, object]:
+    """A Send API request body: a `RESPONSE` to the customer's own action, inside the 24-hour window; the
+    message as a JSON object, or encoded once for many customers."""
     return {"recipient": {"id": recipient_id}, "messaging_type": "RESPONSE", "message": message}

@@ -152,7 +152,7 @@ class Replier:
     def _send(self, answer: _Answer, reply: Reply, first_name: str | None) -> None:
         if reply.issued is not None:
             code_message = render_code_qr if reply.kind is ReplyKind.CODE_QR else self._code_text
-            message: dict | Encoded = code_message(reply.issued, self.till_url)
+            message: dict[str, object] | Encoded = code_message(reply.issued, self.till_url)
         elif reply.kind is ReplyKind.CODE_QR or (reply.kind is ReplyKind.CODE and self.campaign.code is None):
             # Owed from before the campaign switched to single-use codes: there is no code to show.
             reason = "no code: the campaign now hands out single-use codes"
@@ -165,7 +165,7 @@ class Replier:
             reply.customer_id, body, lambda outcome: self._sent(answer, reply, outcome)
         )
 
-    def _code_text(self, issued: IssuedCode, till_url: str) -> dict:
+    def _code_text(self, issued: IssuedCode, till_url: str) -> dict[str, object]:
         return render_code(self.campaign, issued, till_url)
 
     def _message(self, kind: ReplyKind, variant: str | None, first_name: str | None) -> Encoded:

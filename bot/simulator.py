@@ -11,8 +11,10 @@ import json
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import parse_qsl
 
 import httpx
@@ -31,11 +33,18 @@ MAX_CUSTOMER_BODY = 4096  # a simulated customer: an id and a first name
 MAX_NAME = 100  # characters kept of a simulated customer's id and first name
 
 
+class SentMessage(TypedDict):
+    """A message the bot sent, as the simulator page reads it."""
+
+    message_id: str
+    message: object  # the Send API's `message` object
+    timestamp: int  # the platform's time of its arrival (ms)
+
+
 @dataclass
 class SimulatedCustomer:
     first_name: str | None = None
-    # {"message_id", "message", "timestamp"} in the order sent; the timestamp is the platform's (ms).
-    messages: deque[dict] = field(default_factory=deque)
+    messages: deque[SentMessage] = field(default_factory=deque)  # in the order sent
     dropped: int = 0  # messages forgotten from the front: indices stay those of every message ever sent
 
 
@@ -69,7 +78,7 @@ class GraphStandIn(httpx.AsyncBaseTransport):
         with self._lock:
             self._customer(customer_id).first_name = first_name
 
-    def messages(self, customer_id: str, after: int = 0) -> list[dict]:
+    def messages(self, customer_id: str, after: int = 0) -> list[SentMessage]:
         """Messages sent to a customer and still remembered, from index `after` (counting every message
         ever sent to them) on."""
         with self._lock:
@@ -97,8 +106,9 @@ class GraphStandIn(httpx.AsyncBaseTransport):
             return httpx.Response(200, json=answers)
         return httpx.Response(400, json=UNSUPPORTED)
 
-    def _send(self, body: dict) -> dict:
-        customer_id = str(body.get("recipient", {}).get("id", ""))
+    def _send(self, body: Mapping[str, object]) -> dict[str, str]:
+        recipient = body.get("recipient")
+        customer_id = str(recipient.get("id", "")) if isinstance(recipient, dict) else ""
         message_id = f"m_local{next(self._ids):08d}"
         with self._lock:
             customer = self._customer(customer_id)
@@ -114,7 +124,7 @@ class GraphStandIn(httpx.AsyncBaseTransport):
                 customer.dropped += 1
         return {"recipient_id": customer_id, "message_id": message_id}
 
-    def _profile(self, customer_id: str) -> dict:
+    def _profile(self, customer_id: str) -> dict[str, str]:
         with self._lock:
             customer = self._customers.get(customer_id)
             name = customer.first_name if customer is not None else None

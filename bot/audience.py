@@ -101,7 +101,7 @@ class AudienceCounts:
     eligible: int
     skipped: dict[Reason, int]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         """`{"eligible": N, "skipped": {"window_closed": N, …}}`, the reasons in their order."""
         return {"eligible": self.eligible, "skipped": {str(r): self.skipped.get(r, 0) for r in REASONS}}
 

@@ -48,8 +48,8 @@ def flush_once(database: Database, files: FileStore, limit: int = DEFAULT_BATCH_
     Raises: FlushError (a file could not be written), DatabaseError; the batch in hand stays pending.
     """
     written = 0
-    for batch in database.pending_batches():
-        written += _flush_batch(database, files, batch)
+    for leftover in database.pending_batches():
+        written += _flush_batch(database, files, leftover)
     while (batch := database.next_batch(limit)) is not None:
         written += _flush_batch(database, files, batch)
     return written

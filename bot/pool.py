@@ -114,7 +114,9 @@ class CodeState:
 _STATE = "campaign_id, code, customer_id, page_id, variant, token, expires_at, redeemed_at"
 
 
-def find_query(*, token: str | None = None, campaign_id: str = "", code: str = "") -> tuple[str, tuple]:
+def find_query(
+    *, token: str | None = None, campaign_id: str = "", code: str = ""
+) -> tuple[str, tuple[str, ...]]:
     """The SELECT of the code with this till `token`, or this `code` of `campaign_id`, and its parameters."""
     if token is not None:
         return f"SELECT {_STATE} FROM codes WHERE token = ?", (token,)

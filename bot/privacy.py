@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -154,7 +154,7 @@ class InvalidSignedRequest(ValueError):
     """A `signed_request` that is malformed or not signed with the app secret."""
 
 
-def read_signed_request(signed_request: str, app_secret: str) -> dict:
+def read_signed_request(signed_request: str, app_secret: str) -> dict[str, object]:
     """The payload of Meta's `signed_request` (`<signature>.<payload>`, both base64url without padding;
     the signature an HMAC-SHA256 of the encoded payload with the app secret), once its signature is checked.
     Raises: InvalidSignedRequest (malformed, bad signature, another algorithm, no `user_id`)."""
@@ -180,7 +180,7 @@ def _unpadded_b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign_request(payload: dict, app_secret: str) -> str:
+def sign_request(payload: Mapping[str, object], app_secret: str) -> str:
     """A `signed_request` as Meta makes it (for tests and the simulator)."""
     encoded = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
     signature = hmac.new(app_secret.encode(), encoded.encode(), hashlib.sha256).digest()

@@ -43,7 +43,10 @@ def _already_sent_params(campaign_id: str) -> tuple[str, str, str]:
 
 def _customer(row: Sequence[Any]) -> Customer:
     page_id, customer_id, *times, already_sent = row
-    moments = (None if t is None else moment(t) for t in times)
+    last_action, ad_referral, opted_out, handed_over, unreachable = (
+        None if t is None else moment(t) for t in times
+    )
+    moments = (last_action, ad_referral, opted_out, handed_over, unreachable)
     return Customer(page_id, customer_id, *moments, already_sent=bool(already_sent))
 
 
@@ -68,6 +71,7 @@ def create_broadcast(database: Database, campaign_id: str, rate_per_minute: int)
             " RETURNING broadcast",
             (campaign_id, rate_per_minute, str(BroadcastState.RUNNING), now),
         )
+        number: int
         (number,) = cursor.fetchone()
         cursor.execute(
             "INSERT INTO broadcast_recipients (broadcast, page_id, customer_id, state, updated_at)"

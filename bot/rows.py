@@ -42,7 +42,7 @@ def micros_or_none(at: datetime | None) -> int | None:
     return None if at is None else micros(at)
 
 
-def event_values(event: Event) -> tuple:
+def event_values(event: Event) -> tuple[object, ...]:
     """The event's values in EVENT_FIELDS order (spelled out: every recorded event goes through here)."""
     return (
         event.event_id,
@@ -74,7 +74,7 @@ def issued_code(code: str | None, token: str | None, expires_at: int | None) -> 
     return IssuedCode(code, token, None if expires_at is None else moment(expires_at))
 
 
-def reply_values(reply: Reply, ordinal: int, now: int) -> tuple:
+def reply_values(reply: Reply, ordinal: int, now: int) -> tuple[object, ...]:
     """INSERT_REPLY's parameters for `reply`: `ordinal` among its event's replies, due at `now` (µs)."""
     code = reply.issued
     columns = (None, None, None) if code is None else (code.code, code.token, micros_or_none(code.expires_at))

@@ -4,6 +4,7 @@ directory or an `s3://bucket/prefix`, each made visible whole; their codec; comp
 
 from __future__ import annotations
 
+import builtins
 import io
 import itertools
 import json
@@ -22,7 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from bot.events import FILE_SCHEMA, PARTITION_COLUMN, Event, EventName, message_digest
+from bot.events import FILE_SCHEMA, PARTITION_COLUMN, Event, message_digest
+from bot.facts import EventName
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def open_filesystem(data: str) -> tuple[pafs.FileSystem, str]:
     """
     if data.startswith("s3://"):
         parts = urlsplit(data)
-        options: dict = {}
+        options: dict[str, str] = {}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             endpoint_parts = urlsplit(endpoint)
@@ -106,7 +108,7 @@ class FileStore:
             and not info.base_name.startswith(".")
         )
 
-    def list_manifests(self, relative: str) -> list[str]:
+    def list_manifests(self, relative: str) -> builtins.list[str]:  # (`list` is the method above)
         selector = pafs.FileSelector(self.path(relative), allow_not_found=True)
         prefix = len(self.root) + 1
         return sorted(
@@ -120,7 +122,8 @@ class FileStore:
 
     def read_bytes(self, relative: str) -> bytes:
         with self.fs.open_input_file(self.path(relative)) as file:
-            return file.read()
+            body: bytes = file.read()
+            return body
 
     def delete(self, relative: str, *, missing_ok: bool = False) -> None:
         try:
@@ -172,7 +175,7 @@ def write_events(files: FileStore, events: Iterable[Event], name: str) -> int:
 _FIELDS = FILE_SCHEMA.names  # event_id, ts, page_id, customer_id, campaign_id, variant, event, ..., source
 
 
-def event_row(event: Event) -> list:
+def event_row(event: Event) -> list[object]:
     """An event as a row for `rows_to_table`: FILE_SCHEMA's columns in order, ts in µs since the epoch."""
     micros = (event.ts - _EPOCH) // timedelta(microseconds=1)
     return [
@@ -191,9 +194,9 @@ def event_row(event: Event) -> list:
     ]
 
 
-def rows_to_table(rows: Sequence[Sequence]) -> pa.Table:
+def rows_to_table(rows: Sequence[Sequence[object]]) -> pa.Table:
     """Rows made by `event_row` as a table with FILE_SCHEMA."""
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in _FIELDS]
+    columns: list[Sequence[object]] = list(zip(*rows, strict=True)) if rows else [[] for _ in _FIELDS]
     arrays = {}
     for name, values in zip(_FIELDS, columns, strict=True):
         field = FILE_SCHEMA.field(name)
@@ -303,7 +306,7 @@ def rewrite_without(files: FileStore, relative: str, customer_id: str) -> int:
     table = files.read_table(relative)
     keep = pc.invert(pc.equal(table.column("customer_id"), customer_id).fill_null(False))
     kept = table.filter(keep)
-    removed = table.num_rows - kept.num_rows
+    removed: int = table.num_rows - kept.num_rows
     if removed:
         files.put(relative, parquet_bytes(kept))
     return removed
@@ -341,8 +344,8 @@ def compact_day(files: FileStore, day: date, *, grace_s: float = DEFAULT_GRACE_S
     name = f"compacted-{token}.parquet"
     files.put(f"{folder}/{name}", parquet_bytes(merged))
     replaced = [PurePosixPath(relative).name for relative in inputs]
-    manifest = json.dumps({"merged": name, "replaced": replaced, "at": time.time()}).encode()
-    files.put(f"{folder}/_compaction-{token}.json", manifest)
+    manifest_json = json.dumps({"merged": name, "replaced": replaced, "at": time.time()}).encode()
+    files.put(f"{folder}/_compaction-{token}.json", manifest_json)
     if grace_s <= 0:
         compact_day(files, day, grace_s=0)  # nothing to wait for: delete the replaced files now
     log.info("compacted %d files of %s into %s (%d events)", len(inputs), day, name, merged.num_rows)

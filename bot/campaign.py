@@ -6,16 +6,18 @@ name) stops the bot before it answers anyone, with the file, the key and what is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
 import string
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import cached_property
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -35,6 +37,10 @@ FIRST_NAME_ROOM = 35
 
 class CampaignError(ValueError):
     """The campaign file is unusable; the message names the file, the key and the reason."""
+
+
+_Fail = Callable[[str, str], CampaignError]  # (key, reason): the error to raise, naming the file too
+_FailAt = Callable[[str], CampaignError]  # (reason): the same, for a key already known
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,9 @@ def load_campaign(path: Path, data_dir: Path | None = None) -> Campaign:
     return parse_campaign(raw, where=where, data_dir=data_dir)
 
 
-def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None = None) -> Campaign:
+def parse_campaign(
+    raw: Mapping[str, object], *, where: str = "campaign", data_dir: Path | None = None
+) -> Campaign:
     def fail(key: str, reason: str) -> CampaignError:
         return CampaignError(f"{where}: {key}: {reason}")
 
@@ -226,6 +234,7 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
             )
         values[name] = value
 
+    tables: dict[str, Mapping[str, object]] = {}
     for section in ("welcome", "coupon", "thanks", "opt_out", "privacy"):
         table = raw.get(section)
         if table is None and section in _OPTIONAL_SECTIONS:
@@ -238,17 +247,18 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
         for key in table:
             if key not in expected:
                 raise fail(f"{section}.{key}", f"unknown key (expected {', '.join(sorted(expected))})")
+        tables[section] = table
 
     for key in _TEXTS:
         section, name = key.split(".")
-        value = raw.get(section, {}).get(name)
+        value = tables.get(section, {}).get(name)
         if value is None:
             if key in _OPTIONAL or section in _OPTIONAL_SECTIONS:
                 continue
             raise fail(key, "missing")
-        values[key] = _checked_text(key, value, lambda reason, key=key: fail(key, reason))
+        values[key] = _checked_text(key, value, functools.partial(fail, key))
 
-    coupon = _single_use(raw["coupon"], values, fail)
+    coupon = _single_use(tables["coupon"], values, fail)
     timezone = raw.get("timezone", "UTC")
     try:
         if not isinstance(timezone, str):
@@ -301,7 +311,7 @@ def parse_campaign(raw: dict, *, where: str = "campaign", data_dir: Path | None 
     )
 
 
-def _checked_text(key: str, value: object, fail) -> str:
+def _checked_text(key: str, value: object, fail: _FailAt) -> str:
     """A text of the file, checked against the platform's limit and the placeholders `key` allows."""
     limit, allowed = _TEXTS[key]
     if not isinstance(value, str):
@@ -319,7 +329,7 @@ def _is_local(image: str) -> bool:
     return not image.startswith(("https://", "http://"))
 
 
-def _check_image(image: str, data_dir: Path | None, fail) -> None:
+def _check_image(image: str, data_dir: Path | None, fail: _FailAt) -> None:
     """A thank-you image: an https URL, or a file inside the data directory (there, given `data_dir`)."""
     parts = urlsplit(image)
     if parts.scheme in ("http", "https"):
@@ -335,7 +345,7 @@ def _check_image(image: str, data_dir: Path | None, fail) -> None:
             raise fail(f"no file {data_dir / relative}")
 
 
-def _variants(raw: object, data_dir: Path | None, fail) -> tuple[Variant, ...]:
+def _variants(raw: object, data_dir: Path | None, fail: _Fail) -> tuple[Variant, ...]:
     """The [variants.NAME] tables, checked, in file order: none, or two and more."""
     if raw is None:
         return ()
@@ -352,16 +362,19 @@ def _variants(raw: object, data_dir: Path | None, fail) -> tuple[Variant, ...]:
             )
         if not isinstance(table, dict):
             raise fail(where, "must be a table, [variants.NAME]")
-        variants.append(
-            _variant(name, table, data_dir, lambda key, reason, where=where: fail(f"{where}.{key}", reason))
-        )
+        variants.append(_variant(name, table, data_dir, _inside(where, fail)))
     if len(variants) < 2:
         found = ", ".join(v.name for v in variants) or "none"
         raise fail("variants", f"an A/B test needs at least two variants (found {found})")
     return tuple(variants)
 
 
-def _variant(name: str, table: dict, data_dir: Path | None, fail) -> Variant:
+def _inside(where: str, fail: _Fail) -> _Fail:
+    """`fail` for the keys of the table at `where`."""
+    return lambda key, reason: fail(f"{where}.{key}", reason)
+
+
+def _variant(name: str, table: Mapping[str, object], data_dir: Path | None, fail: _Fail) -> Variant:
     sections = {key.split(".")[0] for key in _VARIANT_TEXTS}
     for key in table:
         if key != "weight" and key not in sections:
@@ -388,7 +401,7 @@ def _variant(name: str, table: dict, data_dir: Path | None, fail) -> Variant:
             if key not in expected:
                 raise fail(f"{section}.{key}", f"unknown key (a variant replaces only {', '.join(expected)})")
             full = f"{section}.{key}"
-            texts[full] = _checked_text(full, value, lambda reason, full=full: fail(full, reason))
+            texts[full] = _checked_text(full, value, functools.partial(fail, full))
     if "thanks.image_url" in texts:
         _check_image(texts["thanks.image_url"], data_dir, lambda reason: fail("thanks.image_url", reason))
     return Variant(
@@ -401,7 +414,18 @@ def _variant(name: str, table: dict, data_dir: Path | None, fail) -> Variant:
     )
 
 
-def _single_use(table: dict, values: dict[str, str], fail) -> dict:
+class _SingleUse(TypedDict, total=False):
+    """The single-use settings of a campaign (see Campaign), as the [coupon] table gives them."""
+
+    codes: str
+    all_gone: str
+    code_text: str
+    redeemed_text: str
+    expires: date
+    valid_days: int
+
+
+def _single_use(table: Mapping[str, object], values: dict[str, str], fail: _Fail) -> _SingleUse:
     """The single-use settings of the [coupon] table, checked: `code` or `codes`, and what goes with each."""
     codes = table.get("codes")
     if codes is None:
@@ -422,7 +446,7 @@ def _single_use(table: dict, values: dict[str, str], fail) -> dict:
         raise fail("coupon.codes", "must be a file inside the data directory")
     if "coupon.all_gone" not in values:
         raise fail("coupon.all_gone", "missing: what customers read once every code is handed out")
-    settings: dict = {"codes": codes, "all_gone": values["coupon.all_gone"]}
+    settings: _SingleUse = {"codes": codes, "all_gone": values["coupon.all_gone"]}
     if "coupon.code_text" in values:
         settings["code_text"] = values["coupon.code_text"]
     if "coupon.redeemed_text" in values:
@@ -450,7 +474,7 @@ def _single_use(table: dict, values: dict[str, str], fail) -> dict:
     return settings
 
 
-def _check_placeholders(text: str, allowed: set[str], fail) -> None:
+def _check_placeholders(text: str, allowed: set[str], fail: _FailAt) -> None:
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
     except ValueError as exc:

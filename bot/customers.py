@@ -76,7 +76,7 @@ class _Customer:
     opt: int = _KEEP
     opted_out_at: int | None = None
     changed: bool = False  # the row is to be written
-    stored: tuple | None = None  # the row's last_action_at, ad_referral_at, unreachable_at; None: no row
+    stored: Sequence[int | None] | None = None  # the row's last_action_at, ad_referral_at, unreachable_at
     handover_raised: bool = False  # staff wrote: the pause lasts longer than the row says
 
     def worth_writing(self) -> bool:
@@ -123,7 +123,7 @@ def keep(cursor: Any, events: Sequence[Event], now: int) -> Standing:
     keys = sorted({(e.page_id, e.customer_id) for e in events if e.event not in _RECEIPTS})
     if not keys:
         return Standing(frozenset(), frozenset())
-    known = {}
+    known: dict[tuple[str, str], Sequence[int | None]] = {}  # a row's columns after customer_id
     for page_id, customer_ids in itertools.groupby(keys, key=lambda key: key[0]):
         ids = [customer_id for _, customer_id in customer_ids]
         for start in range(0, len(ids), ROWS_PER_STATEMENT):
@@ -185,13 +185,14 @@ def _from_an_ad(event: Event) -> bool:
     """Whether a conversation_started came from a Click-to-Messenger ad (its referral's source is ADS)."""
     if not event.detail or "ADS" not in event.detail:
         return False
-    return json.loads(event.detail).get("source") == "ADS"
+    detail: dict[str, object] = json.loads(event.detail)
+    return detail.get("source") == "ADS"
 
 
 def unreachable(failed: Event) -> bool:
     """Whether a `send_failed` says the customer cannot be messaged (code 551: not available, subcode
     1545041: blocked the page)."""
-    detail = json.loads(failed.detail or "{}")
+    detail: dict[str, object] = json.loads(failed.detail or "{}")
     return detail.get("code") == UNAVAILABLE_CODE or detail.get("subcode") == BLOCKED_SUBCODE
 
 

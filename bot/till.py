@@ -17,8 +17,9 @@ import io
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
 from urllib.parse import parse_qs, quote
 
 import segno
@@ -37,6 +38,10 @@ MAX_FORM_BYTES = 4096
 # Wrong PINs: at most this many per client, and this many from everyone, in the window.
 CLIENT_FAILURES, ALL_FAILURES, FAILURE_WINDOW_S = 5, 30, 300.0
 MAX_CLIENTS = 10_000
+
+_Endpoint = Callable[[Request], Awaitable[Response]]  # a route's handler
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class Attempts:
@@ -200,7 +205,7 @@ def till_routes(
             return card(request, redeemed, just_used=True)
         return card(request, await _store(database().find_code, token=token))  # used, expired or unknown
 
-    def answering_store_errors(handler: Callable) -> Callable:
+    def answering_store_errors(handler: _Endpoint) -> _Endpoint:
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
@@ -210,8 +215,9 @@ def till_routes(
 
         return handle
 
-    def staff_page(handler: Callable) -> Callable:
-        """A page of the till: off without a PIN; a POST's form read and its CSRF token checked first."""
+    def staff_page(handler: Callable[..., Awaitable[Response]]) -> _Endpoint:
+        """A page of the till: off without a PIN; a POST's form read and its CSRF token checked first.
+        `handler` takes the request, and for a POST the form too."""
 
         async def handle(request: Request) -> Response:
             if not pin:
@@ -247,7 +253,7 @@ def till_routes(
     ]
 
 
-async def _store(call: Callable, *args: object, **kwargs: object):
+async def _store(call: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
     """A blocking store call, in a thread. Raises DatabaseError."""
     return await asyncio.to_thread(call, *args, **kwargs)
 

@@ -128,7 +128,8 @@ class RequestStatus(StrEnum):
     NOT_FOUND = "not_found"  # done, and nothing was kept under the id it named
 
 
-_Waiting = tuple[Sequence[Event], Sequence[Reply], asyncio.Future]  # a webhook for the next commit
+# A webhook for the next commit: its events, their replies, and the future that gets the new events.
+_Waiting = tuple[Sequence[Event], Sequence[Reply], asyncio.Future[list[Event]]]
 
 
 class Database:
@@ -145,7 +146,7 @@ class Database:
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(1, "promobot-database")  # runs `record`'s commits, one at a time
         self._waiting: list[_Waiting] = []
-        self._committer: asyncio.Task | None = None
+        self._committer: asyncio.Task[None] | None = None
         self._closed = False
         # Campaigns with single-use codes, and when a code handed out at a reveal's time stops being valid.
         self._expiry: dict[str, Callable[[datetime], datetime | None]] = {}
@@ -275,7 +276,8 @@ class Database:
         """The rows of one read (its own snapshot: no explicit transaction, no write lock)."""
         connection = self._connection()
         try:
-            return connection.execute(sql, params).fetchall()
+            rows: list[Any] = connection.execute(sql, params).fetchall()
+            return rows
         except self.engine.error as exc:
             self._forget(connection)
             raise DatabaseError(f"{self.engine.where} failed: {exc}") from exc
@@ -289,7 +291,7 @@ class Database:
         are their replies. Callers that arrive while a commit runs share the next transaction.
         Returns: the events that were new, in order. Raises: DatabaseError (nothing of it was recorded).
         """
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
         self._waiting.append((events, replies, future))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_waiting())
@@ -366,7 +368,12 @@ class Database:
         return news
 
     def _hand_out_codes(
-        self, cursor: Any, replies: list[Reply], now: int, new: list[Event], event_rows: dict
+        self,
+        cursor: Any,
+        replies: list[Reply],
+        now: int,
+        new: list[Event],
+        event_rows: dict[str, tuple[object, ...]],
     ) -> list[Reply]:
         """`replies` with a code for each code reply of a campaign with single-use codes; where none is left,
         the `all_gone` reply instead, and a `coupon_pool_empty` event added to `new` and `event_rows`."""
@@ -468,7 +475,8 @@ class Database:
         """Forget seen marks older than `retention`; returns how many. Blocking."""
         with self.transaction() as cursor:
             cursor.execute("DELETE FROM seen WHERE seen_at < ?", (micros(self.clock() - retention),))
-            return cursor.rowcount
+            pruned: int = cursor.rowcount
+            return pruned
 
     def unflushed(self, batches: Sequence[int]) -> list[int]:
         """Those of `batches` not yet flushed (a read). Blocking."""
@@ -479,7 +487,7 @@ class Database:
         return [number for (number,) in rows]
 
     @staticmethod
-    def _deletion_request(customer_id: str, now: int) -> tuple:
+    def _deletion_request(customer_id: str, now: int) -> tuple[str, str, str, str, int]:
         """The row of a customer's own request (they wrote a delete word), under a new code."""
         return (deletion_code(), CUSTOMER_REASON, customer_id, str(RequestStatus.PENDING), now)
 
@@ -507,7 +515,8 @@ class Database:
 
     def owed(self) -> int:
         """How many replies the outbox holds, claimed or not. Blocking."""
-        return self.query("SELECT count(*) FROM outbox")[0][0]
+        owed: int = self.query("SELECT count(*) FROM outbox")[0][0]
+        return owed
 
     def release_leases(self) -> int:
         """Make every leased reply due now; returns how many. For a store only this process uses (SQLite):
@@ -515,7 +524,8 @@ class Database:
         now = micros(self.clock())
         with self.transaction() as cursor:
             cursor.execute("UPDATE outbox SET due_at = ? WHERE due_at > ?", (now, now))
-            return cursor.rowcount
+            released: int = cursor.rowcount
+            return released
 
     def complete_many(
         self, outcomes: Sequence[tuple[str, Event]], retries: Sequence[tuple[str, datetime]] = ()

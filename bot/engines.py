@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 CONNECT_TIMEOUT_S = 5  # PostgreSQL: seconds to wait for a connection, unless the URL says otherwise
 BUSY_TIMEOUT_S = 10.0  # SQLite: how long a writer waits for another process's transaction
@@ -44,26 +44,42 @@ def sqlite(path: Path) -> Engine:
 def postgresql(url: str) -> Engine:
     """The PostgreSQL server of `url`; psycopg is imported only here."""
     import psycopg  # only needed with a PostgreSQL URL
+    from psycopg.abc import Params, Query
 
     class QmarkCursor(psycopg.Cursor):
         """Takes `?` placeholders, as sqlite3 does: one text of each statement serves both engines."""
 
-        def execute(self, query: str, params: Any = None, **options: Any) -> QmarkCursor:
-            return super().execute(query.replace("?", "%s"), params, **options)
+        def execute(
+            self,
+            query: Query,
+            params: Params | None = None,
+            *,
+            prepare: bool | None = None,
+            binary: bool | None = None,
+        ) -> Self:
+            return super().execute(_pyformat(query), params, prepare=prepare, binary=binary)
 
-        def executemany(self, query: str, params_seq: Any, **options: Any) -> None:
-            super().executemany(query.replace("?", "%s"), params_seq, **options)
+        def executemany(self, query: Query, params_seq: Iterable[Params], *, returning: bool = False) -> None:
+            super().executemany(_pyformat(query), params_seq, returning=returning)
 
     info = psycopg.conninfo.conninfo_to_dict(url)
     # Without a limit, a server that drops packets holds a webhook (or start-up) for minutes.
-    timeout = {} if "connect_timeout" in info else {"connect_timeout": CONNECT_TIMEOUT_S}
+    timeout = info.get("connect_timeout", CONNECT_TIMEOUT_S)
     where = f"PostgreSQL {info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
     return Engine(
         "postgresql",
         where,
-        lambda: psycopg.connect(url, autocommit=True, cursor_factory=QmarkCursor, **timeout),
+        lambda: psycopg.connect(url, autocommit=True, cursor_factory=QmarkCursor, connect_timeout=timeout),
         psycopg.Error,
         "BEGIN",
         "FOR UPDATE SKIP LOCKED",
         psycopg.errors.UniqueViolation,
     )
+
+
+def _pyformat(query: object) -> str:
+    """A statement's `?` placeholders as psycopg's `%s`. Raises TypeError for a query that is not text (a
+    composed sql.SQL, bytes, a template): the store sends none, and psycopg's own take `%s` already."""
+    if not isinstance(query, str):
+        raise TypeError(f"a statement with ? placeholders is text, not {type(query).__name__}")
+    return query.replace("?", "%s")

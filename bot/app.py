@@ -20,7 +20,7 @@ from bot import flow, privacy, routes
 from bot.campaign import load_campaign
 from bot.config import Mode, Settings
 from bot.flusher import Flusher
-from bot.graph import RetryPolicy
+from bot.graph_errors import RetryPolicy
 from bot.runtime import Runtime, Sending
 from bot.sender import release_leases
 from bot.sender_process import SenderProcess

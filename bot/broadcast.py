@@ -33,7 +33,7 @@ from bot.database import Database
 from bot.events import Event
 from bot.facts import EventName
 from bot.flow import Reply, render_welcome_text
-from bot.graph import TOKEN_INVALID, RetryPolicy, SendError
+from bot.graph_errors import TOKEN_INVALID, RetryPolicy, SendError
 from bot.recipients import (
     audience_now,
     broadcast_results,

@@ -17,11 +17,31 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import quote
 
 import httpx
 
+from bot.graph_batch import batch_entry, form_quote, plain
+from bot.graph_errors import (
+    TOKEN_INVALID,
+    TRANSIENT_CODES,
+    PermanentSendError,
+    RetryPolicy,
+    SendError,
+    TransientSendError,
+)
+
 log = logging.getLogger(__name__)
+
+BATCH_LIMIT = 50  # the platform's most calls in one batch request
+
+
+class _TurnTooLate(TransientSendError):
+    """A call whose deadline passed while it waited in the client's queue: it was not sent."""
+
+
+class _BatchTimedOut(TransientSendError):
+    """No answer in time to a batch request: one slow call holds up all of them, so each goes alone next."""
 
 
 class _RedactCredentials(logging.Filter):
@@ -37,97 +57,6 @@ class _RedactCredentials(logging.Filter):
 
 
 logging.getLogger("httpx").addFilter(_RedactCredentials())
-
-# Graph API error codes worth retrying: 1 unknown, 2 service unavailable, 4 / 17 / 32 / 613 rate limits.
-TRANSIENT_CODES = frozenset({1, 2, 4, 17, 32, 613})
-TOKEN_INVALID = 190
-BATCH_LIMIT = 50  # the platform's most calls in one batch request
-
-
-class SendError(Exception):
-    """A Graph API call that did not succeed; `code`/`subcode` are the platform's when it gave them."""
-
-    def __init__(self, reason: str, *, code: int | None = None, subcode: int | None = None, transient: bool):
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
-        self.subcode = subcode
-        self.transient = transient
-
-
-class PermanentSendError(SendError):
-    def __init__(self, reason: str, *, code: int | None = None, subcode: int | None = None):
-        super().__init__(reason, code=code, subcode=subcode, transient=False)
-
-
-class TransientSendError(SendError):
-    def __init__(self, reason: str, *, code: int | None = None, subcode: int | None = None):
-        super().__init__(reason, code=code, subcode=subcode, transient=True)
-
-
-class _TurnTooLate(TransientSendError):
-    """A call whose deadline passed while it waited in the client's queue: it was not sent."""
-
-
-class _BatchTimedOut(TransientSendError):
-    """No answer in time to a batch request: one slow call holds up all of them, so each goes alone next."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    deadline_s: float = 20.0  # give up on a message after this long, all attempts together
-    first_backoff_s: float = 0.25
-    max_backoff_s: float = 4.0
-    request_timeout_s: float = 5.0  # one attempt, connect to last byte
-
-
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._*")
-_FORM_BYTES = ["+" if b == 0x20 else chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in range(256)]
-
-
-# What a form field's value must escape to read back the same (the separators, the escape, the space); any
-# other printable ASCII character stands for itself in application/x-www-form-urlencoded.
-_FORM_SPECIALS = (("%", "%25"), ("&", "%26"), ("+", "%2B"), ("=", "%3D"), ("#", "%23"), (" ", "+"))
-
-
-def form_quote(text: str) -> str:
-    """`text` encoded for an application/x-www-form-urlencoded body; any form parser reads back `text`.
-
-    A batch request's form is long (its JSON holds every call), so the common case, printable ASCII, takes
-    six passes of str.replace in C; anything else is escaped byte by byte as urllib's quote_plus does (in C
-    too, with str.translate: quote_plus walks the bytes in Python).
-    """
-    if text.isascii() and text.isprintable():
-        for special, escaped in _FORM_SPECIALS:
-            text = text.replace(special, escaped)
-        return text
-    return text.encode().decode("latin-1").translate(_FORM_BYTES)
-
-
-class Encoded:
-    """A JSON value encoded once for every call that sends it: a message that many customers get alike."""
-
-    __slots__ = ("form", "value")
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-        self.form = form_quote(_compact_json(value))
-
-
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _form_value(value: object) -> str:
-    """A POST field's value in a batch entry: text as it is, anything else as JSON, form-quoted."""
-    if isinstance(value, Encoded):
-        return value.form
-    return form_quote(value if isinstance(value, str) else _compact_json(value))
-
-
-def _plain(body: Mapping[str, object]) -> dict[str, object]:
-    """A body with its encoded values back as plain values, for a request that sends it as JSON."""
-    return {key: value.value if isinstance(value, Encoded) else value for key, value in body.items()}
-
 
 Outcome = Callable[[object], None]  # gets a call's answer: the response body, or a SendError
 _T = TypeVar("_T")
@@ -145,15 +74,6 @@ class _Call:
     answer: Outcome
     alone: bool = False  # never in a batch request (its last one timed out)
     abandoned: bool = False  # its caller stopped waiting: not sent, not answered
-
-    def batch_entry(self) -> dict[str, str]:
-        """The call as an entry of a batch request: a relative URL, and a POST's fields form-encoded."""
-        entry = {"method": self.method, "relative_url": self.path}
-        if self.params:
-            entry["relative_url"] += "?" + urlencode(self.params)
-        if self.body is not None:
-            entry["body"] = "&".join(f"{key}={_form_value(value)}" for key, value in self.body.items())
-        return entry
 
 
 class Attempts:
@@ -203,9 +123,8 @@ class Attempts:
             if last is not None:
                 # The deadline passed while the call waited for its turn: the failure worth telling is the
                 # one that made it wait.
-                last.reason = f"{last.reason} (gave up after {self._attempt - 1} attempts)"
-                last.__cause__ = error
-                error = last
+                waited, error = error, last.gave_up(self._attempt - 1)
+                error.__cause__ = waited
         elif isinstance(error, TransientSendError):
             self._error = error
             call = self._call
@@ -223,35 +142,10 @@ class Attempts:
                 self._backoff = min(self._backoff * 2, self._client.retry.max_backoff_s)
                 self._timer = asyncio.get_running_loop().call_later(pause, self._next)
                 return
-            error.reason = f"{error.reason} (gave up after {self._attempt} attempts)"
+            error = error.gave_up(self._attempt)
         elif error.code == TOKEN_INVALID:
             self._client._token_rejected(error)
         self._outcome(error)
-
-
-@dataclass(frozen=True)
-class BatchEntry:
-    """A call read back from a batch request (the fakes of the platform use this)."""
-
-    method: str
-    path: str
-    params: dict[str, str]
-    body: dict[str, object]  # each field's JSON value, or its text when it is not JSON
-
-
-def read_batch(form: dict[str, str]) -> list[BatchEntry]:
-    """The calls of a batch request's form fields, with each POST's fields decoded as the platform does."""
-    entries = []
-    for entry in json.loads(form["batch"]):
-        url = urlsplit(entry["relative_url"])
-        body: dict[str, object] = {}
-        for key, value in parse_qsl(entry.get("body", "")):
-            try:
-                body[key] = json.loads(value)
-            except ValueError:
-                body[key] = value
-        entries.append(BatchEntry(entry["method"].upper(), url.path, dict(parse_qsl(url.query)), body))
-    return entries
 
 
 class GraphClient:
@@ -497,7 +391,7 @@ class GraphClient:
                 call.method,
                 call.path,
                 params=call.params,
-                json=_plain(call.body) if call.body is not None else None,
+                json=plain(call.body) if call.body is not None else None,
                 timeout=self._timeout(call.deadline),
             )
         except httpx.HTTPError as exc:
@@ -508,7 +402,10 @@ class GraphClient:
             return [exc]
 
     async def _batch(self, calls: list[_Call]) -> list[object]:
-        batch = json.dumps([call.batch_entry() for call in calls], separators=(",", ":"))
+        batch = json.dumps(
+            [batch_entry(call.method, call.path, call.params, call.body) for call in calls],
+            separators=(",", ":"),
+        )
         try:
             response = await self._client.post(
                 "",
@@ -584,6 +481,6 @@ def _transport_error(exc: httpx.HTTPError) -> TransientSendError:
 
 
 def _copy(exc: SendError) -> SendError:
-    """A SendError of its own for each call of a failed batch (the retry loop amends its reason)."""
+    """A SendError of its own for each call of a failed batch: each is raised in its own caller."""
     kind = TransientSendError if exc.transient else PermanentSendError
     return kind(exc.reason, code=exc.code, subcode=exc.subcode)

@@ -19,7 +19,8 @@ import httpx
 import segno
 
 from bot.config import ConfigError, Mode, Settings
-from bot.graph import GraphClient, SendError
+from bot.graph import GraphClient
+from bot.graph_errors import SendError
 from bot.startup import graph_client
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from bot import jsontext
 
 if TYPE_CHECKING:
-    from bot.graph import Encoded
+    from bot.graph_batch import Encoded
 
 log = logging.getLogger(__name__)
 

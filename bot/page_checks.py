@@ -10,7 +10,8 @@ from typing import Any
 from urllib.parse import quote
 
 from bot.flow import OPT_OUT_MENU_TITLE, OPT_OUT_PAYLOAD
-from bot.graph import TOKEN_INVALID, GraphClient, SendError
+from bot.graph import GraphClient
+from bot.graph_errors import TOKEN_INVALID, SendError
 from bot.health import Check, Name, Status
 
 # The webhook fields the bot acts on (bot.messenger parses them), each a Page Webhooks field of the Messenger

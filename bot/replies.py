@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 from bot.campaign import Campaign
 from bot.events import Event
 from bot.flow import IssuedCode, Reply, ReplyKind, render, render_code, render_code_qr
-from bot.graph import Attempts, Encoded, GraphClient, SendError
+from bot.graph import Attempts, GraphClient
+from bot.graph_batch import Encoded
+from bot.graph_errors import SendError
 from bot.messenger import send_body
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from bot.database import Database, DatabaseError
 from bot.events import Event
 from bot.flow import Reply
-from bot.graph import SendError
+from bot.graph_errors import SendError
 from bot.replies import Replier
 
 log = logging.getLogger(__name__)

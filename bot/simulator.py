@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from bot import jsontext
-from bot.graph import read_batch
+from bot.graph_batch import read_batch
 
 LOCAL_PAGE_ID = "100000000000001"  # the simulated business page in local mode
 SIMULATOR_PAGE = Path(__file__).with_name("simulator.html")

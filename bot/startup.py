@@ -18,7 +18,8 @@ from bot.campaign import Campaign, CampaignError, load_campaign
 from bot.codes import CodesError, load_codes
 from bot.config import ConfigError, Mode, Settings
 from bot.database import Database
-from bot.graph import GraphClient, RetryPolicy
+from bot.graph import GraphClient
+from bot.graph_errors import RetryPolicy
 from bot.pool import LOW_POOL_SHARE
 from bot.replies import Replier
 from bot.sender import IDLE_POLL_S, LEASE_MARGIN_S, Sender

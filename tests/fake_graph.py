@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
-from bot.graph import BatchEntry, read_batch
+from bot.graph_batch import BatchEntry, read_batch
 
 
 @dataclass(frozen=True)

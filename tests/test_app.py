@@ -27,7 +27,7 @@ from bot.campaign import load_campaign
 from bot.config import ConfigError, Mode, Settings
 from bot.facts import ButtonStep
 from bot.flow import button_payload
-from bot.graph import read_batch
+from bot.graph_batch import read_batch
 from bot.messenger import sign
 from tests import payloads
 from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, make_home

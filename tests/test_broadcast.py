@@ -28,7 +28,7 @@ from bot.database import Database
 from bot.events import Event
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
-from bot.graph import RetryPolicy
+from bot.graph_errors import RetryPolicy
 from bot.recipients import audience_now, broadcast_results, create_broadcast
 from bot.startup import build_sender
 from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, make_home

@@ -17,7 +17,8 @@ from bot.database import Database
 from bot.doctor import doctor_command
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
-from bot.graph import GraphClient, RetryPolicy
+from bot.graph import GraphClient
+from bot.graph_errors import RetryPolicy
 from bot.health import Name, Status, local_health, store_checks
 from bot.page_checks import NEEDED_FIELDS, version_check
 from tests.bot_process import BotProcess, make_home

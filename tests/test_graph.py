@@ -10,15 +10,9 @@ from urllib.parse import parse_qs, parse_qsl
 import httpx
 import pytest
 
-from bot.graph import (
-    Encoded,
-    GraphClient,
-    PermanentSendError,
-    RetryPolicy,
-    TransientSendError,
-    form_quote,
-    read_batch,
-)
+from bot.graph import GraphClient
+from bot.graph_batch import Encoded, form_quote, read_batch
+from bot.graph_errors import PermanentSendError, RetryPolicy, TransientSendError
 from tests.conftest import MESSENGER_FIXTURES
 
 pytestmark = pytest.mark.anyio

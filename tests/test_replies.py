@@ -13,7 +13,7 @@ import pytest
 from bot.events import message_digest
 from bot.facts import ButtonStep
 from bot.flow import Reply, button_payload
-from bot.graph import read_batch
+from bot.graph_batch import read_batch
 from bot.replies import Replier
 from tests import payloads
 from tests.test_flow import CAMPAIGN, act

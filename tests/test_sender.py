@@ -17,7 +17,7 @@ from bot.database import Database
 from bot.events import Event
 from bot.facts import ButtonStep
 from bot.flow import button_payload
-from bot.graph import read_batch
+from bot.graph_batch import read_batch
 from bot.replies import Replier
 from bot.sender import Sender
 from tests import payloads

@@ -16,7 +16,7 @@ from bot.campaign import Campaign, parse_campaign
 from bot.events import Event
 from bot.facts import Button, ButtonStep, EventName
 from bot.flow import Reply, ReplyKind, plan_replies, record, render
-from bot.graph import read_batch
+from bot.graph_batch import read_batch
 from bot.messenger import Postback, Read, Referral, ReferralEvent, TextMessage
 from bot.replies import Replier
 from tests.test_campaign import example

@@ -73,9 +73,7 @@ def forget_customer(
     """Delete the customer's rows from every table of `tables`, and take their name off the single-use
     codes they were handed, in one transaction. Running it again finds nothing more to do. Blocking.
 
-    A handed-out code stays handed out (never back in the pool: it may still be shown at the till);
-    its customer becomes a random `forgotten-…` value: one per code, so that nothing links the codes of
-    one person, and unique, as a campaign's handed-out codes must be.
+    A handed-out code stays handed out, its customer a random `forgotten-…` value (docs/design.md).
     """
     rows: dict[str, int] = {}
     with database.transaction() as cursor:

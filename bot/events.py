@@ -174,9 +174,8 @@ def message_digest(message_id: str) -> int:
     """The stored digest of a platform's message id: the first 8 bytes of the SHA-256 of its UTF-8, read as a
     signed big-endian int64.
 
-    Enough to find our row of a message the platform names (a webhook, an export) and to tell two sends
-    apart; the id itself cannot be had back from it. SHA-256 so that SQL engines compute it too, e.g. DuckDB:
-    `('0x' || left(sha256(id), 16))::ubigint`, less 2**64 when at least 2**63.
+    SQL engines compute it too, e.g. DuckDB: `('0x' || left(sha256(id), 16))::ubigint`, less 2**64 when at
+    least 2**63.
     """
     # surrogatepass: an id with a lone surrogate (no real one has; a malformed answer might) still has one.
     utf8 = message_id.encode("utf-8", "surrogatepass")

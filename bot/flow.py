@@ -279,13 +279,10 @@ def _start_detail(campaign: Campaign, trigger: str, referral: Referral | None, f
 def record(campaign: Campaign, inbound: Inbound, rules: PageRules = DEFAULT_RULES) -> list[Event]:
     """The events a customer's action (or the page's echoed message) becomes, in order.
 
-    A journey starts with a conversation_started (Get Started, a referral, a text, a button the bot no longer
-    knows) that carries its `source`. In an A/B test every event carries the customer's variant (the hash's,
-    or the one an entry link forces); a click carries the one its button names. A message that is an opt-out
-    or opt-in word (of `rules`), or the menu's opt-out item, is an `opted_out` / `opted_in`; a reaction a
-    `reaction_received`; an echo of a message another app than the bot's sent (staff in the page's inbox) a
-    `handed_over` whose `detail` says for how many minutes. Whether an opt-out changes anything, and what is
-    left unanswered, is the store's to say: it knows the customer's state.
+    A journey starts with a conversation_started that carries its `source`; every event carries the
+    customer's variant (a click, the one its button names). Opt-out and opt-in words of `rules`, reactions
+    and staff's echoes become `opted_out` / `opted_in`, `reaction_received` and `handed_over`; what they
+    change is the store's to say, which knows the customer's state.
     """
     assigned = campaign.assigned_variant(inbound.customer_id) if campaign.variants else campaign.variant
 

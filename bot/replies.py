@@ -81,11 +81,9 @@ class Replier:
     def start(self, replies: Iterable[Reply], record: Record, postpone: Postpone | None = None) -> None:
         """Send in the background. Replies to one event go out in order (thank-you text, then image).
 
-        At most `concurrency` events are answered at once, however many are waiting: a reply's deadline
-        starts when its turn comes, so a backlog (after a restart, say) does not make them expire in the
-        Graph client's queue. The client below queues their calls and batches them. With `postpone`, a reply
-        that failed only for now (the Graph API down or slow past the retry deadline) goes there instead of
-        to `record`, and the event's later replies are not sent.
+        At most `concurrency` events are answered at once: a reply's deadline starts when its turn comes,
+        so a backlog does not expire in the Graph client's queue. With `postpone`, a reply that failed only
+        for now goes there instead of to `record`, and the event's later replies are not sent.
         """
         self._enqueue(by_event(replies), record, None, postpone)
 

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "redeem":
         from pathlib import Path
 
-        from bot.codes import redeem_command
+        from bot.till import redeem_command
 
         return redeem_command(Path(args.csv), args.campaign)
     if args.command == "compact":
@@ -178,14 +178,13 @@ def migrate() -> int:
     """Open the store named by the environment (PROMOBOT_DATABASE_URL, DATABASE_URL, or the SQLite file in
     PROMOBOT_DATA), applying the schema steps it lacks; it needs none of the platform's secrets."""
 
-    from bot.config import ConfigError, Mode, Settings
+    from bot.config import ConfigError
     from bot.database import DatabaseError
     from bot.migrations import MigrationError
-    from bot.startup import open_database
+    from bot.startup import command_settings, open_database
 
     try:
-        settings = Settings.from_env(mode=Mode.LOCAL)  # only the store's settings are read
-        open_database(settings).close()
+        open_database(command_settings()).close()
     except (ConfigError, DatabaseError, MigrationError) as exc:
         print(f"promobot migrate: {exc}", file=sys.stderr)
         return 1

@@ -46,7 +46,7 @@ from bot.recipients import (
     unfinished_broadcast,
 )
 from bot.sender import Sender
-from bot.startup import build_sender, file_store, open_database
+from bot.startup import build_sender, command_settings, file_store, open_database
 
 log = logging.getLogger(__name__)
 
@@ -262,12 +262,12 @@ class ProgressLine:
 
 def audience_command(campaign_id: str, as_json: bool, *, environ: Mapping[str, str] | None = None) -> int:
     """`python -m bot audience --campaign ID [--json]`: who may be sent the campaign now; why not the rest."""
-    from bot.config import ConfigError, Mode
+    from bot.config import ConfigError
     from bot.database import DatabaseError
     from bot.migrations import MigrationError
 
     try:
-        settings = Settings.from_env(environ, mode=Mode.LOCAL)  # only the store's settings are read
+        settings = command_settings(environ)
         database = open_database(settings)
         try:
             counts = audience_now(database, campaign_id)

@@ -138,30 +138,3 @@ def read_redemptions(path: Path, default_time: datetime) -> list[tuple[str, date
             raise CodesError(f"{path}: line {number}: redeemed_at {when!r} is not an ISO 8601 time") from None
         used.append((code, at if at.tzinfo else at.replace(tzinfo=UTC)))
     return used
-
-
-def redeem_command(path: Path, campaign_id: str | None) -> int:
-    """`python -m bot redeem --csv FILE`: mark the codes of a till's export used, then write the events."""
-    from bot.config import ConfigError, Mode, Settings
-    from bot.database import Database, DatabaseError
-    from bot.flusher import FlushError, flush_once
-    from bot.store import FileStore
-
-    try:
-        settings = Settings.from_env(mode=Mode.LOCAL)  # only the store's settings are read
-        if campaign_id is None:
-            from bot.campaign import load_campaign
-
-            campaign_id = load_campaign(settings.campaign).id
-        used = read_redemptions(path, datetime.now(UTC))
-        database = Database.open(settings.database, Path(settings.data))
-        try:
-            counts = database.redeem_codes(campaign_id, used)
-            flush_once(database, FileStore(settings.data))
-        finally:
-            database.close()
-    except (ConfigError, CodesError, DatabaseError, FlushError, ValueError) as exc:
-        print(f"promobot redeem: {exc}", file=sys.stderr)
-        return 1
-    print(f"{counts['new']} redeemed now, {counts['already']} already redeemed, {counts['unknown']} unknown")
-    return 0

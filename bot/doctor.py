@@ -18,13 +18,13 @@ from bot.database import DatabaseError
 from bot.health import Check, Name, Status, local_health, worst
 from bot.migrations import MigrationError
 from bot.page_checks import graph_checks, version_check
-from bot.startup import graph_client, open_database
+from bot.startup import command_settings, graph_client, open_database
 
 
 def _settings(environ: Mapping[str, str]) -> Settings:
     """The settings the doctor needs: the page token, not the webhook's secrets (whatever is missing is a
     check that fails, not a refusal to look)."""
-    settings = Settings.from_env(environ, mode=Mode.LOCAL)  # checked URLs, timeouts and store; no secrets
+    settings = command_settings(environ)
     return replace(
         settings,
         mode=Mode.SERVER,

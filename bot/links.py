@@ -21,7 +21,7 @@ import segno
 from bot.config import ConfigError, Mode, Settings
 from bot.graph import GraphClient
 from bot.graph_errors import SendError
-from bot.startup import graph_client
+from bot.startup import command_settings, graph_client
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 # A page's username is letters, digits and dots.
@@ -151,7 +151,7 @@ async def page_username(graph: GraphClient) -> str:
 
 def _settings(environ: Mapping[str, str]) -> Settings:
     """The Graph API settings for a lookup: only the page token is required (not the webhook's secrets)."""
-    settings = Settings.from_env(environ, mode=Mode.LOCAL)  # the URLs and timeouts, checked; no secrets
+    settings = command_settings(environ)
     token = environ.get("PROMOBOT_PAGE_TOKEN", "").strip()
     if not token:
         raise ConfigError(

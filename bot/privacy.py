@@ -236,13 +236,13 @@ def status_page(found: DeletionRequest | None) -> str:
 
 def forget_command(customer_id: str, *, yes: bool, answer: Callable[[str], str] = input) -> int:
     """`python -m bot forget PSID [--yes]`: asks first unless `yes`, then prints what was removed."""
-    from pathlib import Path
 
-    from bot.config import ConfigError, Mode, Settings
+    from bot.config import ConfigError
     from bot.migrations import MigrationError
+    from bot.startup import command_settings, file_store, open_database
 
     try:
-        settings = Settings.from_env(mode=Mode.LOCAL)  # the stores' settings only: no platform secret
+        settings = command_settings()
     except ConfigError as exc:
         print(f"promobot forget: {exc}")
         return 2
@@ -255,12 +255,12 @@ def forget_command(customer_id: str, *, yes: bool, answer: Callable[[str], str] 
             print("nothing deleted")
             return 1
     try:
-        database = Database.open(settings.database, Path(settings.data))
+        database = open_database(settings)
     except (DatabaseError, MigrationError) as exc:
         print(f"promobot forget: {exc}")
         return 1
     try:
-        removal = forget(database, FileStore(settings.data), customer_id)
+        removal = forget(database, file_store(settings), customer_id)
     except (DatabaseError, OSError) as exc:
         print(f"promobot forget: stopped, run it again to finish: {exc}")
         return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -45,6 +46,15 @@ def load_settings(mode: Mode) -> tuple[Settings, Campaign]:
     except (ConfigError, CampaignError, CodesError) as exc:
         sys.exit(f"promobot cannot start: {exc}")
     return settings, campaign
+
+
+def command_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of a command that needs none of the platform's secrets: the stores, URLs and timeouts,
+    checked (read as local mode reads them, which never asks for a secret).
+
+    Raises: ConfigError for a setting that is malformed.
+    """
+    return Settings.from_env(environ, mode=Mode.LOCAL)
 
 
 def configure_logging(level: str) -> None:

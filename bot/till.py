@@ -5,6 +5,8 @@ GET  /redeem/{token}      the customer's link (or its QR code): the code's state
 GET  /redeem/{token}/qr.png   that link as a QR code
 POST /redeem/pin          the staff PIN; a signed session cookie for the rest of the shift
 POST /redeem/use          mark the code used (atomic: a second press sees "already used")
+
+And `python -m bot redeem --csv FILE`: the codes of a till's export marked used.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import hmac
 import html
 import io
 import secrets
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 from urllib.parse import parse_qs, quote
 
@@ -345,4 +349,33 @@ button {{ display: block; width: 100%; min-height: 3.25rem; font-family: inherit
 </style></head>
 <body>{body}</body></html>"""
 
-__all__ = ["Attempts", "till_routes"]
+
+def redeem_command(path: Path, campaign_id: str | None) -> int:
+    """`python -m bot redeem --csv FILE`: mark the codes of a till's export used, then write the events."""
+    from bot.codes import CodesError, read_redemptions
+    from bot.config import ConfigError
+    from bot.database import DatabaseError
+    from bot.flusher import FlushError, flush_once
+    from bot.startup import command_settings, file_store, open_database
+
+    try:
+        settings = command_settings()
+        if campaign_id is None:
+            from bot.campaign import load_campaign
+
+            campaign_id = load_campaign(settings.campaign).id
+        used = read_redemptions(path, datetime.now(UTC))
+        database = open_database(settings)
+        try:
+            counts = database.redeem_codes(campaign_id, used)
+            flush_once(database, file_store(settings))
+        finally:
+            database.close()
+    except (ConfigError, CodesError, DatabaseError, FlushError, ValueError) as exc:
+        print(f"promobot redeem: {exc}", file=sys.stderr)
+        return 1
+    print(f"{counts['new']} redeemed now, {counts['already']} already redeemed, {counts['unknown']} unknown")
+    return 0
+
+
+__all__ = ["Attempts", "redeem_command", "till_routes"]

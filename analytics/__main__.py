@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sql":
         from datetime import timedelta
 
+        from analytics.dialects import statements as athena_statements
         from analytics.filters import AnalyticsError, Filters
-        from analytics.spark import statements as athena_statements
 
         try:
             question = Filters(
@@ -85,11 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"-- {name}\n{text};\n")
         return 0
     if args.command == "dashboard":
-        from analytics.dashboard import serve
+        from analytics.server import serve
 
         return serve(data=args.data, host=args.host, port=args.port)
     parser.error(f"unknown command {args.command}")
-    return 2
 
 
 if __name__ == "__main__":

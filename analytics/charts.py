@@ -1,12 +1,12 @@
-"""Altair charts of the metrics: funnel, timeline, cohort heatmap, buttons. They only ever receive aggregates.
+"""Altair charts of the metrics' tables, and their output as SVG, PNG or HTML that need no internet.
 
-Every chart renders with no internet: Altair's default HTML renderer loads Vega from a CDN and shows nothing
-offline, so charts go out as SVG or PNG made by vl-convert, or as HTML with the JavaScript inlined.
+save(funnel_chart(events.funnel()), "funnel.svg")
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import altair as alt
 import pyarrow as pa
@@ -15,8 +15,11 @@ import vl_convert
 from bot.facts import STEP_LABELS as STEP_NAMES
 from bot.facts import STEPS, EventName, FunnelStep
 
+# Every chart function returns one of these; the output functions take either.
+Chart = alt.Chart | alt.LayerChart
+
 # One colour per step, in every chart.
-STEP_COLORS = {
+STEP_COLORS: dict[str, str] = {
     FunnelStep.REACHED: "#4c78a8",
     FunnelStep.RESPONDED: "#72b7b2",
     FunnelStep.COUPON_REQUESTED: "#54a24b",
@@ -27,7 +30,10 @@ STEP_COLORS = {
     EventName.CONVERSATION_STARTED: "#9d755d",
 }
 # Steps, and the event a click was stored as, by their names for people.
-STEP_LABELS = {**STEP_NAMES, EventName.CONVERSATION_STARTED: "Get Started"}
+STEP_LABELS: dict[str, str] = {
+    **{str(step): label for step, label in STEP_NAMES.items()},
+    EventName.CONVERSATION_STARTED: "Get Started",
+}
 _ORDER = [*STEPS, EventName.CONVERSATION_STARTED]
 _FONT = "system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
 
@@ -46,8 +52,8 @@ def _label_expr() -> str:
     return f"{cases} : datum.label"
 
 
-def _records(table: pa.Table) -> list[dict]:
-    rows = table.to_pylist()
+def _records(table: pa.Table) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = table.to_pylist()
     for row in rows:
         for key, value in row.items():
             if hasattr(value, "isoformat"):
@@ -57,8 +63,8 @@ def _records(table: pa.Table) -> list[dict]:
     return rows
 
 
-def _style(chart: alt.Chart, title: str, width: int = 560) -> alt.Chart:
-    return (
+def _style(chart: Chart, title: str, width: int = 560) -> Chart:
+    styled: Chart = (
         # Room for long step names on the left and the counts printed past the longest bar.
         chart.properties(title=title, width=width, padding={"left": 12, "right": 60, "top": 8, "bottom": 8})
         .configure(font=_FONT)
@@ -66,15 +72,16 @@ def _style(chart: alt.Chart, title: str, width: int = 560) -> alt.Chart:
         .configure_axis(labelFontSize=12, titleFontSize=12, grid=False)
         .configure_view(stroke=None)
     )
+    return styled
 
 
-def funnel_chart(funnel: pa.Table) -> alt.Chart:
+def funnel_chart(funnel: pa.Table) -> Chart:
     """Customers at each step, with the share of those reached."""
     rows = _records(funnel)
     for row in rows:
         pct = row.get("pct_of_reached")
         row["text"] = f"{row['customers']:,}" + (f" ({pct:.0f}%)" if pct is not None else "")
-    base = alt.Chart(alt.Data(values=rows)).encode(
+    base = alt.Chart(alt.InlineData(values=rows)).encode(
         y=alt.Y("label:N", sort=[STEP_LABELS[s] for s in STEPS], title=None, axis=alt.Axis(labelLimit=220)),
         x=alt.X("customers:Q", title="Customers"),
     )
@@ -88,13 +95,13 @@ def funnel_chart(funnel: pa.Table) -> alt.Chart:
         ],
     )
     text = base.mark_text(align="left", dx=4, fontSize=12).encode(text="text:N")
-    return _style(alt.layer(bars, text), "Funnel")
+    return _style(alt.LayerChart(layer=[bars, text]), "Funnel")
 
 
-def timeline_chart(timeline: pa.Table) -> alt.Chart:
+def timeline_chart(timeline: pa.Table) -> Chart:
     """Each step per day."""
     chart = (
-        alt.Chart(alt.Data(values=_records(timeline)))
+        alt.Chart(alt.InlineData(values=_records(timeline)))
         .mark_line(point=True)
         .encode(
             x=alt.X("day:T", title=None, axis=alt.Axis(format="%b %d")),
@@ -106,13 +113,13 @@ def timeline_chart(timeline: pa.Table) -> alt.Chart:
     return _style(chart, "By day")
 
 
-def cohort_heatmap(cohorts: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> alt.Chart:
+def cohort_heatmap(cohorts: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> Chart:
     """Share of each cohort who reached `step` (the cohorts' step: revealed the code by default), period by
     period; incomplete periods are faded."""
     rows = _records(cohorts)
     for row in rows:
         row["text"] = f"{row['share'] * 100:.0f}%"
-    base = alt.Chart(alt.Data(values=rows)).encode(
+    base = alt.Chart(alt.InlineData(values=rows)).encode(
         x=alt.X("period:O", title="Periods after first reach"),
         y=alt.Y("cohort:O", title="Cohort (first reached)", sort="ascending"),
     )
@@ -128,16 +135,16 @@ def cohort_heatmap(cohorts: pa.Table, step: str = FunnelStep.COUPON_REVEALED) ->
     )
     text = base.mark_text(fontSize=11).encode(text="text:N")
     title = f"Cohorts: {STEP_LABELS[step].lower()}"
-    return _style(alt.layer(cells, text), title, width=420)
+    return _style(alt.LayerChart(layer=[cells, text]), title, width=420)
 
 
-def buttons_chart(buttons: pa.Table) -> alt.Chart:
+def buttons_chart(buttons: pa.Table) -> Chart:
     """Clicks per button."""
     rows = _records(buttons)
     for row in rows:
-        row["label"] = STEP_LABELS.get(row.get("step"), row["button"])
+        row["label"] = STEP_LABELS.get(row["step"], row["button"])
     chart = (
-        alt.Chart(alt.Data(values=rows))
+        alt.Chart(alt.InlineData(values=rows))
         .mark_bar(cornerRadiusEnd=3)
         .encode(
             y=alt.Y("label:N", title=None, sort="-x", axis=alt.Axis(labelLimit=220)),
@@ -154,7 +161,7 @@ def buttons_chart(buttons: pa.Table) -> alt.Chart:
 SOURCE_STEPS = (FunnelStep.REACHED, FunnelStep.COUPON_REVEALED, FunnelStep.REDEEMED)
 
 
-def sources_chart(sources: pa.Table) -> alt.Chart:
+def sources_chart(sources: pa.Table) -> Chart:
     """Customers per source (Events.sources): reached, revealed and used at the till, side by side."""
     rows = []
     for row in sources.to_pylist():
@@ -164,7 +171,7 @@ def sources_chart(sources: pa.Table) -> alt.Chart:
                 {"source": name, "step": str(step), "label": STEP_LABELS[step], "customers": row[step]}
             )
     chart = (
-        alt.Chart(alt.Data(values=rows))
+        alt.Chart(alt.InlineData(values=rows))
         .mark_bar(cornerRadiusEnd=3)
         .encode(
             y=alt.Y("source:N", title=None, sort=None, axis=alt.Axis(labelLimit=220)),
@@ -181,10 +188,10 @@ def sources_chart(sources: pa.Table) -> alt.Chart:
     return _style(chart, "By source")
 
 
-def experiment_chart(timeline: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> alt.Chart:
+def experiment_chart(timeline: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> Chart:
     """Each variant's cumulative rate of `step` by entry day (Events.experiment_timeline), with its 95 %
     interval as a band: rates that settle, and intervals that narrow, as customers come."""
-    base = alt.Chart(alt.Data(values=_records(timeline))).encode(
+    base = alt.Chart(alt.InlineData(values=_records(timeline))).encode(
         x=alt.X("day:T", title=None, axis=alt.Axis(format="%b %d"))
     )
     band = base.mark_area(opacity=0.18).encode(
@@ -203,26 +210,28 @@ def experiment_chart(timeline: pa.Table, step: str = FunnelStep.COUPON_REVEALED)
             alt.Tooltip("rate_high:Q", format=".1%"),
         ],
     )
-    return _style(alt.layer(band, line), f"{STEP_LABELS[step]} by variant, cumulative")
+    return _style(alt.LayerChart(layer=[band, line]), f"{STEP_LABELS[step]} by variant, cumulative")
 
 
 # -- output, all offline -----------------------------------------------------------------------------------
 
 
-def to_svg(chart: alt.Chart) -> str:
+def to_svg(chart: Chart) -> str:
+    """The chart as SVG text, drawn by vl-convert."""
     return vl_convert.vegalite_to_svg(chart.to_dict())
 
 
-def to_png(chart: alt.Chart, scale: float = 2.0) -> bytes:
+def to_png(chart: Chart, scale: float = 2.0) -> bytes:
+    """The chart as a PNG image, drawn by vl-convert at `scale`."""
     return vl_convert.vegalite_to_png(chart.to_dict(), scale=scale)
 
 
-def to_html(chart: alt.Chart) -> str:
+def to_html(chart: Chart) -> str:
     """A whole HTML page with Vega's JavaScript inlined: interactive, and no CDN."""
     return chart.to_html(inline=True)
 
 
-def save(chart: alt.Chart, path: str | Path) -> Path:
+def save(chart: Chart, path: str | Path) -> Path:
     """Write a chart as .svg, .png or .html, by the file's suffix."""
     path = Path(path)
     match path.suffix.lower():

@@ -1,22 +1,17 @@
 """The business's dashboard: widgets over the analytics API, shown by Voilà from its notebook (package data).
 
-KPI tiles, warnings when a campaign's single-use codes run low or ran out, funnel, timeline, the funnel by
-source, the experiment card of a campaign with variants, cohort heatmap (of reveals or of codes used at the
-till), buttons, a per-campaign comparison and the campaigns' entry links; filters for campaign, source and
-dates; a refresh button; CSV downloads of the tables shown. Charts are SVG drawn on the server by vl-convert,
-so the page needs no internet. Only the analytics API is used: no SQL of its own.
+Dashboard(analytics.open("data")).show()   # what the notebook does; `python -m analytics dashboard` serves it
 """
 
 from __future__ import annotations
 
 import contextlib
 import html
-import os
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypedDict
 
 import pyarrow as pa
 
@@ -81,7 +76,19 @@ def warm_up() -> None:
     """Start the chart renderer (its first chart is slow) before anyone is waiting for a page."""
     import altair as alt
 
-    charts.to_svg(alt.Chart(alt.Data(values=[{"x": 1}])).mark_point().encode(x="x:Q"))
+    charts.to_svg(alt.Chart(alt.InlineData(values=[{"x": 1}])).mark_point().encode(x="x:Q"))
+
+
+class Chosen(TypedDict):
+    """The filters the controls choose, as the metrics' keywords."""
+
+    campaign: str | None
+    source: str | None
+    start: date | None
+    end: date | None
+
+
+Shown = dict[Any, str]  # a widget (ipywidgets has no types) -> the HTML it shows
 
 
 def date_range(
@@ -99,10 +106,11 @@ def date_range(
 
 
 class Dashboard:
-    """The widgets; `Dashboard(events).show()` is what the notebook displays.
+    """The widgets: filters, KPI tiles, code pools, charts, tables and downloads over one store.
 
-    Built ahead of time by Voilà's waiting kernel (`follow()` keeps it current until the page is opened),
-    it is shown at once when someone opens the page.
+    Parameters:
+        events: the store's events.
+        pools: the bot's transactional store (default: the one beside `events`).
     """
 
     def __init__(self, events: Events, pools: CodePools | None = None) -> None:
@@ -172,8 +180,8 @@ class Dashboard:
         # what the widgets show, so a first paint never mixes two updates.
         self._updating = threading.RLock()
         self._shown_lock = threading.Lock()
-        self._figures: dict = {}
-        self._shown: dict | None = None  # the filters the widgets show figures for
+        self._figures: dict[str, float | int] = {}
+        self._shown: Chosen | None = None  # the filters the widgets show figures for
         self._opened = threading.Event()
         self._quiet_in: int | None = None  # the thread setting controls itself: no update per control
 
@@ -186,7 +194,7 @@ class Dashboard:
             self.cohort_step,
             self.experiment_step,
         ):
-            control.observe(lambda _change: self._quiet() or self.update(), names="value")
+            control.observe(self._control_changed, names="value")
         self.refresh_button.on_click(lambda _button: self.refresh())
         self._list_campaigns()
         self.update()
@@ -202,7 +210,11 @@ class Dashboard:
         finally:
             self._quiet_in = None
 
-    def _preset_changed(self, change) -> None:
+    def _control_changed(self, _change: dict[str, Any]) -> None:
+        if not self._quiet():
+            self.update()
+
+    def _preset_changed(self, change: dict[str, Any]) -> None:
         custom = change["new"] == "Custom"
         self.start.disabled = self.end.disabled = not custom
         if custom and self.start.value is None:
@@ -244,7 +256,7 @@ class Dashboard:
 
     def follow(self, every_s: float = 10.0) -> None:
         """Until the page is shown, keep the figures current in the background, checking the store every
-        `every_s` seconds: the waiting kernel of a busy store has today's figures ready when someone comes."""
+        `every_s` seconds."""
 
         def run() -> None:
             while not self._opened.wait(every_s):
@@ -253,16 +265,15 @@ class Dashboard:
         threading.Thread(target=run, name="dashboard-follow", daemon=True).start()
 
     def show(self) -> None:
-        """Display the dashboard: its figures as plain HTML first, which the page draws before its scripts
-        have loaded (Voilà's template shows outputs marked FIRST_PAINT at once), then the live widgets,
-        which take their place when they are drawn. Figures found out of date are shown as they are,
-        marked so, and updated in the background: the widgets connect meanwhile."""
+        """Display the figures as plain HTML (marked FIRST_PAINT), then the live widgets that replace it;
+        figures found out of date are shown marked so and updated in the background."""
         from IPython.display import HTML, display
 
         self._opened.set()
         stale = not self.is_current()
-        display(HTML(self.first_paint_html(stale=stale)), metadata=FIRST_PAINT)
-        display(self.widget)
+        # IPython's display functions carry no type hints.
+        display(HTML(self.first_paint_html(stale=stale)), metadata=FIRST_PAINT)  # type: ignore[no-untyped-call]
+        display(self.widget)  # type: ignore[no-untyped-call]
         if stale:
             threading.Thread(target=self.current, name="dashboard-refresh", daemon=True).start()
 
@@ -290,7 +301,8 @@ class Dashboard:
             f'<p class="pb-note">{status} {note} The filters appear in a moment.</p>{figures}</div>'
         )
 
-    def filters(self) -> dict:
+    def filters(self) -> Chosen:
+        """The filters the controls choose (the dates of the preset, in order)."""
         start, end = date_range(self.preset.value, self.start.value, self.end.value)
         if start is not None and end is not None and start > end:
             start, end = end, start
@@ -310,16 +322,16 @@ class Dashboard:
                     widget.value = value
                 self._figures, self._shown = figures, chosen
 
-    def _compute(self) -> tuple[dict, dict, dict]:
+    def _compute(self) -> tuple[Shown, dict[str, float | int], Chosen]:
         """New values for the widgets, the KPI figures and the filters they are for."""
         chosen = self.filters()
         funnel = self.events.funnel(**chosen)
         figures = kpis(funnel)
         scope = "all time" if chosen["start"] is None else f"{chosen['start']} to {chosen['end']} (UTC)"
         source = f", source {chosen['source']}" if chosen["source"] else ""
-        shown = html.escape((chosen["campaign"] or "all campaigns") + source)
+        named = html.escape((chosen["campaign"] or "all campaigns") + source)
         status = (
-            f"<span data-scope>Showing {shown}, {scope}. Updated {datetime.now(UTC):%H:%M:%S} UTC.</span>"
+            f"<span data-scope>Showing {named}, {scope}. Updated {datetime.now(UTC):%H:%M:%S} UTC.</span>"
         )
         pools = self._pools(chosen)
         health = health_html(self.code_pools.health())
@@ -362,7 +374,7 @@ class Dashboard:
         }
         if experiment is not None:
             tables["experiment"] = experiment
-        shown = {
+        shown: Shown = {
             self.funnel: charts.to_svg(charts.funnel_chart(funnel)),
             self.timeline: charts.to_svg(charts.timeline_chart(timeline)),
             self.cohorts: charts.to_svg(charts.cohort_heatmap(cohorts, cohort_step))
@@ -390,16 +402,16 @@ class Dashboard:
         self.experiment_box.layout.display = "none" if experiment is None else None
         return shown, figures, chosen
 
-    def _reach(self, chosen: dict) -> str:
+    def _reach(self, chosen: Chosen) -> str:
         """The chosen campaigns' audience now and their broadcasts, from the bot's store."""
         return reach_html(*self.code_pools.reach(self._chosen_campaigns(chosen)))
 
-    def _chosen_campaigns(self, chosen: dict) -> list[str]:
+    def _chosen_campaigns(self, chosen: Chosen) -> list[str]:
         """The store's campaigns the filters choose: one, or all of them."""
         campaigns = self.events.campaigns().column("campaign_id").to_pylist()
         return [c for c in campaigns if chosen["campaign"] in (None, c)]
 
-    def _experiment(self, chosen: dict, step: str) -> tuple[pa.Table | None, str]:
+    def _experiment(self, chosen: Chosen, step: str) -> tuple[pa.Table | None, str]:
         """The chosen campaign's comparison of variants and its cumulative chart; None when it has none."""
         try:
             table = self.events.experiment(step=step, **chosen)
@@ -410,55 +422,16 @@ class Dashboard:
         timeline = self.events.experiment_timeline(step=step, **chosen)
         return table, charts.to_svg(charts.experiment_chart(timeline, step)) if timeline.num_rows else ""
 
-    def _pools(self, chosen: dict) -> str:
+    def _pools(self, chosen: Chosen) -> str:
         """The chosen campaigns' codes left (from the bot's store) and reveals refused for want of one."""
         levels = self.code_pools.levels(self._chosen_campaigns(chosen))
         return pools_html(levels, self.events.pool_empty(**chosen), self.code_pools.problem)
 
-    def _comparison(self, chosen: dict) -> pa.Table:
+    def _comparison(self, chosen: Chosen) -> pa.Table:
         """Reached and the share revealing, per campaign, for the chosen dates."""
         rows = []
         for campaign in self._chosen_campaigns(chosen):
-            figures = kpis(self.events.funnel(**{**chosen, "campaign": campaign}))
+            question: Chosen = {**chosen, "campaign": campaign}
+            figures = kpis(self.events.funnel(**question))
             rows.append({"campaign": campaign, **figures})
         return pa.Table.from_pylist(rows) if rows else pa.table({"campaign": pa.array([], pa.string())})
-
-
-def serve(data: str | None = None, host: str = "127.0.0.1", port: int = 8866) -> int:
-    """`python -m analytics dashboard`: Voilà on `host:port`, protected by PROMOBOT_DASHBOARD_TOKEN if set."""
-    source = data or os.environ.get("PROMOBOT_DATA", "data")
-    if not source.startswith("s3://"):
-        source = str(Path(source).resolve())  # the notebook's kernel runs in the notebook's directory
-    # Our Voilà template (the lab one, minus its CDN stylesheets) lives in analytics/share.
-    jupyter_path = os.pathsep.join(filter(None, [str(SHARE), os.environ.get("JUPYTER_PATH")]))
-    env = {**os.environ, "PROMOBOT_DATA": source, "JUPYTER_PATH": jupyter_path}
-    token = os.environ.get("PROMOBOT_DASHBOARD_TOKEN", "")
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        print(
-            "The dashboard is exposed beyond this machine: set PROMOBOT_DASHBOARD_TOKEN to protect it.",
-            file=sys.stderr,
-        )
-    command = [
-        sys.executable,
-        "-m",
-        "voila",
-        str(NOTEBOOK),
-        "--no-browser",
-        f"--port={port}",
-        f"--Voila.ip={host}",
-        "--strip_sources=True",
-        "--template=promobot",
-        # A kernel that has already run the notebook waits for the next visitor: the page opens at once.
-        "--preheat_kernel=True",
-        "--pool_size=1",
-        "--VoilaKernelManager.fill_delay=5",
-        "--theme=light",
-        f"--token={token}",
-        "--VoilaConfiguration.multi_kernel_manager_class=analytics.kernels.PromptKernelManager",
-        # Each open page holds a kernel: stop the ones nobody looks at.
-        "--MappingKernelManager.cull_idle_timeout=900",
-        "--MappingKernelManager.cull_interval=60",
-    ]
-    # Become Voilà: signals (Ctrl-C, SIGTERM from a supervisor) reach the server itself.
-    os.execve(sys.executable, command, env)  # noqa: S606 - a fixed argv, no shell involved
-    return 0  # not reached

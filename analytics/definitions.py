@@ -1,11 +1,8 @@
-"""Every metric as SQL, written once in DuckDB's dialect: DuckDB runs it as is, Spark, Athena and Trino get it
-through sqlglot (analytics.spark, docs/scale.md). Definitions in words: docs/metrics.md.
+"""Every metric as SQL, written once in DuckDB's dialect; analytics.dialects translates it for Spark, Athena
+and Trino. In words: docs/metrics.md.
 
-The queries read `raw_events` (every stored row, `watermark` always present), `journeys` (JOURNEYS: one row
-per customer in a campaign, with the times of the events whose order makes the funnel, µs since the epoch),
-`reads` (READS: one row per read receipt) and, per question, `customer_steps` (CUSTOMER_STEPS).
-Parameters are named (`$name`), their values from `Filters.params()`. Event names come from bot.facts,
-never written here as literals.
+The queries read `raw_events`, `journeys` (JOURNEYS), `reads` (READS) and, per question, `customer_steps`
+(CUSTOMER_STEPS); their parameters (`$name`) come from `Filters.params()`.
 """
 
 from __future__ import annotations
@@ -67,8 +64,8 @@ qualify row_number() over (partition by event_id order by ts) = 1
 """
 
 # The events whose order makes the funnel, each with a code. A journey's `steps` list holds `µs * 8 + code`
-# for each of them: one list carries when and what, and the first event of a kind in a span of time is the
-# smallest number in a span of numbers. (One list is several times cheaper to build than one per kind.)
+# for each of them: the first event of a kind in a span of time is the smallest number in a span of numbers
+# (docs/design.md, "Analytics: one list of steps per journey").
 _STEP_CODES = {
     _E.WELCOME_SENT: 1,
     _E.COUPON_REQUESTED: 2,

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import html
 import math
+from typing import Any
 
 import pyarrow as pa
 
+from analytics.panels import percent
 from bot.facts import STEP_LABELS, FunnelStep
 
 SRM_ALPHA = 0.001  # below this, the exposed counts are not in the planned shares
@@ -57,7 +59,7 @@ def banners(table: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> list[tup
             said.append(
                 (
                     "winner",
-                    f"{best['variant']} is likely the best: {_pct(chance)} chance to be best on "
+                    f"{best['variant']} is likely the best: {percent(chance)} chance to be best on "
                     f"“{step_name}”; choosing it gives up {_points(best['expected_loss'])} on average, "
                     "counting the cases where it is not.",
                 )
@@ -66,8 +68,8 @@ def banners(table: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> list[tup
             said.append(
                 (
                     "no-winner",
-                    f"No clear winner yet: the best, {best['variant']}, has {_pct(chance)} chance to be best "
-                    f"(a winner needs {_pct(WINNER_CHANCE)}).",
+                    f"No clear winner yet: the best, {best['variant']}, has {percent(chance)} chance to be "
+                    f"best (a winner needs {percent(WINNER_CHANCE)}).",
                 )
             )
     said.append(("peeking", PEEKING))
@@ -109,9 +111,9 @@ def experiment_html(table: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> 
         f'<tr data-variant="{html.escape(str(row["variant"]))}">'
         f"<td>{html.escape(str(row['variant']))}</td>"
         f"<td>{row['customers']:,}</td>"
-        f"<td>{_pct(row['rate'])} ({_pct(row['rate_low'])}–{_pct(row['rate_high'])})</td>"
+        f"<td>{percent(row['rate'])} ({percent(row['rate_low'])}–{percent(row['rate_high'])})</td>"
         f"<td>{_lift(row, index)}</td>"
-        f"<td>{_pct(row['chance_to_win'])}</td>"
+        f"<td>{percent(row['chance_to_win'])}</td>"
         f"<td>{_points(row['expected_loss'])}</td>"
         f"<td>{_share(row.get('declined'), row['customers'])}</td>"
         f"<td>{_share(row.get('send_failed'), row['customers'])}</td>"
@@ -127,12 +129,6 @@ def experiment_html(table: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> 
     )
 
 
-def _pct(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "–"
-    return f"{value * 100:.1f} %"
-
-
 def _points(value: float | None) -> str:
     """A difference of rates in percentage points."""
     if value is None or math.isnan(value):
@@ -140,7 +136,7 @@ def _points(value: float | None) -> str:
     return f"{value * 100:.2f} pp"
 
 
-def _lift(row: dict, index: int) -> str:
+def _lift(row: dict[str, Any], index: int) -> str:
     if index == 0:
         return "reference"
     if row["lift"] is None:
@@ -155,4 +151,4 @@ def _lift(row: dict, index: int) -> str:
 def _share(part: int | None, whole: int) -> str:
     if part is None:
         return "–"
-    return f"{part:,} ({part / whole * 100:.1f} %)" if whole else f"{part:,}"
+    return f"{part:,} ({percent(part / whole)})" if whole else f"{part:,}"

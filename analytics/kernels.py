@@ -1,9 +1,4 @@
-"""The dashboard server's kernel manager: kernels are stopped at once, not asked to stop.
-
-A dashboard kernel holds nothing that a goodbye would save. Asked to shut down while it still ran the
-notebook (the pooled kernel preheating, as `make run` is stopped right after start), a kernel closed its
-sockets under the running cell and printed a traceback of the reply it could no longer send.
-"""
+"""The dashboard server's kernel manager: kernels are stopped at once, not asked to stop."""
 
 from __future__ import annotations
 
@@ -11,8 +6,16 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 
 
 class PromptKernelManager(AsyncMappingKernelManager):
-    async def shutdown_kernel(self, kernel_id: str, now: bool = False, restart: bool = False) -> None:
-        await super().shutdown_kernel(kernel_id, now=not restart or now, restart=restart)
+    """Voilà's kernel manager, with every shutdown immediate (docs/design.md, "Analytics: kernels")."""
 
-    async def shutdown_all(self, now: bool = False) -> None:
+    # jupyter_client declares both methods as the synchronous wrappers of MultiKernelManager; the async
+    # manager's are coroutines, and jupyter_server's decorator leaves them untyped.
+    async def shutdown_kernel(  # type: ignore[override]
+        self, kernel_id: str, now: bool = False, restart: bool = False
+    ) -> None:
+        await super().shutdown_kernel(  # type: ignore[no-untyped-call]
+            kernel_id, now=not restart or now, restart=restart
+        )
+
+    async def shutdown_all(self, now: bool = False) -> None:  # type: ignore[override]
         await super().shutdown_all(now=True)

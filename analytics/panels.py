@@ -5,17 +5,27 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from analytics.pools import PoolLevel
 from analytics.report import kpi_texts
-from bot.audience import AudienceCounts, BroadcastResult
+from bot.audience import REASONS, AudienceCounts, BroadcastResult
 from bot.health import Check, Status, worst
 
 
-def kpi_tiles_html(figures: dict, attribute: str = "data-kpi") -> str:
+def percent(share: float | None) -> str:
+    """A share (0 to 1) as a percentage with one decimal; "–" when there is none."""
+    if share is None or math.isnan(share):
+        return "–"
+    return f"{share * 100:.1f} %"
+
+
+def kpi_tiles_html(figures: dict[str, float | int], attribute: str = "data-kpi") -> str:
+    """The KPI tiles (analytics.report.kpis' figures), each marked with `attribute`."""
     tiles = [(kpi.key, kpi.label, text) for kpi, text in kpi_texts(figures)]
     return (
         '<div class="pb-tiles">'
@@ -83,14 +93,14 @@ def sources_html(sources: pa.Table) -> str:
     of them who responded and revealed the code, and of those who used it at the till."""
 
     def share(part: int, whole: int) -> str:
-        return f"{part / whole * 100:.1f} %" if whole else "–"
+        return percent(part / whole if whole else None)
 
     head = "".join(
         f"<th>{title}</th>"
         for title in ("Source", "Reached", "Responded", "Revealed the code", "Used at the till")
     )
 
-    def name(row: dict) -> str:
+    def name(row: dict[str, Any]) -> str:
         return html.escape(row["source"] + (f" ({row['title']})" if row.get("title") else ""))
 
     rows = "".join(
@@ -124,7 +134,7 @@ def reach_html(audiences: dict[str, AudienceCounts], broadcasts: list[BroadcastR
     lines = []
     for campaign, counts in audiences.items():
         others = ", ".join(
-            f"{n:,} {reason.replace('_', ' ')}" for reason, n in counts.as_dict()["skipped"].items() if n
+            f"{n:,} {reason.replace('_', ' ')}" for reason in REASONS if (n := counts.skipped.get(reason, 0))
         )
         lines.append(
             f'<div class="pb-pool" data-audience="{html.escape(campaign)}"><b>{html.escape(campaign)}</b>: '

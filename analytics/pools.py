@@ -1,15 +1,11 @@
-"""The bot's transactional store as the dashboard reads it: the codes each campaign has left, the store's
-health (last webhook, replies owed, events waiting for a flush), who may be sent a campaign now, and how its
-broadcasts went.
+"""The bot's transactional store as the dashboard reads it: codes left, health, audiences and broadcasts.
 
-The pools live in the store (bot.database), not in the events: the SQLite file `promobot.sqlite3` in the data
-directory, or the database PROMOBOT_DATABASE_URL (or DATABASE_URL) names. A store that does not exist yet is
-never created here: it is looked for again at the next read.
+The store is the SQLite file in the data directory, or the database PROMOBOT_DATABASE_URL names; one that
+does not exist yet is never created here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -17,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.audience import AudienceCounts, BroadcastResult
-from bot.config import Settings
-from bot.database import SQLITE_FILE, Database, DatabaseError
+from bot.config import SQLITE_FILE, ConfigError, Mode, Settings
+from bot.database import Database, DatabaseError
 from bot.health import Check, local_health
 from bot.migrations import MigrationError
 from bot.pool import LOW_POOL_SHARE
@@ -98,10 +94,11 @@ class CodePools:
 
     def health(self, environ: Mapping[str, str] = os.environ) -> list[Check]:
         """The store's health checks (bot.doctor.local_health); none when no bot has run here yet."""
-        flush_seconds = Settings.flush_seconds
-        # A bad value: the bot refuses it at start-up; judged by the default meanwhile.
-        with contextlib.suppress(ValueError):
-            flush_seconds = float(environ.get("PROMOBOT_FLUSH_SECONDS", "") or flush_seconds)
+        try:
+            # Local mode: the settings without the platform's secrets, which the dashboard does not need.
+            flush_seconds = Settings.from_env(environ, mode=Mode.LOCAL).flush_seconds
+        except ConfigError:
+            flush_seconds = Settings.flush_seconds  # the bot refuses to start so; judged by the default
         with self._lock:
             try:
                 database = self._open()

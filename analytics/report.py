@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 
 from analytics import charts
 from analytics.filters import Filters
-from analytics.query import Events
+from analytics.metrics import Metrics
 from bot.facts import KPIS, FunnelStep, Kpi
 
 
@@ -39,7 +39,7 @@ def kpi_texts(figures: dict[str, float | int]) -> list[tuple[Kpi, str]]:
     ]
 
 
-def metric_tables(events: Events, filters: Filters | None = None, **keywords: Any) -> dict[str, pa.Table]:
+def metric_tables(events: Metrics, filters: Filters | None = None, **keywords: Any) -> dict[str, pa.Table]:
     """Every metric table of one question, by name (funnel, timeline, cohorts, buttons, campaigns)."""
     question = Filters.of(filters, **keywords)
     return {
@@ -52,6 +52,7 @@ def metric_tables(events: Events, filters: Filters | None = None, **keywords: An
 
 
 def write_csv(tables: dict[str, pa.Table], directory: Path) -> list[Path]:
+    """Each table as `<name>.csv` in `directory` (made if missing); returns the files written."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in tables.items():
@@ -72,7 +73,7 @@ def _table_html(table: pa.Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_report(events: Events, **filters: Any) -> str:
+def render_report(events: Metrics, **filters: Any) -> str:
     """One self-contained HTML page of every metric of the question the keywords name (Filters' fields)."""
     tables = metric_tables(events, **filters)
     figures = kpis(tables["funnel"])

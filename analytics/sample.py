@@ -1,24 +1,8 @@
 """Realistic sample journeys, written as the bot's own event files: for demos, tests and benchmarks.
 
-Customers arrive by Get Started (some through the till's QR code, a flyer, an Instagram story or a
-Click-to-Messenger ad), by a referral in an open thread, or by writing a message (`direct`); each journey's
-start and welcome record where it came from. The spring sale is an A/B test of two variants (1:1, each
-customer's by a hash, a few forced by a link that names one, a few returning through a link of the other): B's
-coupon is revealed 30 % more often, relatively, than A's, a true difference for the experiment card to find.
+write_sample(Path("data/sample"), customers=1000, days=28)   # what `python -m analytics sample` does
 
-Some answer at once, some late (a few after the conversion window), some never; some phones send no read
-receipts; a few sends fail; a few customers come back for a second journey; three campaigns overlap. Each
-campaign hands out single-use codes: a third to a half of them are used at the till, most within days, and
-the loyalty campaign's codes run out for its last two days. Event ids, payloads and details have the shapes
-the bot gives them.
-
-The two clocks are the platform's: each page message has the platform's time, somewhere inside the Send API
-call, and the bot stamps it when the call has answered, a round trip later. Customers' actions and receipts
-carry the platform's time, and a receipt's watermark is the platform's time of the last page message
-delivered or read. So a few customers tap *Yes* or *No* before the bot's stamp of the welcome, a second
-device may report reading the welcome after the coupon went out, and a read of the coupon has a watermark
-earlier than the bot's `coupon_sent`. A code used at the till is stamped by the bot's clock when staff
-press *Redeem*, always after the code reached the customer.
+What the journeys hold and how their clocks run: docs/design.md, "Analytics: sample journeys".
 """
 
 from __future__ import annotations
@@ -27,16 +11,18 @@ import functools
 import multiprocessing
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol, TypedDict, TypeVar, Unpack
 
 from tqdm import tqdm
 
 from bot.campaign import assign_variant
-from bot.events import Event, EventName, detail_json, message_digest
+from bot.events import Event, detail_json, message_digest
+from bot.facts import EventName
 from bot.flow import SHARE_DECIMALS
 from bot.store import FileStore, write_events
 
@@ -52,7 +38,7 @@ DIRECT = "direct"
 EXPERIMENT = "spring-sale"
 VARIANTS = (("A", 1), ("B", 1))
 REVEALS = 0.62
-VARIANT_REVEALS = {"A": 0.55, "B": 0.55 * 1.3}
+VARIANT_REVEALS: dict[str | None, float] = {"A": 0.55, "B": 0.55 * 1.3}
 FORCED_SHARE = 0.03  # of the experiment's customers who came by a placement's link: it named a variant
 PARALLEL_FROM = 20_000  # customers; fewer are written by this process alone
 REDEEMED_SHARE = 0.42  # of the codes handed out
@@ -68,7 +54,27 @@ _IMAGE = detail_json(part="image")
 _SEND_FAILED = detail_json(code=-1, reason="transient", reply="welcome", subcode=None)
 
 
-def _choose(rng: random.Random, options: tuple) -> object:
+_T = TypeVar("_T")
+
+
+class _Columns(TypedDict, total=False):
+    """The optional columns of an event (bot.events.Event)."""
+
+    variant: str | None
+    button: str | None
+    message_digest: int | None
+    detail: str | None
+    watermark: int | None
+    source: str | None
+
+
+class _Progress(Protocol):
+    """A count shared with the parent process (multiprocessing's Value)."""
+
+    value: int
+
+
+def _choose(rng: random.Random, options: Sequence[tuple[_T, float]]) -> _T:
     (value,) = rng.choices([o for o, _ in options], weights=[w for _, w in options])
     return value
 
@@ -127,7 +133,7 @@ class _Journey:
     def wait(self, seconds: float) -> None:
         self.now += int(seconds * _SECOND)
 
-    def record(self, event_id: str, name: EventName, at_us: int, **columns: str | int | None) -> Event:
+    def record(self, event_id: str, name: EventName, at_us: int, **columns: Unpack[_Columns]) -> Event:
         if "variant" not in columns:
             columns["variant"] = self.hashed if name in _HASHED else self.variant
         event = Event(
@@ -142,7 +148,7 @@ class _Journey:
         self.events.append(event)
         return event
 
-    def inbound(self, name: EventName, kind: str, **columns: str | None) -> Event:
+    def inbound(self, name: EventName, kind: str, **columns: Unpack[_Columns]) -> Event:
         ms = self.now // _MS
         return self.record(f"{self.customer}.{ms}.{kind}", name, ms * _MS, **columns)
 
@@ -165,14 +171,17 @@ class _Journey:
         rtt = rng.uniform(0.1, 1.5) if rng.random() < 0.97 else rng.uniform(2, 8)
         return start, int(rtt * _SECOND)
 
-    def send(self, answers: Event, name: EventName, suffix: str, **columns: str | None) -> tuple[int, int]:
+    def send(
+        self, answers: Event, name: EventName, suffix: str, **columns: Unpack[_Columns]
+    ) -> tuple[int, int]:
         """A page message: the platform's time falls inside the call, the bot stamps it when the call has
         answered; the customer's side goes on from the platform's time. Returns (platform ms, its digest)."""
         start, rtt = self._call()
         platform_ms = (start + int(rtt * self.rng.uniform(0.2, 0.8))) // _MS
         digest = message_digest(f"m_{self.customer}{platform_ms:x}{suffix}")
         self.bot_free = start + rtt
-        self.record(f"{answers.event_id}.{suffix}", name, self.bot_free, message_digest=digest, **columns)
+        columns["message_digest"] = digest
+        self.record(f"{answers.event_id}.{suffix}", name, self.bot_free, **columns)
         self.platform_ms[digest] = platform_ms
         self.now = platform_ms * _MS
         return platform_ms, digest
@@ -355,7 +364,9 @@ def generate(
         yield [e for e in events if e.ts <= cutoff]
 
 
-def _write_part(out: Path, customers: range, days: int, seed: int, end: datetime, counter=None) -> int:
+def _write_part(
+    out: Path, customers: range, days: int, seed: int, end: datetime, counter: _Progress | None = None
+) -> int:
     """One writer's share of the customers, as one file per day; returns how many events."""
     written = 0
 
@@ -373,24 +384,29 @@ def _write_part(out: Path, customers: range, days: int, seed: int, end: datetime
     return written
 
 
-_counter = None  # a worker process's progress counter, shared with the parent
+_counter: _Progress | None = None  # a worker process's progress counter, shared with the parent
 
 
-def _share_counter(counter) -> None:
+def _share_counter(counter: _Progress) -> None:
     global _counter
     _counter = counter
 
 
-def _write_part_in_worker(*args) -> int:
-    return _write_part(*args, counter=_counter)
+def _write_part_in_worker(out: Path, customers: range, days: int, seed: int, end: datetime) -> int:
+    return _write_part(out, customers, days, seed, end, counter=_counter)
 
 
 def write_sample(out: Path, customers: int, days: int, *, seed: int = 7, progress: bool = True) -> int:
-    """Write sample events into the store at `out` (a directory or `s3://bucket/prefix`); returns how many.
+    """Write sample events into the store at `out` (a directory or `s3://bucket/prefix`).
 
-    Large samples are written by two processes, each a writer of its own (as two bot instances sharing a
-    store are): building a million events and their Parquet files is CPU work for two cores. Customers are
-    split by their number, so a seed gives the same events whatever the machine.
+    From PARALLEL_FROM customers on, two processes write half each, as two writers of their own.
+
+    Parameters:
+        customers, days: how many customers, first reached over how many days up to now.
+        seed: the same seed gives the same events.
+        progress: show a progress bar.
+    Returns:
+        How many events were written.
     """
     end = datetime.now(UTC)
     if customers < PARALLEL_FROM:

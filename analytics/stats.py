@@ -1,7 +1,6 @@
 """The statistics of an A/B comparison: rates with intervals, lift, chance to win, sample-ratio mismatch.
 
-Pure: counts in, a pyarrow.Table out. Where the data cannot answer (no customers, no conversions in the
-reference), the cell is null rather than an error or a guess.
+compare([("A", 1200, 310), ("B", 1180, 365)])   # counts in, a pyarrow.Table out (SCHEMA)
 """
 
 from __future__ import annotations
@@ -47,15 +46,8 @@ def compare(
     draws: int = DRAWS,
     seed: int = 0,
 ) -> pa.Table:
-    """Compare variants' conversion rates: one row per variant, in the order given (see SCHEMA).
-
-    `rate_low`/`rate_high`: Wilson's score interval, 95 %. `lift`: rate / first variant's rate − 1, its
-    95 % interval by the delta method on the log of the ratio of rates. `chance_to_win`: posterior
-    probability of having the highest rate, each rate Beta(1 + conversions, 1 + customers − conversions);
-    `expected_loss`: the posterior mean of (best rate − this rate), what choosing this variant costs if it is
-    not the best; both by Monte Carlo, each variant's draws seeded by `seed` and its name, so reordering the
-    variants does not change them. `srm_p`, equal on every row: chi-square test of the customers against
-    `weights` (sample-ratio mismatch).
+    """Compare variants' conversion rates: one row per variant, in the order given; each column as
+    docs/metrics.md ("Experiments") defines it. A variant's draws depend on `seed` and its name only.
 
     Parameters:
         counts: (variant, exposed customers, conversions) per variant; the first is the reference for lift.
@@ -118,8 +110,7 @@ def _rate(customers: int, conversions: int) -> float | None:
 
 
 def wilson(customers: int, conversions: int) -> tuple[float | None, float | None]:
-    """The 95 % interval of a rate, Wilson's score interval: sound near 0 and 1 and with few customers, where
-    the normal one is not.
+    """The 95 % interval of a rate (Wilson's score interval).
 
     Returns:
         (low, high); (None, None) without customers.

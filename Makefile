@@ -33,6 +33,7 @@ run: $(STAMP)
 
 test: $(STAMP) chromium postgresql
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 # The store's and the webhook's benchmarks start a PostgreSQL server of their own, as the tests do.
@@ -44,6 +45,7 @@ bench: $(STAMP) postgresql
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # The AWS Lambda package: the bot and its dependencies (not the analytics') as Lambda's Linux wheels,
 # whatever this machine is, plus the campaign; build/promobot-lambda.zip is what to upload.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from analytics import definitions as sql
-from analytics.dialects import DIALECTS, STORED_RELATIONS, STORED_TABLE, parameters, statements, transpile
+from analytics.dialects import STORED_RELATIONS, parameters, transpile
 from analytics.filters import Filters
 from analytics.metrics import Metrics
 from bot.events import SCHEMA
@@ -191,5 +191,4 @@ def _arrow(frame: DataFrame) -> pa.Table:
     return table.cast(pa.schema([field.with_nullable(True) for field in table.schema]))
 
 
-# The translation's names, importable from here as before analytics.dialects held them.
-__all__ = ["DIALECTS", "STORED_TABLE", "SparkEvents", "local_session", "statements", "transpile"]
+__all__ = ["SparkEvents", "local_session"]

@@ -12,8 +12,8 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
+from analytics.dialects import STORED_TABLE, statements
 from analytics.filters import Filters
-from analytics.spark import STORED_TABLE, statements
 from bot.events import PARTITION_COLUMN, SCHEMA
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "scale.md"

@@ -19,6 +19,7 @@ from bot.health import Check, local_health
 from bot.migrations import MigrationError
 from bot.pool import LOW_POOL_SHARE
 from bot.recipients import audience_now, broadcast_results
+from bot.redemption import pool_status
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,7 @@ class CodePools:
                 database = self._open()
                 if database is None:
                     return []
-                found = [(c, database.pool_status(c)) for c in campaigns]
+                found = [(c, pool_status(database, c)) for c in campaigns]
             except (DatabaseError, MigrationError) as exc:
                 self.problem = f"The codes left could not be read: {exc}"
                 self.close()

@@ -14,7 +14,6 @@ Times are µs since the epoch (UTC), from the bot's clock except for the events'
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import secrets
@@ -23,7 +22,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +34,17 @@ from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
 from bot.migrations import MIGRATIONS, Migration, migrate
 from bot.rows import (
+    CUSTOMER_REASON,
     EVENT_COLUMNS,
+    INSERT_DELETION_REQUEST,
     INSERT_EVENT,
     INSERT_REPLY,
     ROWS_PER_STATEMENT,
+    RequestStatus,
+    deletion_code,
     event_values,
     issued_code,
     micros,
-    moment,
     reply_values,
     row_event,
 )
@@ -67,30 +68,6 @@ class Batch:
     events: tuple[Event, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class HealthFigures:
-    """What the store tells of the bot's health; times on the bot's clock, None when there is none."""
-
-    last_seen: datetime | None  # the newest seen mark: when the last webhook with a new event was recorded
-    outbox_rows: int  # replies owed, claimed or not
-    oldest_due: datetime | None  # the earliest `due_at` in the outbox (a claimed reply's is its lease's end)
-    buffered_events: int  # events waiting for the flusher
-    oldest_buffered: datetime | None  # when the oldest of them was recorded
-
-
-def redeemed_event(state: pool.CodeState, at: datetime) -> Event:
-    """The event of a code used at the till at `at` (the bot's clock): one per customer and campaign."""
-    return Event(
-        event_id=f"{state.customer_id}.{state.campaign_id}.redeemed",
-        ts=at,
-        page_id=state.page_id or "",
-        customer_id=state.customer_id or "",
-        campaign_id=state.campaign_id,
-        variant=state.variant,
-        event=EventName.COUPON_REDEEMED,
-    )
-
-
 # Due and not leased, and no earlier reply to the same event still owed: a thank-you's text goes before its
 # image, whichever sender claims them.
 _CLAIM = f"""
@@ -107,26 +84,6 @@ RETURNING kind, code, token, expires_at, {EVENT_COLUMNS}"""
 _TAKE_BATCH = """
 UPDATE events SET batch = ?
 WHERE seq IN (SELECT seq FROM events WHERE batch IS NULL ORDER BY seq LIMIT ? {skip_locked})"""
-
-INSERT_DELETION_REQUEST = (
-    "INSERT INTO deletion_requests (code, reason, customer_id, status, requested_at) VALUES (?, ?, ?, ?, ?)"
-)
-CUSTOMER_REASON = "customer"  # a request the customer made in the conversation (bot.privacy.Reason)
-
-
-def deletion_code() -> str:
-    """A deletion request's confirmation code: 16 letters and digits, unguessable (a status page is found by
-    its code only)."""
-    return base64.b32encode(secrets.token_bytes(10)).decode()
-
-
-class RequestStatus(StrEnum):
-    """Where a deletion request stands."""
-
-    PENDING = "pending"  # recorded; its customer's rows not all deleted yet
-    DONE = "done"  # their rows are deleted
-    NOT_FOUND = "not_found"  # done, and nothing was kept under the id it named
-
 
 # A webhook for the next commit: its events, their replies, and the future that gets the new events.
 _Waiting = tuple[Sequence[Event], Sequence[Reply], asyncio.Future[list[Event]]]
@@ -208,27 +165,6 @@ class Database:
         """Raise DatabaseError unless the database takes a write transaction (for health checks)."""
         with self.transaction() as cursor:
             cursor.execute("SELECT 1 FROM schema_migrations LIMIT 1")
-
-    def health_figures(self) -> HealthFigures:
-        """The newest seen mark, the outbox's size and earliest due time, the events buffer's size and the
-        recording time of its oldest event (reads only: no write lock). Blocking."""
-        ((last_seen,),) = self.query("SELECT max(seen_at) FROM seen")
-        ((owed, oldest_due),) = self.query("SELECT count(*), min(due_at) FROM outbox")
-        ((buffered,),) = self.query("SELECT count(*) FROM events")
-        # Events carry no time of recording: an inbound event's is its seen mark (the bot's clock); the bot's
-        # own (sends) carry its clock in `ts`. A redemption read from a till's export carries the till's time,
-        # which can make the buffer look older than it is until the next flush.
-        oldest = self.query(
-            "SELECT coalesce(seen.seen_at, events.ts) FROM events"
-            " LEFT JOIN seen ON seen.event_id = events.event_id ORDER BY events.seq LIMIT 1"
-        )
-        return HealthFigures(
-            last_seen=None if last_seen is None else moment(last_seen),
-            outbox_rows=owed,
-            oldest_due=None if oldest_due is None else moment(oldest_due),
-            buffered_events=buffered,
-            oldest_buffered=moment(oldest[0][0]) if oldest else None,
-        )
 
     # -- connections and transactions ---------------------------------------------------------------------
 
@@ -423,53 +359,6 @@ class Database:
             status = pool.status(cursor, campaign_id)
         self._expiry[campaign_id] = expiry
         return status
-
-    def pool_status(self, campaign_id: str) -> pool.PoolStatus:
-        """The pool's size and how many codes are free (a read: no write lock). Blocking."""
-        ((total, free),) = self.query(pool.STATUS, (campaign_id,))
-        return pool.PoolStatus(total, free)
-
-    def find_code(
-        self, *, token: str | None = None, campaign_id: str = "", code: str = ""
-    ) -> pool.CodeState | None:
-        """The pool's code with this till token, or this code of the campaign (a read: no write lock).
-        Blocking."""
-        rows = self.query(*pool.find_query(token=token, campaign_id=campaign_id, code=code))
-        return pool.CodeState(*rows[0]) if rows else None
-
-    def redeem(self, token: str, *, thank: bool = False) -> pool.CodeState | None:
-        """Mark the code with this till token used now and buffer its `coupon_redeemed` event (and, with
-        `thank`, owe the customer the campaign's thanks), in one transaction; None, changing nothing, when it
-        is unknown, used or expired. Blocking."""
-        now = self.clock()
-        with self.transaction() as cursor:
-            state = pool.redeem(cursor, token, micros(now))
-            if state is not None:
-                self._redeemed(cursor, state, now, thank)
-            return state
-
-    def _redeemed(self, cursor: Any, state: pool.CodeState, at: datetime, thank: bool) -> None:
-        event = redeemed_event(state, at)
-        cursor.execute(INSERT_EVENT, event_values(event))
-        if thank:
-            cursor.execute(
-                INSERT_REPLY, reply_values(Reply(ReplyKind.REDEEMED, event), 0, micros(self.clock()))
-            )
-
-    def redeem_codes(
-        self, campaign_id: str, used: Sequence[tuple[str, datetime]], *, thank: bool = False
-    ) -> dict[str, int]:
-        """Mark codes used as a till's export lists them, (code, when), in one transaction, each new one with
-        its `coupon_redeemed` event (and the thanks, as `redeem`); returns how many were new, already used and
-        unknown. Blocking."""
-        counts = {"new": 0, "already": 0, "unknown": 0}
-        with self.transaction() as cursor:
-            for code, at in used:
-                outcome, state = pool.redeem_code(cursor, campaign_id, code, micros(at))
-                counts[outcome] += 1
-                if state is not None:
-                    self._redeemed(cursor, state, at, thank)
-        return counts
 
     def prune_seen(self, retention: timedelta = SEEN_RETENTION) -> int:
         """Forget seen marks older than `retention`; returns how many. Blocking."""

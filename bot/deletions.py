@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.database import INSERT_DELETION_REQUEST, Database, RequestStatus
-from bot.rows import micros, moment
+from bot.database import Database
+from bot.rows import INSERT_DELETION_REQUEST, RequestStatus, micros, moment
 
 
 @dataclass(frozen=True, slots=True)

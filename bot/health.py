@@ -7,7 +7,41 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from bot.database import SEEN_RETENTION, Database, DatabaseError, HealthFigures
+from bot.database import SEEN_RETENTION, Database, DatabaseError
+from bot.rows import moment
+
+
+@dataclass(frozen=True, slots=True)
+class HealthFigures:
+    """What the store tells of the bot's health; times on the bot's clock, None when there is none."""
+
+    last_seen: datetime | None  # the newest seen mark: when the last webhook with a new event was recorded
+    outbox_rows: int  # replies owed, claimed or not
+    oldest_due: datetime | None  # the earliest `due_at` in the outbox (a claimed reply's is its lease's end)
+    buffered_events: int  # events waiting for the flusher
+    oldest_buffered: datetime | None  # when the oldest of them was recorded
+
+
+def health_figures(database: Database) -> HealthFigures:
+    """The newest seen mark, the outbox's size and earliest due time, the events buffer's size and the
+    recording time of its oldest event (reads only: no write lock). Blocking."""
+    ((last_seen,),) = database.query("SELECT max(seen_at) FROM seen")
+    ((owed, oldest_due),) = database.query("SELECT count(*), min(due_at) FROM outbox")
+    ((buffered,),) = database.query("SELECT count(*) FROM events")
+    # Events carry no time of recording: an inbound event's is its seen mark (the bot's clock); the bot's
+    # own (sends) carry its clock in `ts`. A redemption read from a till's export carries the till's time,
+    # which can make the buffer look older than it is until the next flush.
+    oldest = database.query(
+        "SELECT coalesce(seen.seen_at, events.ts) FROM events"
+        " LEFT JOIN seen ON seen.event_id = events.event_id ORDER BY events.seq LIMIT 1"
+    )
+    return HealthFigures(
+        last_seen=None if last_seen is None else moment(last_seen),
+        outbox_rows=owed,
+        oldest_due=None if oldest_due is None else moment(oldest_due),
+        buffered_events=buffered,
+        oldest_buffered=moment(oldest[0][0]) if oldest else None,
+    )
 
 
 class Status(StrEnum):
@@ -132,7 +166,7 @@ def local_health(
     Returns: three checks; one failing "store" check when the database cannot be read. Blocking.
     """
     try:
-        figures = database.health_figures()
+        figures = health_figures(database)
     except DatabaseError as exc:
         return [
             Check(Name.STORE, Status.FAIL, str(exc), "check the database (PROMOBOT_DATABASE_URL, the disk)")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from bot.database import CUSTOMER_REASON, Database, DatabaseError, RequestStatus, deletion_code
+from bot.database import Database, DatabaseError
 from bot.deletions import (
     DeletionRequest,
     add_deletion_request,
@@ -28,6 +28,7 @@ from bot.deletions import (
     forget_customer,
     pending_deletion_requests,
 )
+from bot.rows import CUSTOMER_REASON, RequestStatus, deletion_code
 from bot.store import FileStore, files_naming, rewrite_without
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from bot.events import Event
@@ -79,3 +82,23 @@ def reply_values(reply: Reply, ordinal: int, now: int) -> tuple[object, ...]:
     code = reply.issued
     columns = (None, None, None) if code is None else (code.code, code.token, micros_or_none(code.expires_at))
     return (reply.sent_id, str(reply.kind), ordinal, now, *columns, *event_values(reply.answers))
+
+
+INSERT_DELETION_REQUEST = (
+    "INSERT INTO deletion_requests (code, reason, customer_id, status, requested_at) VALUES (?, ?, ?, ?, ?)"
+)
+CUSTOMER_REASON = "customer"  # a request the customer made in the conversation (bot.privacy.Reason)
+
+
+def deletion_code() -> str:
+    """A deletion request's confirmation code: 16 letters and digits, unguessable (a status page is found by
+    its code only)."""
+    return base64.b32encode(secrets.token_bytes(10)).decode()
+
+
+class RequestStatus(StrEnum):
+    """Where a deletion request stands."""
+
+    PENDING = "pending"  # recorded; its customer's rows not all deleted yet
+    DONE = "done"  # their rows are deleted
+    NOT_FOUND = "not_found"  # done, and nothing was kept under the id it named

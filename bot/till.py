@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from bot import redemption
 from bot.campaign import Campaign
 from bot.database import Database, DatabaseError
 from bot.pool import CodeState
@@ -172,16 +173,18 @@ def till_routes(
             return pin_page(request, next_path)
         if not typed:
             return page(request, "Till", _LOOKUP_FORM)
-        state = await _store(database().find_code, campaign_id=campaign.id, code=typed)
+        state = await _store(redemption.find_code, database(), campaign_id=campaign.id, code=typed)
         if state is None and typed != typed.upper():  # typed in lower case
-            state = await _store(database().find_code, campaign_id=campaign.id, code=typed.upper())
+            state = await _store(
+                redemption.find_code, database(), campaign_id=campaign.id, code=typed.upper()
+            )
         return card(request, state, typed=typed)
 
     async def by_link(request: Request) -> Response:
         token = request.path_params["token"]
         if not signed_in(request):
             return pin_page(request, f"/redeem/{quote(token)}")
-        return card(request, await _store(database().find_code, token=token))
+        return card(request, await _store(redemption.find_code, database(), token=token))
 
     async def sign_in(request: Request, form: dict[str, str]) -> Response:
         next_path = form.get("next", "/redeem")
@@ -204,10 +207,14 @@ def till_routes(
         token = form.get("token", "")
         if not signed_in(request):
             return pin_page(request, f"/redeem/{quote(token)}")
-        redeemed = await _store(database().redeem, token, thank=campaign.redeemed_text is not None)
+        redeemed = await _store(
+            redemption.redeem, database(), token, thank=campaign.redeemed_text is not None
+        )
         if redeemed is not None:
             return card(request, redeemed, just_used=True)
-        return card(request, await _store(database().find_code, token=token))  # used, expired or unknown
+        return card(
+            request, await _store(redemption.find_code, database(), token=token)
+        )  # used, expired or unknown
 
     def answering_store_errors(handler: _Endpoint) -> _Endpoint:
         async def handle(request: Request) -> Response:
@@ -240,7 +247,7 @@ def till_routes(
         """The QR code of a code's till link (the image the customer is sent): no PIN, it shows only the
         link, which whoever has the token has already."""
         token = request.path_params["token"]
-        state = await _store(database().find_code, token=token)
+        state = await _store(redemption.find_code, database(), token=token)
         if state is None or state.customer_id is None:
             return Response("not found", status_code=404, media_type="text/plain")
         image = io.BytesIO()
@@ -367,7 +374,7 @@ def redeem_command(path: Path, campaign_id: str | None) -> int:
         used = read_redemptions(path, datetime.now(UTC))
         database = open_database(settings)
         try:
-            counts = database.redeem_codes(campaign_id, used)
+            counts = redemption.redeem_codes(database, campaign_id, used)
             flush_once(database, file_store(settings))
         finally:
             database.close()

@@ -19,7 +19,7 @@ from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
 from bot.graph import GraphClient
 from bot.graph_errors import RetryPolicy
-from bot.health import Name, Status, local_health, store_checks
+from bot.health import Name, Status, health_figures, local_health, store_checks
 from bot.page_checks import NEEDED_FIELDS, version_check
 from tests.bot_process import BotProcess, make_home
 from tests.builders import customer_event
@@ -332,7 +332,7 @@ def test_the_store_tells_the_last_webhook_the_outbox_and_the_oldest_buffered_eve
         third = customer_event("2003", 0, EventName.TEXT_RECEIVED, start=clock.now - timedelta(seconds=1))
         record(database, ([second, third], [Reply(ReplyKind.WELCOME, second)]))
 
-        figures = database.health_figures()
+        figures = health_figures(database)
     finally:
         database.close()
 
@@ -344,7 +344,7 @@ def test_the_store_tells_the_last_webhook_the_outbox_and_the_oldest_buffered_eve
 def test_an_empty_store_has_no_figures(tmp_path):
     database = Database.open(None, tmp_path)
     try:
-        figures = database.health_figures()
+        figures = health_figures(database)
     finally:
         database.close()
 
@@ -411,7 +411,7 @@ def test_the_store_checks_of_an_empty_store_only_warn_that_no_webhook_came(tmp_p
 
 
 def test_store_checks_are_a_pure_function_of_the_figures():
-    from bot.database import HealthFigures
+    from bot.health import HealthFigures
 
     now = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
     figures = HealthFigures(now - timedelta(minutes=1), 1, now + timedelta(seconds=20), 0, None)

@@ -17,6 +17,7 @@ from bot.facts import ButtonStep, EventName
 from bot.flow import IssuedCode, ReplyKind, button_payload, plan_replies, record, render_code
 from bot.messenger import parse_body
 from bot.migrations import MIGRATIONS
+from bot.redemption import pool_status
 from tests import payloads
 from tests.test_campaign import example
 
@@ -81,7 +82,7 @@ def test_100_reveals_at_once_on_50_codes_hand_each_code_out_once(url, tmp_path) 
         ReplyKind.ALL_GONE: 50,
     }
     assert len({reply.issued.token for reply in replies if reply.issued}) == 50
-    assert databases[0].pool_status(CAMPAIGN.id).free == 0
+    assert pool_status(databases[0], CAMPAIGN.id).free == 0
     batch = databases[0].next_batch(10_000)
     empty = [event for event in batch.events if event.event == EventName.COUPON_POOL_EMPTY]
     gone = {reply.customer_id for reply in replies if reply.kind is ReplyKind.ALL_GONE}

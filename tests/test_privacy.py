@@ -22,7 +22,7 @@ import pytest
 import analytics
 from bot import privacy
 from bot.app import create_app
-from bot.database import Database, RequestStatus
+from bot.database import Database
 from bot.deletions import FORGOTTEN_PREFIX, deletion_request
 from bot.events import Event
 from bot.facts import EventName
@@ -30,6 +30,8 @@ from bot.flow import ReplyKind, plan_replies, record
 from bot.flusher import DELETION_DELAY, Flusher, flush_once
 from bot.messenger import parse_body
 from bot.recipients import create_broadcast
+from bot.redemption import pool_status
+from bot.rows import RequestStatus
 from bot.store import FileStore, write_events
 from tests import payloads
 from tests.bot_process import APP_SECRET, make_home
@@ -149,7 +151,7 @@ def test_a_forgotten_customer_is_nowhere_and_everyone_else_is_as_before(database
     before = file_rows(files)
     untouched = {r: files.read_bytes(r) for r in files.list("events") if "writer-c" in r}
     [(victims_code,)] = database.query("SELECT code FROM codes WHERE customer_id = ?", (VICTIM,))
-    free_before = database.pool_status(CAMPAIGN.id).free
+    free_before = pool_status(database, CAMPAIGN.id).free
     events = analytics.open(files.data)
     funnel_before = {campaign: funnel(events, campaign) for campaign in (CAMPAIGN.id, AUTUMN)}
     assert [steps["reached"] for steps in funnel_before.values()] == [1 + len(OTHERS)] * 2
@@ -168,7 +170,7 @@ def test_a_forgotten_customer_is_nowhere_and_everyone_else_is_as_before(database
         "SELECT customer_id FROM codes WHERE campaign_id = ? AND code = ?", (CAMPAIGN.id, victims_code)
     )
     assert holder.startswith(FORGOTTEN_PREFIX)
-    assert database.pool_status(CAMPAIGN.id).free == free_before
+    assert pool_status(database, CAMPAIGN.id).free == free_before
     # nor in the event files, where everyone else's rows are the same, once each
     after = file_rows(files)
     assert after == collections.Counter({row: n for row, n in before.items() if customer_of(row) != VICTIM})

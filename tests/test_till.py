@@ -18,6 +18,7 @@ from bot.campaign import load_campaign
 from bot.database import Database
 from bot.facts import ButtonStep, EventName
 from bot.flow import button_payload
+from bot.redemption import find_code, redeem
 from bot.till import CLIENT_FAILURES, CSRF_COOKIE
 from tests import payloads
 from tests.bot_process import stored_events
@@ -165,13 +166,13 @@ def test_two_tills_pressing_at_once_redeem_a_code_once(postgres_database_url, tm
     tills = [Database.open(postgres_database_url, tmp_path) for _ in range(2)]
     tills[0].add_codes(CAMPAIGN.id, CODES, lambda revealed_at: None)  # codes that never expire
     asyncio.run(tills[0].record(*reveal("7401")))
-    token = tills[0].find_code(campaign_id=CAMPAIGN.id, code=CODES[0]).token
+    token = find_code(tills[0], campaign_id=CAMPAIGN.id, code=CODES[0]).token
     start = threading.Barrier(2)
     results = []
 
     def press(database: Database) -> None:
         start.wait()
-        results.append(database.redeem(token))
+        results.append(redeem(database, token))
 
     threads = [threading.Thread(target=press, args=(database,)) for database in tills]
     for thread in threads:
@@ -200,7 +201,7 @@ def test_a_till_export_marks_codes_used_once_and_says_what_it_did(tmp_path):
 
     for customer in ("7501", "7502"):  # two codes handed out, the third not
         asyncio.run(database.record(*reveal(customer)))
-    database.redeem(database.find_code(campaign_id=campaign.id, code="SPR-BBBB3333").token)  # at the till
+    redeem(database, find_code(database, campaign_id=campaign.id, code="SPR-BBBB3333").token)  # at the till
     database.close()
     export = tmp_path / "till-export.csv"
     export.write_text(

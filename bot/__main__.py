@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return redeem_command(Path(args.csv), args.campaign)
     if args.command == "compact":
-        from bot.store import compact_command
+        from bot.compaction import compact_command
 
         return compact_command(data=args.data, day=args.day, grace_s=args.grace)
     if args.command == "links":

@@ -14,8 +14,9 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from bot.compaction import compact
 from bot.events import FILE_SCHEMA, Event, message_digest
-from bot.store import FileStore, compact, write_events
+from bot.store import FileStore, write_events
 from tests.conftest import REPO
 
 DAY = date(2026, 3, 1)

@@ -9,10 +9,11 @@ import boto3
 import pyarrow.dataset as ds
 import pytest
 
+from bot.compaction import compact
 from bot.database import Database
 from bot.events import Event
 from bot.flusher import FlushError, flush_once
-from bot.store import FileStore, compact, open_filesystem, write_events
+from bot.store import FileStore, open_filesystem, write_events
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

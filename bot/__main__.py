@@ -156,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return doctor_command(fix=args.fix, as_json=args.json)
     if args.command == "audience":
-        from bot.broadcast import audience_command
+        from bot.broadcast_command import audience_command
 
         return audience_command(args.campaign, args.json)
     if args.command == "broadcast":
-        from bot.broadcast import broadcast_command
+        from bot.broadcast_command import broadcast_command
 
         return broadcast_command(args.campaign, args.rate, args.dry_run)
     if args.command == "forget":

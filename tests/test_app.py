@@ -2,77 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import io
 import json
 import logging
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from datetime import date, timedelta
-from pathlib import Path
-from urllib.parse import parse_qs
 
 import httpx
 import psycopg
 import pytest
 import segno
-from starlette.applications import Starlette
 
 from bot.app import create_app
 from bot.campaign import load_campaign
 from bot.config import ConfigError, Mode, Settings
 from bot.facts import ButtonStep
 from bot.flow import button_payload
-from bot.graph import read_batch
-from bot.messenger import sign
-from tests import payloads
-from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, make_home
-from tests.conftest import REPO
+from tests.support import payloads
+from tests.support.bot_process import run_bot
+from tests.support.home import LAST_DAY, PAGE_TOKEN, environment, make_home, shown_day, single_use_home
+from tests.support.in_process import post, running, settings_for
+from tests.support.mock_graph import Platform, page_platform, platform
 
 pytestmark = pytest.mark.anyio
-
-SECRETS = {
-    "PROMOBOT_APP_SECRET": APP_SECRET,
-    "PROMOBOT_VERIFY_TOKEN": VERIFY_TOKEN,
-    "PROMOBOT_PAGE_TOKEN": PAGE_TOKEN,
-}
-
-
-def platform(request: httpx.Request) -> httpx.Response:
-    if request.method == "GET":
-        return httpx.Response(200, json={"first_name": "Ada", "id": "1"})
-    return httpx.Response(200, json={"recipient_id": "1", "message_id": "m_1"})
-
-
-def settings_for(data: Path, **env: str) -> Settings:
-    return Settings.from_env(
-        {
-            **SECRETS,
-            "PROMOBOT_DATA": str(data),
-            "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
-            "PROMOBOT_GRAPH_URL": "https://graph.test",
-            **env,
-        }
-    )
-
-
-@contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of `app`, between its start-up and its shut-down."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://promobot.test") as client:
-            yield client
-
-
-async def post(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
-    return await client.post(
-        "/webhook", content=body, headers={"X-Hub-Signature-256": sign(APP_SECRET, body)}
-    )
 
 
 async def test_a_webhook_the_store_cannot_take_is_answered_503_and_its_redelivery_recorded(
@@ -127,26 +78,6 @@ async def test_health_tells_how_many_replies_are_owed(tmp_path):
 HEALTH_TOKEN = "health-token-of-the-monitor-0001"
 DEEP = "/healthz?deep=1"
 BEARER = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
-
-
-def page_platform(requests: list[httpx.Request], *, token_error: bool = False):
-    """The Graph API of a page whose app is subscribed to every field the bot needs."""
-    from bot.doctor import NEEDED_FIELDS
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        if token_error:
-            return httpx.Response(400, json={"error": {"code": 190, "error_subcode": 460, "message": "no"}})
-        path = request.url.path.removeprefix("/v25.0/")
-        if path in ("me", "app"):
-            return httpx.Response(200, json={"id": "42", "name": "Corner Bakery"})
-        if path == "42/subscribed_apps":
-            return httpx.Response(
-                200, json={"data": [{"id": "42", "subscribed_fields": list(NEEDED_FIELDS)}]}
-            )
-        return platform(request)
-
-    return httpx.MockTransport(handle)
 
 
 async def test_plain_health_is_unchanged_by_a_health_token(tmp_path):
@@ -245,61 +176,6 @@ async def test_local_mode_keeps_its_state_beside_its_events(tmp_path):
     assert (data / "promobot.sqlite3").is_file()
 
 
-class Platform:
-    """The Send and User Profile APIs, alone or batched: every message each customer got, in order."""
-
-    def __init__(self) -> None:
-        self.messages: dict[str, list[dict]] = {}
-        self.arrived = asyncio.Event()
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/me/messages"):
-            return httpx.Response(200, json=self._send(json.loads(request.content)))
-        if request.method == "GET":
-            return httpx.Response(200, json={"first_name": "Ada", "id": "1"})
-        form = {key: values[0] for key, values in parse_qs(request.content.decode()).items()}
-        answers = [
-            self._send(entry.body) if entry.method == "POST" else {"first_name": "Ada", "id": "1"}
-            for entry in read_batch(form)
-        ]
-        return httpx.Response(200, json=[{"code": 200, "body": json.dumps(answer)} for answer in answers])
-
-    def _send(self, body: dict) -> dict:
-        customer = body["recipient"]["id"]
-        self.messages.setdefault(customer, []).append(body["message"])
-        self.arrived.set()
-        return {"recipient_id": customer, "message_id": f"m_{customer}_{len(self.messages[customer])}"}
-
-    async def wait_for(self, customer: str, count: int) -> list[dict]:
-        async with asyncio.timeout(10):
-            while len(self.messages.get(customer, [])) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-        return self.messages[customer]
-
-
-# The last day single-use codes are valid in tests: some months ahead, whatever day the tests run.
-LAST_DAY = date.today() + timedelta(days=90)
-EXPIRES = f'expires = "{LAST_DAY.isoformat()}"'
-
-
-def shown_day(day: date) -> str:
-    """A day as the code message and the till page show it."""
-    return f"{day.day} {day:%B %Y}"
-
-
-def single_use_home(tmp_path: Path, codes: list[str]) -> Path:
-    data = make_home(tmp_path)
-    text = (data / "campaign.toml").read_text()
-    text = text.replace(
-        'code = "SPRING20"',
-        'codes = "spring-codes.csv"\nall_gone = "Sorry, all gone!"\n' + EXPIRES,
-    )
-    (data / "campaign.toml").write_text(text)
-    (data / "spring-codes.csv").write_text("code\n" + "".join(f"{code}\n" for code in codes))
-    return data
-
-
 async def test_a_reveal_gets_a_single_use_code_with_its_till_link_then_the_pool_runs_out(tmp_path):
     data = single_use_home(tmp_path, ["SPR-AAAA2222"])
     platform = Platform()
@@ -338,20 +214,7 @@ async def test_a_reveal_gets_a_single_use_code_with_its_till_link_then_the_pool_
 
 def test_a_bad_codes_file_stops_start_up_naming_file_and_line(tmp_path):
     data = single_use_home(tmp_path, ["SPR-AAAA2222", "SPR-BBBB3333", "SPR-AAAA2222"])
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "serve", "--port", "9"],
-        cwd=REPO,
-        env={
-            **os.environ,
-            **SECRETS,
-            "PROMOBOT_DATA": str(data),
-            "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_bot("serve", "--port", "9", env=environment(data))
     assert result.returncode != 0
     assert f"{data / 'spring-codes.csv'}: line 4: 'SPR-AAAA2222' repeats line 2" in result.stderr
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from bot.events import FILE_SCHEMA, Event, message_digest
 from bot.store import FileStore, compact, write_events
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 DAY = date(2026, 3, 1)
 

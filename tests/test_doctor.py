@@ -26,9 +26,10 @@ from bot.doctor import (
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
 from bot.graph import GraphClient, RetryPolicy
-from tests.bot_process import BotProcess, make_home
-from tests.builders import customer_event
-from tests.fake_graph import FakeGraph
+from tests.support.bot_process import BotProcess
+from tests.support.builders import customer_event
+from tests.support.fake_graph import FakeGraph
+from tests.support.home import make_home
 
 PAGE_TOKEN = "EAAG-page-token-never-shown-0123"
 HEALTH_TOKEN = "health-token-never-shown-4567"

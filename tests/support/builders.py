@@ -1,5 +1,4 @@
-"""Events and clocks as tests build them: a customer's actions on the platform's clock; the bot's, moved on by
-hand."""
+"""Events and clocks as tests build them: customers' actions on the platform's clock; the bot's, by hand."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
 
 import httpx
 import psycopg
@@ -19,9 +18,9 @@ from bot.facts import ButtonStep
 from bot.flow import button_payload
 from tests.support import payloads
 from tests.support.bot_process import run_bot
-from tests.support.home import LAST_DAY, PAGE_TOKEN, environment, make_home, shown_day, single_use_home
+from tests.support.home import LAST_DAY, environment, make_home, shown_day, single_use_home
 from tests.support.in_process import post, running, settings_for
-from tests.support.mock_graph import Platform, page_platform, platform
+from tests.support.mock_graph import Platform, platform
 
 pytestmark = pytest.mark.anyio
 
@@ -64,106 +63,6 @@ async def test_an_unflushed_log_of_an_earlier_promobot_stops_start_up_naming_it(
     with pytest.raises(ConfigError, match=f"{data / 'wal'} holds events an earlier promobot"):
         async with running(app):
             pass
-
-
-async def test_health_tells_how_many_replies_are_owed(tmp_path):
-    data = make_home(tmp_path)
-    app = create_app(settings_for(data), graph_transport=httpx.MockTransport(platform))
-    async with running(app) as client:
-        health = (await client.get("/healthz")).json()
-    assert health["status"] == "ok"
-    assert health["replies_owed"] == 0
-
-
-HEALTH_TOKEN = "health-token-of-the-monitor-0001"
-DEEP = "/healthz?deep=1"
-BEARER = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
-
-
-async def test_plain_health_is_unchanged_by_a_health_token(tmp_path):
-    data = make_home(tmp_path)
-    app = create_app(
-        settings_for(data, PROMOBOT_HEALTH_TOKEN=HEALTH_TOKEN), graph_transport=httpx.MockTransport(platform)
-    )
-    async with running(app) as client:
-        plain = await client.get("/healthz")
-        with_token = await client.get("/healthz", headers=BEARER)
-    assert plain.status_code == with_token.status_code == 200
-    assert plain.json() == with_token.json() == {"status": "ok", "campaign": "spring-sale", "replies_owed": 0}
-
-
-@pytest.mark.parametrize(
-    ("configured", "headers", "status"),
-    [
-        (HEALTH_TOKEN, {}, 401),
-        (HEALTH_TOKEN, {"Authorization": "Bearer "}, 401),
-        (HEALTH_TOKEN, {"Authorization": f"Basic {HEALTH_TOKEN}"}, 401),
-        (HEALTH_TOKEN, {"Authorization": "Bearer health-token-of-the-monitor-0002"}, 403),
-        (HEALTH_TOKEN, {"Authorization": f"Bearer {HEALTH_TOKEN}x"}, 403),
-        (None, BEARER, 403),  # no token configured: the deep checks are off
-    ],
-    ids=["no-header", "empty", "not-bearer", "wrong", "longer", "unconfigured"],
-)
-async def test_deep_health_without_the_right_token_is_refused_and_tells_nothing(
-    tmp_path, configured, headers, status
-):
-    data = make_home(tmp_path)
-    env = {"PROMOBOT_HEALTH_TOKEN": configured} if configured else {}
-    requests: list[httpx.Request] = []
-    app = create_app(settings_for(data, **env), graph_transport=page_platform(requests))
-    async with running(app) as client:
-        answer = await client.get(DEEP, headers=headers)
-    assert answer.status_code == status
-    assert "campaign" not in answer.text
-    assert "replies" not in answer.text
-    assert requests == []  # not a single Graph API call for a caller without the token
-
-
-async def test_deep_health_with_the_token_shows_the_checks_and_asks_the_graph_api_once_a_minute(
-    tmp_path, caplog
-):
-    caplog.set_level(logging.DEBUG)
-    data = make_home(tmp_path)
-    requests: list[httpx.Request] = []
-    app = create_app(
-        settings_for(data, PROMOBOT_HEALTH_TOKEN=HEALTH_TOKEN), graph_transport=page_platform(requests)
-    )
-    async with running(app) as client:
-        first = await client.get(DEEP, headers=BEARER)
-        second = await client.get(DEEP, headers=BEARER)
-    assert first.status_code == second.status_code == 200
-    health = first.json()
-    assert health["campaign"] == "spring-sale"
-    assert health["status"] == "warn"  # no webhook yet
-    assert [(check["name"], check["status"]) for check in health["checks"]] == [
-        ("page token", "ok"),
-        ("webhooks", "ok"),
-        ("graph api version", "ok"),
-        ("last webhook", "warn"),
-        ("outbox", "ok"),
-        ("flush", "ok"),
-    ]
-    assert second.json()["checks"] == health["checks"]
-    assert [request.url.path for request in requests].count("/v25.0/me") == 1  # the second was cached
-    assert HEALTH_TOKEN not in caplog.text
-    assert PAGE_TOKEN not in caplog.text
-
-
-async def test_deep_health_answers_503_when_the_page_token_is_refused(tmp_path):
-    data = make_home(tmp_path)
-    requests: list[httpx.Request] = []
-    app = create_app(
-        settings_for(data, PROMOBOT_HEALTH_TOKEN=HEALTH_TOKEN),
-        graph_transport=page_platform(requests, token_error=True),
-    )
-    async with running(app) as client:
-        answer = await client.get(DEEP, headers=BEARER)
-    assert answer.status_code == 503
-    assert answer.json()["status"] == "fail"
-    (token, *_) = answer.json()["checks"]
-    assert token["status"] == "fail"
-    assert "reconnect the page" in token["fix"]
-    assert PAGE_TOKEN not in answer.text
 
 
 async def test_local_mode_keeps_its_state_beside_its_events(tmp_path):

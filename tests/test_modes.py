@@ -58,17 +58,6 @@ def test_serve_missing_one_secret_names_that_one(tmp_path, missing):
 
 
 @pytest.mark.e2e
-def test_a_server_has_no_simulator(tmp_path):
-    with BotProcess(make_home(tmp_path), "https://graph.invalid") as bot:
-        for path in ("/", "/simulator/messages?customer=1"):
-            response = bot.client.get(path)
-            assert response.status_code == 404, path
-            assert APP_SECRET not in response.text
-        assert bot.client.post("/simulator/customers", json={"id": "1"}).status_code == 404
-        assert "local mode" not in bot.log()
-
-
-@pytest.mark.e2e
 def test_the_local_bot_serves_the_simulator_on_loopback_only_with_a_secret_of_its_own(tmp_path):
     # The shell holds a real page's secrets: local mode ignores them.
     with BotProcess(make_home(tmp_path), "https://graph.invalid", Mode.LOCAL) as bot:

@@ -20,11 +20,11 @@ def settings_for(data: Path, mode: Mode = Mode.SERVER, **env: str) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of `app`, between its start-up and its shut-down."""
+async def running(app: Starlette, base_url: str = "http://promobot.test") -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app` at `base_url` (https for secure cookies), between its start-up and its shut-down."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://promobot.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             yield client
 
 

@@ -30,16 +30,12 @@ class BotProcess:
         self.mode = mode
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            **environment(
-                data,
-                PROMOBOT_GRAPH_URL=graph_url,
-                PROMOBOT_PUBLIC_URL=self.url,
-                PROMOBOT_GRAPH_TIMEOUT="0.5",
-                **env,
-            ),
+        defaults = {
+            "PROMOBOT_GRAPH_URL": graph_url,
+            "PROMOBOT_PUBLIC_URL": self.url,
+            "PROMOBOT_GRAPH_TIMEOUT": "0.5",
         }
+        self.env = {**os.environ, **environment(data, **{**defaults, **env})}
         self.log_path = data.parent / f"bot-{self.port}.log"
         self.process: subprocess.Popen | None = None
         self.client = httpx.Client(base_url=self.url, timeout=10)

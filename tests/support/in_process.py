@@ -16,7 +16,7 @@ from tests.support.home import APP_SECRET, environment
 
 def settings_for(data: Path, mode: Mode = Mode.SERVER, **env: str) -> Settings:
     """Settings of a bot on `data` with the test secrets and a Graph API at https://graph.test, and `env`."""
-    return Settings.from_env(environment(data, PROMOBOT_GRAPH_URL="https://graph.test", **env), mode)
+    return Settings.from_env(environment(data, **{"PROMOBOT_GRAPH_URL": "https://graph.test", **env}), mode)
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from bench_data import dataset  # noqa: E402
 
-from tests.ports import free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ from bot.flow import Reply, button_payload, plan_replies, record
 from bot.flusher import flush_once
 from bot.messenger import Delivery, Inbound, Postback, Read, Referral
 from bot.store import SORT_KEYS, FileStore, event_row, parquet_bytes, rows_to_table
-from tests.postgres import PostgresServer
+from tests.support.postgres import PostgresServer
 
 PAGE = "111899832631525"
 CAMPAIGNS = [

@@ -48,10 +48,10 @@ from urllib.parse import parse_qs
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.ports import free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 if TYPE_CHECKING:
-    from tests.postgres import PostgresServer
+    from tests.support.postgres import PostgresServer
 
 SECRET = "benchmark-app-secret"
 TOKEN = "benchmark-page-token"
@@ -612,7 +612,7 @@ def report(args: argparse.Namespace, rounds: list[dict[str, dict]]) -> dict[str,
 
 
 def run(args: argparse.Namespace) -> None:
-    from tests.postgres import PostgresServer
+    from tests.support.postgres import PostgresServer
 
     workdir = Path(tempfile.mkdtemp(prefix="promobot-webhook-bench-"))
     graph_port = free_port()

@@ -1,18 +1,17 @@
-"""Shared test fixtures."""
+"""Shared test fixtures: the helpers in tests/support, and the fixture plugins among them."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-# A real PostgreSQL server: the fixtures postgres_server, postgres_url and postgres_database_url.
-pytest_plugins = ["tests.postgres", "tests.s3"]
-
-REPO = Path(__file__).resolve().parent.parent
-# Real Messenger payloads (webhook bodies, and Send API bodies in send/); see their SOURCES.md.
-MESSENGER_FIXTURES = Path(__file__).resolve().parent / "data" / "messenger"
-TEST_DATA = Path(__file__).resolve().parent / "data"
+# A real PostgreSQL server (postgres_server, postgres_url, postgres_database_url); a moto S3 server
+# (s3_endpoint, bucket); the store on both engines (database_url, store, database); a fake Graph API (graph).
+pytest_plugins = [
+    "tests.support.postgres",
+    "tests.support.s3",
+    "tests.support.stores",
+    "tests.support.fake_graph",
+]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 import analytics
 from analytics import charts
 from analytics.sample import write_sample
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 @pytest.fixture(scope="module")

@@ -2,77 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import io
 import json
-import logging
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from datetime import date, timedelta
-from pathlib import Path
-from urllib.parse import parse_qs
 
 import httpx
 import psycopg
 import pytest
 import segno
-from starlette.applications import Starlette
 
 from bot.app import create_app
 from bot.campaign import load_campaign
 from bot.config import ConfigError, Mode, Settings
 from bot.facts import ButtonStep
 from bot.flow import button_payload
-from bot.graph_batch import read_batch
-from bot.messenger import sign
-from tests import payloads
-from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, make_home
-from tests.conftest import REPO
+from tests.support import payloads
+from tests.support.bot_process import run_bot
+from tests.support.home import LAST_DAY, environment, make_home, shown_day, single_use_home
+from tests.support.in_process import post, running, settings_for
+from tests.support.mock_graph import Platform, platform
 
 pytestmark = pytest.mark.anyio
-
-SECRETS = {
-    "PROMOBOT_APP_SECRET": APP_SECRET,
-    "PROMOBOT_VERIFY_TOKEN": VERIFY_TOKEN,
-    "PROMOBOT_PAGE_TOKEN": PAGE_TOKEN,
-}
-
-
-def platform(request: httpx.Request) -> httpx.Response:
-    if request.method == "GET":
-        return httpx.Response(200, json={"first_name": "Ada", "id": "1"})
-    return httpx.Response(200, json={"recipient_id": "1", "message_id": "m_1"})
-
-
-def settings_for(data: Path, **env: str) -> Settings:
-    return Settings.from_env(
-        {
-            **SECRETS,
-            "PROMOBOT_DATA": str(data),
-            "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
-            "PROMOBOT_GRAPH_URL": "https://graph.test",
-            **env,
-        }
-    )
-
-
-@contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of `app`, between its start-up and its shut-down."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://promobot.test") as client:
-            yield client
-
-
-async def post(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
-    return await client.post(
-        "/webhook", content=body, headers={"X-Hub-Signature-256": sign(APP_SECRET, body)}
-    )
 
 
 async def test_a_webhook_the_store_cannot_take_is_answered_503_and_its_redelivery_recorded(
@@ -115,126 +65,6 @@ async def test_an_unflushed_log_of_an_earlier_promobot_stops_start_up_naming_it(
             pass
 
 
-async def test_health_tells_how_many_replies_are_owed(tmp_path):
-    data = make_home(tmp_path)
-    app = create_app(settings_for(data), graph_transport=httpx.MockTransport(platform))
-    async with running(app) as client:
-        health = (await client.get("/healthz")).json()
-    assert health["status"] == "ok"
-    assert health["replies_owed"] == 0
-
-
-HEALTH_TOKEN = "health-token-of-the-monitor-0001"
-DEEP = "/healthz?deep=1"
-BEARER = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
-
-
-def page_platform(requests: list[httpx.Request], *, token_error: bool = False):
-    """The Graph API of a page whose app is subscribed to every field the bot needs."""
-    from bot.page_checks import NEEDED_FIELDS
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        if token_error:
-            return httpx.Response(400, json={"error": {"code": 190, "error_subcode": 460, "message": "no"}})
-        path = request.url.path.removeprefix("/v25.0/")
-        if path in ("me", "app"):
-            return httpx.Response(200, json={"id": "42", "name": "Corner Bakery"})
-        if path == "42/subscribed_apps":
-            return httpx.Response(
-                200, json={"data": [{"id": "42", "subscribed_fields": list(NEEDED_FIELDS)}]}
-            )
-        return platform(request)
-
-    return httpx.MockTransport(handle)
-
-
-async def test_plain_health_is_unchanged_by_a_health_token(tmp_path):
-    data = make_home(tmp_path)
-    app = create_app(
-        settings_for(data, PROMOBOT_HEALTH_TOKEN=HEALTH_TOKEN), graph_transport=httpx.MockTransport(platform)
-    )
-    async with running(app) as client:
-        plain = await client.get("/healthz")
-        with_token = await client.get("/healthz", headers=BEARER)
-    assert plain.status_code == with_token.status_code == 200
-    assert plain.json() == with_token.json() == {"status": "ok", "campaign": "spring-sale", "replies_owed": 0}
-
-
-@pytest.mark.parametrize(
-    ("configured", "headers", "status"),
-    [
-        (HEALTH_TOKEN, {}, 401),
-        (HEALTH_TOKEN, {"Authorization": "Bearer "}, 401),
-        (HEALTH_TOKEN, {"Authorization": f"Basic {HEALTH_TOKEN}"}, 401),
-        (HEALTH_TOKEN, {"Authorization": "Bearer health-token-of-the-monitor-0002"}, 403),
-        (HEALTH_TOKEN, {"Authorization": f"Bearer {HEALTH_TOKEN}x"}, 403),
-        (None, BEARER, 403),  # no token configured: the deep checks are off
-    ],
-    ids=["no-header", "empty", "not-bearer", "wrong", "longer", "unconfigured"],
-)
-async def test_deep_health_without_the_right_token_is_refused_and_tells_nothing(
-    tmp_path, configured, headers, status
-):
-    data = make_home(tmp_path)
-    env = {"PROMOBOT_HEALTH_TOKEN": configured} if configured else {}
-    requests: list[httpx.Request] = []
-    app = create_app(settings_for(data, **env), graph_transport=page_platform(requests))
-    async with running(app) as client:
-        answer = await client.get(DEEP, headers=headers)
-    assert answer.status_code == status
-    assert "campaign" not in answer.text
-    assert "replies" not in answer.text
-    assert requests == []  # not a single Graph API call for a caller without the token
-
-
-async def test_deep_health_with_the_token_shows_the_checks_and_asks_the_graph_api_once_a_minute(
-    tmp_path, caplog
-):
-    caplog.set_level(logging.DEBUG)
-    data = make_home(tmp_path)
-    requests: list[httpx.Request] = []
-    app = create_app(
-        settings_for(data, PROMOBOT_HEALTH_TOKEN=HEALTH_TOKEN), graph_transport=page_platform(requests)
-    )
-    async with running(app) as client:
-        first = await client.get(DEEP, headers=BEARER)
-        second = await client.get(DEEP, headers=BEARER)
-    assert first.status_code == second.status_code == 200
-    health = first.json()
-    assert health["campaign"] == "spring-sale"
-    assert health["status"] == "warn"  # no webhook yet
-    assert [(check["name"], check["status"]) for check in health["checks"]] == [
-        ("page token", "ok"),
-        ("webhooks", "ok"),
-        ("graph api version", "ok"),
-        ("last webhook", "warn"),
-        ("outbox", "ok"),
-        ("flush", "ok"),
-    ]
-    assert second.json()["checks"] == health["checks"]
-    assert [request.url.path for request in requests].count("/v25.0/me") == 1  # the second was cached
-    assert HEALTH_TOKEN not in caplog.text
-    assert PAGE_TOKEN not in caplog.text
-
-
-async def test_deep_health_answers_503_when_the_page_token_is_refused(tmp_path):
-    data = make_home(tmp_path)
-    requests: list[httpx.Request] = []
-    app = create_app(
-        settings_for(data, PROMOBOT_HEALTH_TOKEN=HEALTH_TOKEN),
-        graph_transport=page_platform(requests, token_error=True),
-    )
-    async with running(app) as client:
-        answer = await client.get(DEEP, headers=BEARER)
-    assert answer.status_code == 503
-    assert answer.json()["status"] == "fail"
-    (token, *_) = answer.json()["checks"]
-    assert token["status"] == "fail"
-    assert "reconnect the page" in token["fix"]
-    assert PAGE_TOKEN not in answer.text
-
-
 async def test_local_mode_keeps_its_state_beside_its_events(tmp_path):
     data = make_home(tmp_path)
     settings = Settings.from_env(
@@ -243,61 +73,6 @@ async def test_local_mode_keeps_its_state_beside_its_events(tmp_path):
     async with running(create_app(settings)) as client:
         assert (await client.get("/healthz")).status_code == 200
     assert (data / "promobot.sqlite3").is_file()
-
-
-class Platform:
-    """The Send and User Profile APIs, alone or batched: every message each customer got, in order."""
-
-    def __init__(self) -> None:
-        self.messages: dict[str, list[dict]] = {}
-        self.arrived = asyncio.Event()
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/me/messages"):
-            return httpx.Response(200, json=self._send(json.loads(request.content)))
-        if request.method == "GET":
-            return httpx.Response(200, json={"first_name": "Ada", "id": "1"})
-        form = {key: values[0] for key, values in parse_qs(request.content.decode()).items()}
-        answers = [
-            self._send(entry.body) if entry.method == "POST" else {"first_name": "Ada", "id": "1"}
-            for entry in read_batch(form)
-        ]
-        return httpx.Response(200, json=[{"code": 200, "body": json.dumps(answer)} for answer in answers])
-
-    def _send(self, body: dict) -> dict:
-        customer = body["recipient"]["id"]
-        self.messages.setdefault(customer, []).append(body["message"])
-        self.arrived.set()
-        return {"recipient_id": customer, "message_id": f"m_{customer}_{len(self.messages[customer])}"}
-
-    async def wait_for(self, customer: str, count: int) -> list[dict]:
-        async with asyncio.timeout(10):
-            while len(self.messages.get(customer, [])) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-        return self.messages[customer]
-
-
-# The last day single-use codes are valid in tests: some months ahead, whatever day the tests run.
-LAST_DAY = date.today() + timedelta(days=90)
-EXPIRES = f'expires = "{LAST_DAY.isoformat()}"'
-
-
-def shown_day(day: date) -> str:
-    """A day as the code message and the till page show it."""
-    return f"{day.day} {day:%B %Y}"
-
-
-def single_use_home(tmp_path: Path, codes: list[str]) -> Path:
-    data = make_home(tmp_path)
-    text = (data / "campaign.toml").read_text()
-    text = text.replace(
-        'code = "SPRING20"',
-        'codes = "spring-codes.csv"\nall_gone = "Sorry, all gone!"\n' + EXPIRES,
-    )
-    (data / "campaign.toml").write_text(text)
-    (data / "spring-codes.csv").write_text("code\n" + "".join(f"{code}\n" for code in codes))
-    return data
 
 
 async def test_a_reveal_gets_a_single_use_code_with_its_till_link_then_the_pool_runs_out(tmp_path):
@@ -338,20 +113,7 @@ async def test_a_reveal_gets_a_single_use_code_with_its_till_link_then_the_pool_
 
 def test_a_bad_codes_file_stops_start_up_naming_file_and_line(tmp_path):
     data = single_use_home(tmp_path, ["SPR-AAAA2222", "SPR-BBBB3333", "SPR-AAAA2222"])
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "serve", "--port", "9"],
-        cwd=REPO,
-        env={
-            **os.environ,
-            **SECRETS,
-            "PROMOBOT_DATA": str(data),
-            "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_bot("serve", "--port", "9", env=environment(data))
     assert result.returncode != 0
     assert f"{data / 'spring-codes.csv'}: line 4: 'SPR-AAAA2222' repeats line 2" in result.stderr
 

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import copy
-import json
 from pathlib import Path
 
 import pytest
 
 from bot.aws_lambda import build_handler
-from bot.messenger import sign
-from tests import payloads
-from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, make_home, stored_events
-from tests.conftest import TEST_DATA
-from tests.fake_graph import FakeGraph
+from tests.support import payloads
+from tests.support.bot_process import stored_events
+from tests.support.home import APP_SECRET, VERIFY_TOKEN, environment, make_home
+from tests.support.lambda_events import http_api_get, http_api_post, rest_api_get
 
 pytestmark = pytest.mark.e2e
-
-HTTP_API = json.loads((TEST_DATA / "aws" / "apigw-http-v2-event.json").read_text())
-REST_API = json.loads((TEST_DATA / "aws" / "apigw-rest-v1-event.json").read_text())
 
 
 class Context:
@@ -28,43 +21,15 @@ class Context:
 
 
 @pytest.fixture
-def graph():
-    with FakeGraph(PAGE_TOKEN) as fake:
-        yield fake
-
-
-@pytest.fixture
 def handler(tmp_path: Path, graph, monkeypatch):
     data = make_home(tmp_path)
-    for name, value in {
-        "PROMOBOT_APP_SECRET": APP_SECRET,
-        "PROMOBOT_VERIFY_TOKEN": VERIFY_TOKEN,
-        "PROMOBOT_PAGE_TOKEN": PAGE_TOKEN,
-        "PROMOBOT_GRAPH_URL": graph.url,
-        "PROMOBOT_DATA": str(data),
-        "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
-        "PROMOBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'lambda-tmp' / 'promobot.sqlite3'}",
-    }.items():
+    for name, value in environment(
+        data,
+        PROMOBOT_GRAPH_URL=graph.url,
+        PROMOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'lambda-tmp' / 'promobot.sqlite3'}",
+    ).items():
         monkeypatch.setenv(name, value)
     return build_handler(), data
-
-
-def http_api_post(body: bytes, *, encode: bool) -> dict:
-    event = copy.deepcopy(HTTP_API)
-    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /webhook"
-    event["rawPath"] = event["requestContext"]["http"]["path"] = "/webhook"
-    event["requestContext"]["http"]["method"] = "POST"
-    event["headers"].update(
-        {
-            "content-type": "application/json",
-            "content-length": str(len(body)),
-            "x-hub-signature-256": sign(APP_SECRET, body),
-            "user-agent": "facebookexternalua",
-        }
-    )
-    event["body"] = base64.b64encode(body).decode() if encode else body.decode()
-    event["isBase64Encoded"] = encode
-    return event
 
 
 @pytest.mark.parametrize("encode", [True, False], ids=["base64-body", "plain-body"])
@@ -92,13 +57,8 @@ def test_a_bad_signature_is_refused(handler):
 
 def test_the_handshake_through_a_rest_api(handler):
     app, _ = handler
-    event = copy.deepcopy(REST_API)
-    event["httpMethod"] = event["requestContext"]["httpMethod"] = "GET"
-    event["path"] = "/webhook"
     query = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "31415"}
-    event["queryStringParameters"] = query
-    event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()}
-    event["body"] = None
+    event = rest_api_get("/webhook", query)
 
     response = app(event, Context())
 
@@ -120,13 +80,7 @@ def test_successive_invocations_each_store_their_events(handler, graph):
 def test_the_function_has_no_simulator(handler):
     app, _ = handler
     for path in ("/", "/simulator/messages"):
-        event = copy.deepcopy(HTTP_API)
-        event["routeKey"] = event["requestContext"]["routeKey"] = f"GET {path}"
-        event["rawPath"] = event["requestContext"]["http"]["path"] = path
-        event["requestContext"]["http"]["method"] = "GET"
-        event["body"] = None
-
-        response = app(event, Context())
+        response = app(http_api_get(path), Context())
 
         assert response["statusCode"] == 404, path
         assert APP_SECRET not in response["body"]

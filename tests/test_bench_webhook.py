@@ -18,8 +18,8 @@ import uvicorn
 from benchmarks import webhook as bench
 from bot.config import Mode
 from bot.messenger import SIGNATURE_HEADER, sign
-from tests.bot_process import make_home
-from tests.conftest import REPO
+from tests.support.home import make_home
+from tests.support.paths import REPO
 
 
 def post(body: bytes, signature: str) -> httpx.Response:

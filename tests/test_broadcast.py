@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,9 +32,10 @@ from bot.flow import Reply, ReplyKind
 from bot.graph_errors import RetryPolicy
 from bot.recipients import audience_now, broadcast_results, create_broadcast
 from bot.startup import build_sender
-from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, make_home
-from tests.conftest import REPO
-from tests.fake_graph import Answer, FakeGraph, graph_error
+from tests.support.fake_graph import Answer, FakeGraph, graph_error
+from tests.support.home import environment, make_home
+from tests.support.paths import REPO
+from tests.support.stores import opened
 
 PAGE = "100000000000001"
 CAMPAIGN_ID = "spring-sale"
@@ -44,44 +45,12 @@ GRAPH_TIMEOUT_S = 0.5
 QUICK_RETRY = RetryPolicy(deadline_s=0.3, first_backoff_s=0.2, max_backoff_s=0.2, request_timeout_s=2.0)
 
 
-@pytest.fixture
-def graph() -> Iterator[FakeGraph]:
-    with FakeGraph(PAGE_TOKEN) as fake:
-        yield fake
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres_database_url")
-    return f"sqlite:///{tmp_path / 'data' / 'promobot.sqlite3'}"
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'data' / 'promobot.sqlite3'}"
-
-
-def environ(data: Path, graph: FakeGraph, url: str) -> dict[str, str]:
-    return {
-        "PROMOBOT_APP_SECRET": APP_SECRET,
-        "PROMOBOT_VERIFY_TOKEN": VERIFY_TOKEN,
-        "PROMOBOT_PAGE_TOKEN": PAGE_TOKEN,
-        "PROMOBOT_GRAPH_URL": graph.url,
-        "PROMOBOT_DATA": str(data),
-        "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
-        "PROMOBOT_DATABASE_URL": url,
-        "PROMOBOT_GRAPH_TIMEOUT": str(GRAPH_TIMEOUT_S),
-    }
-
-
-@contextlib.contextmanager
-def opened(url: str, data: Path) -> Iterator[Database]:
-    database = Database.open(url, data)
-    try:
-        yield database
-    finally:
-        database.close()
+def environ(data: Path, graph: FakeGraph, url: str | None) -> dict[str, str]:
+    """The bot's variables, its store at `url` (None: the SQLite file in `data`)."""
+    store = {} if url is None else {"PROMOBOT_DATABASE_URL": url}
+    return environment(
+        data, PROMOBOT_GRAPH_URL=graph.url, PROMOBOT_GRAPH_TIMEOUT=str(GRAPH_TIMEOUT_S), **store
+    )
 
 
 def put_customer(database: Database, customer: str, **times: datetime | None) -> None:
@@ -109,7 +78,7 @@ def ago(**delta: float) -> datetime:
     return datetime.now(UTC) - timedelta(**delta)
 
 
-def settings_for(data: Path, graph: FakeGraph, url: str) -> Settings:
+def settings_for(data: Path, graph: FakeGraph, url: str | None) -> Settings:
     return Settings.from_env(environ(data, graph, url), mode=Mode.SERVER)
 
 
@@ -121,7 +90,7 @@ async def run_broadcast(
     database: Database,
     graph: FakeGraph,
     data: Path,
-    url: str,
+    url: str | None,
     *,
     rate: int = 600,
     first_backoff_s: float = 1.0,
@@ -145,8 +114,8 @@ def data(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def database(store_url: str, data: Path) -> AsyncIterator[Database]:
-    database = await asyncio.to_thread(Database.open, store_url, data)
+async def database(database_url: str | None, data: Path) -> AsyncIterator[Database]:
+    database = await asyncio.to_thread(Database.open, database_url, data)
     yield database
     await asyncio.to_thread(database.close)
 
@@ -158,11 +127,11 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_each_customer_counts_under_the_first_reason_that_applies(
-    database, graph, data, store_url, capsys
+    database, graph, data, database_url, capsys
 ):
     # Given a customer a broadcast of this campaign already reached...
     put_customer(database, "already", last_action_at=ago(hours=2))
-    await run_broadcast(database, graph, data, store_url)
+    await run_broadcast(database, graph, data, database_url)
     # ...and customers whose last own action (platform time) was 1 h, 23 h, 25 h and 6 days ago, from an ad
     # or not, and others the campaign may not be sent to.
     put_customer(database, "1h", last_action_at=ago(hours=1))
@@ -197,9 +166,9 @@ async def test_each_customer_counts_under_the_first_reason_that_applies(
     assert counts.as_dict() == expected
     assert list(counts.as_dict()["skipped"]) == [str(reason) for reason in Reason]
     # The command prints exactly that object with --json, and explains the reasons without it.
-    assert audience_command(CAMPAIGN_ID, True, environ=environ(data, graph, store_url)) == 0
+    assert audience_command(CAMPAIGN_ID, True, environ=environ(data, graph, database_url)) == 0
     assert json.loads(capsys.readouterr().out) == expected
-    assert audience_command(CAMPAIGN_ID, False, environ=environ(data, graph, store_url)) == 0
+    assert audience_command(CAMPAIGN_ID, False, environ=environ(data, graph, database_url)) == 0
     human = capsys.readouterr().out
     assert "5 customers can be sent the welcome now" in human
     assert "window_closed: no own action in the last 24 hours (7 days after an ad)" in human
@@ -209,14 +178,14 @@ async def test_each_customer_counts_under_the_first_reason_that_applies(
 
 
 async def test_the_welcome_goes_to_the_eligible_as_a_response_with_the_broadcast_as_its_source(
-    database, graph, data, store_url
+    database, graph, data, database_url
 ):
     graph.names["1001"] = "Ada"
     for customer in ("1001", "1002"):
         put_customer(database, customer, last_action_at=ago(hours=3))
     put_customer(database, "1003", last_action_at=ago(days=2))
 
-    tally = await run_broadcast(database, graph, data, store_url)
+    tally = await run_broadcast(database, graph, data, database_url)
 
     assert (tally.sent, tally.skipped) == (2, {Reason.WINDOW_CLOSED: 1})
     bodies = [send["body"] for send in graph.sent]
@@ -244,12 +213,12 @@ async def test_the_welcome_goes_to_the_eligible_as_a_response_with_the_broadcast
     assert (result.sent, result.skipped, result.pending) == (2, {"window_closed": 1}, 0)
 
 
-async def test_the_broadcast_keeps_to_its_rate(sqlite_url, graph, data):
+async def test_the_broadcast_keeps_to_its_rate(graph, data):
     rate = 240  # one every 0.25 s
-    with opened(sqlite_url, data) as database:
+    with opened(None, data) as database:
         for n in range(8):
             put_customer(database, f"20{n:02d}", last_action_at=ago(hours=1))
-        await run_broadcast(database, graph, data, sqlite_url, rate=rate)
+        await run_broadcast(database, graph, data, None, rate=rate)
 
     times = [at for at, _, status in graph.send_log if status == 200]
     assert len(times) == 8
@@ -271,14 +240,14 @@ def test_the_pacer_spaces_sends_evenly_and_never_waits_past_the_next_slot():
     assert pacer.due_in() == 0.25
 
 
-async def test_the_broadcast_pauses_when_the_platform_asks_to_slow_down_then_goes_on(sqlite_url, graph, data):
-    with opened(sqlite_url, data) as database:
+async def test_the_broadcast_pauses_when_the_platform_asks_to_slow_down_then_goes_on(graph, data):
+    with opened(None, data) as database:
         for customer in ("3001", "3002", "3003"):
             put_customer(database, customer, last_action_at=ago(hours=1))
         slow_down = graph_error(613)  # "Calls to this api have exceeded the rate limit"
         graph.script_sends("3002", slow_down, slow_down, slow_down)
 
-        tally = await run_broadcast(database, graph, data, sqlite_url, rate=600, first_backoff_s=1.0)
+        tally = await run_broadcast(database, graph, data, None, rate=600, first_backoff_s=1.0)
         (result,) = broadcast_results(database, CAMPAIGN_ID)
 
     assert tally.sent == 3
@@ -293,7 +262,7 @@ async def test_the_broadcast_pauses_when_the_platform_asks_to_slow_down_then_goe
 
 
 async def test_a_customer_whose_window_closes_or_who_opts_out_meanwhile_is_skipped(
-    database, graph, data, store_url
+    database, graph, data, database_url
 ):
     for customer in ("4001", "4002", "4003", "4004"):
         put_customer(database, customer, last_action_at=ago(hours=1))
@@ -303,19 +272,19 @@ async def test_a_customer_whose_window_closes_or_who_opts_out_meanwhile_is_skipp
             put_customer(database, "4002", last_action_at=ago(hours=24, seconds=1))
             put_customer(database, "4003", last_action_at=ago(hours=1), opted_out_at=ago(seconds=1))
 
-    tally = await run_broadcast(database, graph, data, store_url, report=change_after_the_first)
+    tally = await run_broadcast(database, graph, data, database_url, report=change_after_the_first)
 
     assert [send["recipient"] for send in graph.sent] == ["4001", "4004"]
     assert tally.skipped == {Reason.WINDOW_CLOSED: 1, Reason.OPTED_OUT: 1}
 
 
-async def test_a_customer_who_cannot_be_messaged_is_marked_unreachable(database, graph, data, store_url):
+async def test_a_customer_who_cannot_be_messaged_is_marked_unreachable(database, graph, data, database_url):
     for customer in ("5001", "5002", "5003"):
         put_customer(database, customer, last_action_at=ago(hours=1))
     graph.script_sends("5001", graph_error(551))  # "This person isn't available right now"
     graph.script_sends("5002", graph_error(10, 1545041))  # the customer blocked the page
 
-    tally = await run_broadcast(database, graph, data, store_url)
+    tally = await run_broadcast(database, graph, data, database_url)
 
     assert (tally.sent, tally.skipped) == (1, {"unreachable": 2})
     assert unreachable_at(database, "5001") is not None
@@ -346,17 +315,17 @@ async def test_any_reply_refused_with_551_marks_the_customer_unreachable(databas
     assert unreachable_at(database, "6001") is not None
 
 
-async def test_a_dry_run_sends_nothing_and_records_nothing(sqlite_url, graph, data, capsys):
-    with opened(sqlite_url, data) as database:
+async def test_a_dry_run_sends_nothing_and_records_nothing(graph, data, capsys):
+    with opened(None, data) as database:
         put_customer(database, "7001", last_action_at=ago(hours=1))
         put_customer(database, "7002", last_action_at=ago(days=3))
 
-    status = broadcast_command(CAMPAIGN_ID, 30, True, environ=environ(data, graph, sqlite_url))
+    status = broadcast_command(CAMPAIGN_ID, 30, True, environ=environ(data, graph, None))
 
     assert status == 0
     assert graph.send_log == []
     assert graph.profile_calls == []
-    with opened(sqlite_url, data) as database:
+    with opened(None, data) as database:
         assert broadcast_results(database) == []
         assert buffered(database) == []
         assert database.owed() == 0
@@ -399,12 +368,12 @@ def accepted(graph: FakeGraph) -> Counter[str]:
 
 
 @pytest.mark.e2e
-def test_a_broadcast_stopped_or_killed_resumes_without_sending_anyone_twice(store_url, graph, data):
+def test_a_broadcast_stopped_or_killed_resumes_without_sending_anyone_twice(database_url, graph, data):
     customers = [f"80{n:02d}" for n in range(8)]
-    with opened(store_url, data) as database:
+    with opened(database_url, data) as database:
         for customer in customers:
             put_customer(database, customer, last_action_at=ago(hours=1))
-    env = environ(data, graph, store_url)
+    env = environ(data, graph, database_url)
     # The sixth customer's first send hangs: the process is killed with that welcome on its way.
     graph.script_sends(customers[5], Answer(delay_s=30))
 
@@ -428,7 +397,7 @@ def test_a_broadcast_stopped_or_killed_resumes_without_sending_anyone_twice(stor
     assert "Resuming broadcast 1" in out
 
     assert accepted(graph) == dict.fromkeys(customers, 1)
-    with opened(store_url, data) as database:
+    with opened(database_url, data) as database:
         (result,) = broadcast_results(database, CAMPAIGN_ID)
         assert (result.sent, result.pending, result.state) == (8, 0, "finished")
         assert database.owed() == 0

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from bot.campaign import CampaignError, load_campaign, parse_campaign
 from bot.flow import render_welcome_text
-from tests.conftest import REPO
-
-EXAMPLE = REPO / "data" / "campaign.toml"
-
-
-def example() -> dict:
-    return tomllib.loads(EXAMPLE.read_text())
+from tests.support.campaigns import EXAMPLE, example
+from tests.support.paths import REPO
 
 
 def test_the_example_campaign_loads():

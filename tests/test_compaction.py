@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from bot.compaction import compact
 from bot.events import FILE_SCHEMA, Event, message_digest
 from bot.store import FileStore, write_events
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 DAY = date(2026, 3, 1)
 

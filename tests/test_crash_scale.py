@@ -26,10 +26,11 @@ import pytest
 
 from bot.database import SQLITE_FILE
 from bot.sender import LEASE_MARGIN_S
-from tests import payloads
-from tests.bot_process import PAGE_TOKEN, BotProcess, make_home, stored_events
-from tests.fake_graph import Answer, FakeGraph
-from tests.s3 import object_keys, stored_rows
+from tests.support import payloads
+from tests.support.bot_process import BotProcess, stored_events
+from tests.support.fake_graph import Answer, FakeGraph
+from tests.support.home import make_home
+from tests.support.s3 import object_keys, stored_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -39,20 +40,6 @@ LEASE_S = 2 * 4 * GRAPH_TIMEOUT_S + LEASE_MARGIN_S
 HANG = Answer(delay_s=30)  # the Send API never answers: the reply stays in flight until the client gives up
 SETTLE_S = 30.0
 FILE_NAME = re.compile(r"promobot/events/event_date=\d{4}-\d{2}-\d{2}/(?P<store>[0-9a-f]{12})-\d{8}\.parquet")
-
-
-@pytest.fixture
-def graph() -> Iterator[FakeGraph]:
-    with FakeGraph(PAGE_TOKEN) as fake:
-        yield fake
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str | None:
-    """The store's URL: None for the SQLite file in the data directory, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return None
-    return request.getfixturevalue("postgres_database_url")
 
 
 # -- clicks and their answers ------------------------------------------------------------------------------

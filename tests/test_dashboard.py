@@ -25,20 +25,9 @@ from bot.links import links_command
 from bot.messenger import parse_body
 from bot.recipients import create_broadcast
 from bot.store import FileStore, write_events
-from tests import payloads
-from tests.test_pool import single_use
-
-
-def shown_kpis(figures: dict) -> dict[str, str]:
-    """The dashboard's KPI tiles as the page shows them, from the analytics API's figures."""
-    return {
-        "reached": f"{figures['reached']:,}",
-        "responded": f"{figures['responded']}%",
-        "saw": f"{figures['saw']}%",
-        "revealed": f"{figures['revealed']}%",
-        "redeemed": f"{figures['redeemed']}%",
-        "declined": f"{figures['declined']}%",
-    }
+from tests.support import payloads
+from tests.support.campaigns import single_use
+from tests.support.dashboard import shown_kpis
 
 
 @pytest.fixture

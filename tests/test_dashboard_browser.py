@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,33 +13,12 @@ import pytest
 import analytics
 from analytics.report import kpis
 from analytics.sample import write_sample
-from tests.browser import ARTIFACTS, chromium_page
-from tests.conftest import REPO
-from tests.ports import free_port
-from tests.test_dashboard import shown_kpis
+from tests.support.browser import ARTIFACTS, chromium_page
+from tests.support.dashboard import running_dashboard, shown_kpis
+from tests.support.paths import REPO
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
-
-
-@contextmanager
-def running_dashboard(data: Path, token: str = "") -> Iterator[str]:
-    """`python -m analytics dashboard` on a free port; yields its URL once it listens."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "analytics", "dashboard", "--data", str(data), "--port", str(port)],
-        cwd=REPO,
-        env={**os.environ, "PROMOBOT_DASHBOARD_TOKEN": token},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        if not listening(port, process):
-            process.kill()
-            raise AssertionError(process.stdout.read().decode(errors="replace"))
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +27,6 @@ def dashboard(tmp_path_factory):
     write_sample(data, customers=1500, days=45, seed=3, progress=False)
     with running_dashboard(data) as url:
         yield url, data
-
-
-def listening(port: int, process: subprocess.Popen, timeout_s: float = 60) -> bool:
-    # Only a connection: every page request makes Voilà start a kernel.
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process.poll() is None:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return True
-        time.sleep(0.1)
-    return False
 
 
 def tile(page, key: str) -> str:

@@ -3,34 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from bot.database import SQLITE_FILE, Batch, Database, DatabaseError
+from bot.database import Batch, Database, DatabaseError
 from bot.events import Event, detail_json, message_digest
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind, plan_replies
 from bot.migrations import MIGRATIONS, Migration, MigrationError
-from tests import builders
-from tests.conftest import REPO
+from tests.support import builders
+from tests.support.builders import BOT_T0, PLATFORM_T0, Clock
+from tests.support.paths import REPO
+from tests.support.stores import Store
 
 PAGE, CAMPAIGN = builders.PAGE, builders.CAMPAIGN
-# The platform's time of the customers' actions; the bot's clock starts a little later.
-PLATFORM_T0 = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
-BOT_T0 = PLATFORM_T0 + timedelta(seconds=2)
 LEASE = timedelta(seconds=30)
 
 # Two more schema steps, as a later release would add them: the second needs the first's table.
@@ -49,67 +44,6 @@ SLOW_STEP = Migration(
         " INSERT INTO numbers SELECT n FROM r",
     ),
 )
-
-
-class Clock:
-    """The bot's clock, moved on by the test."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
-
-@dataclass
-class Store:
-    """One engine's empty database, and a way to look at it from outside the code under test."""
-
-    url: str | None  # None: SQLite in data_dir
-    data_dir: Path
-    clock: Clock
-
-    def open(self, **options) -> Database:
-        return Database.open(self.url, self.data_dir, clock=self.clock, **options)
-
-    def rows(self, sql: str) -> list[tuple]:
-        with self._connection() as connection:
-            return [tuple(row) for row in connection.execute(sql).fetchall()]
-
-    def execute(self, *statements: str) -> None:
-        with self._connection() as connection:
-            for statement in statements:
-                connection.execute(statement)
-
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator:
-        if self.url is None:
-            connection = sqlite3.connect(self.data_dir / SQLITE_FILE, isolation_level=None)
-        else:
-            import psycopg
-
-            connection = psycopg.connect(self.url, autocommit=True)
-        try:
-            yield connection
-        finally:
-            connection.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """An empty store: a SQLite file in this test's directory, or a fresh database on the suite's server."""
-    url = request.getfixturevalue("postgres_database_url") if request.param == "postgresql" else None
-    return Store(url, tmp_path / "data", Clock(BOT_T0))
-
-
-@pytest.fixture
-def database(store: Store) -> Iterator[Database]:
-    database = store.open()
-    yield database
-    database.close()
 
 
 customer_event = functools.partial(builders.customer_event, start=PLATFORM_T0)

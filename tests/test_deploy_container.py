@@ -21,12 +21,13 @@ import httpx
 import pytest
 
 from bot.messenger import sign
-from tests import payloads
-from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, stored_events
-from tests.browser import ARTIFACTS, chromium_page
-from tests.conftest import REPO
-from tests.fake_graph import FakeGraph
-from tests.ports import free_port
+from tests.support import payloads
+from tests.support.bot_process import stored_events
+from tests.support.browser import ARTIFACTS, chromium_page
+from tests.support.fake_graph import FakeGraph
+from tests.support.home import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN
+from tests.support.paths import REPO
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 

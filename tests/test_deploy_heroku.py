@@ -19,11 +19,11 @@ import pytest
 
 from bot.messenger import sign
 from bot.store import open_filesystem
-from tests import payloads
-from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN
-from tests.conftest import REPO
-from tests.fake_graph import FakeGraph
-from tests.ports import free_port
+from tests.support import payloads
+from tests.support.fake_graph import FakeGraph
+from tests.support.home import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN
+from tests.support.paths import REPO
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

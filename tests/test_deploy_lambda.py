@@ -7,8 +7,6 @@ Lambda's Linux ones all the same, and `make lambda` builds for Python 3.12 unles
 
 from __future__ import annotations
 
-import base64
-import copy
 import json
 import os
 import signal
@@ -21,18 +19,16 @@ import boto3
 import pyarrow.dataset as ds
 import pytest
 
-from bot.messenger import sign
 from bot.store import open_filesystem
-from tests import payloads
-from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN
-from tests.conftest import REPO, TEST_DATA
-from tests.fake_graph import Answer, FakeGraph
+from tests.support import payloads
+from tests.support.fake_graph import Answer
+from tests.support.home import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN
+from tests.support.lambda_events import http_api_post, rest_api_post
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.e2e
 
 LAMBDA_LIMIT_BYTES = 250 * 1024 * 1024  # a zip package's size once unzipped, its layers included
-HTTP_API = json.loads((TEST_DATA / "aws" / "apigw-http-v2-event.json").read_text())
-REST_API = json.loads((TEST_DATA / "aws" / "apigw-rest-v1-event.json").read_text())
 # What an EventBridge schedule rule sends (the example in EventBridge's documentation of scheduled events).
 SCHEDULED = {
     "version": "0",
@@ -82,12 +78,6 @@ def package(tmp_path_factory) -> Path:
         check=True,
     )
     return root / "lambda"
-
-
-@pytest.fixture
-def graph():
-    with FakeGraph(PAGE_TOKEN) as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -149,34 +139,6 @@ class Container:
         if self.process.poll() is None:
             self.process.stdin.close()
             self.process.wait(timeout=30)
-
-
-def http_api_post(body: bytes, secret: str = APP_SECRET) -> dict:
-    event = copy.deepcopy(HTTP_API)
-    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /webhook"
-    event["rawPath"] = event["requestContext"]["http"]["path"] = "/webhook"
-    event["requestContext"]["http"]["method"] = "POST"
-    event["headers"].update(
-        {
-            "content-type": "application/json",
-            "content-length": str(len(body)),
-            "x-hub-signature-256": sign(secret, body),
-        }
-    )
-    event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
-    return event
-
-
-def rest_api_post(body: bytes, secret: str = APP_SECRET) -> dict:
-    event = copy.deepcopy(REST_API)
-    event["httpMethod"] = event["requestContext"]["httpMethod"] = "POST"
-    event["path"] = event["requestContext"]["path"] = "/webhook"
-    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(secret, body)}
-    event["headers"] = {**event["headers"], **headers}
-    event["multiValueHeaders"] = {name: [value] for name, value in event["headers"].items()}
-    event["queryStringParameters"] = event["multiValueQueryStringParameters"] = None
-    event["body"], event["isBase64Encoded"] = body.decode(), False
-    return event
 
 
 def stored(data: str) -> list[tuple[str, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.facts import KPIS, PREVIOUS_STEP, SEND_ALLOWANCE, STEPS, EventName
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 METRICS = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
 README = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())  # lines rejoined

@@ -21,9 +21,10 @@ from bot.graph import GraphClient
 from bot.graph_errors import RetryPolicy
 from bot.health import Name, Status, health_figures, local_health, store_checks
 from bot.page_checks import NEEDED_FIELDS, version_check
-from tests.bot_process import BotProcess, make_home
-from tests.builders import customer_event
-from tests.fake_graph import FakeGraph
+from tests.support.bot_process import BotProcess
+from tests.support.builders import customer_event
+from tests.support.fake_graph import FakeGraph
+from tests.support.home import make_home
 
 PAGE_TOKEN = "EAAG-page-token-never-shown-0123"
 HEALTH_TOKEN = "health-token-never-shown-4567"

@@ -7,22 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.campaign import Campaign, load_campaign
+from bot.campaign import Campaign
 from bot.events import EventName, message_digest
 from bot.facts import ButtonStep, parse_payload
-from bot.flow import ReplyKind, button_payload, plan_replies, record, render
-from bot.messenger import parse_body
-from tests import payloads
-from tests.conftest import REPO
+from bot.flow import ReplyKind, button_payload, render
+from tests.support import payloads
+from tests.support.campaigns import CAMPAIGN, act
 
-CAMPAIGN = load_campaign(REPO / "data" / "campaign.toml", data_dir=REPO / "data")
 IMAGE = "https://bot.example.com/media/thanks.png"
-
-
-def act(*messaging: dict, campaign: Campaign = CAMPAIGN):
-    """Events and replies for a webhook body, as the bot computes them."""
-    events = [e for action in parse_body(payloads.envelope(*messaging)) for e in record(campaign, action)]
-    return events, [reply for event in events for reply in plan_replies(event)]
 
 
 def names(events) -> list[str]:

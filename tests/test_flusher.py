@@ -28,9 +28,10 @@ from bot.facts import EventName
 from bot.flow import plan_replies
 from bot.flusher import Flusher, FlushError, flush_once
 from bot.store import FileStore
-from tests import builders
-from tests.conftest import REPO
-from tests.test_database import BOT_T0, Clock
+from tests.support import builders
+from tests.support.builders import BOT_T0, Clock
+from tests.support.paths import REPO
+from tests.support.stores import opened
 
 PAGE, CAMPAIGN = builders.PAGE, builders.CAMPAIGN
 # The platform's time of the customers' actions: the first ones on the evening of one UTC day, the later ones
@@ -40,17 +41,10 @@ DAY_ONE, DAY_TWO = date(2026, 3, 14), date(2026, 3, 15)
 DEADLINE_S = 30.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str | None:
-    """None for SQLite (a file in the data directory), or a fresh database on the suite's PostgreSQL."""
-    return request.getfixturevalue("postgres_database_url") if request.param == "postgresql" else None
-
-
 @pytest.fixture
 def database(database_url: str | None, tmp_path: Path) -> Iterator[Database]:
-    database = Database.open(database_url, tmp_path / "state")
-    yield database
-    database.close()
+    with opened(database_url, tmp_path / "state") as database:
+        yield database
 
 
 @pytest.fixture(params=["local", "s3"])

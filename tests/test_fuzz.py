@@ -24,11 +24,12 @@ from hypothesis import strategies as st
 
 from bot.config import Mode
 from bot.messenger import sign
-from tests import payloads
-from tests.bot_process import APP_SECRET, PAGE_TOKEN, BotProcess, make_home
-from tests.conftest import MESSENGER_FIXTURES
-from tests.fake_graph import FakeGraph
-from tests.test_dashboard_browser import running_dashboard
+from tests.support import payloads
+from tests.support.bot_process import BotProcess
+from tests.support.dashboard import running_dashboard
+from tests.support.fake_graph import FakeGraph
+from tests.support.home import APP_SECRET, PAGE_TOKEN, make_home
+from tests.support.paths import MESSENGER_FIXTURES
 
 pytestmark = pytest.mark.e2e
 

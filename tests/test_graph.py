@@ -13,14 +13,14 @@ import pytest
 from bot.graph import GraphClient
 from bot.graph_batch import Encoded, form_quote, read_batch
 from bot.graph_errors import PermanentSendError, RetryPolicy, TransientSendError
-from tests.conftest import MESSENGER_FIXTURES
+from tests.support.mock_graph import FAST, graph_over
+from tests.support.paths import MESSENGER_FIXTURES
 
 pytestmark = pytest.mark.anyio
 
 OK = json.loads(
     (MESSENGER_FIXTURES / "send" / "fbsamples-messenger-platform-samples__RESPONSE_send_ok.json").read_text()
 )
-FAST = RetryPolicy(deadline_s=2.0, first_backoff_s=0.01, max_backoff_s=0.05, request_timeout_s=0.5)
 BODY = {"recipient": {"id": "42"}, "messaging_type": "RESPONSE", "message": {"text": "hi"}}
 
 
@@ -31,18 +31,6 @@ def graph_error(code: int, subcode: int | None = None, *, status: int = 400, tra
     if transient is not None:
         error["is_transient"] = transient
     return httpx.Response(status, json={"error": error})
-
-
-def graph_over(handle, *, policy: RetryPolicy = FAST) -> GraphClient:
-    """A client of page TOKEN whose every request goes to `handle`."""
-    return GraphClient(
-        base_url="https://graph.test",
-        version="v25.0",
-        page_token="TOKEN",
-        app_secret="SECRET",
-        retry=policy,
-        transport=httpx.MockTransport(handle),
-    )
 
 
 def client(*responses, policy: RetryPolicy = FAST, seen: list | None = None) -> GraphClient:

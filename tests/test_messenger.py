@@ -21,8 +21,8 @@ from bot.messenger import (
     text_message,
     verify_signature,
 )
-from tests import payloads
-from tests.conftest import MESSENGER_FIXTURES
+from tests.support import payloads
+from tests.support.paths import MESSENGER_FIXTURES
 
 SEND = MESSENGER_FIXTURES / "send"
 VECTOR = "sha256=bcc5bd9f45ededb77ddccb00da4b5f17db1469378185692ca58b6240c6efa167"

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 
 import httpx
 import pytest
@@ -15,16 +13,10 @@ import pytest
 from bot.config import Mode
 from bot.messenger import sign
 from bot.simulator import GraphStandIn
-from tests import payloads
-from tests.bot_process import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, BotProcess, make_home
-from tests.conftest import REPO
-from tests.ports import free_port
-
-SECRETS = {
-    "PROMOBOT_APP_SECRET": APP_SECRET,
-    "PROMOBOT_VERIFY_TOKEN": VERIFY_TOKEN,
-    "PROMOBOT_PAGE_TOKEN": PAGE_TOKEN,
-}
+from tests.support import payloads
+from tests.support.bot_process import BotProcess, run_bot
+from tests.support.home import APP_SECRET, SECRETS, environment, make_home
+from tests.support.ports import free_port
 
 
 def accepts_connections(host: str, port: int) -> bool:
@@ -37,21 +29,9 @@ def accepts_connections(host: str, port: int) -> bool:
 
 def serve_without(tmp_path, *missing: str) -> tuple[subprocess.CompletedProcess, int]:
     """`python -m bot serve` on a free port with the test secrets except `missing`; waits for it to end."""
-    data = make_home(tmp_path)
-    env = {name: value for name, value in os.environ.items() if name not in SECRETS}
-    env |= {name: value for name, value in SECRETS.items() if name not in missing}
-    env |= {"PROMOBOT_DATA": str(data), "PROMOBOT_CAMPAIGN": str(data / "campaign.toml")}
+    env = {name: value for name, value in environment(make_home(tmp_path)).items() if name not in missing}
     port = free_port()
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "serve", "--host", "0.0.0.0", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return result, port
+    return run_bot("serve", "--host", "0.0.0.0", "--port", str(port), env=env), port
 
 
 @pytest.mark.e2e
@@ -75,17 +55,6 @@ def test_serve_missing_one_secret_names_that_one(tmp_path, missing):
     named = set(re.findall(r"PROMOBOT_\w+", result.stderr.split(" not set")[0]))
     assert named == {missing}
     assert not accepts_connections("127.0.0.1", port)
-
-
-@pytest.mark.e2e
-def test_a_server_has_no_simulator(tmp_path):
-    with BotProcess(make_home(tmp_path), "https://graph.invalid") as bot:
-        for path in ("/", "/simulator/messages?customer=1"):
-            response = bot.client.get(path)
-            assert response.status_code == 404, path
-            assert APP_SECRET not in response.text
-        assert bot.client.post("/simulator/customers", json={"id": "1"}).status_code == 404
-        assert "local mode" not in bot.log()
 
 
 @pytest.mark.e2e

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 def hadolint() -> str:

@@ -6,50 +6,20 @@ import asyncio
 import collections
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from bot.campaign import parse_campaign
 from bot.codes import ALPHABET, CodesError, generate, load_codes
 from bot.database import Database
-from bot.facts import ButtonStep, EventName
-from bot.flow import IssuedCode, ReplyKind, button_payload, plan_replies, record, render_code
-from bot.messenger import parse_body
+from bot.facts import EventName
+from bot.flow import IssuedCode, ReplyKind, render_code
 from bot.migrations import MIGRATIONS
 from bot.redemption import pool_status
-from tests import payloads
-from tests.test_campaign import example
+from tests.support.campaigns import CODES, reveal, single_use
+from tests.support.campaigns import SINGLE_USE as CAMPAIGN
 
 LEASE = timedelta(seconds=30)
-CODES = [f"SPR-{n:04d}" for n in range(50)]
-
-
-def single_use(**coupon) -> dict:
-    raw = example()
-    raw["coupon"].pop("code")
-    raw["coupon"].update(codes="spring-codes.csv", all_gone="Sorry, all gone!", **coupon)
-    return raw
-
-
-CAMPAIGN = parse_campaign(single_use(valid_days=7))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres_database_url")
-    return f"sqlite:///{tmp_path / 'state' / 'promobot.sqlite3'}"
-
-
-def reveal(customer: str, mid: str | None = None):
-    """The events and replies of a customer's click on *Reveal the coupon* (the same for the same arguments,
-    as a redelivered webhook is)."""
-    ts = 1_773_489_600_000 + int(customer) + (1000 if mid else 0)  # the platform's time of the click
-    payload = button_payload(CAMPAIGN, ButtonStep.REVEAL)
-    body = payloads.envelope(payloads.postback(customer, payload, ts=ts, mid=mid or f"m_reveal_{customer}"))
-    events = [event for action in parse_body(body) for event in record(CAMPAIGN, action)]
-    return events, [reply for event in events for reply in plan_replies(event)]
 
 
 def owed(database: Database) -> list:
@@ -63,10 +33,10 @@ async def reveal_all(databases: list[Database], customers: list[str]) -> None:
     )
 
 
-def test_100_reveals_at_once_on_50_codes_hand_each_code_out_once(url, tmp_path) -> None:
+def test_100_reveals_at_once_on_50_codes_hand_each_code_out_once(database_url, tmp_path) -> None:
     # Four instances on PostgreSQL (one SQLite file is one process's: one instance there).
-    instances = 4 if url.startswith("postgresql") else 1
-    databases = [Database.open(url, tmp_path) for _ in range(instances)]
+    instances = 1 if database_url is None else 4
+    databases = [Database.open(database_url, tmp_path) for _ in range(instances)]
     for database in databases:
         database.add_codes(CAMPAIGN.id, CODES, CAMPAIGN.code_expiry)
     customers = [str(7000 + n) for n in range(100)]
@@ -91,8 +61,8 @@ def test_100_reveals_at_once_on_50_codes_hand_each_code_out_once(url, tmp_path) 
         database.close()
 
 
-def test_a_customer_gets_the_same_code_on_every_reveal_and_redelivery(url, tmp_path) -> None:
-    database = Database.open(url, tmp_path)
+def test_a_customer_gets_the_same_code_on_every_reveal_and_redelivery(database_url, tmp_path) -> None:
+    database = Database.open(database_url, tmp_path)
     database.add_codes(CAMPAIGN.id, CODES, CAMPAIGN.code_expiry)
 
     asyncio.run(database.record(*reveal("7001")))
@@ -107,8 +77,8 @@ def test_a_customer_gets_the_same_code_on_every_reveal_and_redelivery(url, tmp_p
     assert again.answers.event_id != first.answers.event_id
 
 
-def test_codes_added_to_the_file_join_the_pool_after_those_it_had(url, tmp_path) -> None:
-    database = Database.open(url, tmp_path)
+def test_codes_added_to_the_file_join_the_pool_after_those_it_had(database_url, tmp_path) -> None:
+    database = Database.open(database_url, tmp_path)
     database.add_codes(CAMPAIGN.id, CODES[:2], CAMPAIGN.code_expiry)
     status = database.add_codes(CAMPAIGN.id, [*CODES[:2], "NEW-CODE"], CAMPAIGN.code_expiry)  # a restart
     for customer in ("7101", "7102", "7103"):

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,18 +24,20 @@ from bot.database import Database
 from bot.deletions import FORGOTTEN_PREFIX, deletion_request
 from bot.events import Event
 from bot.facts import EventName
-from bot.flow import ReplyKind, plan_replies, record
+from bot.flow import ReplyKind
 from bot.flusher import DELETION_DELAY, Flusher, flush_once
-from bot.messenger import parse_body
 from bot.recipients import create_broadcast
 from bot.redemption import pool_status
 from bot.rows import RequestStatus
 from bot.store import FileStore, write_events
-from tests import payloads
-from tests.bot_process import APP_SECRET, make_home
-from tests.conftest import REPO
-from tests.test_app import platform, running, settings_for
-from tests.test_pool import CAMPAIGN, CODES, reveal
+from tests.support import payloads
+from tests.support.bot_process import run_bot
+from tests.support.campaigns import CODES, act, reveal
+from tests.support.campaigns import SINGLE_USE as CAMPAIGN
+from tests.support.home import APP_SECRET, make_home
+from tests.support.in_process import running, settings_for
+from tests.support.mock_graph import platform
+from tests.support.stores import opened
 
 VICTIM = "7001"
 # "70011" starts with the victim's id: only the victim's own rows may go.
@@ -126,12 +126,10 @@ class Shop:
         assert self.database.next_batch(3) is not None
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = request.getfixturevalue("postgres_database_url") if request.param == "postgresql" else None
-    database = Database.open(url, tmp_path / "state")
-    yield database
-    database.close()
+@pytest.fixture
+def database(database_url: str | None, tmp_path: Path) -> Iterator[Database]:
+    with opened(database_url, tmp_path / "state") as database:
+        yield database
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -208,8 +206,7 @@ def crash_after_first(relative: str) -> None:
 
 @pytest.mark.parametrize("files", ["local", "s3"], indirect=True)
 def test_a_forget_that_crashes_midway_and_runs_again_leaves_every_row_once(tmp_path, files):
-    database = Database.open(None, tmp_path / "state")
-    try:
+    with opened(None, tmp_path / "state") as database:
         asyncio.run(Shop(database, files).fill())
         before = file_rows(files)
 
@@ -220,8 +217,6 @@ def test_a_forget_that_crashes_midway_and_runs_again_leaves_every_row_once(tmp_p
         assert max(midway.values()) == 1
 
         privacy.forget(database, files, VICTIM, settle_s=0)
-    finally:
-        database.close()
 
     assert file_rows(files) == collections.Counter(
         {row: n for row, n in before.items() if customer_of(row) != VICTIM}
@@ -229,9 +224,8 @@ def test_a_forget_that_crashes_midway_and_runs_again_leaves_every_row_once(tmp_p
 
 
 def test_a_request_is_done_later_and_keeps_no_trace_of_whose_it_was(tmp_path):
-    database = Database.open(None, tmp_path / "state")
     files = FileStore(str(tmp_path / "data"))
-    try:
+    with opened(None, tmp_path / "state") as database:
         asyncio.run(Shop(database, files).fill())
 
         code = privacy.request(database, VICTIM, privacy.Reason.CUSTOMER)
@@ -243,8 +237,6 @@ def test_a_request_is_done_later_and_keeps_no_trace_of_whose_it_was(tmp_path):
         assert privacy.process_pending(database, files, settle_s=0) == 2
         done, nothing = deletion_request(database, code), deletion_request(database, unknown)
         assert database.query("SELECT customer_id FROM deletion_requests") == [(None,), (None,)]
-    finally:
-        database.close()
     assert done is not None
     assert done.status is RequestStatus.DONE
     assert done.done_at is not None
@@ -255,9 +247,8 @@ def test_a_request_is_done_later_and_keeps_no_trace_of_whose_it_was(tmp_path):
 
 
 def test_the_flusher_carries_out_a_request_a_crash_left_pending(tmp_path):
-    database = Database.open(None, tmp_path / "state")
     files = FileStore(str(tmp_path / "data"))
-    try:
+    with opened(None, tmp_path / "state") as database:
         asyncio.run(Shop(database, files).fill())
         code = privacy.request(database, VICTIM, privacy.Reason.OPERATOR)  # and the process died
         database.clock = lambda: datetime.now(UTC) + DELETION_DELAY
@@ -265,21 +256,16 @@ def test_the_flusher_carries_out_a_request_a_crash_left_pending(tmp_path):
         Flusher(database, files, prune_every_s=3600).close()  # a new process's first round
 
         done = deletion_request(database, code)
-    finally:
-        database.close()
     assert done is not None
     assert done.status is RequestStatus.DONE
     assert not [row for row in file_rows(files) if customer_of(row) == VICTIM]
 
 
 def test_a_customer_who_writes_delete_my_data_is_answered_then_forgotten(tmp_path):
-    database = Database.open(None, tmp_path / "state")
     files = FileStore(str(tmp_path / "data"))
-    try:
+    with opened(None, tmp_path / "state") as database:
         asyncio.run(Shop(database, files).fill())
-        body = payloads.envelope(payloads.text(VICTIM, "Delete my data!", mid="m_delete"))
-        events = [event for action in parse_body(body) for event in record(CAMPAIGN, action)]
-        replies = [reply for event in events for reply in plan_replies(event)]
+        events, replies = act(payloads.text(VICTIM, "Delete my data!", mid="m_delete"), campaign=CAMPAIGN)
         assert [event.event for event in events][-1] is EventName.DELETION_REQUESTED
 
         asyncio.run(database.record(events, replies))
@@ -297,8 +283,6 @@ def test_a_customer_who_writes_delete_my_data_is_answered_then_forgotten(tmp_pat
         Flusher(database, files, prune_every_s=3600).close()
         assert deletion_request(database, code).status is RequestStatus.DONE
         assert rows_naming(database, VICTIM)["events"] == 0
-    finally:
-        database.close()
     assert not [row for row in file_rows(files) if customer_of(row) == VICTIM]
 
 
@@ -382,20 +366,7 @@ async def test_a_callback_for_an_id_the_bot_never_kept_says_so(tmp_path):
 
 
 def forget_command(data: Path, *args: str, answer: str = "") -> subprocess.CompletedProcess:
-    environment = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("PROMOBOT_", "DATABASE_URL"))
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "bot", "forget", *args],
-        cwd=REPO,
-        env={**environment, "PROMOBOT_DATA": str(data)},
-        input=answer,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_bot("forget", *args, env={"PROMOBOT_DATA": str(data)}, answer=answer)
 
 
 def test_forget_from_the_command_line_asks_first_then_prints_what_went(tmp_path):

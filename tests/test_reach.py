@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from bot.campaign import load_campaign
 from bot.config import Mode, Settings
 from bot.customers import ACTION_GRAIN_US
 from bot.database import Database
@@ -20,20 +17,19 @@ from bot.events import Event
 from bot.facts import ButtonStep, EventName
 from bot.flow import OPT_OUT_PAYLOAD, PageRules, ReplyKind, button_payload, plan_replies, record
 from bot.messenger import TextMessage, parse_body
-from tests import payloads
-from tests.bot_process import PAGE_TOKEN, BotProcess, make_home, stored_events
-from tests.conftest import REPO
-from tests.fake_graph import FakeGraph
-from tests.test_database import Clock, Store
-from tests.test_webhook_e2e import wait_until_idle
+from tests.support import payloads
+from tests.support.bot_process import BotProcess, stored_events, wait_until_idle
+from tests.support.builders import BOT_T0
+from tests.support.campaigns import CAMPAIGN
+from tests.support.fake_graph import FakeGraph
+from tests.support.home import PAGE_TOKEN, make_home
+from tests.support.stores import Store
 
-CAMPAIGN = load_campaign(REPO / "data" / "campaign.toml", data_dir=REPO / "data")
 BOT_APP = "700000000000001"  # the bot's Meta app (FakeGraph's GET /app answers it)
 PAGE_INBOX_APP = "263902037430900"  # the app that Meta Business Suite's inbox echoes carry
 RULES = PageRules.of(app_id=BOT_APP)
-# The platform's time of the customers' actions (ms); the bot's clock a little later.
+# The platform's time of the customers' actions (ms): PLATFORM_T0; the bot's clock, BOT_T0, a little later.
 T0_MS = 1_773_489_600_000  # 2026-03-14 12:00 UTC
-BOT_T0 = datetime(2026, 3, 14, 12, 0, 2, tzinfo=UTC)
 YES = button_payload(CAMPAIGN, ButtonStep.YES)
 
 
@@ -157,19 +153,6 @@ def test_an_echo_the_bot_cannot_tell_from_its_own_is_no_takeover(app_id, rules):
 
 
 # -- the store: told once, no promotion after an opt-out, the takeover's pause -------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    url = request.getfixturevalue("postgres_database_url") if request.param == "postgresql" else None
-    return Store(url, tmp_path / "data", Clock(BOT_T0))
-
-
-@pytest.fixture
-def database(store: Store) -> Iterator[Database]:
-    database = store.open()
-    yield database
-    database.close()
 
 
 def deliver(database: Database, *messaging: dict) -> list[Event]:

@@ -15,9 +15,9 @@ from bot.facts import ButtonStep
 from bot.flow import Reply, button_payload
 from bot.graph_batch import read_batch
 from bot.replies import Replier
-from tests import payloads
-from tests.test_flow import CAMPAIGN, act
-from tests.test_graph import graph_over
+from tests.support import payloads
+from tests.support.campaigns import CAMPAIGN, act
+from tests.support.mock_graph import graph_over
 
 pytestmark = pytest.mark.anyio
 

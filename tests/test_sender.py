@@ -20,24 +20,17 @@ from bot.flow import button_payload
 from bot.graph_batch import read_batch
 from bot.replies import Replier
 from bot.sender import Sender
-from tests import payloads
-from tests.test_flow import CAMPAIGN, act
-from tests.test_graph import graph_over
+from tests.support import payloads
+from tests.support.campaigns import CAMPAIGN, act
+from tests.support.mock_graph import graph_over
 
 pytestmark = pytest.mark.anyio
 LEASE = timedelta(seconds=30)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres_database_url")
-    return f"sqlite:///{tmp_path / 'state' / 'promobot.sqlite3'}"
-
-
 @pytest.fixture
-async def database(url: str, tmp_path: Path) -> AsyncIterator[Database]:
-    database = await asyncio.to_thread(Database.open, url, tmp_path)
+async def database(database_url: str | None, tmp_path: Path) -> AsyncIterator[Database]:
+    database = await asyncio.to_thread(Database.open, database_url, tmp_path)
     yield database
     await asyncio.to_thread(database.close)
 
@@ -152,8 +145,10 @@ async def test_a_permanent_failure_is_stored_once_and_never_sent_again(database)
     assert json.loads(stored[1].detail)["code"] == 551
 
 
-async def test_senders_of_two_instances_on_one_store_never_send_a_reply_twice(database, url, tmp_path):
-    other = await asyncio.to_thread(Database.open, url, tmp_path)
+async def test_senders_of_two_instances_on_one_store_never_send_a_reply_twice(
+    database, database_url, tmp_path
+):
+    other = await asyncio.to_thread(Database.open, database_url, tmp_path)
     platform = Platform()
     customers = [str(8000 + n) for n in range(300)]
     for customer in customers:
@@ -215,11 +210,11 @@ async def test_a_sender_woken_as_it_is_closed_stops(database):
         await asyncio.wait_for(sender.close(1), 5)
 
 
-async def test_a_reply_the_graph_api_cannot_take_for_now_is_sent_later_not_failed(url, tmp_path):
-    from tests.test_database import Clock
+async def test_a_reply_the_graph_api_cannot_take_for_now_is_sent_later_not_failed(database_url, tmp_path):
+    from tests.support.builders import Clock
 
     clock = Clock(datetime.now(UTC))
-    database = await asyncio.to_thread(Database.open, url, tmp_path, clock=clock)
+    database = await asyncio.to_thread(Database.open, database_url, tmp_path, clock=clock)
     down = {"error": {"code": 2, "message": "Service temporarily unavailable", "is_transient": True}}
     platform = Platform(refuse=down)
     replier = Replier(CAMPAIGN, graph_over(platform), image_url="", max_age_s=3600, clock=clock)

@@ -13,9 +13,9 @@ from playwright.sync_api import expect
 import analytics
 from bot.config import LOCAL_STAFF_PIN, Mode
 from bot.events import message_digest
-from tests.bot_process import BotProcess, make_home, stored_events
-from tests.browser import ARTIFACTS, chromium_page
-from tests.test_app import EXPIRES, single_use_home
+from tests.support.bot_process import BotProcess, stored_events
+from tests.support.browser import ARTIFACTS, chromium_page
+from tests.support.home import EXPIRES, make_home, single_use_home
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

@@ -15,22 +15,14 @@ import pytest
 
 from bot.events import FILE_SCHEMA, Event, from_table, message_digest
 from bot.store import FileStore, conform_table, deduplicate, write_events
-from tests.conftest import REPO
+from tests.support.builders import numbered_event
+from tests.support.paths import REPO
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def event(n: int, ts: datetime = T0, **overrides) -> Event:
-    values = dict(
-        event_id=f"e{n}",
-        ts=ts + timedelta(seconds=n),
-        page_id="page",
-        customer_id=f"c{n % 7}",
-        campaign_id="spring-sale",
-        event="welcome_sent",
-    )
-    values.update(overrides)
-    return Event(**values)
+def event(n: int, ts: datetime = T0, **columns: object) -> Event:
+    return numbered_event(n, ts, **columns)
 
 
 def stored(data: Path) -> list[tuple]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 import boto3
 import pyarrow.dataset as ds
@@ -12,39 +12,17 @@ import pytest
 from bot.compaction import compact
 from bot.database import Database
 from bot.events import Event
+from bot.facts import EventName
 from bot.flusher import FlushError, flush_once
 from bot.store import FileStore, open_filesystem, write_events
+from tests.support.builders import numbered_event
+from tests.support.s3 import object_keys
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def bucket(s3_endpoint, monkeypatch, request):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    name = request.node.name.replace("_", "-")[:50].lower()
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
-    return name
-
-
 def event(n: int, ts: datetime = T0) -> Event:
-    return Event(
-        event_id=f"e{n}",
-        ts=ts + timedelta(seconds=n),
-        page_id="page",
-        customer_id=f"c{n % 5}",
-        campaign_id="spring-sale",
-        event="coupon_revealed",
-    )
-
-
-def objects(bucket: str, endpoint: str) -> list[str]:
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    listing = client.list_objects_v2(Bucket=bucket)
-    # pyarrow keeps an empty "folder/" marker object when it deletes a folder's last file: not a file.
-    return sorted(item["Key"] for item in listing.get("Contents", []) if not item["Key"].endswith("/"))
+    return numbered_event(n, ts, customers=5, event=EventName.COUPON_REVEALED)
 
 
 def stored_ids(data: str) -> list[str]:
@@ -63,7 +41,7 @@ def test_events_reach_s3_as_hive_partitioned_parquet(bucket, s3_endpoint):
 
     assert write_events(FileStore(data), events, "writer-00000001") == 2
 
-    assert objects(bucket, s3_endpoint) == [
+    assert object_keys(bucket, s3_endpoint) == [
         "shop/events/event_date=2026-03-01/writer-00000001.parquet",
         "shop/events/event_date=2026-03-02/writer-00000001.parquet",
     ]
@@ -79,7 +57,7 @@ def test_the_flushers_of_two_bot_instances_share_one_bucket(bucket, s3_endpoint,
 
         assert flush_once(a, FileStore(data)) == flush_once(b, FileStore(data)) == 10
 
-        writers = {key.rsplit("/", 1)[1].split("-")[0] for key in objects(bucket, s3_endpoint)}
+        writers = {key.rsplit("/", 1)[1].split("-")[0] for key in object_keys(bucket, s3_endpoint)}
         assert writers == {a.store_id, b.store_id}
         assert stored_ids(data) == sorted(f"e{n}" for n in range(20))
     finally:
@@ -117,11 +95,11 @@ def test_compaction_on_s3_leaves_one_file_per_day(bucket, s3_endpoint):
     data = f"s3://{bucket}/shop"
     for n in range(0, 30, 10):
         write_events(FileStore(data), [event(k) for k in range(n, n + 10)], f"writer-{n:08d}")
-    assert len(objects(bucket, s3_endpoint)) == 3
+    assert len(object_keys(bucket, s3_endpoint)) == 3
 
     assert compact(data, grace_s=0) == {date(2026, 3, 1): 3}
 
-    [key] = objects(bucket, s3_endpoint)
+    [key] = object_keys(bucket, s3_endpoint)
     assert "/compacted-" in key
     assert stored_ids(data) == sorted(f"e{n}" for n in range(30))
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import subprocess
-import sys
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from bot.app import create_app
 from bot.campaign import load_campaign
@@ -20,19 +19,13 @@ from bot.facts import ButtonStep, EventName
 from bot.flow import button_payload
 from bot.redemption import find_code, redeem
 from bot.till import CLIENT_FAILURES, CSRF_COOKIE
-from tests import payloads
-from tests.bot_process import stored_events
-from tests.conftest import REPO
-from tests.test_app import (
-    EXPIRES,
-    LAST_DAY,
-    Platform,
-    post,
-    running,
-    settings_for,
-    shown_day,
-    single_use_home,
-)
+from tests.support import payloads
+from tests.support.bot_process import run_bot, stored_events
+from tests.support.campaigns import CODES, reveal
+from tests.support.campaigns import SINGLE_USE as CAMPAIGN
+from tests.support.home import EXPIRES, LAST_DAY, shown_day, single_use_home
+from tests.support.in_process import post, running, settings_for
+from tests.support.mock_graph import Platform
 
 pytestmark = pytest.mark.anyio
 PIN = "4826"
@@ -59,12 +52,17 @@ async def sign_in(client: httpx.AsyncClient, path: str, pin: str = PIN) -> httpx
     )
 
 
+def till_app(data: Path) -> tuple[Starlette, Platform]:
+    """The bot on `data` with the staff PIN, and the Graph API it sends to."""
+    platform = Platform()
+    settings = settings_for(data, PROMOBOT_STAFF_PIN=PIN)
+    return create_app(settings, graph_transport=httpx.MockTransport(platform)), platform
+
+
 @pytest.fixture
 def till(tmp_path):
     data = single_use_home(tmp_path, ["SPR-AAAA2222", "SPR-BBBB3333"])
-    platform = Platform()
-    settings = settings_for(data, PROMOBOT_STAFF_PIN=PIN)
-    return create_app(settings, graph_transport=httpx.MockTransport(platform)), platform, data
+    return *till_app(data), data
 
 
 async def test_a_cashier_signs_in_sees_the_code_valid_redeems_it_then_sees_it_used(till, caplog):
@@ -109,10 +107,7 @@ async def test_an_expired_code_is_shown_expired_and_cannot_be_redeemed(tmp_path)
     data = single_use_home(tmp_path, ["SPR-AAAA2222"])
     text = (data / "campaign.toml").read_text().replace(EXPIRES, 'expires = "2020-01-31"')
     (data / "campaign.toml").write_text(text)
-    platform = Platform()
-    app = create_app(
-        settings_for(data, PROMOBOT_STAFF_PIN=PIN), graph_transport=httpx.MockTransport(platform)
-    )
+    app, platform = till_app(data)
     async with running(app) as client:
         link = await handed_out(client, platform, data, "9302")
         page = await sign_in(client, link)
@@ -161,8 +156,6 @@ async def test_without_a_staff_pin_the_till_is_off(tmp_path):
 
 
 def test_two_tills_pressing_at_once_redeem_a_code_once(postgres_database_url, tmp_path):
-    from tests.test_pool import CAMPAIGN, CODES, reveal
-
     tills = [Database.open(postgres_database_url, tmp_path) for _ in range(2)]
     tills[0].add_codes(CAMPAIGN.id, CODES, lambda revealed_at: None)  # codes that never expire
     asyncio.run(tills[0].record(*reveal("7401")))
@@ -189,16 +182,9 @@ def test_two_tills_pressing_at_once_redeem_a_code_once(postgres_database_url, tm
 
 def test_a_till_export_marks_codes_used_once_and_says_what_it_did(tmp_path):
     data = single_use_home(tmp_path, ["SPR-AAAA2222", "SPR-BBBB3333", "SPR-CCCC4444"])
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PROMOBOT_") and k != "DATABASE_URL"},
-        "PROMOBOT_DATA": str(data),
-        "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
-    }
     database = Database.open(None, data)
     campaign = load_campaign(data / "campaign.toml")
     database.add_codes(campaign.id, ["SPR-AAAA2222", "SPR-BBBB3333", "SPR-CCCC4444"], lambda at: None)
-    from tests.test_pool import reveal
-
     for customer in ("7501", "7502"):  # two codes handed out, the third not
         asyncio.run(database.record(*reveal(customer)))
     redeem(database, find_code(database, campaign_id=campaign.id, code="SPR-BBBB3333").token)  # at the till
@@ -208,14 +194,10 @@ def test_a_till_export_marks_codes_used_once_and_says_what_it_did(tmp_path):
         "code,redeemed_at,amount\nSPR-AAAA2222,2026-11-28T15:02:00+01:00,12.50\nSPR-BBBB3333,,9\n"
         "SPR-CCCC4444,,3\nNOPE-0000,,1\n"
     )
-    command = [sys.executable, "-m", "bot", "redeem", "--csv", str(export)]
+    env = {"PROMOBOT_DATA": str(data), "PROMOBOT_CAMPAIGN": str(data / "campaign.toml")}
 
-    first = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    again = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    first = run_bot("redeem", "--csv", str(export), env=env)
+    again = run_bot("redeem", "--csv", str(export), env=env)
 
     assert first.stdout.strip() == "1 redeemed now, 1 already redeemed, 2 unknown", first.stderr
     assert again.stdout.strip() == "0 redeemed now, 2 already redeemed, 2 unknown"
@@ -231,16 +213,8 @@ def test_a_till_export_without_a_code_column_is_refused_naming_the_file(tmp_path
     data = single_use_home(tmp_path, ["SPR-AAAA2222"])
     export = tmp_path / "export.csv"
     export.write_text("voucher,when\nSPR-AAAA2222,\n")
-    env = {**os.environ, "PROMOBOT_DATA": str(data), "PROMOBOT_CAMPAIGN": str(data / "campaign.toml")}
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "redeem", "--csv", str(export)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {"PROMOBOT_DATA": str(data), "PROMOBOT_CAMPAIGN": str(data / "campaign.toml")}
+    result = run_bot("redeem", "--csv", str(export), env=env)
     assert result.returncode == 1
     assert f"{export}: line 1: no `code` column" in result.stderr
 
@@ -256,10 +230,7 @@ async def test_redeeming_thanks_the_customer_only_when_the_campaign_says_so(tmp_
                     "[thanks]", 'redeemed_text = "Enjoy, and see you soon!"\n\n[thanks]'
                 )
             )
-        platform = Platform()
-        app = create_app(
-            settings_for(home, PROMOBOT_STAFF_PIN=PIN), graph_transport=httpx.MockTransport(platform)
-        )
+        app, platform = till_app(home)
         async with running(app) as client:
             link = await handed_out(client, platform, home, "9311")
             page = await sign_in(client, link)

@@ -20,12 +20,12 @@ from bot.campaign import load_campaign
 from bot.facts import ButtonStep
 from bot.flow import button_payload
 from bot.till import CLIENT_FAILURES
-from tests import payloads
-from tests.bot_process import PAGE_TOKEN, BotProcess, stored_events
-from tests.browser import ARTIFACTS, CHROMIUM, FLAGS
-from tests.conftest import REPO
-from tests.fake_graph import FakeGraph
-from tests.test_app import EXPIRES, single_use_home
+from tests.support import payloads
+from tests.support.bot_process import BotProcess, stored_events
+from tests.support.browser import ARTIFACTS, CHROMIUM, FLAGS
+from tests.support.fake_graph import FakeGraph
+from tests.support.home import EXPIRES, single_use_home
+from tests.support.paths import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -33,12 +33,6 @@ PIN = "58293107"
 CODE = "SPR-7KQ4M9XH"
 PHONE = {"width": 390, "height": 844}
 SCREENSHOT = REPO / "docs" / "till.png"
-
-
-@pytest.fixture
-def graph() -> Iterator[FakeGraph]:
-    with FakeGraph(PAGE_TOKEN) as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ variants by a hash of campaign and customer, variants forced by entry links, rep
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections import Counter
 from urllib.parse import parse_qsl
@@ -19,9 +18,8 @@ from bot.flow import Reply, ReplyKind, plan_replies, record, render
 from bot.graph_batch import read_batch
 from bot.messenger import Postback, Read, Referral, ReferralEvent, TextMessage
 from bot.replies import Replier
-from tests.test_campaign import example
-from tests.test_flow import CAMPAIGN
-from tests.test_graph import graph_over
+from tests.support.campaigns import CAMPAIGN, customer_of, example, hashed_variant
+from tests.support.mock_graph import graph_over
 
 PAGE = "111899832631525"
 IMAGE = "https://bot.example.com/media/thanks.png"
@@ -66,24 +64,6 @@ def started(campaign: Campaign, inbound) -> Event:
 
 def detail(event: Event) -> dict:
     return json.loads(event.detail)
-
-
-def hashed_variant(campaign: Campaign, customer: str) -> str:
-    """The contract's assignment, written out independently of bot.campaign."""
-    digest = hashlib.sha256(f"{campaign.id}\x00{customer}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    total = sum(v.weight for v in campaign.variants)
-    cumulative = 0.0
-    for variant in campaign.variants:
-        cumulative += variant.weight / total
-        if cumulative > u:
-            return variant.name
-    raise AssertionError("shares add up to less than u")
-
-
-def customer_of(variant: str, campaign: Campaign = AB) -> str:
-    """A customer whom the hash gives `variant`."""
-    return next(c for c in (str(n) for n in range(1000)) if hashed_variant(campaign, c) == variant)
 
 
 # -- the source of a journey ---------------------------------------------------------------------------------
@@ -236,7 +216,7 @@ def test_a_campaign_without_variants_keeps_its_label_and_records_no_variants():
 
 
 def test_an_entry_link_naming_a_variant_forces_it():
-    customer = customer_of("A")
+    customer = customer_of("A", AB)
 
     event = started(AB, get_started(customer, link("spring-sale.till.B")))
     in_thread = started(AB, ReferralEvent(PAGE, customer, TS, link("spring-sale.till.B")))
@@ -255,7 +235,7 @@ def test_an_entry_link_naming_a_variant_forces_it():
 
 @pytest.mark.parametrize("ref", ["spring-sale.till.Z", "autumn-fair.till.B", "spring-sale.till"])
 def test_a_ref_naming_no_variant_of_this_campaign_leaves_the_hash_to_choose(ref):
-    customer = customer_of("A")
+    customer = customer_of("A", AB)
 
     event = started(AB, get_started(customer, link(ref)))
 
@@ -344,7 +324,7 @@ async def test_the_replier_sends_each_variants_texts_and_thank_you_image():
         image_urls={"A": IMAGE, "B": IMAGE_B},
         max_age_s=1e12,
     )
-    a, b = customer_of("A"), customer_of("B")
+    a, b = customer_of("A", AB), customer_of("B", AB)
     events = [
         started(AB, get_started(a)),
         started(AB, get_started(b)),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,19 +14,14 @@ import pytest
 
 from bot.campaign import load_campaign
 from bot.events import message_digest
-from tests import payloads
-from tests.bot_process import PAGE_TOKEN, VERIFY_TOKEN, BotProcess, make_home, stored_events
-from tests.conftest import MESSENGER_FIXTURES, REPO
-from tests.fake_graph import Answer, FakeGraph, graph_error
-from tests.test_variants import customer_of
+from tests.support import payloads
+from tests.support.bot_process import BotProcess, run_bot, stored_events, wait_until_idle
+from tests.support.campaigns import customer_of
+from tests.support.fake_graph import Answer, FakeGraph, graph_error
+from tests.support.home import environment, make_home
+from tests.support.paths import MESSENGER_FIXTURES
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def graph():
-    with FakeGraph(PAGE_TOKEN) as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -50,96 +44,12 @@ def by_customer(events: list[dict], customer: str) -> list[str]:
     return [e["event"] for e in events if e["customer_id"] == customer]
 
 
-# -- handshake and bad input -------------------------------------------------------------------------------
+# -- start-up refused -------------------------------------------------------------------------------------
 
 
-def test_the_handshake_echoes_the_challenge_only_for_the_right_token(bot):
-    ok = bot.client.get(
-        "/webhook",
-        params={"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"},
-    )
-    wrong = bot.client.get(
-        "/webhook", params={"hub.mode": "subscribe", "hub.verify_token": "guess", "hub.challenge": "1"}
-    )
-    mode = bot.client.get(
-        "/webhook", params={"hub.mode": "unsubscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1"}
-    )
-
-    assert (ok.status_code, ok.text) == (200, "1158201444")
-    assert ok.headers["content-type"].startswith("text/plain")
-    assert wrong.status_code == 403
-    assert mode.status_code == 403
-    assert bot.client.get("/webhook").status_code == 403
-
-
-def test_bad_input_is_refused_with_a_4xx_and_records_nothing(bot, graph, data):
-    body = payloads.envelope(payloads.postback("9001", "GET_STARTED"))
-
-    answers = {
-        "missing signature": bot.post(body, signature=None).status_code,
-        "bad signature": bot.post(body, signature="sha256=" + "0" * 64).status_code,
-        "signature of another body": bot.post(body + b" ", signature=bot_signature(body)).status_code,
-        "not json": bot.post(b"{not json").status_code,
-        "not a notification": bot.post(b'{"object": "page"}').status_code,
-        "oversized": bot.post(b"x" * (5 * 1024 * 1024)).status_code,
-        "oversized, unsigned": bot.post(b"x" * (5 * 1024 * 1024), signature=None).status_code,
-        # No Content-Length to refuse it by: counted as it arrives.
-        "oversized, chunked": bot.client.post(
-            "/webhook", content=iter([b"x" * 65536] * 65), headers={"X-Hub-Signature-256": "sha256=00"}
-        ).status_code,
-    }
-
-    assert answers == {
-        "missing signature": 403,
-        "bad signature": 403,
-        "signature of another body": 403,
-        "not json": 400,
-        "not a notification": 400,
-        "oversized": 413,
-        "oversized, unsigned": 413,
-        "oversized, chunked": 413,
-    }
-    assert bot.client.get("/healthz").status_code == 200
-    assert bot.stop() == 0
-    assert stored_events(data) == []
-    assert graph.sent == []
-
-
-def test_a_notification_that_arrives_in_pieces_is_read_whole(bot, data):
-    body = payloads.envelope(payloads.read("9002", payloads.now_ms()))
-
-    def pieces():
-        for start in range(0, len(body), 40):
-            yield body[start : start + 40]
-            time.sleep(0.02)  # each piece its own read on the server
-
-    answer = bot.client.post(
-        "/webhook", content=pieces(), headers={"X-Hub-Signature-256": bot_signature(body)}
-    )
-
-    assert answer.status_code == 200
-    assert bot.stop() == 0
-    assert [e["event"] for e in stored_events(data)] == ["message_read"]
-
-
-def bot_signature(body: bytes) -> str:
-    from bot.messenger import sign
-    from tests.bot_process import APP_SECRET
-
-    return sign(APP_SECRET, body)
-
-
-def refused_start(data, graph) -> subprocess.CompletedProcess:
+def refused_start(data: Path, graph: FakeGraph) -> subprocess.CompletedProcess:
     """`python -m bot serve` on `data`, which must refuse to start: its exit and output."""
-    bot = BotProcess(data, graph.url)
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", "serve", "--port", str(bot.port)],
-        cwd=REPO,
-        env=bot.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_bot("serve", "--port", "9", env=environment(data, PROMOBOT_GRAPH_URL=graph.url))
     assert result.returncode != 0
     return result
 
@@ -239,13 +149,6 @@ def test_every_step_of_the_conversation(bot, graph, data):
     assert (read["watermark"], read["detail"]) == (coupon_sent_at + 1, None)
     assert len({e["event_id"] for e in events}) == len(events)
     assert "Ada" not in bot.log()  # customers' names never reach the logs
-
-
-def wait_until_idle(bot: BotProcess, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while bot.client.get("/healthz").json()["replies_owed"]:
-        assert time.monotonic() < deadline, "replies still in flight"
-        time.sleep(0.02)
 
 
 def test_a_batched_body_answers_every_entry(bot, graph, data):

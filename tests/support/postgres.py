@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 # The server refuses to run as root; under root (CI) it runs as this user, which owns its directory.
 UNPRIVILEGED_USER = "nobody"

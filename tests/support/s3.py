@@ -17,7 +17,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from bot.store import open_filesystem
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 REGION = "us-east-1"
 

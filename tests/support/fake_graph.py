@@ -1,6 +1,7 @@
 """A fake Graph API: a real HTTP server on loopback that answers Send and User Profile calls.
 
-Tests script how it answers each customer (errors, slowness, rate limits) and read what it received.
+Tests script how it answers each customer (errors, slowness, rate limits) and read what it received. The
+`graph` fixture (a plugin, registered in tests/conftest.py) serves one for a test.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
+import pytest
+
 from bot.graph_batch import BatchEntry, read_batch
+from tests.support.home import PAGE_TOKEN
 
 
 @dataclass(frozen=True)
@@ -240,3 +245,10 @@ class FakeGraph:
                 self._reply(answer, profile)
 
         return Handler
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraph]:
+    """A fake Graph API for the test page's token, serving while the test runs."""
+    with FakeGraph(PAGE_TOKEN) as fake:
+        yield fake

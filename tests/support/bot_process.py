@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,21 +17,9 @@ import psutil
 
 from bot.config import Mode
 from bot.messenger import sign
-from tests.conftest import REPO
-from tests.ports import free_port
-
-APP_SECRET = "test-app-secret"
-VERIFY_TOKEN = "test-verify-token"
-PAGE_TOKEN = "test-page-token"
-
-
-def make_home(root: Path) -> Path:
-    """A data directory with the example campaign and its thank-you image."""
-    data = root / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    for name in ("campaign.toml", "thanks.png"):
-        shutil.copy(REPO / "data" / name, data / name)
-    return data
+from tests.support.home import APP_SECRET, environment
+from tests.support.paths import REPO
+from tests.support.ports import free_port
 
 
 class BotProcess:
@@ -43,18 +30,12 @@ class BotProcess:
         self.mode = mode
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "PROMOBOT_APP_SECRET": APP_SECRET,
-            "PROMOBOT_VERIFY_TOKEN": VERIFY_TOKEN,
-            "PROMOBOT_PAGE_TOKEN": PAGE_TOKEN,
+        defaults = {
             "PROMOBOT_GRAPH_URL": graph_url,
-            "PROMOBOT_DATA": str(data),
-            "PROMOBOT_CAMPAIGN": str(data / "campaign.toml"),
             "PROMOBOT_PUBLIC_URL": self.url,
             "PROMOBOT_GRAPH_TIMEOUT": "0.5",
-            **env,
         }
+        self.env = {**os.environ, **environment(data, **{**defaults, **env})}
         self.log_path = data.parent / f"bot-{self.port}.log"
         self.process: subprocess.Popen | None = None
         self.client = httpx.Client(base_url=self.url, timeout=10)
@@ -141,3 +122,31 @@ def stored_events(data: Path) -> list[dict]:
     )
     columns = [c[0] for c in relation.description]
     return [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
+
+
+def wait_until_idle(bot: BotProcess, timeout_s: float = 15) -> None:
+    """Wait until the bot owes no reply (its health says so)."""
+    deadline = time.monotonic() + timeout_s
+    while bot.client.get("/healthz").json()["replies_owed"]:
+        assert time.monotonic() < deadline, "replies still in flight"
+        time.sleep(0.02)
+
+
+def run_bot(*args: str, env: dict[str, str], answer: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m bot ARGS` run to its end in the repository, with `env` over this process's environment
+    cleared of promobot's variables (a developer's shell may hold a real page's); `answer` is its input."""
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("PROMOBOT_") and name != "DATABASE_URL"
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        cwd=REPO,
+        env={**clean, **env},
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

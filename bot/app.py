@@ -34,7 +34,7 @@ from bot.startup import (
     open_database,
 )
 from bot.till import till_routes
-from bot.webhook import WEBHOOK, verify
+from bot.webhook import WEBHOOK
 
 log = logging.getLogger("promobot")
 
@@ -135,8 +135,7 @@ def create_app(
     )
     app = Starlette(
         routes=[
-            Route("/webhook", WEBHOOK, methods=["POST"]),
-            Route("/webhook", verify, methods=["GET"]),
+            Route("/webhook", WEBHOOK, methods=["GET", "POST"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/media/{name:path}", routes.media, methods=["GET", "HEAD"]),
             Route("/data-deletion", routes.data_deletion, methods=["POST"]),

@@ -34,10 +34,13 @@ async def verify(request: Request) -> Response:
 
 
 class WebhookReceiver:
-    """POST /webhook, as a plain ASGI app: the route every notification takes, without a Request object and
-    a new Response for each. Every error it can meet is answered as an HTTP status."""
+    """/webhook, as a plain ASGI app: POST, the route every notification takes, without a Request object and
+    a new Response for each (every error it can meet is answered as an HTTP status); GET, the handshake."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await (await verify(Request(scope, receive)))(scope, receive, send)
+            return
         response = await self.answer(scope["app"].state.runtime, scope, receive)
         if response is ACKNOWLEDGED:
             await send(_ACKNOWLEDGED_START)

@@ -21,7 +21,7 @@ chromium:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-# The store's tests start their own PostgreSQL server (tests/postgres.py) from Debian's binaries.
+# The store's tests start their own PostgreSQL server (tests/support/postgres.py) from Debian's binaries.
 postgresql:
 	@{ ls /usr/lib/postgresql/*/bin/postgres || test -x "$$(pg_config --bindir)/postgres"; } >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

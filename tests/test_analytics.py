@@ -19,7 +19,7 @@ from analytics import AnalyticsError, stats
 from analytics.sample import write_sample
 from bot.events import Event, detail_json, from_table
 from bot.store import FileStore, write_events
-from tests import reference_metrics as reference
+from tests.support import reference_metrics as reference
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -48,3 +48,14 @@ def test_the_clock_allowance_is_stated_as_the_code_has_it():
     funnel = section(METRICS, "The funnel")
     assert funnel.count(f"at most {SEND_ALLOWANCE.seconds} s before the entry") == 2  # requested, declined
     assert funnel.count(f"at most {SEND_ALLOWANCE.seconds} s before the reveal") == 1  # redeemed
+
+
+def test_the_readme_names_every_module_of_the_bot_and_the_analytics():
+    listing = section((REPO / "README.md").read_text(encoding="utf-8"), "How it works")
+    for package in ("bot", "analytics"):
+        entry = listing[listing.index(f"- `{package}/`") :]
+        entry = entry[: entry.find("\n- ", 1) if entry.find("\n- ", 1) != -1 else None]
+        named = set(re.findall(r"`(\w+)\.py`", entry))
+        modules = {path.stem for path in (REPO / package).glob("*.py")} - {"__init__", "__main__"}
+        assert modules - named == set(), f"{package}/ modules the README does not name"
+        assert named - modules == set(), f"{package}/ modules the README names that do not exist"

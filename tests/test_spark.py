@@ -22,7 +22,7 @@ from analytics.sample import write_sample
 from analytics.spark import SparkEvents, local_session
 from bot.facts import STEPS, EventName
 from bot.store import FileStore, write_events
-from tests.builders import customer_event
+from tests.support.builders import customer_event
 
 TODAY = datetime.now(UTC).date()
 

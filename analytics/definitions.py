@@ -1,8 +1,6 @@
-"""Every metric as SQL, written once in DuckDB's dialect; analytics.dialects translates it for Spark, Athena
-and Trino. In words: docs/metrics.md.
+"""Every metric as SQL, written once in DuckDB's dialect.
 
-The queries read `raw_events`, `journeys` (JOURNEYS), `reads` (READS) and, per question, `customer_steps`
-(CUSTOMER_STEPS); their parameters (`$name`) come from `Filters.params()`.
+analytics.dialects translates it for Spark, Athena and Trino. In words: docs/metrics.md.
 """
 
 from __future__ import annotations

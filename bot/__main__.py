@@ -1,5 +1,8 @@
-"""Command line: `python -m bot serve | migrate | codes generate | redeem | compact | links | doctor |
-audience | broadcast | forget | run-local`."""
+"""The command line: `python -m bot <command>`.
+
+Commands: serve, migrate, codes generate, redeem, compact, links, doctor, audience, broadcast, forget,
+run-local.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""AWS Lambda entry point: `bot.aws_lambda.handler`, behind API Gateway or a function URL, and invoked on a
-schedule by an EventBridge rule to send what was left owed (docs/design.md).
+"""The AWS Lambda entry point, `bot.aws_lambda.handler`.
+
+Behind API Gateway or a function URL; invoked on a schedule by an EventBridge rule, it sends what was left
+owed (docs/design.md).
 """
 
 from __future__ import annotations

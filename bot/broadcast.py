@@ -1,5 +1,6 @@
-"""A broadcast: a campaign's welcome sent, at a steady pace, to the customers Messenger lets the page message
-now; a stopped broadcast resumes where it stopped.
+"""A broadcast: a campaign's welcome sent at a steady pace, resumable.
+
+It goes to the customers Messenger lets the page message now; a stopped broadcast resumes where it stopped.
 """
 
 from __future__ import annotations

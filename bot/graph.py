@@ -1,5 +1,6 @@
-"""The Graph API's Send and User Profile APIs: timeouts, retries with backoff, and calls that queue up
-together sent as one batch request (docs/design.md).
+"""The Graph API client: the Send and User Profile APIs, with timeouts, retries and batching.
+
+Calls that queue up together go out as one batch request (docs/design.md).
 """
 
 from __future__ import annotations

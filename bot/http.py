@@ -1,5 +1,6 @@
-"""uvicorn's HTTP protocol (httptools), refusing with 431 a request whose header section outgrows
-`MAX_HEADER_BYTES` (docs/design.md).
+"""uvicorn's HTTP protocol (httptools), with a bound on a request's headers.
+
+A request whose header section outgrows `MAX_HEADER_BYTES` is answered 431 (docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""JSON on the busy paths: orjson, falling back to the standard library for what orjson refuses, with
-every lone surrogate read as U+FFFD (docs/design.md).
+"""JSON on the busy paths: orjson, with the standard library's leniency.
+
+What orjson refuses is read by `json`, and every lone surrogate is read as U+FFFD (docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Checks of the page through the Graph API: its token, the webhook subscription, the app id, the opt-out
-menu item, and the API version's end of life."""
+"""Checks of the page through the Graph API.
+
+Its token, the webhook subscription, the app id, the opt-out menu item, and the API version's end of life.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Sending replies through the Graph API: each ends as an outcome event (`*_sent` with the digest of the
-platform's message id, or `send_failed`) handed to the caller's `record`; bot.sender stores it."""
+"""Sending replies through the Graph API, each ending as an outcome event.
+
+The outcome (`*_sent` with the digest of the platform's message id, or `send_failed`) is handed to the
+caller's `record`; bot.sender stores it.
+"""
 
 from __future__ import annotations
 

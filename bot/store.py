@@ -1,5 +1,6 @@
-"""Event files: Hive partitions of Parquet (`events/event_date=YYYY-MM-DD/<name>.parquet`) in a local
-directory or an `s3://bucket/prefix`, each made visible whole, and their codec.
+"""Event files: Hive partitions of Parquet, each made visible whole, and their codec.
+
+`events/event_date=YYYY-MM-DD/<name>.parquet`, in a local directory or an `s3://bucket/prefix`.
 """
 
 from __future__ import annotations

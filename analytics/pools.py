@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.audience import AudienceCounts, BroadcastResult
-from bot.config import SQLITE_FILE, ConfigError, Mode, Settings
+from bot.config import SQLITE_FILE, ConfigError, Settings
 from bot.database import Database, DatabaseError
 from bot.health import Check, local_health
 from bot.migrations import MigrationError
 from bot.pool import LOW_POOL_SHARE
 from bot.recipients import audience_now, broadcast_results
 from bot.redemption import pool_status
+from bot.startup import command_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +95,9 @@ class CodePools:
             return [PoolLevel(c, status.total, status.free) for c, status in found if status.total]
 
     def health(self, environ: Mapping[str, str] = os.environ) -> list[Check]:
-        """The store's health checks (bot.doctor.local_health); none when no bot has run here yet."""
+        """The store's health checks (bot.health.local_health); none when no bot has run here yet."""
         try:
-            # Local mode: the settings without the platform's secrets, which the dashboard does not need.
-            flush_seconds = Settings.from_env(environ, mode=Mode.LOCAL).flush_seconds
+            flush_seconds = command_settings(environ).flush_seconds
         except ConfigError:
             flush_seconds = Settings.flush_seconds  # the bot refuses to start so; judged by the default
         with self._lock:

@@ -44,7 +44,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.campaign import Campaign
-from bot.database import SQLITE_FILE, Database
+from bot.config import SQLITE_FILE
+from bot.database import Database
 from bot.events import FILE_SCHEMA, Event
 from bot.facts import ButtonStep
 from bot.flow import Reply, button_payload, plan_replies, record

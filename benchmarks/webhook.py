@@ -393,7 +393,7 @@ def running(name: str, workdir: Path, graph_port: int, postgres: PostgresServer 
             "PROMOBOT_LOG_LEVEL": "WARNING",
         }
         if name == "sqlite":
-            from bot.database import SQLITE_FILE
+            from bot.config import SQLITE_FILE
 
             store = f"sqlite:///{data / SQLITE_FILE}"  # the default: PROMOBOT_DATABASE_URL unset
         elif postgres is not None:

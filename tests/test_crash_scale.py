@@ -24,7 +24,7 @@ import httpx
 import psycopg
 import pytest
 
-from bot.database import SQLITE_FILE
+from bot.config import SQLITE_FILE
 from bot.sender import LEASE_MARGIN_S
 from tests.support import payloads
 from tests.support.bot_process import BotProcess, stored_events

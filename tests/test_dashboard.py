@@ -17,7 +17,8 @@ from analytics.pools import CodePools
 from analytics.report import kpis
 from analytics.sample import write_sample
 from bot.campaign import parse_campaign
-from bot.database import SQLITE_FILE, Database
+from bot.config import SQLITE_FILE
+from bot.database import Database
 from bot.events import Event
 from bot.facts import ButtonStep, EventName
 from bot.flow import button_payload, plan_replies, record

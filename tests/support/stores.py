@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from bot.database import SQLITE_FILE, Database
+from bot.config import SQLITE_FILE
+from bot.database import Database
 from tests.support.builders import BOT_T0, Clock
 
 

@@ -9,12 +9,11 @@ import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from bot.events import Event
 from bot.facts import EventName
 from bot.flow import Reply, handover_span
-from bot.rows import ROWS_PER_STATEMENT, US, micros
+from bot.rows import ROWS_PER_STATEMENT, US, Cursor, micros
 
 UNAVAILABLE_CODE = 551  # Send API: "this person isn't available right now"
 BLOCKED_SUBCODE = 1545041  # Send API: the customer blocked the page (or left Messenger)
@@ -116,7 +115,7 @@ class Standing:
         return not (reply.is_promotion and (reply.answers.page_id, reply.answers.customer_id) in self.quiet)
 
 
-def keep(cursor: Any, events: Sequence[Event], now: int) -> Standing:
+def keep(cursor: Cursor, events: Sequence[Event], now: int) -> Standing:
     """Bring the `customers` rows of these new events' customers up to date, one upsert per customer: the
     latest own action and ADS referral (the platform's times), opt-outs, takeovers until `now` (the bot's
     clock, µs) plus the pause the event names, and `unreachable_at` cleared by an own action."""
@@ -196,7 +195,7 @@ def unreachable(failed: Event) -> bool:
     return detail.get("code") == UNAVAILABLE_CODE or detail.get("subcode") == BLOCKED_SUBCODE
 
 
-def mark_unreachable(cursor: Any, failed: Event, now: int) -> None:
+def mark_unreachable(cursor: Cursor, failed: Event, now: int) -> None:
     """After a send the platform refused because the customer cannot be messaged, no promotion goes to them
     until they write again (`now`: the bot's clock, µs)."""
     if unreachable(failed):

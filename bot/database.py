@@ -40,6 +40,7 @@ from bot.rows import (
     INSERT_EVENT,
     INSERT_REPLY,
     ROWS_PER_STATEMENT,
+    Cursor,
     RequestStatus,
     deletion_code,
     event_values,
@@ -192,7 +193,7 @@ class Database:
             connection.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self) -> Iterator[Cursor]:
         """A cursor inside a transaction, committed when the block ends; engine errors as DatabaseError."""
         connection = self._connection()
         try:
@@ -305,7 +306,7 @@ class Database:
 
     def _hand_out_codes(
         self,
-        cursor: Any,
+        cursor: Cursor,
         replies: list[Reply],
         now: int,
         new: list[Event],
@@ -440,7 +441,7 @@ class Database:
                         self._broadcast_outcome(cursor, broadcast_id, outcome)
         return completed
 
-    def _broadcast_outcome(self, cursor: Any, broadcast_id: int, outcome: Event) -> None:
+    def _broadcast_outcome(self, cursor: Cursor, broadcast_id: int, outcome: Event) -> None:
         """The broadcast's record of a welcome's outcome: the recipient sent (`broadcast_sent`) or skipped
         (`broadcast_skipped`: unreachable, or send_failed), whichever process sent it."""
         reason = None

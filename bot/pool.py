@@ -11,9 +11,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from bot.flow import IssuedCode
+from bot.rows import Cursor
 
 TOKEN_BYTES = 16  # 128 bits: a till link cannot be guessed
 LOW_POOL_SHARE = 0.10  # below this share of codes free, the bot's log and the dashboard warn
@@ -26,7 +26,7 @@ class PoolStatus:
     free: int
 
 
-def add_codes(cursor: Any, campaign_id: str, codes: Sequence[str]) -> int:
+def add_codes(cursor: Cursor, campaign_id: str, codes: Sequence[str]) -> int:
     """Add the codes the pool does not have yet, after those it has; returns how many were new."""
     cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM codes WHERE campaign_id = ?", (campaign_id,))
     (last,) = cursor.fetchone()
@@ -49,14 +49,14 @@ def add_codes(cursor: Any, campaign_id: str, codes: Sequence[str]) -> int:
 STATUS = "SELECT COUNT(*), COUNT(*) - COUNT(customer_id) FROM codes WHERE campaign_id = ?"
 
 
-def status(cursor: Any, campaign_id: str) -> PoolStatus:
+def status(cursor: Cursor, campaign_id: str) -> PoolStatus:
     cursor.execute(STATUS, (campaign_id,))
     total, free = cursor.fetchone()
     return PoolStatus(total, free)
 
 
 def issue(
-    cursor: Any,
+    cursor: Cursor,
     campaign_id: str,
     customer_id: str,
     *,
@@ -123,14 +123,16 @@ def find_query(
     return f"SELECT {_STATE} FROM codes WHERE campaign_id = ? AND code = ?", (campaign_id, code)
 
 
-def find(cursor: Any, *, token: str | None = None, campaign_id: str = "", code: str = "") -> CodeState | None:
+def find(
+    cursor: Cursor, *, token: str | None = None, campaign_id: str = "", code: str = ""
+) -> CodeState | None:
     """The code with this till `token`, or this `code` of `campaign_id`; None when there is none."""
     cursor.execute(*find_query(token=token, campaign_id=campaign_id, code=code))
     row = cursor.fetchone()
     return None if row is None else CodeState(*row)
 
 
-def redeem(cursor: Any, token: str, now_us: int) -> CodeState | None:
+def redeem(cursor: Cursor, token: str, now_us: int) -> CodeState | None:
     """Mark the code with this till token used at `now_us`, if it is handed out, unused and not expired.
 
     Returns the code as it is now if this call redeemed it, None otherwise (`find` tells why). Two tills
@@ -145,7 +147,7 @@ def redeem(cursor: Any, token: str, now_us: int) -> CodeState | None:
     return None if row is None else CodeState(*row)
 
 
-def redeem_code(cursor: Any, campaign_id: str, code: str, at_us: int) -> tuple[str, CodeState | None]:
+def redeem_code(cursor: Cursor, campaign_id: str, code: str, at_us: int) -> tuple[str, CodeState | None]:
     """Mark `code` used at `at_us` as a till's export says: "new", "already" (used before) or "unknown"
     (not in the pool, or never handed out), with the code's state when it was new."""
     cursor.execute(
@@ -162,7 +164,7 @@ def redeem_code(cursor: Any, campaign_id: str, code: str, at_us: int) -> tuple[s
     return "already", None
 
 
-def _handed_to(cursor: Any, campaign_id: str, customer_id: str) -> tuple[str, str, int | None] | None:
+def _handed_to(cursor: Cursor, campaign_id: str, customer_id: str) -> tuple[str, str, int | None] | None:
     cursor.execute(
         "SELECT code, token, expires_at FROM codes WHERE campaign_id = ? AND customer_id = ?",
         (campaign_id, customer_id),

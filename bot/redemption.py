@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from bot import pool
 from bot.database import Database
 from bot.events import Event
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
-from bot.rows import INSERT_EVENT, INSERT_REPLY, event_values, micros, reply_values
+from bot.rows import INSERT_EVENT, INSERT_REPLY, Cursor, event_values, micros, reply_values
 
 
 def redeemed_event(state: pool.CodeState, at: datetime) -> Event:
@@ -76,7 +75,7 @@ def redeem_codes(
     return counts
 
 
-def _redeemed(cursor: Any, state: pool.CodeState, at: datetime, thank: bool, now: datetime) -> None:
+def _redeemed(cursor: Cursor, state: pool.CodeState, at: datetime, thank: bool, now: datetime) -> None:
     event = redeemed_event(state, at)
     cursor.execute(INSERT_EVENT, event_values(event))
     if thank:

@@ -88,8 +88,7 @@ def create_app(
             sending = Sending.PROCESS
         process = SenderProcess() if sending is Sending.PROCESS else None
         if sending is Sending.TASK:
-            if database.engine.name == "sqlite":
-                await release_leases(database)
+            await release_leases(database)
             sender.start()
         elif process is not None:
             await process.start()

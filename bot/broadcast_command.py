@@ -22,11 +22,13 @@ from bot.audience import (
     describe_audience,
 )
 from bot.broadcast import DEFAULT_RATE, FIRST_BACKOFF_S, MAX_RATE, Broadcaster, Tally, TokenRejected
-from bot.campaign import Campaign
-from bot.config import Settings
-from bot.database import Database
+from bot.campaign import Campaign, CampaignError, load_campaign
+from bot.config import ConfigError, Mode, Settings
+from bot.database import Database, DatabaseError
 from bot.flow import render_welcome_text
+from bot.flusher import FlushError, flush_once
 from bot.graph_errors import RetryPolicy
+from bot.migrations import MigrationError
 from bot.recipients import (
     audience_now,
     broadcast_results,
@@ -77,10 +79,6 @@ class ProgressLine:
 
 def audience_command(campaign_id: str, as_json: bool, *, environ: Mapping[str, str] | None = None) -> int:
     """`python -m bot audience --campaign ID [--json]`: who may be sent the campaign now; why not the rest."""
-    from bot.config import ConfigError
-    from bot.database import DatabaseError
-    from bot.migrations import MigrationError
-
     try:
         settings = command_settings(environ)
         database = open_database(settings)
@@ -108,11 +106,6 @@ def broadcast_command(
     """`python -m bot broadcast --campaign ID [--rate PER_MINUTE] [--dry-run]`: send the campaign's welcome
     to its audience, or resume the campaign's unfinished broadcast. Returns the exit status (1: it could not
     start or could not go on; 130: stopped by Ctrl-C, resumable)."""
-    from bot.campaign import CampaignError, load_campaign
-    from bot.config import ConfigError, Mode
-    from bot.database import DatabaseError
-    from bot.migrations import MigrationError
-
     if rate_per_minute is not None and not 1 <= rate_per_minute <= MAX_RATE:
         print(
             f"promobot broadcast: --rate {rate_per_minute} is not between 1 and {MAX_RATE}", file=sys.stderr
@@ -176,8 +169,6 @@ async def _broadcast(
     *,
     first_backoff_s: float,
 ) -> int:
-    from bot.flusher import FlushError, flush_once
-
     unfinished = await asyncio.to_thread(unfinished_broadcast, database, campaign.id)
     if unfinished is not None:
         broadcast_id, stored_rate = unfinished

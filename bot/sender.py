@@ -167,8 +167,10 @@ class Sender:
 
 
 async def release_leases(database: Database) -> None:
-    """For a store only this process family sends from (SQLite): what a previous sender had claimed and not
-    finished is owed now, not when its lease runs out."""
+    """On SQLite, which only this process family sends from: what a previous sender had claimed and not
+    finished is owed now, not when its lease runs out. On PostgreSQL other instances may hold leases: none."""
+    if database.engine.name != "sqlite":
+        return
     released = await asyncio.to_thread(database.release_leases)
     if released:
         log.info("%d replies owed from before the last stop; sending them now", released)

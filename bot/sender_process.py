@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 
-from bot.config import Mode
+from bot.campaign import Campaign
+from bot.config import Mode, Settings
 from bot.sender import PROCESS_POLL_S, RESTARTS, release_leases
 from bot.startup import (
     SHUTDOWN_REPLY_GRACE_S,
@@ -79,9 +80,8 @@ class SenderProcess:
             await asyncio.gather(self._watcher, return_exceptions=True)
 
 
-async def run_process() -> None:
+async def run_process(settings: Settings, campaign: Campaign) -> None:
     """The sender process: claim and send until SIGTERM, or until the server's end of stdin closes."""
-    settings, campaign = load_settings(Mode.SERVER)
     database = await asyncio.to_thread(open_database, settings)
     sender = build_sender(settings, campaign, database, poll_s=PROCESS_POLL_S)
     stop = asyncio.Event()
@@ -95,8 +95,7 @@ async def run_process() -> None:
             stop.set()
 
     loop.add_reader(stdin, read_stdin)
-    if database.engine.name == "sqlite":
-        await release_leases(database)
+    await release_leases(database)
     sender.start()
     try:
         await stop.wait()
@@ -107,16 +106,17 @@ async def run_process() -> None:
 
 
 def main() -> None:
-    configure_logging(os.environ.get("PROMOBOT_LOG_LEVEL", "INFO").upper())
+    settings, campaign = load_settings(Mode.SERVER)
+    configure_logging(settings.log_level)
     with contextlib.suppress(OSError):
         os.nice(5)  # acknowledging webhooks comes first: on a busy machine replies wait for the CPU
     tune_garbage_collector()
     try:
         import uvloop
 
-        uvloop.run(run_process())
+        uvloop.run(run_process(settings, campaign))
     except ImportError:
-        asyncio.run(run_process())
+        asyncio.run(run_process(settings, campaign))
 
 
 if __name__ == "__main__":

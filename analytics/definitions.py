@@ -77,13 +77,33 @@ _STEP_CODE = "case event " + " ".join(f"when '{e}' then {c}" for e, c in _STEP_C
 _STEP_EVENTS = "(" + ", ".join(f"'{e}'" for e in _STEP_CODES) + ")"
 
 
+def _first_of_all(event: EventName) -> str:
+    """The column of a journey's first `event` at any time (µs), of _FIRSTS."""
+    return f"first_{event}"
+
+
 def _first(event: EventName, low: str, high: str) -> str:
-    """The µs of a journey's first `event` between `low` and `high` µs (inclusive), or null."""
+    """The µs of a journey's first `event` between `low` and `high` µs (inclusive), or null. The first of all
+    (_first_of_all) answers unless it is earlier than `low`: then the list is searched with `low` and `high`,
+    which costs several times more (docs/design.md, "Analytics: one list of steps per journey")."""
     code = _STEP_CODES[event]
-    return (
+    first = _first_of_all(event)
+    search = (
         f"list_min(list_filter(steps, lambda s: s % {_CODE_RANGE} = {code} and s >= ({low}) * {_CODE_RANGE}"
         f" and s < ({high}) * {_CODE_RANGE} + {_CODE_RANGE})) // {_CODE_RANGE}"
     )
+    return (
+        f"case when {first} is null or {first} > ({high}) then null"
+        f" when {first} >= ({low}) then {first} else {search} end"
+    )
+
+
+# A journey's first event of each kind at any time: one search of the list each, with nothing of the row's.
+_FIRSTS = ", ".join(
+    f"list_min(list_filter(steps, lambda s: s % {_CODE_RANGE} = {code})) // {_CODE_RANGE}"
+    f" as {_first_of_all(event)}"
+    for event, code in _STEP_CODES.items()
+)
 
 
 # One row per journey (a customer in a campaign) of the rows in `source`, and one row per read receipt.
@@ -148,12 +168,11 @@ labelled as (  -- the journeys whose entry welcome has the question's source and
 def _journey_steps(labelled: bool) -> str:
     """The common table expressions of a question's journeys and their steps; `labelled`: with the source and
     variant of each journey's entry, and only the journeys of the question's source and variant."""
+    labels = ", source, variant" if labelled else ""
     return f"""
 chosen as (  -- the entry: the journey's first welcome on a day in the range
-    select campaign_id, customer, steps,
-           {_first(_E.WELCOME_SENT, "$start_us", "$end_us - 1")} as entry
-    from journeys
-    where $campaign is null or campaign_id = $campaign
+    select *, {_first(_E.WELCOME_SENT, "$start_us", "$end_us - 1")} as entry
+    from (select *, {_FIRSTS} from journeys where $campaign is null or campaign_id = $campaign)
 ),{_LABELLED if labelled else ""}
 answered as (  -- customers' taps on the platform's clock, the welcome's stamp on the bot's: an allowance
     select *,
@@ -168,14 +187,14 @@ after_request as (
            {_first(_E.COUPON_SENT, "requested", "$end_of_time")} as coupon_sent
     from answered
 ),
-after_reveal as (  -- the redemption on the bot's clock, the reveal on the platform's: an allowance
-    select *,
-           {_first(_E.COUPON_REDEEMED, "revealed - $allowance_us", "entry + $window_us")} as redeemed
+journey_times as (  -- the redemption on the bot's clock, the reveal on the platform's: an allowance
+    select campaign_id, customer, entry, requested, declined, revealed, coupon_sent,
+           {_first(_E.COUPON_REDEEMED, "revealed - $allowance_us", "entry + $window_us")} as redeemed{labels}
     from after_request
 ),
 read_after as (  -- the first read of the coupon: the coupon is the page's first message after the Yes tap,
     select a.campaign_id, a.customer, min(r.read_us) as read_us  -- so a watermark past the tap covers it
-    from after_request a                                          -- (both the platform's times); a coupon
+    from journey_times a                                          -- (both the platform's times); a coupon
     join reads r                                                  -- never sent was never read
       on r.campaign_id = a.campaign_id and r.customer = a.customer and a.coupon_sent is not null
      and r.watermark_us > a.requested and r.read_us <= a.entry + $window_us
@@ -190,7 +209,7 @@ journey_steps as (  -- one row per journey; each step's time or null
            a.revealed as coupon_revealed,
            a.redeemed,
            a.declined{", a.source, a.variant" if labelled else ""}
-    from after_reveal a
+    from journey_times a
     left join read_after r on r.campaign_id = a.campaign_id and r.customer = a.customer
 )
 """
@@ -201,20 +220,25 @@ journey_steps as (  -- one row per journey; each step's time or null
 MULTI_CAMPAIGN_CUSTOMERS = "select customer from journeys group by customer having count(*) > 1"
 
 
-def customer_steps(labelled: bool = False) -> str:
+def customer_steps(labelled: bool = False, several: bool = True) -> str:
     """A question's customers and the time of each step (CUSTOMER_STEPS); `labelled`: with `source` and
     `variant` columns, of the journeys of the question's source and variant only. A customer in several
-    campaigns is under the source of their earliest entry, and has a variant only with one journey."""
+    campaigns is under the source of their earliest entry, and has a variant only with one journey.
+    `several=False` when no customer is in several campaigns (MULTI_CAMPAIGN_CUSTOMERS is empty): the
+    same answer, without looking them up."""
     labels = ("source, variant, ", " arg_min(source, entry), case when count(*) = 1 then min(variant) end,")
-    single, several = labels if labelled else ("", "")
+    single, grouped = labels if labelled else ("", "")
     steps = ", ".join(f"{step} as {step}_at, {_offset(step)} as {step}_us" for step in STEPS)
-    return f"""
-with {_journey_steps(labelled)}
+    ones = f"""
 select customer, entry, {single}{steps}
-from journey_steps
+from journey_steps"""
+    if not several:
+        return f"with {_journey_steps(labelled)}{ones}\n"
+    return f"""
+with {_journey_steps(labelled)}{ones}
 where customer not in (select customer from multi_campaign_customers)
 union all
-select customer, min(entry),{several}
+select customer, min(entry),{grouped}
        {", ".join(f"min({step}) as {step}_at, min({_offset(step)}) as {step}_us" for step in STEPS)}
 from journey_steps
 where customer in (select customer from multi_campaign_customers)

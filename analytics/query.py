@@ -52,6 +52,7 @@ class Events(Metrics):
         self._welcomes_built = False  # the `welcomes` table (sql.WELCOMES): built when a question needs it
         self._campaigns: pa.Table | None = None
         self._table_count = 0
+        self._several = True  # whether a customer is in several campaigns (read with the journeys)
 
     # -- reading the store ---------------------------------------------------------------------------------
 
@@ -172,6 +173,7 @@ class Events(Metrics):
             con.execute("rollback")
             raise
         con.execute("commit")
+        self._several = con.execute("select exists (from multi_campaign_customers)").fetchall() != [(False,)]
         self._forget_questions()
 
     def _forget_questions(self) -> None:
@@ -189,7 +191,8 @@ class Events(Metrics):
         if table is None:
             self._table_count += 1
             table = f"customer_steps_{self._table_count}"
-            self._run(f"create temp table {table} as {sql.customer_steps(labelled)}", filters.params())
+            steps = sql.customer_steps(labelled, several=self._several)
+            self._run(f"create temp table {table} as {steps}", filters.params())
             self._questions[key] = table
             if len(self._questions) > _CACHED_QUESTIONS:
                 _, oldest = self._questions.popitem(last=False)

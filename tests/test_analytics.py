@@ -214,6 +214,16 @@ def test_a_redemption_before_the_reveal_of_another_campaign_or_past_the_window_d
     assert counts(events.funnel(window=timedelta(days=9)))["redeemed"] == 1  # too-late, in a wider window
 
 
+def test_the_window_includes_its_last_microsecond(tmp_path):
+    window = 7 * 86400
+    on_time = Journey("on-time").at(0, "welcome_sent").at(window, "coupon_requested")
+    late = Journey("late").at(0, "welcome_sent").at(window + 1e-6, "coupon_requested")
+    events = store(tmp_path, on_time.events + late.events)
+
+    assert counts(events.funnel())["coupon_requested"] == 1
+    assert [r["customer_id"] for r in events.journeys().to_pylist() if r["coupon_requested"]] == ["on-time"]
+
+
 def test_timelines_and_cohorts_count_redemptions_when_they_happened(tmp_path):
     j = revealed("r").at(8 * 86400, "coupon_redeemed")  # the Monday after next
     events = store(tmp_path, j.events)

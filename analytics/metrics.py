@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from datetime import date, timedelta
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from analytics import definitions as sql
@@ -43,6 +44,17 @@ EXPERIMENT_TIMELINE_SCHEMA = pa.schema(
 
 Plan = list[tuple[str, float]]  # an experiment's variants in the campaign file's order, with planned shares
 
+_SQL_TYPES = {pa.string(): "varchar", pa.int64(): "bigint", pa.float64(): "double", pa.date32(): "date"}
+
+
+def table_of_rows(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """`rows` as a table of `schema`, built by DuckDB: pyarrow's own conversion of Python values imports
+    pandas first, which took 0.3 s of a new process's first funnel."""
+    columns = ", ".join(f"unnest(${f.name}::{_SQL_TYPES[f.type]}[]) as {f.name}" for f in schema)
+    values = {f.name: [row[f.name] for row in rows] for f in schema}
+    with duckdb.connect() as connection:
+        return connection.sql(f"select {columns}", params=values).to_arrow_table().cast(schema)
+
 
 def funnel_table(row: dict[str, Any]) -> pa.Table:
     """The funnel's rows from FUNNEL's one row (per step: customers, median and p90 in µs after entry)."""
@@ -67,7 +79,7 @@ def funnel_table(row: dict[str, Any]) -> pa.Table:
         }
         for step in STEPS
     ]
-    return pa.Table.from_pylist(rows, schema=FUNNEL_SCHEMA)
+    return table_of_rows(rows, FUNNEL_SCHEMA)
 
 
 def experiment_plan(filters: Filters, plans: pa.Table) -> tuple[Filters, Plan]:
@@ -151,7 +163,7 @@ def experiment_timeline_table(plan: Plan, rows: pa.Table) -> pa.Table:
                     "rate_high": high,
                 }
             )
-    return pa.Table.from_pylist(out, schema=EXPERIMENT_TIMELINE_SCHEMA)
+    return table_of_rows(out, EXPERIMENT_TIMELINE_SCHEMA)
 
 
 class Metrics(ABC):

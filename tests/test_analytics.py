@@ -4,6 +4,8 @@ datasets checked against a plain-Python computation of every metric."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -139,6 +141,18 @@ def test_the_funnel_follows_the_designed_definitions(tmp_path):
     assert rows["reached"]["median_seconds"] is None
     assert rows["redeemed"]["pct_of_previous"] == 50.0  # of those who revealed
     assert rows["redeemed"]["median_seconds"] == 2 * 3600.0
+
+
+def test_a_new_processs_funnel_does_not_import_pandas(tmp_path):
+    # pandas took a third of a second of a new process's first answer, which never uses it.
+    store(tmp_path, known_journeys())
+    script = (
+        "import sys, analytics\n"
+        f"analytics.open({str(tmp_path)!r}).funnel()\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'pandas')[:1])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_a_read_counts_for_the_coupon_by_the_platforms_clock(tmp_path):

@@ -55,8 +55,10 @@ def local_session(cores: int = 2) -> SparkSession:
         .config("spark.sql.shuffle.partitions", str(cores))
         .config("spark.sql.session.timeZone", "UTC")
         # The JVM's quick compiler only: on a laptop's data a question lasts seconds, and the optimising
-        # compiler spends them compiling code it would run faster later.
-        .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
+        # compiler spends them compiling code it would run faster later. Its code is never replaced by
+        # optimised code, so a session of many questions filled the 48 MB that the JVM then reserves for
+        # compiled code (it stopped compiling, then failed a task): reserve as much as with both compilers.
+        .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m")
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")

@@ -189,3 +189,11 @@ def test_open_with_the_spark_engine(store, spark):
     assert isinstance(events, SparkEvents)
     with pytest.raises(AnalyticsError, match="engine"):
         analytics.open(store, engine="postgres")
+
+
+def test_the_session_has_room_for_the_compiled_code_of_many_questions(spark):
+    # With only the quick compiler the JVM reserves 48 MB for compiled code; this module's questions filled
+    # it, and a task then failed with "Out of space in CodeCache".
+    pools = spark._jvm.java.lang.management.ManagementFactory.getMemoryPoolMXBeans()
+    reserved = sum(pool.getUsage().getMax() for pool in pools if "Code" in pool.getName())
+    assert reserved >= 240 * 1024 * 1024

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +32,7 @@ from bot.config import SQLITE_FILE
 from bot.engines import Engine
 from bot.events import Event
 from bot.facts import EventName
-from bot.flow import Reply, ReplyKind
+from bot.flow import CONFIRMATIONS, Reply, ReplyKind
 from bot.migrations import MIGRATIONS, Migration, migrate
 from bot.rows import (
     CUSTOMER_REASON,
@@ -82,6 +83,24 @@ WHERE reply_id IN (
     ORDER BY due_at, reply_id LIMIT ? {{skip_locked}}
 )
 RETURNING kind, code, token, expires_at, {EVENT_COLUMNS}"""
+# Promotions due (not leased: a reply in flight is never recalled) to a customer who opted out or whom staff
+# took over since they were owed, taken out of the outbox; the first reason that applies comes back with each.
+_WITHDRAW = f"""
+DELETE FROM outbox
+WHERE reply_id IN (
+    SELECT reply_id FROM outbox AS reply
+    WHERE due_at <= ? AND kind NOT IN ({{confirmations}}) AND EXISTS (
+        SELECT 1 FROM customers AS c
+        WHERE c.page_id = reply.page_id AND c.customer_id = reply.customer_id
+          AND (c.opted_out_at IS NOT NULL OR c.handed_over_until > ?)
+    )
+    {{skip_locked}}
+)
+RETURNING (
+    SELECT CASE WHEN c.opted_out_at IS NOT NULL THEN ? ELSE ? END FROM customers AS c
+    WHERE c.page_id = outbox.page_id AND c.customer_id = outbox.customer_id
+), kind, code, token, expires_at, {EVENT_COLUMNS}"""
+_CONFIRMATIONS = sorted(str(kind) for kind in CONFIRMATIONS)
 _TAKE_BATCH = """
 UPDATE events SET batch = ?
 WHERE seq IN (SELECT seq FROM events WHERE batch IS NULL ORDER BY seq LIMIT ? {skip_locked})"""
@@ -385,9 +404,14 @@ class Database:
 
     def claim(self, limit: int, lease: timedelta) -> list[Reply]:
         """Lease up to `limit` replies that are due, oldest first, for `lease`; no other claim gets them
-        until the lease runs out (`complete` or `retry` ends it sooner). Blocking."""
+        until the lease runs out (`complete` or `retry` ends it sooner).
+
+        First, in the same transaction, the promotions due to customers who opted out or whom staff took
+        over since they were owed are withdrawn: deleted, each with a `reply_withdrawn` event (a broadcast's
+        welcome: its recipient skipped). Blocking."""
         now = self.clock()
         with self.transaction() as cursor:
+            self._withdraw(cursor, now)
             cursor.execute(
                 _CLAIM.format(skip_locked=self.engine.skip_locked),
                 (micros(now + lease), micros(now), limit),
@@ -398,6 +422,24 @@ class Database:
             for kind, code, token, expires_at, *event in rows
         ]
         return sorted(replies, key=lambda reply: (reply.answers.ts, reply.sent_id))
+
+    def _withdraw(self, cursor: Cursor, now: datetime) -> None:
+        """Delete the due promotions owed to quiet customers, and record each one's `reply_withdrawn`.
+
+        A withdrawn single-use code stays handed out to its customer: no code is ever given to two, and the
+        customer gets the same one should they reveal again after opting back in."""
+        sql = _WITHDRAW.format(
+            confirmations=", ".join("?" * len(_CONFIRMATIONS)), skip_locked=self.engine.skip_locked
+        )
+        at = micros(now)
+        cursor.execute(sql, (at, *_CONFIRMATIONS, at, str(Reason.OPTED_OUT), str(Reason.HANDED_OVER)))
+        for reason, kind, code, token, expires_at, *event in cursor.fetchall():
+            reply = Reply(ReplyKind(kind), row_event(event), issued_code(code, token, expires_at))
+            outcome = reply.withdrawn(now, reason)
+            cursor.execute(INSERT_EVENT, event_values(outcome))
+            broadcast_id = audience.broadcast_of(reply.sent_id, outcome)
+            if broadcast_id is not None:
+                self._broadcast_outcome(cursor, broadcast_id, outcome)
 
     def due(self) -> bool:
         """Whether a reply is due now (a read: no write transaction). Blocking."""
@@ -443,10 +485,13 @@ class Database:
 
     def _broadcast_outcome(self, cursor: Cursor, broadcast_id: int, outcome: Event) -> None:
         """The broadcast's record of a welcome's outcome: the recipient sent (`broadcast_sent`) or skipped
-        (`broadcast_skipped`: unreachable, or send_failed), whichever process sent it."""
+        (`broadcast_skipped`: unreachable, or send_failed; or the withdrawal's reason), whichever process
+        sent or withdrew it."""
         reason = None
         if outcome.event is EventName.SEND_FAILED:
             reason = str(Reason.UNREACHABLE) if customers.unreachable(outcome) else audience.SEND_FAILED
+        elif outcome.event is EventName.REPLY_WITHDRAWN:
+            reason = str(json.loads(outcome.detail or "{}")["reason"])
         state = RecipientState.SENT if reason is None else RecipientState.SKIPPED
         cursor.execute(
             "UPDATE broadcast_recipients SET state = ?, reason = ?, updated_at = ?"

@@ -2,7 +2,8 @@
 
 - `record` writes a webhook's new events, their seen marks and the replies they call for in one transaction;
   concurrent callers share transactions (group commit).
-- `claim` / `complete` / `retry`: senders lease replies from the outbox.
+- `claim` / `complete` / `retry`: senders lease replies from the outbox (a claim first withdraws the
+  promotions owed to customers who opted out or were taken over since).
 - `next_batch` / `pending_batches` / `flushed`: the flusher moves events out in numbered batches.
 
 Times are µs since the epoch (UTC), from the bot's clock except for the events' own `ts`.

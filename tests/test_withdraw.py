@@ -187,6 +187,7 @@ def test_a_broadcast_welcome_withdrawn_skips_its_recipient(store, database):
 
     (confirmation,) = database.claim(10, LEASE)  # the welcome's lease has not run out: not touched
     assert confirmation.kind is ReplyKind.OPTED_OUT
+    assert database.owed() == 2  # the welcome and the confirmation
     assert database.complete(confirmation.sent_id, confirmation.sent("m_42_1", store.clock.now))
     store.clock.advance(LEASE)
     assert database.claim(10, LEASE) == []

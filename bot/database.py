@@ -33,7 +33,7 @@ from bot.config import SQLITE_FILE
 from bot.engines import Engine
 from bot.events import Event
 from bot.facts import EventName
-from bot.flow import CONFIRMATIONS, Reply, ReplyKind
+from bot.flow import Reply, ReplyKind
 from bot.migrations import MIGRATIONS, Migration, migrate
 from bot.rows import (
     CUSTOMER_REASON,
@@ -84,24 +84,6 @@ WHERE reply_id IN (
     ORDER BY due_at, reply_id LIMIT ? {{skip_locked}}
 )
 RETURNING kind, code, token, expires_at, {EVENT_COLUMNS}"""
-# Promotions due (not leased: a reply in flight is never recalled) to a customer who opted out or whom staff
-# took over since they were owed, taken out of the outbox; the first reason that applies comes back with each.
-_WITHDRAW = f"""
-DELETE FROM outbox
-WHERE reply_id IN (
-    SELECT reply_id FROM outbox AS reply
-    WHERE due_at <= ? AND kind NOT IN ({{confirmations}}) AND EXISTS (
-        SELECT 1 FROM customers AS c
-        WHERE c.page_id = reply.page_id AND c.customer_id = reply.customer_id
-          AND (c.opted_out_at IS NOT NULL OR c.handed_over_until > ?)
-    )
-    {{skip_locked}}
-)
-RETURNING (
-    SELECT CASE WHEN c.opted_out_at IS NOT NULL THEN ? ELSE ? END FROM customers AS c
-    WHERE c.page_id = outbox.page_id AND c.customer_id = outbox.customer_id
-), kind, code, token, expires_at, {EVENT_COLUMNS}"""
-_CONFIRMATIONS = sorted(str(kind) for kind in CONFIRMATIONS)
 _TAKE_BATCH = """
 UPDATE events SET batch = ?
 WHERE seq IN (SELECT seq FROM events WHERE batch IS NULL ORDER BY seq LIMIT ? {skip_locked})"""
@@ -407,40 +389,48 @@ class Database:
         """Lease up to `limit` replies that are due, oldest first, for `lease`; no other claim gets them
         until the lease runs out (`complete` or `retry` ends it sooner).
 
-        First, in the same transaction, the promotions due to customers who opted out or whom staff took
-        over since they were owed are withdrawn: deleted, each with a `reply_withdrawn` event (a broadcast's
+        A promotion claimed for a customer who opted out or whom staff took over since it was owed is
+        withdrawn instead, in the same transaction: deleted, with a `reply_withdrawn` event (a broadcast's
         welcome: its recipient skipped). Blocking."""
         now = self.clock()
         with self.transaction() as cursor:
-            self._withdraw(cursor, now)
-            cursor.execute(
-                _CLAIM.format(skip_locked=self.engine.skip_locked),
-                (micros(now + lease), micros(now), limit),
-            )
-            rows = cursor.fetchall()
-        replies = [
-            Reply(ReplyKind(kind), row_event(event), issued_code(code, token, expires_at))
-            for kind, code, token, expires_at, *event in rows
-        ]
+            while True:
+                cursor.execute(
+                    _CLAIM.format(skip_locked=self.engine.skip_locked),
+                    (micros(now + lease), micros(now), limit),
+                )
+                claimed = [
+                    Reply(ReplyKind(kind), row_event(event), issued_code(code, token, expires_at))
+                    for kind, code, token, expires_at, *event in cursor.fetchall()
+                ]
+                replies = self._withdraw_from_quiet(cursor, claimed, now)
+                if replies or not claimed:  # all withdrawn: more may be due
+                    break
         return sorted(replies, key=lambda reply: (reply.answers.ts, reply.sent_id))
 
-    def _withdraw(self, cursor: Cursor, now: datetime) -> None:
-        """Delete the due promotions owed to quiet customers, and record each one's `reply_withdrawn`.
+    def _withdraw_from_quiet(self, cursor: Cursor, claimed: list[Reply], now: datetime) -> list[Reply]:
+        """The claimed replies still owed; the promotions to customers now quiet are deleted, each recorded
+        as `reply_withdrawn`. Only what a claim leased is looked at: a reply in flight is never recalled.
 
         A withdrawn single-use code stays handed out to its customer: no code is ever given to two, and the
         customer gets the same one should they reveal again after opting back in."""
-        sql = _WITHDRAW.format(
-            confirmations=", ".join("?" * len(_CONFIRMATIONS)), skip_locked=self.engine.skip_locked
-        )
-        at = micros(now)
-        cursor.execute(sql, (at, *_CONFIRMATIONS, at, str(Reason.OPTED_OUT), str(Reason.HANDED_OVER)))
-        for reason, kind, code, token, expires_at, *event in cursor.fetchall():
-            reply = Reply(ReplyKind(kind), row_event(event), issued_code(code, token, expires_at))
-            outcome = reply.withdrawn(now, reason)
+        promotions = {(r.answers.page_id, r.customer_id) for r in claimed if r.is_promotion}
+        quiet = customers.quiet(cursor, sorted(promotions), micros(now)) if promotions else {}
+        if not quiet:
+            return claimed
+        owed = []
+        for reply in claimed:
+            reason = quiet.get((reply.answers.page_id, reply.customer_id)) if reply.is_promotion else None
+            if reason is None:
+                owed.append(reply)
+                continue
+            cursor.execute("DELETE FROM outbox WHERE reply_id = ?", (reply.sent_id,))
+            outcome = reply.withdrawn(now, str(reason))
             cursor.execute(INSERT_EVENT, event_values(outcome))
             broadcast_id = audience.broadcast_of(reply.sent_id, outcome)
             if broadcast_id is not None:
                 self._broadcast_outcome(cursor, broadcast_id, outcome)
+        return owed
 
     def due(self) -> bool:
         """Whether a reply is due now (a read: no write transaction). Blocking."""

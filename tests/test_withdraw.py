@@ -98,6 +98,17 @@ def test_a_coupon_owed_when_the_customer_opts_out_is_withdrawn_and_the_opt_out_c
     assert (event.ts, event.customer_id, event.campaign_id) == (store.clock.now, "42", CAMPAIGN.id)
 
 
+def test_a_claim_whose_replies_were_all_withdrawn_claims_the_next_ones(store, database):
+    deliver(database, payloads.postback("41", YES, ts=T0_MS))
+    deliver(database, payloads.postback("42", YES, ts=T0_MS + 1000))
+    deliver(database, payloads.echo("41", app_id=PAGE_INBOX_APP, ts=T0_MS + 2000))
+
+    (claimed,) = database.claim(1, LEASE)  # the oldest, 41's, is withdrawn: the claim goes on to 42's
+
+    assert (claimed.kind, claimed.customer_id) == (ReplyKind.COUPON, "42")
+    assert [reason["reason"] for _, reason in withdrawn(stored(database))] == ["handed_over"]
+
+
 def test_a_coupon_owed_when_staff_take_over_is_withdrawn(store, database):
     (tap,) = deliver(database, payloads.postback("42", YES, ts=T0_MS))
     deliver(database, payloads.echo("42", app_id=PAGE_INBOX_APP, ts=T0_MS + 1000))

@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bot.audience import Reason
 from bot.events import Event
 from bot.facts import EventName
 from bot.flow import Reply, handover_span
@@ -178,6 +179,23 @@ def keep(cursor: Cursor, events: Sequence[Event], now: int) -> Standing:
         if c.opted_out or (c.handed_over_until is not None and c.handed_over_until > now)
     )
     return Standing(frozenset(unchanged), quiet)
+
+
+def quiet(cursor: Cursor, keys: Sequence[tuple[str, str]], now: int) -> dict[tuple[str, str], Reason]:
+    """Of these (page_id, customer_id), those owed no promotion at `now` (the bot's clock, µs), and why: opted
+    out, else taken over by staff."""
+    found: dict[tuple[str, str], Reason] = {}
+    for page_id, customer_ids in itertools.groupby(sorted(keys), key=lambda key: key[0]):
+        ids = [customer_id for _, customer_id in customer_ids]
+        for start in range(0, len(ids), ROWS_PER_STATEMENT):
+            chunk = ids[start : start + ROWS_PER_STATEMENT]
+            cursor.execute(_READ_CUSTOMERS.format(marks=", ".join(["?"] * len(chunk))), (page_id, *chunk))
+            for customer_id, opted_out_at, handed_over_until, *_ in cursor.fetchall():
+                if opted_out_at is not None:
+                    found[page_id, customer_id] = Reason.OPTED_OUT
+                elif handed_over_until is not None and handed_over_until > now:
+                    found[page_id, customer_id] = Reason.HANDED_OVER
+    return found
 
 
 def _from_an_ad(event: Event) -> bool:

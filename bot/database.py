@@ -2,7 +2,8 @@
 
 - `record` writes a webhook's new events, their seen marks and the replies they call for in one transaction;
   concurrent callers share transactions (group commit).
-- `claim` / `complete` / `retry`: senders lease replies from the outbox.
+- `claim` / `complete` / `retry`: senders lease replies from the outbox (a claim first withdraws the
+  promotions owed to customers who opted out or were taken over since).
 - `next_batch` / `pending_batches` / `flushed`: the flusher moves events out in numbered batches.
 
 Times are µs since the epoch (UTC), from the bot's clock except for the events' own `ts`.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -385,19 +387,50 @@ class Database:
 
     def claim(self, limit: int, lease: timedelta) -> list[Reply]:
         """Lease up to `limit` replies that are due, oldest first, for `lease`; no other claim gets them
-        until the lease runs out (`complete` or `retry` ends it sooner). Blocking."""
+        until the lease runs out (`complete` or `retry` ends it sooner).
+
+        A promotion claimed for a customer who opted out or whom staff took over since it was owed is
+        withdrawn instead, in the same transaction: deleted, with a `reply_withdrawn` event (a broadcast's
+        welcome: its recipient skipped). Blocking."""
         now = self.clock()
         with self.transaction() as cursor:
-            cursor.execute(
-                _CLAIM.format(skip_locked=self.engine.skip_locked),
-                (micros(now + lease), micros(now), limit),
-            )
-            rows = cursor.fetchall()
-        replies = [
-            Reply(ReplyKind(kind), row_event(event), issued_code(code, token, expires_at))
-            for kind, code, token, expires_at, *event in rows
-        ]
+            while True:
+                cursor.execute(
+                    _CLAIM.format(skip_locked=self.engine.skip_locked),
+                    (micros(now + lease), micros(now), limit),
+                )
+                claimed = [
+                    Reply(ReplyKind(kind), row_event(event), issued_code(code, token, expires_at))
+                    for kind, code, token, expires_at, *event in cursor.fetchall()
+                ]
+                replies = self._withdraw_from_quiet(cursor, claimed, now)
+                if replies or not claimed:  # all withdrawn: more may be due
+                    break
         return sorted(replies, key=lambda reply: (reply.answers.ts, reply.sent_id))
+
+    def _withdraw_from_quiet(self, cursor: Cursor, claimed: list[Reply], now: datetime) -> list[Reply]:
+        """The claimed replies still owed; the promotions to customers now quiet are deleted, each recorded
+        as `reply_withdrawn`. Only what a claim leased is looked at: a reply in flight is never recalled.
+
+        A withdrawn single-use code stays handed out to its customer: no code is ever given to two, and the
+        customer gets the same one should they reveal again after opting back in."""
+        promotions = {(r.answers.page_id, r.customer_id) for r in claimed if r.is_promotion}
+        quiet = customers.quiet(cursor, sorted(promotions), micros(now)) if promotions else {}
+        if not quiet:
+            return claimed
+        owed = []
+        for reply in claimed:
+            reason = quiet.get((reply.answers.page_id, reply.customer_id)) if reply.is_promotion else None
+            if reason is None:
+                owed.append(reply)
+                continue
+            cursor.execute("DELETE FROM outbox WHERE reply_id = ?", (reply.sent_id,))
+            outcome = reply.withdrawn(now, str(reason))
+            cursor.execute(INSERT_EVENT, event_values(outcome))
+            broadcast_id = audience.broadcast_of(reply.sent_id, outcome)
+            if broadcast_id is not None:
+                self._broadcast_outcome(cursor, broadcast_id, outcome)
+        return owed
 
     def due(self) -> bool:
         """Whether a reply is due now (a read: no write transaction). Blocking."""
@@ -443,10 +476,13 @@ class Database:
 
     def _broadcast_outcome(self, cursor: Cursor, broadcast_id: int, outcome: Event) -> None:
         """The broadcast's record of a welcome's outcome: the recipient sent (`broadcast_sent`) or skipped
-        (`broadcast_skipped`: unreachable, or send_failed), whichever process sent it."""
+        (`broadcast_skipped`: unreachable, or send_failed; or the withdrawal's reason), whichever process
+        sent or withdrew it."""
         reason = None
         if outcome.event is EventName.SEND_FAILED:
             reason = str(Reason.UNREACHABLE) if customers.unreachable(outcome) else audience.SEND_FAILED
+        elif outcome.event is EventName.REPLY_WITHDRAWN:
+            reason = str(json.loads(outcome.detail or "{}")["reason"])
         state = RecipientState.SENT if reason is None else RecipientState.SKIPPED
         cursor.execute(
             "UPDATE broadcast_recipients SET state = ?, reason = ?, updated_at = ?"

@@ -36,6 +36,7 @@ class EventName(StrEnum):
     BROADCAST_SENT = "broadcast_sent"  # the campaign's welcome sent by `python -m bot broadcast`
     BROADCAST_SKIPPED = "broadcast_skipped"  # not sent by a broadcast; `detail` says why
     DELETION_REQUESTED = "deletion_requested"  # wrote a delete word: their data goes (bot.privacy)
+    REPLY_WITHDRAWN = "reply_withdrawn"  # a promotion owed, not sent: they opted out or staff took over since
 
 
 class ButtonStep(StrEnum):

@@ -189,6 +189,10 @@ class Reply:
         return f"{self.sent_id}.f"
 
     @property
+    def withdrawn_id(self) -> str:
+        return f"{self.sent_id}.d"
+
+    @property
     def needs_first_name(self) -> bool:
         return self.kind is ReplyKind.WELCOME
 
@@ -208,6 +212,12 @@ class Reply:
     def failed(self, at: datetime, *, code: int | None, subcode: int | None, reason: str) -> Event:
         detail = detail_json(reply=str(self.kind), code=code, subcode=subcode, reason=reason)
         return self._outcome(self.failed_id, EventName.SEND_FAILED, at, detail=detail)
+
+    def withdrawn(self, at: datetime, reason: str) -> Event:
+        """The event recording this reply as taken back unsent at `at` (the bot's clock), and why (a
+        bot.audience.Reason: `opted_out`, `handed_over`)."""
+        detail = detail_json(reply=str(self.kind), reason=reason)
+        return self._outcome(self.withdrawn_id, EventName.REPLY_WITHDRAWN, at, detail=detail)
 
     def _outcome(
         self,

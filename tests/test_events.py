@@ -34,7 +34,7 @@ def test_event_names_are_the_designed_ones():
     # DESIGN.md's eleven, plus `code_sent` (the code shown after a reveal is a reply like the others, and
     # every reply ends in an event), and single-use codes' three: a pool found empty, the message saying
     # so, and a code used at the till; then issue 19's: reactions, opting out and in, staff taking over,
-    # and broadcasts.
+    # and broadcasts; and a promotion withdrawn unsent when its customer opted out or was taken over.
     assert {str(n) for n in EventName} == {
         "conversation_started",
         "welcome_sent",
@@ -58,6 +58,7 @@ def test_event_names_are_the_designed_ones():
         "broadcast_sent",
         "broadcast_skipped",
         "deletion_requested",
+        "reply_withdrawn",
     }
 
 

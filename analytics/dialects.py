@@ -94,13 +94,21 @@ def _for_trino(node: exp.Expr) -> exp.Expr:
 _FIXES = {"spark": _for_spark, "trino": _for_trino, "athena": _for_trino}
 
 
+def _without_hints(node: exp.Expr) -> exp.Expr:
+    """A common table expression without DuckDB's [NOT] MATERIALIZED, which neither Spark nor Trino parses
+    (each decides for itself)."""
+    if isinstance(node, exp.CTE) and node.args.get("materialized") is not None:
+        node.set("materialized", None)
+    return node
+
+
 @functools.lru_cache(maxsize=256)
 def _translated(query: str, dialect: str) -> exp.Expr:
     tree = sqlglot.parse_one(query, read="duckdb")
     rule = _FIXES[dialect]
     # Children before their parent (the reverse of a depth-first walk): a rule sees its arguments translated.
     for node in reversed(list(tree.walk(bfs=False))):
-        new = rule(node)
+        new = rule(_without_hints(node))
         if new is not node:
             if node is tree:
                 tree = new

@@ -27,6 +27,7 @@ from bot.messenger import parse_body
 from bot.recipients import create_broadcast
 from bot.store import FileStore, write_events
 from tests.support import payloads
+from tests.support.builders import customer_event
 from tests.support.campaigns import single_use
 from tests.support.dashboard import shown_kpis
 
@@ -298,7 +299,14 @@ def test_the_dashboard_warns_when_a_campaigns_codes_run_low_or_ran_out(store):
 
 
 def test_reveals_that_found_no_code_are_counted_for_the_chosen_campaign(store):
-    # The sample's loyalty codes ran out for its last two days; its pool is in no store here.
+    # The loyalty codes ran out an hour ago (the sample's own reveals after they ran out depend on the time
+    # of day it is made); its pool is in no store here.
+    gone = datetime.now(UTC) - timedelta(hours=1)
+    refusals = [
+        customer_event(f"gone-{n}", n * 60, EventName.COUPON_POOL_EMPTY, start=gone, campaign="loyalty")
+        for n in range(3)
+    ]
+    write_events(FileStore(str(store)), refusals, "refused-00000001")
     events = analytics.open(store)
     (refused,) = events.pool_empty(campaign="loyalty").to_pylist()
     dashboard = Dashboard(events)

@@ -23,6 +23,26 @@ def _local_day(micros: str) -> str:
     return f"cast(make_timestamp({micros})::timestamptz at time zone $tz as date)"
 
 
+# Every UTC offset in use, and every instant one changes, is a whole number of quarter hours: all the times
+# of a quarter hour of UTC fall on one day in any zone. A question that needs the local day of many times
+# converts each quarter hour it meets once (a zone's conversion is most of the work otherwise).
+_QUARTER_US = 15 * 60 * 1_000_000
+
+
+def _quarter(micros: str) -> str:
+    """The quarter hour of UTC (its number since the epoch) of a time held as µs since the epoch."""
+    return f"({micros}) // {_QUARTER_US}"
+
+
+def _quarter_days(quarters: str) -> str:
+    """A relation of (quarter, day): the local day of each distinct `quarter` of the relation `quarters`."""
+    day = _local_day(f"quarter * {_QUARTER_US}")
+    return (
+        f"select quarter, {day} as day"
+        f" from (select distinct quarter from {quarters} where quarter is not null) as distinct_quarters"
+    )
+
+
 # Receipts carry the platform's watermark in their own column; files written before it existed hold it in
 # `detail`. `columns` are the stored columns the scan has: a column no file has reads as null.
 def raw_events(scan: str, columns: set[str]) -> str:
@@ -286,16 +306,22 @@ order by entry_ts, customer_id, campaign_id
 JOURNEY_LIST = journey_list()
 
 TIMELINE = f"""
-select day, step, count(*) as customers
-from ({
+with reached as (  -- each step's customers by quarter hour of UTC
+    select quarter, step, position, count(*) as customers
+    from ({
     " union all ".join(
-        f"select {_local_day(f'{step}_at')} as day, '{step}' as step, {index} as position "
+        f"select {_quarter(f'{step}_at')} as quarter, '{step}' as step, {index} as position "
         f"from customer_steps where {step}_at is not null"
         for index, step in enumerate(STEPS)
     )
-}) as reached
-group by day, step, position
-order by day, position
+}) as times
+    group by quarter, step, position
+)
+select d.day, r.step, cast(sum(r.customers) as bigint) as customers
+from reached r
+join ({_quarter_days("reached")}) as d on d.quarter = r.quarter
+group by d.day, r.step, r.position
+order by d.day, r.position
 """
 
 
@@ -311,12 +337,22 @@ def cohorts(period: str, step: str = FunnelStep.COUPON_REVEALED) -> str:
         raise AnalyticsError(f"period must be one of {', '.join(PERIODS)}, not {period!r}")
     if step not in STEPS:
         raise AnalyticsError(f"step must be one of {', '.join(STEPS)}, not {step!r}")
-    truncate = f"date_trunc('{period}', make_timestamp(%s)::timestamptz at time zone $tz)"
+    truncate = f"date_trunc('{period}', cast(%s.day as timestamp))"
+    quarters = (
+        "(select entry_quarter as quarter from times union all select step_quarter from times) as quarters"
+    )
     return f"""
-    with members as (
-        select customer, {truncate % "entry"} as cohort,
-               date_diff('{period}', {truncate % "entry"}, {truncate % f"{step}_at"}) as converted_in
+    with times as (
+        select customer, {_quarter("entry")} as entry_quarter, {_quarter(f"{step}_at")} as step_quarter
         from customer_steps
+    ),
+    days as ({_quarter_days(quarters)}),
+    members as (
+        select t.customer, {truncate % "e"} as cohort,
+               date_diff('{period}', {truncate % "e"}, {truncate % "s"}) as converted_in
+        from times t
+        join days e on e.quarter = t.entry_quarter
+        left join days s on s.quarter = t.step_quarter
     ),
     sizes as (select cohort, count(*) as cohort_size from members group by cohort),
     horizon as (  -- the last event in the data: periods ending after it are not complete yet

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -326,6 +327,32 @@ def test_the_timeline_counts_each_step_on_the_day_it_was_reached(tmp_path):
         (date(2026, 3, 2), "reached"): 1,
         (date(2026, 3, 3), "responded"): 1,
         (date(2026, 3, 3), "declined"): 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("tz", "midnight"),
+    [
+        ("Asia/Kolkata", datetime(2026, 3, 2, 18, 30, tzinfo=UTC)),  # +5:30
+        ("Asia/Kathmandu", datetime(2026, 3, 2, 18, 15, tzinfo=UTC)),  # +5:45
+        ("Europe/Paris", datetime(2026, 3, 28, 23, 0, tzinfo=UTC)),  # the night the clocks go forward
+        ("Europe/Paris", datetime(2026, 3, 29, 22, 0, tzinfo=UTC)),  # the next night, in summer time
+    ],
+)
+def test_the_timeline_and_cohorts_split_days_at_the_zones_midnight(tmp_path, tz, midnight):
+    before = Journey("before", start=midnight - timedelta(microseconds=1)).at(0, "welcome_sent")
+    after = Journey("after", start=midnight).at(0, "welcome_sent")
+    events = store(tmp_path, before.events + after.events)
+
+    rows = {r["day"]: r["customers"] for r in events.timeline(tz=tz).to_pylist() if r["step"] == "reached"}
+
+    day = midnight.astimezone(ZoneInfo(tz)).date()
+    assert rows == {day - timedelta(days=1): 1, day: 1}
+    cohorts = events.cohorts("day", tz=tz, step="reached").to_pylist()
+    assert {(r["cohort"], r["period"]): r["customers"] for r in cohorts} == {
+        (day - timedelta(days=1), 0): 1,
+        (day - timedelta(days=1), 1): 0,
+        (day, 0): 1,
     }
 
 

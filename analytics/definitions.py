@@ -84,16 +84,18 @@ qualify row_number() over (partition by event_id order by ts) = 1
 # The events whose order makes the funnel, each with a code. A journey's `steps` list holds `µs * 8 + code`
 # for each of them: the first event of a kind in a span of time is the smallest number in a span of numbers
 # (docs/design.md, "Analytics: one list of steps per journey").
-_STEP_CODES = {
-    _E.WELCOME_SENT: 1,
-    _E.COUPON_REQUESTED: 2,
-    _E.DECLINED: 3,
-    _E.COUPON_SENT: 4,
-    _E.COUPON_REVEALED: 5,
-    _E.COUPON_REDEEMED: 6,
-}
+_STEP_EVENT_ORDER = (
+    _E.WELCOME_SENT,
+    _E.COUPON_REQUESTED,
+    _E.DECLINED,
+    _E.COUPON_SENT,
+    _E.COUPON_REVEALED,
+    _E.COUPON_REDEEMED,
+)
+_STEP_CODES = {event: position for position, event in enumerate(_STEP_EVENT_ORDER, start=1)}
 _CODE_RANGE = 8
-_STEP_CODE = "case event " + " ".join(f"when '{e}' then {c}" for e, c in _STEP_CODES.items()) + " end"
+# An event's code is its place in the list (a lookup costs DuckDB less than a CASE of six comparisons).
+_STEP_CODE = "array_position([" + ", ".join(f"'{e}'" for e in _STEP_EVENT_ORDER) + "], event)"
 _STEP_EVENTS = "(" + ", ".join(f"'{e}'" for e in _STEP_CODES) + ")"
 
 

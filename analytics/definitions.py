@@ -93,6 +93,7 @@ _STEP_EVENT_ORDER = (
     _E.COUPON_REDEEMED,
 )
 _STEP_CODES = {event: position for position, event in enumerate(_STEP_EVENT_ORDER, start=1)}
+_LATER_STEP_EVENTS = _STEP_EVENT_ORDER[1:]  # their firsts are searched for the journeys that entered only
 _CODE_RANGE = 8
 # An event's code is its place in the list (a lookup costs DuckDB less than a CASE of six comparisons).
 _STEP_CODE = "array_position([" + ", ".join(f"'{e}'" for e in _STEP_EVENT_ORDER) + "], event)"
@@ -100,7 +101,7 @@ _STEP_EVENTS = "(" + ", ".join(f"'{e}'" for e in _STEP_CODES) + ")"
 
 
 def _first_of_all(event: EventName) -> str:
-    """The column of a journey's first `event` at any time (µs), of _FIRSTS."""
+    """The column of a journey's first `event` at any time (µs), of _firsts."""
     return f"first_{event}"
 
 
@@ -120,12 +121,13 @@ def _first(event: EventName, low: str, high: str) -> str:
     )
 
 
-# A journey's first event of each kind at any time: one search of the list each, with nothing of the row's.
-_FIRSTS = ", ".join(
-    f"list_min(list_filter(steps, lambda s: s % {_CODE_RANGE} = {code})) // {_CODE_RANGE}"
-    f" as {_first_of_all(event)}"
-    for event, code in _STEP_CODES.items()
-)
+def _firsts(*events: EventName) -> str:
+    """A journey's first `events` at any time (µs): one search of the list each, with nothing of the row."""
+    return ", ".join(
+        f"list_min(list_filter(steps, lambda s: s % {_CODE_RANGE} = {_STEP_CODES[event]})) // {_CODE_RANGE}"
+        f" as {_first_of_all(event)}"
+        for event in events
+    )
 
 
 # One row per journey (a customer in a campaign) of the rows in `source`, and one row per read receipt.
@@ -194,14 +196,15 @@ def _journey_steps(labelled: bool) -> str:
     return f"""
 chosen as not materialized (  -- the entry: the journey's first welcome on a day in the range
     select *, {_first(_E.WELCOME_SENT, "$start_us", "$end_us - 1")} as entry
-    from (select *, {_FIRSTS} from journeys where $campaign is null or campaign_id = $campaign)
+    from (select *, {_firsts(_E.WELCOME_SENT)} from journeys
+          where $campaign is null or campaign_id = $campaign) as asked
 ),{_LABELLED if labelled else ""}
 answered as (  -- customers' taps on the platform's clock, the welcome's stamp on the bot's: an allowance
     select *,
            {_first(_E.COUPON_REQUESTED, "entry - $allowance_us", "entry + $window_us")} as requested,
            {_first(_E.DECLINED, "entry - $allowance_us", "entry + $window_us")} as declined
-    from {"labelled" if labelled else "chosen"}
-    where entry is not null
+    from (select *, {_firsts(*_LATER_STEP_EVENTS)} from {"labelled" if labelled else "chosen"}
+          where entry is not null) as entered
 ),
 after_request as (
     select *,

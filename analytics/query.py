@@ -173,7 +173,7 @@ class Events(Metrics):
             con.execute("rollback")
             raise
         con.execute("commit")
-        self._several = con.execute("select exists (from multi_campaign_customers)").fetchall() != [(False,)]
+        self._several = bool(con.execute("select exists (from multi_campaign_customers)").fetchall()[0][0])
         self._forget_questions()
 
     def _forget_questions(self) -> None:

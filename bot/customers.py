@@ -123,13 +123,7 @@ def keep(cursor: Cursor, events: Sequence[Event], now: int) -> Standing:
     keys = sorted({(e.page_id, e.customer_id) for e in events if e.event not in _RECEIPTS})
     if not keys:
         return Standing(frozenset(), frozenset())
-    known: dict[tuple[str, str], Sequence[int | None]] = {}  # a row's columns after customer_id
-    for page_id, customer_ids in itertools.groupby(keys, key=lambda key: key[0]):
-        ids = [customer_id for _, customer_id in customer_ids]
-        for start in range(0, len(ids), ROWS_PER_STATEMENT):
-            chunk = ids[start : start + ROWS_PER_STATEMENT]
-            cursor.execute(_READ_CUSTOMERS.format(marks=", ".join(["?"] * len(chunk))), (page_id, *chunk))
-            known.update(((page_id, row[0]), row[1:]) for row in cursor.fetchall())
+    known = _read(cursor, keys)
     customers = {
         key: _Customer(known[key][0] is not None, known[key][1], stored=known[key][2:])
         if key in known
@@ -181,20 +175,28 @@ def keep(cursor: Cursor, events: Sequence[Event], now: int) -> Standing:
     return Standing(frozenset(unchanged), quiet)
 
 
-def quiet(cursor: Cursor, keys: Sequence[tuple[str, str]], now: int) -> dict[tuple[str, str], Reason]:
-    """Of these (page_id, customer_id), those owed no promotion at `now` (the bot's clock, µs), and why: opted
-    out, else taken over by staff."""
-    found: dict[tuple[str, str], Reason] = {}
+def _read(cursor: Cursor, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Sequence[int | None]]:
+    """The stored rows of these (page_id, customer_id): each row's columns after customer_id
+    (_READ_CUSTOMERS), for the customers that have one."""
+    known: dict[tuple[str, str], Sequence[int | None]] = {}
     for page_id, customer_ids in itertools.groupby(sorted(keys), key=lambda key: key[0]):
         ids = [customer_id for _, customer_id in customer_ids]
         for start in range(0, len(ids), ROWS_PER_STATEMENT):
             chunk = ids[start : start + ROWS_PER_STATEMENT]
             cursor.execute(_READ_CUSTOMERS.format(marks=", ".join(["?"] * len(chunk))), (page_id, *chunk))
-            for customer_id, opted_out_at, handed_over_until, *_ in cursor.fetchall():
-                if opted_out_at is not None:
-                    found[page_id, customer_id] = Reason.OPTED_OUT
-                elif handed_over_until is not None and handed_over_until > now:
-                    found[page_id, customer_id] = Reason.HANDED_OVER
+            known.update(((page_id, row[0]), row[1:]) for row in cursor.fetchall())
+    return known
+
+
+def quiet(cursor: Cursor, keys: Sequence[tuple[str, str]], now: int) -> dict[tuple[str, str], Reason]:
+    """Of these (page_id, customer_id), those owed no promotion at `now` (the bot's clock, µs), and why: opted
+    out, else taken over by staff."""
+    found: dict[tuple[str, str], Reason] = {}
+    for key, (opted_out_at, handed_over_until, *_) in _read(cursor, keys).items():
+        if opted_out_at is not None:
+            found[key] = Reason.OPTED_OUT
+        elif handed_over_until is not None and handed_over_until > now:
+            found[key] = Reason.HANDED_OVER
     return found
 
 

@@ -424,12 +424,7 @@ class Database:
             if reason is None:
                 owed.append(reply)
                 continue
-            cursor.execute("DELETE FROM outbox WHERE reply_id = ?", (reply.sent_id,))
-            outcome = reply.withdrawn(now, str(reason))
-            cursor.execute(INSERT_EVENT, event_values(outcome))
-            broadcast_id = audience.broadcast_of(reply.sent_id, outcome)
-            if broadcast_id is not None:
-                self._broadcast_outcome(cursor, broadcast_id, outcome)
+            self._store_outcome(cursor, reply.sent_id, reply.withdrawn(now, str(reason)))
         return owed
 
     def due(self) -> bool:
@@ -463,16 +458,22 @@ class Database:
                     [(micros(at), rid) for rid, at in retries],
                 )
             for reply_id, outcome in outcomes:
-                cursor.execute("DELETE FROM outbox WHERE reply_id = ?", (reply_id,))
-                if cursor.rowcount:
-                    cursor.execute(INSERT_EVENT, event_values(outcome))
-                    completed += 1
-                    if outcome.event is EventName.SEND_FAILED:
-                        customers.mark_unreachable(cursor, outcome, micros(self.clock()))
-                    broadcast_id = audience.broadcast_of(reply_id, outcome)
-                    if broadcast_id is not None:
-                        self._broadcast_outcome(cursor, broadcast_id, outcome)
+                completed += self._store_outcome(cursor, reply_id, outcome)
         return completed
+
+    def _store_outcome(self, cursor: Cursor, reply_id: str, outcome: Event) -> bool:
+        """Take a reply out of the outbox and store its outcome (sent, failed or withdrawn), with what it
+        means for the customer and the broadcast it belongs to; False when it was no longer owed."""
+        cursor.execute("DELETE FROM outbox WHERE reply_id = ?", (reply_id,))
+        if not cursor.rowcount:
+            return False
+        cursor.execute(INSERT_EVENT, event_values(outcome))
+        if outcome.event is EventName.SEND_FAILED:
+            customers.mark_unreachable(cursor, outcome, micros(self.clock()))
+        broadcast_id = audience.broadcast_of(reply_id, outcome)
+        if broadcast_id is not None:
+            self._broadcast_outcome(cursor, broadcast_id, outcome)
+        return True
 
     def _broadcast_outcome(self, cursor: Cursor, broadcast_id: int, outcome: Event) -> None:
         """The broadcast's record of a welcome's outcome: the recipient sent (`broadcast_sent`) or skipped

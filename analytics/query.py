@@ -47,6 +47,7 @@ class Events(Metrics):
         # Every query that returns rows in an order says so; the others may run in parallel throughout.
         self._connection.execute("set preserve_insertion_order = false")
         self._files: Signature | None = None  # None: nothing read yet
+        self._schemas: dict[str, tuple[tuple[str, str], ...]] = {}  # a file's path -> its columns and types
         self._raw_events_defined = False  # the `raw_events` view reads every file's schema: on demand
         self._questions: OrderedDict[tuple[Filters, bool], str] = OrderedDict()
         self._welcomes_built = False  # the `welcomes` table (sql.WELCOMES): built when a question needs it
@@ -86,6 +87,8 @@ class Events(Metrics):
 
     def _load_files(self, listing: Signature) -> None:
         known = self._files or {}
+        for path in [path for path in self._schemas if listing.get(path) != known.get(path)]:
+            del self._schemas[path]  # rewritten or removed since its schema was read
         added = sorted(path for path in listing if path not in known)
         kept = all(listing.get(path) == signature for path, signature in known.items())
         if self._files is not None and kept:
@@ -126,9 +129,31 @@ class Events(Metrics):
         if not paths:
             self._connection.register("no_events", SCHEMA.empty_table())
             return self._normalised("no_events")
-        listed = ", ".join("'" + path.replace("'", "''") + "'" for path in paths)
-        # union_by_name: files written by different versions may differ in columns.
-        return self._normalised(f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true)")
+        # Files written by different versions may differ in columns: each schema's files are read together,
+        # and their rows made alike. (DuckDB's union_by_name would read every file's schema again each time
+        # a statement reads the files.)
+        scans = []
+        for columns, files in self._by_schema(paths):
+            listed = ", ".join("'" + path.replace("'", "''") + "'" for path in files)
+            relation = f"read_parquet([{listed}], hive_partitioning = true)"
+            scans.append(sql.raw_events(relation, {*columns, PARTITION_COLUMN}))
+        return "(" + " union all ".join(scans) + ")"
+
+    def _by_schema(self, paths: list[str]) -> list[tuple[list[str], list[str]]]:
+        """`paths` grouped by their schema (the same columns, types and order), each group with its columns'
+        names. A file's schema is read once."""
+        unread = [path for path in paths if path not in self._schemas]
+        if unread:
+            for path, names, types in self._connection.execute(
+                "select file_name, list(name order by column_id), list(duckdb_type order by column_id)"
+                " from parquet_schema($files) where column_id > 0 group by file_name",
+                {"files": unread},
+            ).fetchall():
+                self._schemas[path] = tuple(zip(names, types, strict=True))
+        groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+        for path in paths:
+            groups.setdefault(self._schemas[path], []).append(path)
+        return [([name for name, _ in schema], files) for schema, files in groups.items()]
 
     def _normalised(self, relation: str) -> str:
         columns = {row[0] for row in self._connection.sql(f"describe select * from {relation}").fetchall()}

@@ -8,39 +8,55 @@ from datetime import date
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_line() -> argparse.ArgumentParser:
+    """The parser of `python -m analytics`: its commands and their options."""
     parser = argparse.ArgumentParser(prog="python -m analytics", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     sample = commands.add_parser("sample", help="write realistic sample journeys with the bot's event writer")
-    sample.add_argument("--customers", type=int, default=1000)
-    sample.add_argument("--days", type=int, default=28)
-    sample.add_argument("--out", type=Path, default=Path("data/sample"))
-    sample.add_argument("--seed", type=int, default=7)
+    sample.add_argument("--customers", type=int, default=1000, help="customers reached (default: 1000)")
+    sample.add_argument(
+        "--days", type=int, default=28, help="days before now over which customers first came (default: 28)"
+    )
+    sample.add_argument(
+        "--out", type=Path, default=Path("data/sample"), help="the store to write to (default: data/sample)"
+    )
+    sample.add_argument(
+        "--seed", type=int, default=7, help="the same seed writes the same journeys (default: 7)"
+    )
 
     report = commands.add_parser("report", help="one self-contained HTML report, and/or CSV of every table")
     report.add_argument("--data", default="data", help="a directory or s3://bucket/prefix (default: data)")
     report.add_argument("--out", type=Path, help="the HTML file to write")
     report.add_argument("--csv", type=Path, metavar="DIR", help="write every metric table as CSV here")
-    report.add_argument("--campaign")
+    report.add_argument("--campaign", help="one campaign's id (default: every campaign)")
     report.add_argument("--start", type=date.fromisoformat, help="first day, YYYY-MM-DD (UTC)")
     report.add_argument("--end", type=date.fromisoformat, help="last day, YYYY-MM-DD (UTC)")
 
     dashboard = commands.add_parser("dashboard", help="serve the Voilà dashboard")
     dashboard.add_argument("--data", default=None, help="store to show (default: PROMOBOT_DATA or data)")
-    dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=int, default=8866)
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)"
+    )
+    dashboard.add_argument("--port", type=int, default=8866, help="the port to listen on (default: 8866)")
 
     statements = commands.add_parser(
         "sql", help="print the metrics of one question as Athena or Trino SQL (docs/scale.md)"
     )
-    statements.add_argument("--dialect", choices=("athena", "trino"), default="athena")
-    statements.add_argument("--campaign")
+    statements.add_argument(
+        "--dialect", choices=("athena", "trino"), default="athena", help="the SQL engine (default: athena)"
+    )
+    statements.add_argument("--campaign", help="one campaign's id (default: every campaign)")
     statements.add_argument("--start", type=date.fromisoformat, help="first day, YYYY-MM-DD (in --tz)")
     statements.add_argument("--end", type=date.fromisoformat, help="last day, YYYY-MM-DD (in --tz)")
     statements.add_argument("--tz", default="UTC", help="an IANA time zone (default: UTC)")
     statements.add_argument("--window-days", type=float, default=7.0, help="conversion window (default: 7)")
 
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command_line()
     args = parser.parse_args(argv)
     if args.command == "sample":
         from analytics.sample import write_sample

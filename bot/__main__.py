@@ -10,7 +10,8 @@ import argparse
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_line() -> argparse.ArgumentParser:
+    """The parser of `python -m bot`: its commands and their options."""
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -19,8 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run the webhook service under uvicorn (needs PROMOBOT_APP_SECRET, PROMOBOT_VERIFY_TOKEN and "
         "PROMOBOT_PAGE_TOKEN)",
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1; 0.0.0.0 for all)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="the port to listen on (default: 8000)")
 
     commands.add_parser(
         "migrate",
@@ -122,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         "no Facebook app needed (make run)",
     )
 
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command_line()
     args = parser.parse_args(argv)
     if args.command == "serve":
         from bot.config import Mode

@@ -59,3 +59,23 @@ def test_the_readme_names_every_module_of_the_bot_and_the_analytics():
         modules = {path.stem for path in (REPO / package).glob("*.py")} - {"__init__", "__main__"}
         assert modules - named == set(), f"{package}/ modules the README does not name"
         assert named - modules == set(), f"{package}/ modules the README names that do not exist"
+
+
+def test_every_option_of_the_command_lines_says_what_it_is():
+    import argparse
+
+    from analytics.__main__ import command_line as analytics_command_line
+    from bot.__main__ import command_line as bot_command_line
+
+    def unexplained(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, command in action.choices.items():
+                    found += unexplained(command, f"{path} {name}")
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                found.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+        return found
+
+    assert unexplained(bot_command_line(), "python -m bot") == []
+    assert unexplained(analytics_command_line(), "python -m analytics") == []

@@ -462,13 +462,17 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
 
 def cpu_by_part(server: Server, graph_pid: int) -> dict[str, float]:
     """CPU seconds so far of the server's event loop (its main thread), its other threads (the store's
-    commits, the flusher), PostgreSQL (postmaster and backends) and the fake Graph API."""
+    commits, the flusher), its child processes (the bot's sender process), PostgreSQL (postmaster and
+    backends) and the fake Graph API."""
+    import psutil
+
     pid = server.process.pid
     loop = cpu_seconds(pid, pid)
     parts = {"event loop": loop, "other threads": cpu_seconds(pid) - loop}
+    if server.store is not None:
+        children = [child.pid for child in psutil.Process(pid).children(recursive=True)]
+        parts["sender"] = sum(map(cpu_seconds, children))  # 0 for one gone since
     if server.postgres_pid is not None:
-        import psutil
-
         postmaster = psutil.Process(server.postgres_pid)
         backends = [child.pid for child in postmaster.children(recursive=True)]
         parts["PostgreSQL"] = sum(map(cpu_seconds, [postmaster.pid, *backends]))  # 0 for one gone since

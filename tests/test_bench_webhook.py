@@ -97,4 +97,6 @@ def test_a_short_run_measures_the_baseline_and_both_stores_without_errors(tmp_pa
         assert result["errors"] == 0, name
         assert result["at_rate"]["errors"] == 0, name
     assert measured["postgres"]["cpu_ms"]["PostgreSQL"] > 0
+    assert measured["sqlite"]["cpu_ms"]["sender"] > 0  # the bot's sender process, which sends its replies
+    assert measured["postgres"]["cpu_ms"]["sender"] > 0
     assert "PostgreSQL ≥ 2,000 webhooks/s" in run.stdout

@@ -101,6 +101,7 @@ def create_app(
             flusher=flusher,
             images={name: campaign_dir / name for name in campaign.local_images},
             rules=flow.PageRules.from_settings(settings),
+            sender_process=process,
         )
         try:
             log.info(

@@ -12,6 +12,7 @@ from bot.config import Settings
 from bot.database import Database
 from bot.flusher import Flusher
 from bot.sender import Sender
+from bot.sender_process import SenderProcess
 
 
 class Sending(StrEnum):
@@ -34,3 +35,4 @@ class Runtime:
     flusher: Flusher
     images: dict[str, Path]  # the local thank-you images served under /media/, by name
     rules: flow.PageRules  # opt-out and opt-in words, the bot's app id, the takeover's pause
+    sender_process: SenderProcess | None = None  # sends for a server (Sending.PROCESS)

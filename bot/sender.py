@@ -20,7 +20,6 @@ from bot.replies import Replier
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0  # how often an idle sender looks for replies it was not told of (other instances, leases)
-PROCESS_POLL_S = 0.02  # a sender process is told of nothing: it looks this often (a read of one index entry)
 RESTARTS = 5  # a sender process that dies this many times in a row is not started again
 LEASE_MARGIN_S = 10.0  # on top of the time a reply can take: scheduling, storing its outcome
 
@@ -60,7 +59,8 @@ class Sender:
         return self.replier.pending + len(self._outcomes) + len(self._retries)
 
     def start(self) -> None:
-        """Run in the background until `close`."""
+        """Run in the background until `close`; the first look for due replies is at once (owed before)."""
+        self._wake.set()
         self._task = asyncio.create_task(self._run(), name="promobot-sender")
 
     def wake(self) -> None:

@@ -15,7 +15,7 @@ import sys
 
 from bot.campaign import Campaign
 from bot.config import Mode, Settings
-from bot.sender import PROCESS_POLL_S, RESTARTS, release_leases
+from bot.sender import RESTARTS, release_leases
 from bot.startup import (
     SHUTDOWN_REPLY_GRACE_S,
     build_sender,
@@ -63,6 +63,16 @@ class SenderProcess:
             if not self._closing:
                 await self.start()
 
+    def wake(self) -> None:
+        """Tell the sender process that replies were recorded: a byte on its stdin. None is written while an
+        earlier one waits for room in the pipe (the sender has a wake-up coming)."""
+        process = self.process
+        if process is None or process.returncode is not None or process.stdin is None:
+            return  # being started again: a new sender looks at once
+        transport = process.stdin.transport
+        if not transport.is_closing() and not transport.get_write_buffer_size():
+            process.stdin.write(b"w")
+
     async def close(self, grace_s: float) -> None:
         """Ask the sender to finish (SIGTERM), wait up to `grace_s` plus a little, then kill it."""
         self._closing = True
@@ -81,9 +91,11 @@ class SenderProcess:
 
 
 async def run_process(settings: Settings, campaign: Campaign) -> None:
-    """The sender process: claim and send until SIGTERM, or until the server's end of stdin closes."""
+    """The sender process: claim and send until SIGTERM, or until the server's end of stdin closes. The server
+    writes to stdin when it recorded replies (SenderProcess.wake); the sender also looks by itself now and
+    then (replies retried later, leases run out, other instances' replies)."""
     database = await asyncio.to_thread(open_database, settings)
-    sender = build_sender(settings, campaign, database, poll_s=PROCESS_POLL_S)
+    sender = build_sender(settings, campaign, database)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -91,7 +103,9 @@ async def run_process(settings: Settings, campaign: Campaign) -> None:
     stdin = sys.stdin.fileno()
 
     def read_stdin() -> None:
-        if not os.read(stdin, 4096):  # EOF: the server is gone
+        if os.read(stdin, 4096):
+            sender.wake()
+        else:  # EOF: the server is gone
             stop.set()
 
     loop.add_reader(stdin, read_stdin)

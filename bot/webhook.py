@@ -99,7 +99,9 @@ class WebhookReceiver:
                 with contextlib.suppress(DatabaseError):  # owed in the outbox: the next invocation sends them
                     await runtime.sender.send_due()
             elif runtime.sending is Sending.TASK:
-                runtime.sender.wake()  # a sender process looks for work by itself
+                runtime.sender.wake()
+            elif runtime.sender_process is not None:
+                runtime.sender_process.wake()
         return ACKNOWLEDGED
 
 

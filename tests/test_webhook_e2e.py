@@ -305,6 +305,20 @@ def test_a_reply_owed_when_the_bot_died_is_sent_after_restart(data, graph):
     assert graph.messages_to("3002") == []
 
 
+def test_the_server_wakes_its_sender_process_for_each_reply(bot, graph):
+    # Left to itself the sender process looks for replies once a second; the server tells it when it has
+    # recorded some, so each reply goes out at once. Five in a row all under half a second: by looking alone,
+    # one chance in 32.
+    waits = []
+    for n in range(5):
+        customer = f"60{n:02d}"
+        posted = time.monotonic()
+        assert bot.post(payloads.envelope(payloads.postback(customer, "GET_STARTED"))).status_code == 200
+        graph.wait_for(customer, 1)
+        waits.append(time.monotonic() - posted)
+    assert max(waits) < 0.5, waits
+
+
 def test_replies_go_on_when_the_sender_process_dies(bot, graph, data):
     # `python -m bot serve` sends replies from a process of its own; kill it and the server starts another.
     [sender] = psutil.Process(bot.process.pid).children()

@@ -36,3 +36,11 @@ class Runtime:
     images: dict[str, Path]  # the local thank-you images served under /media/, by name
     rules: flow.PageRules  # opt-out and opt-in words, the bot's app id, the takeover's pause
     sender_process: SenderProcess | None = None  # sends for a server (Sending.PROCESS)
+
+    def replies_owed(self) -> None:
+        """Tell the sender that replies were recorded, where one runs beside this process (on Lambda the
+        webhook sends them itself, and a scheduled invocation sends what is left)."""
+        if self.sending is Sending.TASK:
+            self.sender.wake()
+        elif self.sender_process is not None:
+            self.sender_process.wake()

@@ -93,11 +93,13 @@ def till_routes(
     secret: str,
     secure_cookies: bool,
     public_url: str,
+    replies_owed: Callable[[], None] = lambda: None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> list[Route]:
     """The till's routes. `database` gives the open store (it is opened after the routes are made); `pin`
     the staff PIN ("" turns redemption off); `secret` signs sessions; `secure_cookies` for an https bot;
-    `public_url` the bot's address, which till links and their QR codes start with."""
+    `public_url` the bot's address, which till links and their QR codes start with; `replies_owed` tells
+    the sender of a thank-you recorded."""
     attempts = Attempts()
     key = hmac.new(secret.encode(), b"promobot till sessions", hashlib.sha256).digest()
 
@@ -207,10 +209,11 @@ def till_routes(
         token = form.get("token", "")
         if not signed_in(request):
             return pin_page(request, f"/redeem/{quote(token)}")
-        redeemed = await _store(
-            redemption.redeem, database(), token, thank=campaign.redeemed_text is not None
-        )
+        thank = campaign.redeemed_text is not None
+        redeemed = await _store(redemption.redeem, database(), token, thank=thank)
         if redeemed is not None:
+            if thank:
+                replies_owed()
             return card(request, redeemed, just_used=True)
         return card(
             request, await _store(redemption.find_code, database(), token=token)

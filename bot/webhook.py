@@ -98,10 +98,8 @@ class WebhookReceiver:
             if runtime.sending is Sending.INLINE:
                 with contextlib.suppress(DatabaseError):  # owed in the outbox: the next invocation sends them
                     await runtime.sender.send_due()
-            elif runtime.sending is Sending.TASK:
-                runtime.sender.wake()
-            elif runtime.sender_process is not None:
-                runtime.sender_process.wake()
+            else:
+                runtime.replies_owed()
         return ACKNOWLEDGED
 
 

@@ -48,7 +48,7 @@ class Events(Metrics):
         self._connection.execute("set preserve_insertion_order = false")
         self._files: Signature | None = None  # None: nothing read yet
         self._schemas: dict[str, tuple[tuple[str, str], ...]] = {}  # a file's path -> its columns and types
-        self._raw_events_defined = False  # the `raw_events` view reads every file's schema: on demand
+        self._raw_events_defined = False  # the `raw_events` view over every file: defined on demand
         self._questions: OrderedDict[tuple[Filters, bool], str] = OrderedDict()
         self._welcomes_built = False  # the `welcomes` table (sql.WELCOMES): built when a question needs it
         self._campaigns: pa.Table | None = None
@@ -160,7 +160,7 @@ class Events(Metrics):
         return f"({sql.raw_events(relation, columns)})"
 
     def _define_raw_events(self, scan: str | None = None) -> None:
-        """The `raw_events` and `events` views over `scan`, or over every file (reading their schemas)."""
+        """The `raw_events` and `events` views over `scan`, or over every file."""
         if scan is not None or not self._raw_events_defined:
             scan = scan or self._scan(sorted(self._files or {}))
             self._connection.execute(f"create or replace view raw_events as {scan}")

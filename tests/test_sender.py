@@ -19,7 +19,7 @@ from bot.facts import ButtonStep
 from bot.flow import button_payload
 from bot.graph_batch import read_batch
 from bot.replies import Replier
-from bot.sender import Sender
+from bot.sender import CLAIM_INTERVAL_S, Sender
 from tests.support import payloads
 from tests.support.campaigns import CAMPAIGN, act
 from tests.support.mock_graph import graph_over
@@ -233,3 +233,35 @@ async def test_a_reply_the_graph_api_cannot_take_for_now_is_sent_later_not_faile
     await asyncio.to_thread(database.close)
 
     assert [str(e.event) for e in stored] == ["conversation_started", "welcome_sent"]  # no send_failed
+
+
+class CountedClaims(Database):
+    """The store, counting its claims."""
+
+    claims = 0
+
+    def claim(self, limit: int, lease: timedelta) -> list:
+        self.claims += 1
+        return super().claim(limit, lease)
+
+
+async def test_wake_ups_close_together_share_a_claim(database_url, tmp_path):
+    # Each claim is a transaction (a commit) that webhooks' commits wait behind: a sender woken by every
+    # webhook claims at most once per CLAIM_INTERVAL_S, and still answers every one.
+    database = await asyncio.to_thread(CountedClaims.open, database_url, tmp_path)
+    platform = Platform()
+    sender = sender_for(database, platform)
+    sender.start()
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        for n in range(40):
+            await click(database, f"77{n:02d}")
+            sender.wake()
+        elapsed, claims = loop.time() - started, database.claims
+        await outbox_empty(database)
+    finally:
+        await sender.close(5)
+        await asyncio.to_thread(database.close)
+    assert len(platform.messages) == 40
+    assert claims <= elapsed / CLAIM_INTERVAL_S + 2, (claims, elapsed)

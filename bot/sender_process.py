@@ -15,7 +15,7 @@ import sys
 
 from bot.campaign import Campaign
 from bot.config import Mode, Settings
-from bot.sender import RESTARTS, release_leases
+from bot.sender import CLAIM_INTERVAL_S, RESTARTS, release_leases
 from bot.startup import (
     SHUTDOWN_REPLY_GRACE_S,
     build_sender,
@@ -35,11 +35,14 @@ class SenderProcess:
     which then stops it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, wake_interval_s: float = CLAIM_INTERVAL_S) -> None:
         self.command = [sys.executable, "-m", "bot.sender_process"]
+        self.wake_interval_s = wake_interval_s
         self.process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
+        self._woken_at = -wake_interval_s  # the event loop's time of the last byte written
+        self._wake_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
@@ -64,18 +67,34 @@ class SenderProcess:
                 await self.start()
 
     def wake(self) -> None:
-        """Tell the sender process that replies were recorded: a byte on its stdin. None is written while an
-        earlier one waits for room in the pipe (the sender has a wake-up coming)."""
+        """Tell the sender process that replies were recorded: a byte on its stdin, at most one every
+        `wake_interval_s` (the sender claims no more often: the wake-ups of a busy server's webhooks share
+        one, and the sender is not woken hundreds of times a second on the cores the webhooks need)."""
+        if self._wake_timer is not None:
+            return  # one is coming
+        loop = asyncio.get_running_loop()
+        delay = self._woken_at + self.wake_interval_s - loop.time()
+        if delay > 0:
+            self._wake_timer = loop.call_later(delay, self._write_wake)
+        else:
+            self._write_wake()
+
+    def _write_wake(self) -> None:
+        self._wake_timer = None
+        self._woken_at = asyncio.get_running_loop().time()
         process = self.process
         if process is None or process.returncode is not None or process.stdin is None:
             return  # being started again: a new sender looks at once
         transport = process.stdin.transport
+        # None is written while an earlier byte waits for room in the pipe: the sender has it coming.
         if not transport.is_closing() and not transport.get_write_buffer_size():
             process.stdin.write(b"w")
 
     async def close(self, grace_s: float) -> None:
         """Ask the sender to finish (SIGTERM), wait up to `grace_s` plus a little, then kill it."""
         self._closing = True
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
         process = self.process
         if process is not None and process.returncode is None:
             process.terminate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +13,8 @@ from bot.sender_process import SenderProcess
 pytestmark = pytest.mark.anyio
 
 
-async def started(script: str) -> SenderProcess:
-    process = SenderProcess()
+async def started(script: str, wake_interval_s: float = 0.0) -> SenderProcess:
+    process = SenderProcess(wake_interval_s)
     process.command = [sys.executable, "-c", script]
     await process.start()
     return process
@@ -47,3 +48,40 @@ async def test_a_sender_process_being_started_again_is_not_written_to():
     await asyncio.wait_for(process.process.wait(), 30)
     process.wake()  # no error: the next sender process looks at once
     await process.close(grace_s=1)
+
+
+def counting(read: Path) -> str:
+    """A child that writes to `read` the bytes that reached its stdin in half a second."""
+    return (
+        "import os, select, time\n"
+        "got, end = b'', time.monotonic() + 0.5\n"
+        "while (left := end - time.monotonic()) > 0:\n"
+        "    if select.select([0], [], [], left)[0]:\n"
+        "        got += os.read(0, 4096)\n"
+        f"open({str(read)!r}, 'wb').write(got)\n"
+    )
+
+
+async def bytes_read(process: SenderProcess, read: Path) -> int:
+    assert process.process is not None
+    await asyncio.wait_for(process.process.wait(), 30)
+    await process.close(grace_s=1)
+    return len(await asyncio.to_thread(read.read_bytes))
+
+
+async def test_wakes_close_together_share_a_byte(tmp_path):
+    process = await started(counting(tmp_path / "read"), wake_interval_s=0.02)
+    loop = asyncio.get_running_loop()
+    started_at = loop.time()
+    for _ in range(1000):
+        process.wake()
+        await asyncio.sleep(0.0001)
+    elapsed = loop.time() - started_at
+    assert await bytes_read(process, tmp_path / "read") <= elapsed / 0.02 + 2, elapsed
+
+
+async def test_a_wake_within_the_interval_comes_after_it_not_never(tmp_path):
+    process = await started(counting(tmp_path / "read"), wake_interval_s=0.02)
+    process.wake()
+    process.wake()  # recorded just after the first: the sender must still hear of it
+    assert await bytes_read(process, tmp_path / "read") == 2

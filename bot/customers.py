@@ -176,10 +176,10 @@ def keep(cursor: Cursor, events: Sequence[Event], now: int) -> Standing:
 
 
 def _read(cursor: Cursor, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Sequence[int | None]]:
-    """The stored rows of these (page_id, customer_id): each row's columns after customer_id
-    (_READ_CUSTOMERS), for the customers that have one."""
+    """The stored rows of these (page_id, customer_id), sorted (one read per page and chunk): each row's
+    columns after customer_id (_READ_CUSTOMERS), for the customers that have one."""
     known: dict[tuple[str, str], Sequence[int | None]] = {}
-    for page_id, customer_ids in itertools.groupby(sorted(keys), key=lambda key: key[0]):
+    for page_id, customer_ids in itertools.groupby(keys, key=lambda key: key[0]):
         ids = [customer_id for _, customer_id in customer_ids]
         for start in range(0, len(ids), ROWS_PER_STATEMENT):
             chunk = ids[start : start + ROWS_PER_STATEMENT]
@@ -189,8 +189,8 @@ def _read(cursor: Cursor, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, st
 
 
 def quiet(cursor: Cursor, keys: Sequence[tuple[str, str]], now: int) -> dict[tuple[str, str], Reason]:
-    """Of these (page_id, customer_id), those owed no promotion at `now` (the bot's clock, µs), and why: opted
-    out, else taken over by staff."""
+    """Of these (page_id, customer_id), sorted, those owed no promotion at `now` (the bot's clock, µs), and
+    why: opted out, else taken over by staff."""
     found: dict[tuple[str, str], Reason] = {}
     for key, (opted_out_at, handed_over_until, *_) in _read(cursor, keys).items():
         if opted_out_at is not None:

@@ -82,21 +82,8 @@ def event_values(event: Event) -> tuple[object, ...]:
 def row_event(row: Sequence[Any]) -> Event:
     """The event of a row read in EVENT_FIELDS order (the order of Event's fields; Event checks each value
     and makes the event's name an EventName)."""
-    event_id, ts, page_id, customer_id, campaign_id, name, variant, button, digest, detail, mark, source = row
-    return Event(
-        event_id,
-        moment(ts),
-        page_id,
-        customer_id,
-        campaign_id,
-        name,
-        variant,
-        button,
-        digest,
-        detail,
-        mark,
-        source,
-    )
+    event_id, ts, *rest = row
+    return Event(event_id, moment(ts), *rest)
 
 
 def issued_code(code: str | None, token: str | None, expires_at: int | None) -> IssuedCode | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -23,6 +25,8 @@ class Engine:
     begin: str  # SQLite takes the write lock at BEGIN: no transaction fails upgrading a read to a write
     skip_locked: str  # PostgreSQL: a claim passes over rows another claim holds instead of waiting
     conflict: type[Exception]  # the driver's error for a unique index violated
+    # PostgreSQL: a connection's statements sent without waiting for each answer (pipeline mode)
+    pipeline: Callable[[Any], AbstractContextManager[object]]
 
 
 def sqlite(path: Path) -> Engine:
@@ -37,7 +41,14 @@ def sqlite(path: Path) -> Engine:
         return connection
 
     return Engine(
-        "sqlite", f"SQLite {path}", connect, sqlite3.Error, "BEGIN IMMEDIATE", "", sqlite3.IntegrityError
+        "sqlite",
+        f"SQLite {path}",
+        connect,
+        sqlite3.Error,
+        "BEGIN IMMEDIATE",
+        "",
+        sqlite3.IntegrityError,
+        lambda connection: contextlib.nullcontext(),  # in-process: no round trips to save
     )
 
 
@@ -74,6 +85,7 @@ def postgresql(url: str) -> Engine:
         "BEGIN",
         "FOR UPDATE SKIP LOCKED",
         psycopg.errors.UniqueViolation,
+        lambda connection: connection.pipeline(),
     )
 
 

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bot.engines import Engine
 from bot.flow import IssuedCode
 from bot.rows import Cursor
 
@@ -64,14 +65,13 @@ def issue(
     variant: str | None,
     now_us: int,
     expires_us: int | None,
-    skip_locked: str,
-    conflict: type[Exception],
+    engine: Engine,
 ) -> tuple[str, str, int | None] | None:
     """The customer's code for the campaign: the one handed to them before, or the next free one (which is
     theirs from now on). Returns (code, token, expires_at µs), or None when every code is handed out.
 
-    `skip_locked` is the engine's clause for passing over rows another transaction holds; `conflict` the
-    driver's error for a unique index violated (another instance handing this customer a code meanwhile).
+    Another instance may hand this customer a code meanwhile: its unique index is violated, and its code is
+    theirs (`engine` names the error, and how to pass over rows another transaction holds).
     """
     existing = _handed_to(cursor, campaign_id, customer_id)
     if existing is not None:
@@ -79,16 +79,19 @@ def issue(
     token = secrets.token_urlsafe(TOKEN_BYTES)
     cursor.execute("SAVEPOINT issue_code")
     try:
-        cursor.execute(
-            "UPDATE codes SET customer_id = ?, page_id = ?, variant = ?, token = ?, assigned_at = ?,"
-            " expires_at = ?"
-            " WHERE campaign_id = ? AND customer_id IS NULL AND code = (SELECT code FROM codes"
-            f" WHERE campaign_id = ? AND customer_id IS NULL ORDER BY seq LIMIT 1 {skip_locked})"
-            " RETURNING code",
-            (customer_id, page_id, variant, token, now_us, expires_us, campaign_id, campaign_id),
-        )
-        row = cursor.fetchone()
-    except conflict:
+        # A pipeline of its own (PostgreSQL): ending it syncs, so that after the error the transaction's
+        # pipeline takes statements again.
+        with engine.pipeline(cursor.connection):
+            cursor.execute(
+                "UPDATE codes SET customer_id = ?, page_id = ?, variant = ?, token = ?, assigned_at = ?,"
+                " expires_at = ?"
+                " WHERE campaign_id = ? AND customer_id IS NULL AND code = (SELECT code FROM codes"
+                f" WHERE campaign_id = ? AND customer_id IS NULL ORDER BY seq LIMIT 1 {engine.skip_locked})"
+                " RETURNING code",
+                (customer_id, page_id, variant, token, now_us, expires_us, campaign_id, campaign_id),
+            )
+            row = cursor.fetchone()
+    except engine.conflict:
         # Another transaction handed this customer a code and committed first: theirs it is.
         cursor.execute("ROLLBACK TO SAVEPOINT issue_code")
         return _handed_to(cursor, campaign_id, customer_id)

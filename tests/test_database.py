@@ -462,6 +462,29 @@ def test_a_lost_postgresql_connection_fails_one_transaction_then_is_opened_again
     database.close()
 
 
+def test_a_webhook_whose_commit_fails_is_not_acknowledged(postgres_database_url: str, tmp_path: Path) -> None:
+    # The webhook's transaction is pipelined: the commit's answer is the last one read, and its error must
+    # still reach the caller. A constraint checked only at commit makes the commit fail.
+    store = Store(postgres_database_url, tmp_path, Clock(BOT_T0))
+    database = store.open()
+    store.execute(
+        "CREATE TABLE one_read (customer_id TEXT UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+        "CREATE FUNCTION one_read() RETURNS trigger AS $$ BEGIN INSERT INTO one_read"
+        " VALUES (NEW.customer_id), (NEW.customer_id); RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER one_read AFTER INSERT ON events FOR EACH ROW WHEN (NEW.event = 'message_read')"
+        " EXECUTE FUNCTION one_read()",
+    )
+    events = webhook("c1")
+
+    with pytest.raises(DatabaseError, match="one_read"):
+        asyncio.run(record(database, events))
+    assert store.rows("SELECT count(*) FROM seen") == [(0,)]
+
+    store.execute("DROP TRIGGER one_read ON events")
+    assert asyncio.run(record(database, events)) == events  # the platform's redelivery
+    database.close()
+
+
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_migrate_brings_the_schema_up_to_date_without_the_platforms_secrets(
     engine, request, tmp_path

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import sqlite3
+import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from bot import pool
 from bot.campaign import parse_campaign
 from bot.codes import ALPHABET, CodesError, generate, load_codes
 from bot.database import Database
@@ -75,6 +78,51 @@ def test_a_customer_gets_the_same_code_on_every_reveal_and_redelivery(database_u
     assert redelivered == []
     assert again.issued == first.issued
     assert again.answers.event_id != first.answers.event_id
+
+
+def test_a_code_another_instance_hands_the_customer_meanwhile_is_the_one_they_get(
+    postgres_database_url, tmp_path
+) -> None:
+    # Two instances hand the same customer a code at once. The second's code waits on the unique index for
+    # the first's transaction, and fails when it commits: the customer keeps the first's code, and the
+    # second's goes back to the pool.
+    first, second = (Database.open(postgres_database_url, tmp_path) for _ in range(2))
+    for database in (first, second):
+        database.add_codes(CAMPAIGN.id, CODES, CAMPAIGN.code_expiry)
+    clicked = reveal("7001")
+    events = clicked[0]
+    answered: list = []
+    with first.transaction() as cursor:
+        issued = pool.issue(
+            cursor,
+            CAMPAIGN.id,
+            "7001",
+            page_id=events[0].page_id,
+            variant=None,
+            now_us=0,
+            expires_us=None,
+            engine=first.engine,
+        )
+        meanwhile = threading.Thread(target=lambda: answered.append(asyncio.run(second.record(*clicked))))
+        meanwhile.start()
+        deadline = time.monotonic() + 10
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event = 'transactionid'"
+        )
+        # Asked outside the transaction, whose view of pg_stat_activity would not change.
+        while second.query(waiting) != [(1,)]:
+            assert time.monotonic() < deadline, "the second instance's code never waited on the first's"
+            time.sleep(0.01)
+    meanwhile.join(10)
+
+    assert answered == [events]
+    [code] = [reply for reply in owed(second) if reply.kind is ReplyKind.CODE]
+    assert issued is not None
+    assert code.issued.code == issued[0]
+    assert pool_status(second, CAMPAIGN.id).free == len(CODES) - 1
+    for database in (first, second):
+        database.close()
 
 
 def test_codes_added_to_the_file_join_the_pool_after_those_it_had(database_url, tmp_path) -> None:

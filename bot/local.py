@@ -56,12 +56,14 @@ def run_local() -> int:
             check=True,
             env=env,
         )
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "bot.local", "--port", "8000"], env=env),
-        subprocess.Popen(
+    servers = {
+        "bot": subprocess.Popen([sys.executable, "-m", "bot.local", "--port", "8000"], env=env),
+        "dashboard": subprocess.Popen(
             [sys.executable, "-m", "analytics", "dashboard", "--data", str(DEMO), "--port", "8866"], env=env
         ),
-    ]
+    }
+    processes = list(servers.values())
+    interrupted = False
     try:
         if wait_until_up(f"{BOT_URL}/healthz", processes) and wait_until_up(DASHBOARD_URL, processes):
             print(
@@ -72,12 +74,13 @@ def run_local() -> int:
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
         # Stopping already: a second Ctrl-C (or a terminal's SIGINT to the whole group) changes nothing; the
         # servers get 30 s each to finish, then are killed.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        exited = [name for name, process in servers.items() if process.poll() is not None]
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -88,6 +91,12 @@ def run_local() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
                 status = 1
+    if exited and not interrupted:
+        # A bad campaign file, a port in use…: the server said why, above. `make run` must not look fine.
+        print(
+            f"Stopped: the {' and the '.join(exited)} could not run (see above).", file=sys.stderr, flush=True
+        )
+        return 1
     print("Stopped; events flushed.", flush=True)
     return status
 

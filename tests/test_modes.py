@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import socket
 import subprocess
+import sys
 
 import httpx
 import pytest
@@ -16,6 +19,7 @@ from bot.simulator import GraphStandIn
 from tests.support import payloads
 from tests.support.bot_process import BotProcess, run_bot
 from tests.support.home import APP_SECRET, SECRETS, environment, make_home
+from tests.support.paths import REPO
 from tests.support.ports import free_port
 
 
@@ -130,3 +134,29 @@ async def test_asking_for_an_unknown_customer_remembers_nothing():
         assert stand_in.messages(f"unknown-{n}") == []
 
     assert texts(stand_in.messages("1")) == ["to 1"]
+
+
+@pytest.mark.e2e
+def test_make_run_fails_when_the_bot_refuses_its_campaign(tmp_path):
+    # The demo's events already there, so nothing is seeded; the campaign has a misspelt key.
+    (tmp_path / "data" / "demo" / "events").mkdir(parents=True)
+    campaign = (REPO / "data" / "demo-campaign.toml").read_text(encoding="utf-8")
+    (tmp_path / "data" / "bad.toml").write_text(campaign.replace("reveal =", "revael ="), encoding="utf-8")
+    for name in ("demo-codes.csv", "thanks.png"):
+        shutil.copy(REPO / "data" / name, tmp_path / "data")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PROMOBOT_") and k != "DATABASE_URL"}
+
+    run = subprocess.run(
+        [sys.executable, "-m", "bot", "run-local"],
+        cwd=tmp_path,
+        env={**clean, "PYTHONPATH": str(REPO), "PROMOBOT_CAMPAIGN": "data/bad.toml"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert "coupon.revael: unknown key" in run.stderr + run.stdout
+    assert run.returncode == 1, run.stdout
+    assert "the bot could not run" in run.stderr

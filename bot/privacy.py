@@ -248,10 +248,13 @@ def forget_command(customer_id: str, *, yes: bool, answer: Callable[[str], str] 
         print(f"promobot forget: {exc}")
         return 2
     if not yes:
-        reply = answer(
-            f"Delete everything promobot keeps of customer {customer_id} (in {settings.data} and its "
-            "transactional store)? This cannot be undone. [y/N] "
-        )
+        try:
+            reply = answer(
+                f"Delete everything promobot keeps of customer {customer_id} (in {settings.data} and its "
+                "transactional store)? This cannot be undone. [y/N] "
+            )
+        except EOFError:  # no one to answer (input closed, a script without --yes): no
+            reply = ""
         if reply.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1

@@ -380,6 +380,10 @@ def test_forget_from_the_command_line_asks_first_then_prints_what_went(tmp_path)
     declined = forget_command(data, VICTIM, answer="n\n")
     assert declined.returncode == 1
     assert "nothing deleted" in declined.stdout
+    unanswered = forget_command(data, VICTIM, answer="")  # input closed: a script that forgot --yes
+    assert unanswered.returncode == 1
+    assert "nothing deleted" in unanswered.stdout
+    assert "Traceback" not in unanswered.stderr, unanswered.stderr
     assert [row for row in file_rows(FileStore(str(data))) if customer_of(row) == VICTIM]
 
     done = forget_command(data, VICTIM, "--yes")

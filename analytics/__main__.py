@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -26,7 +27,9 @@ def command_line() -> argparse.ArgumentParser:
     )
 
     report = commands.add_parser("report", help="one self-contained HTML report, and/or CSV of every table")
-    report.add_argument("--data", default="data", help="a directory or s3://bucket/prefix (default: data)")
+    report.add_argument(
+        "--data", default=None, help="a directory or s3://bucket/prefix (default: PROMOBOT_DATA or data)"
+    )
     report.add_argument("--out", type=Path, help="the HTML file to write")
     report.add_argument("--csv", type=Path, metavar="DIR", help="write every metric table as CSV here")
     report.add_argument("--campaign", help="one campaign's id (default: every campaign)")
@@ -72,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.out is None and args.csv is None:
             parser.error("give --out FILE.html, --csv DIR, or both")
-        events = analytics.open(args.data)
+        data = args.data or os.environ.get("PROMOBOT_DATA", "data")
+        events = analytics.open(data)
+        if not events.campaigns().num_rows:
+            print(f"promobot report: no events in {data}: every figure is 0", file=sys.stderr)
         filters = {"campaign": args.campaign, "start": args.start, "end": args.end}
         if args.out:
             args.out.write_text(render_report(events, **filters), encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from analytics import charts
-from analytics.filters import Filters
+from analytics.filters import AnalyticsError, Filters
 from analytics.metrics import Metrics
 from bot.facts import KPIS, FunnelStep, Kpi
 
@@ -40,15 +41,20 @@ def kpi_texts(figures: dict[str, float | int]) -> list[tuple[Kpi, str]]:
 
 
 def metric_tables(events: Metrics, filters: Filters | None = None, **keywords: Any) -> dict[str, pa.Table]:
-    """Every metric table of one question, by name (funnel, timeline, cohorts, buttons, campaigns)."""
+    """Every metric table of one question, by name: funnel, timeline, cohorts, buttons, sources, campaigns,
+    and the experiment when the question has one (its campaign's variants, or the only campaign with some)."""
     question = Filters.of(filters, **keywords)
-    return {
+    tables = {
         "funnel": events.funnel(question),
         "timeline": events.timeline(question),
         "cohorts": events.cohorts("week", question),
         "buttons": events.buttons(question),
+        "sources": events.sources(question),
         "campaigns": events.campaigns(),
     }
+    with contextlib.suppress(AnalyticsError):  # no variants to compare in this question
+        tables["experiment"] = events.experiment(question)
+    return tables
 
 
 def write_csv(tables: dict[str, pa.Table], directory: Path) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import subprocess
 import sys
@@ -24,10 +25,12 @@ def sample(tmp_path_factory):
     return data
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PROMOBOT_")}
     return subprocess.run(
         [sys.executable, "-m", "analytics", *args],
         cwd=REPO,
+        env={**clean, **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,
@@ -82,11 +85,26 @@ def test_the_report_is_one_self_contained_file_and_csv_holds_every_table(sample,
     reached = analytics.open(sample).funnel().column("customers")[0].as_py()
     assert f"{reached:,}" in page
     tables = sorted(p.name for p in (tmp_path / "csv").iterdir())
-    assert tables == ["buttons.csv", "campaigns.csv", "cohorts.csv", "funnel.csv", "timeline.csv"]
+    assert tables == [
+        f"{name}.csv"
+        for name in ("buttons", "campaigns", "cohorts", "experiment", "funnel", "sources", "timeline")
+    ]
     with open(tmp_path / "csv" / "funnel.csv") as file:
         rows = list(csv.DictReader(file))
     assert rows[0]["step"] == "reached"
     assert int(rows[0]["customers"]) == reached
+
+
+def test_the_report_reads_promobot_data_as_the_dashboard_does_and_says_when_it_is_empty(sample, tmp_path):
+    shown = run("report", "--out", str(tmp_path / "r.html"), env={"PROMOBOT_DATA": str(sample)})
+    empty = run("report", "--out", str(tmp_path / "e.html"), env={"PROMOBOT_DATA": str(tmp_path / "none")})
+
+    assert shown.returncode == 0, shown.stderr
+    reached = analytics.open(sample).funnel().column("customers")[0].as_py()
+    assert f"{reached:,}" in (tmp_path / "r.html").read_text()
+    assert "no events" not in shown.stderr
+    assert empty.returncode == 0, empty.stderr
+    assert f"no events in {tmp_path / 'none'}" in empty.stderr
 
 
 def test_the_report_command_explains_what_it_needs():
@@ -132,8 +150,12 @@ def test_one_colour_per_step_in_every_chart(sample):
 
 
 @pytest.mark.parametrize("name", ["dashboard.ipynb", "explore.ipynb"])
-def test_the_notebooks_run_top_to_bottom_on_sample_data(sample, name, monkeypatch):
-    monkeypatch.setenv("PROMOBOT_DATA", str(sample))
+@pytest.mark.parametrize("store", ["sample", "empty"])
+def test_the_notebooks_run_top_to_bottom_on_sample_data_and_on_an_empty_store(
+    sample, store, name, monkeypatch, tmp_path
+):
+    # Empty: a new bot's store before its first flush, or `make run`'s ./data (the demo is in data/demo).
+    monkeypatch.setenv("PROMOBOT_DATA", str(sample if store == "sample" else tmp_path / "data"))
     notebook = nbformat.read(REPO / "notebooks" / name, as_version=4)
 
     NotebookClient(

@@ -75,8 +75,10 @@ def links_html(links: list[StoredLink], campaign: str | None = None) -> str:
         return (
             '<div class="pb-links" data-links="none"><h3>Entry links</h3><p class="pb-note">No entry links '
             "yet. Make an m.me link and QR code for each place you show the promotion with "
-            "<code>python -m bot links --campaign ID --placements till,flyer,instagram</code>; they are "
-            "listed here, and the funnel by source shows which place brings customers.</p></div>"
+            "<code>python -m bot links --campaign ID --placements till,flyer,instagram --page USERNAME</code>"
+            " (your page's m.me name; without it the bot asks the Graph API, with its page token) in the "
+            "data directory this dashboard shows; they are listed here, and the funnel by source shows which "
+            "place brings customers.</p></div>"
         )
     rows = []
     for link in chosen:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from analytics.entry_links import links_html, stored_links
+from bot.__main__ import main
 from bot.links import links_command
 
 
@@ -56,10 +57,16 @@ def test_a_campaign_chosen_shows_its_links_only(tmp_path):
     assert "ref=spring" not in page
 
 
-def test_no_links_tells_how_to_make_them(tmp_path):
+def test_no_links_tells_how_to_make_them_and_that_command_works_without_a_page_token(tmp_path, monkeypatch):
     assert stored_links(str(tmp_path)) == []
     assert stored_links("s3://shop/promobot") == []
-    assert "python -m bot links" in links_html([])
+    [command] = re.findall(r"<code>python -m bot (links [^<]*)</code>", links_html([]))
+    argv = command.replace("ID", "spring").replace("USERNAME", "cornerbakery").split()
+    monkeypatch.setenv("PROMOBOT_DATA", str(tmp_path))
+    monkeypatch.delenv("PROMOBOT_PAGE_TOKEN", raising=False)  # as in local mode
+
+    assert main(argv) == 0
+    assert sorted(link.placement for link in stored_links(str(tmp_path))) == ["flyer", "instagram", "till"]
 
 
 def test_a_file_name_that_leaves_its_folder_is_not_offered(tmp_path):

@@ -48,6 +48,9 @@ def command_line() -> argparse.ArgumentParser:
     )
     redeem.add_argument("--csv", required=True, help="columns `code` and, optionally, `redeemed_at`")
     redeem.add_argument("--campaign", help="the campaign whose codes they are (default: the campaign file's)")
+    redeem.add_argument(
+        "--tz", default="UTC", help="the zone of times written without one, as Europe/Paris (default: UTC)"
+    )
 
     compact = commands.add_parser(
         "compact", help="merge the event files of each day over for a whole day into one"
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from bot.till import redeem_command
 
-        return redeem_command(Path(args.csv), args.campaign)
+        return redeem_command(Path(args.csv), args.campaign, args.tz)
     if args.command == "compact":
         from bot.compaction import compact_command
 

@@ -14,7 +14,7 @@ import re
 import secrets
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 # Letters and digits a cashier cannot misread: no O/0, no I/1/L.
@@ -32,7 +32,9 @@ class CodesError(ValueError):
 def load_codes(path: Path) -> list[str]:
     """The codes in a codes file, in file order. Raises CodesError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(
+            encoding="utf-8-sig"
+        )  # a spreadsheet's "CSV UTF-8" starts with a byte order mark
     except FileNotFoundError:
         raise CodesError(f"{path}: no such codes file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -111,10 +113,10 @@ def generate_command(count: int, prefix: str, length: int, out: Path, append: bo
     return 0
 
 
-def read_redemptions(path: Path, default_time: datetime) -> list[tuple[str, datetime]]:
+def read_redemptions(path: Path, default_time: datetime, zone: tzinfo = UTC) -> list[tuple[str, datetime]]:
     """The (code, when) pairs of a till's export: a CSV file with a header naming a `code` column and,
-    optionally, `redeemed_at` (ISO 8601; a date or a time without a zone is UTC). Raises CodesError naming the
-    file and line."""
+    optionally, `redeemed_at` (ISO 8601; a date or a time without a zone is in `zone`). Raises CodesError
+    naming the file and line."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
             reader = csv.DictReader(file)
@@ -136,5 +138,5 @@ def read_redemptions(path: Path, default_time: datetime) -> list[tuple[str, date
             at = datetime.fromisoformat(when) if when else default_time
         except ValueError:
             raise CodesError(f"{path}: line {number}: redeemed_at {when!r} is not an ISO 8601 time") from None
-        used.append((code, at if at.tzinfo else at.replace(tzinfo=UTC)))
+        used.append((code, at if at.tzinfo else at.replace(tzinfo=zone)))
     return used

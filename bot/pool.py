@@ -150,21 +150,29 @@ def redeem(cursor: Cursor, token: str, now_us: int) -> CodeState | None:
     return None if row is None else CodeState(*row)
 
 
-def redeem_code(cursor: Cursor, campaign_id: str, code: str, at_us: int) -> tuple[str, CodeState | None]:
-    """Mark `code` used at `at_us` as a till's export says: "new", "already" (used before) or "unknown"
-    (not in the pool, or never handed out), with the code's state when it was new."""
+def redeem_code(
+    cursor: Cursor, campaign_id: str, code: str, at_us: int, skew_us: int
+) -> tuple[str, CodeState | None]:
+    """Mark `code` used at `at_us` as a till's export says: "new", "already" (used before), "unknown" (not in
+    the pool, or never handed out) or "early" (more than `skew_us` before it was handed out: changes
+    nothing), with the code's state when it was new. A time less early (a till's clock behind the bot's) is
+    taken as the hand-out's: a code is not used before it exists."""
     cursor.execute(
-        "UPDATE codes SET redeemed_at = ? WHERE campaign_id = ? AND code = ? AND customer_id IS NOT NULL"
-        f" AND redeemed_at IS NULL RETURNING {_STATE}",
-        (at_us, campaign_id, code),
+        "SELECT assigned_at FROM codes WHERE campaign_id = ? AND code = ? AND customer_id IS NOT NULL",
+        (campaign_id, code),
+    )
+    handed_out = cursor.fetchone()
+    if handed_out is None:
+        return "unknown", None
+    if at_us < handed_out[0] - skew_us:
+        return "early", None
+    cursor.execute(
+        "UPDATE codes SET redeemed_at = ? WHERE campaign_id = ? AND code = ? AND redeemed_at IS NULL"
+        f" RETURNING {_STATE}",
+        (max(at_us, handed_out[0]), campaign_id, code),
     )
     row = cursor.fetchone()
-    if row is not None:
-        return "new", CodeState(*row)
-    state = find(cursor, campaign_id=campaign_id, code=code)
-    if state is None or state.customer_id is None:
-        return "unknown", None
-    return "already", None
+    return ("already", None) if row is None else ("new", CodeState(*row))
 
 
 def _handed_to(cursor: Cursor, campaign_id: str, customer_id: str) -> tuple[str, str, int | None] | None:

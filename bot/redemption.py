@@ -6,14 +6,16 @@ Each function runs one transaction (or one read) of the store; all are blocking.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from bot import pool
 from bot.database import Database
 from bot.events import Event
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
-from bot.rows import INSERT_EVENT, INSERT_REPLY, Cursor, event_values, micros, reply_values
+from bot.rows import INSERT_EVENT, INSERT_REPLY, Cursor, event_values, micros, moment, reply_values
+
+_US = timedelta(microseconds=1)
 
 
 def redeemed_event(state: pool.CodeState, at: datetime) -> Event:
@@ -57,6 +59,15 @@ def redeem(database: Database, token: str, *, thank: bool = False) -> pool.CodeS
         return state
 
 
+# How far a till's clock may be from the bot's. More is a time zone taken wrongly (a till writing local times
+# without saying so): every zone is at least an hour from UTC, or none.
+TILL_CLOCK_SKEW = timedelta(minutes=15)
+
+
+class RedemptionError(ValueError):
+    """A till's export whose times cannot be right; nothing of it was recorded."""
+
+
 def redeem_codes(
     database: Database, campaign_id: str, used: Sequence[tuple[str, datetime]], *, thank: bool = False
 ) -> dict[str, int]:
@@ -64,14 +75,29 @@ def redeem_codes(
     `coupon_redeemed` event (and the thanks, as `redeem`).
 
     Returns: how many were `new`, `already` used and `unknown`.
+    Raises: RedemptionError, recording nothing, when a time is later than now or earlier than its code's
+        hand-out by more than TILL_CLOCK_SKEW (stored, it would never count as used at the till).
     """
     counts = {"new": 0, "already": 0, "unknown": 0}
+    late = database.clock() + TILL_CLOCK_SKEW
+    wrong = [f"{code} at {at.isoformat()} (later than now)" for code, at in used if at > late]
     with database.transaction() as cursor:
         for code, at in used:
-            outcome, state = pool.redeem_code(cursor, campaign_id, code, micros(at))
-            counts[outcome] += 1
-            if state is not None:
-                _redeemed(cursor, state, at, thank, database.clock())
+            if at > late:
+                continue
+            outcome, state = pool.redeem_code(cursor, campaign_id, code, micros(at), TILL_CLOCK_SKEW // _US)
+            if outcome == "early":
+                wrong.append(f"{code} at {at.isoformat()} (before the code was handed out)")
+            else:
+                counts[outcome] += 1
+            if state is not None and state.redeemed_at is not None:
+                _redeemed(cursor, state, moment(state.redeemed_at), thank, database.clock())
+        if wrong:
+            raise RedemptionError(
+                f"{len(wrong)} time(s) cannot be right, nothing recorded: {'; '.join(wrong[:3])}"
+                f"{' …' if len(wrong) > 3 else ''}. If the till writes local times without a zone, give it"
+                " with --tz (e.g. --tz America/Chicago)"
+            )
     return counts
 
 

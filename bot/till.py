@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 from urllib.parse import parse_qs, quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import segno
 from starlette.requests import Request
@@ -360,8 +361,9 @@ button {{ display: block; width: 100%; min-height: 3.25rem; font-family: inherit
 <body>{body}</body></html>"""
 
 
-def redeem_command(path: Path, campaign_id: str | None) -> int:
-    """`python -m bot redeem --csv FILE`: mark the codes of a till's export used, then write the events."""
+def redeem_command(path: Path, campaign_id: str | None, tz: str = "UTC") -> int:
+    """`python -m bot redeem --csv FILE [--tz ZONE]`: mark the codes of a till's export used (times without a
+    zone in `tz`), then write the events."""
     from bot.codes import CodesError, read_redemptions
     from bot.config import ConfigError
     from bot.database import DatabaseError
@@ -374,7 +376,11 @@ def redeem_command(path: Path, campaign_id: str | None) -> int:
             from bot.campaign import load_campaign
 
             campaign_id = load_campaign(settings.campaign).id
-        used = read_redemptions(path, datetime.now(UTC))
+        try:
+            zone = ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"--tz {tz!r} is not a time zone (an IANA name, as Europe/Paris)") from None
+        used = read_redemptions(path, datetime.now(UTC), zone)
         database = open_database(settings)
         try:
             counts = redemption.redeem_codes(database, campaign_id, used)

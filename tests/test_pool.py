@@ -224,6 +224,14 @@ def test_a_bad_codes_file_is_refused_naming_the_file_and_line(tmp_path, text, re
     assert reason in str(refused.value)
 
 
+def test_a_codes_file_saved_by_a_spreadsheet_with_a_byte_order_mark_is_read(tmp_path) -> None:
+    # A spreadsheet's "CSV UTF-8" starts with a byte order mark, and ends its lines with CRLF.
+    codes = tmp_path / "codes.csv"
+    codes.write_bytes(b"\xef\xbb\xbfcode\r\nAAA-111\r\nBBB-222\r\n")
+
+    assert load_codes(codes) == ["AAA-111", "BBB-222"]
+
+
 def test_a_missing_codes_file_is_refused_naming_it(tmp_path) -> None:
     with pytest.raises(CodesError, match="no such codes file"):
         load_codes(tmp_path / "nope.csv")

@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -22,11 +23,14 @@ from bot.redemption import find_code, redeem
 from bot.till import CLIENT_FAILURES, CSRF_COOKIE
 from tests.support import payloads
 from tests.support.bot_process import run_bot, stored_events
+from tests.support.builders import Clock
 from tests.support.campaigns import CODES, reveal
 from tests.support.campaigns import SINGLE_USE as CAMPAIGN
 from tests.support.home import EXPIRES, LAST_DAY, shown_day, single_use_home
 from tests.support.in_process import post, running, settings_for
 from tests.support.mock_graph import Platform
+
+HANDED_OUT = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)  # the bot's clock when a test's codes are handed out
 
 pytestmark = pytest.mark.anyio
 PIN = "4826"
@@ -205,7 +209,7 @@ def test_two_tills_pressing_at_once_redeem_a_code_once(postgres_database_url, tm
 
 def test_a_till_export_marks_codes_used_once_and_says_what_it_did(tmp_path):
     data = single_use_home(tmp_path, ["SPR-AAAA2222", "SPR-BBBB3333", "SPR-CCCC4444"])
-    database = Database.open(None, data)
+    database = Database.open(None, data, clock=Clock(HANDED_OUT))
     campaign = load_campaign(data / "campaign.toml")
     database.add_codes(campaign.id, ["SPR-AAAA2222", "SPR-BBBB3333", "SPR-CCCC4444"], lambda at: None)
     for customer in ("7501", "7502"):  # two codes handed out, the third not
@@ -230,6 +234,62 @@ def test_a_till_export_marks_codes_used_once_and_says_what_it_did(tmp_path):
         "2026-11-28T14:02:00+00:00",
     )
     assert len(redeemed) == 2  # the till's and the export's
+
+
+def export_of(tmp_path: Path, *times: str) -> tuple[Path, dict[str, str]]:
+    """A store whose codes were handed out at HANDED_OUT to 7601, 7602…, and a till's export of them used
+    at `times`, in order; the export's path and the environment of `python -m bot redeem`."""
+    codes = [f"SPR-{n:04d}AAAA" for n in range(len(times))]
+    data = single_use_home(tmp_path, codes)
+    database = Database.open(None, data, clock=Clock(HANDED_OUT))
+    database.add_codes(load_campaign(data / "campaign.toml").id, codes, lambda at: None)
+    for n in range(len(times)):
+        asyncio.run(database.record(*reveal(str(7601 + n))))
+    database.close()
+    export = tmp_path / "till-export.csv"
+    export.write_text("code,redeemed_at\n" + "".join(f"{c},{t}\n" for c, t in zip(codes, times, strict=True)))
+    return export, {"PROMOBOT_DATA": str(data), "PROMOBOT_CAMPAIGN": str(data / "campaign.toml")}
+
+
+def redeemed_at(env: dict[str, str]) -> list[str]:
+    rows = stored_events(Path(env["PROMOBOT_DATA"]))
+    return sorted(row["ts"].isoformat() for row in rows if row["event"] == "coupon_redeemed")
+
+
+def test_a_till_export_in_local_time_without_a_zone_is_refused_then_read_in_the_zone_given(tmp_path):
+    # A till in New York writes 08:30 for 13:30 UTC, an hour and a half after the code was handed out. Read
+    # as UTC, it is before the code existed: stored, it would never count as used at the till.
+    export, env = export_of(tmp_path, "2026-11-28T08:30:00")
+
+    refused = run_bot("redeem", "--csv", str(export), env=env)
+    assert refused.returncode == 1
+    assert "SPR-0000AAAA at 2026-11-28T08:30:00+00:00 (before the code was handed out)" in refused.stderr
+    assert "--tz" in refused.stderr
+    assert redeemed_at(env) == []
+
+    read = run_bot("redeem", "--csv", str(export), "--tz", "America/New_York", env=env)
+    assert read.stdout.strip() == "1 redeemed now, 0 already redeemed, 0 unknown", read.stderr
+    assert redeemed_at(env) == ["2026-11-28T13:30:00+00:00"]
+
+
+def test_a_till_export_with_a_time_to_come_is_refused_and_records_nothing(tmp_path):
+    # A till east of UTC writing local times without a zone: its latest redemptions read as hours ahead.
+    export, env = export_of(tmp_path, "2026-11-28T13:00:00Z", "2099-01-01T09:00:00")
+
+    refused = run_bot("redeem", "--csv", str(export), env=env)
+
+    assert refused.returncode == 1
+    assert "SPR-0001AAAA at 2099-01-01T09:00:00+00:00 (later than now)" in refused.stderr
+    assert redeemed_at(env) == []  # not even the first, whose time is right
+
+
+def test_a_till_clock_minutes_behind_counts_the_code_used_when_it_was_handed_out(tmp_path):
+    export, env = export_of(tmp_path, "2026-11-28T11:58:00Z")  # 2 minutes before the hand-out
+
+    read = run_bot("redeem", "--csv", str(export), env=env)
+
+    assert read.stdout.strip() == "1 redeemed now, 0 already redeemed, 0 unknown", read.stderr
+    assert redeemed_at(env) == [HANDED_OUT.isoformat()]
 
 
 def test_a_till_export_without_a_code_column_is_refused_naming_the_file(tmp_path):

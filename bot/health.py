@@ -117,13 +117,17 @@ def store_checks(figures: HealthFigures, now: datetime, *, flush_seconds: float 
                 Name.LAST_WEBHOOK,
                 Status.WARN,
                 f"no new event recorded in the last {SEEN_RETENTION.days} days",
-                "send the page a message; if the bot does not answer, run `python -m bot doctor`",
+                "send the page a message; if the bot does not answer, see whether the page's webhook is"
+                " subscribed (`python -m bot doctor`'s page checks)",
             )
         )
     else:
         quiet = now - figures.last_seen
         status = Status.WARN if quiet > QUIET_PAGE else Status.OK
-        fix = "a quiet page, or webhooks no longer arrive: run `python -m bot doctor`"
+        fix = (
+            "a quiet page, or webhooks no longer arrive: see whether the page's webhook is subscribed"
+            " (`python -m bot doctor`'s page checks)"
+        )
         checks.append(
             Check(Name.LAST_WEBHOOK, status, f"{_age(quiet)} ago", fix if status is Status.WARN else None)
         )

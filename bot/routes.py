@@ -84,8 +84,8 @@ async def data_deletion(request: Request) -> Response:
     is recorded and answered at once with its status page's URL and confirmation code; the deletion runs
     after the answer. Anything else is 400 and changes nothing."""
     runtime: Runtime = request.app.state.runtime
-    body = await request.body()
-    if len(body) > MAX_DELETION_BODY_BYTES:
+    body = await _small_body(request, MAX_DELETION_BODY_BYTES)
+    if body is None:
         return PlainTextResponse("body too large", status_code=413)
     fields = parse_qs(body.decode("utf-8", errors="replace"))
     try:
@@ -105,6 +105,20 @@ async def data_deletion(request: Request) -> Response:
         {"url": f"{runtime.settings.public_url}{privacy.STATUS_PATH}{code}", "confirmation_code": code},
         background=BackgroundTask(privacy.process_pending, database, files),
     )
+
+
+async def _small_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it is declared or found to be longer than `limit` bytes: the route
+    is public, so a body is never read whole before its size is known."""
+    declared = request.headers.get("content-length", "")
+    if declared and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
 
 
 async def deletion_status(request: Request) -> Response:

@@ -23,9 +23,10 @@ MAX_DELETION_BODY_BYTES = 64 * 1024  # a signed_request is a few hundred bytes
 
 
 async def healthz(request: Request) -> Response:
-    """Liveness and readiness, public and cheap. With `?deep=1` and `Authorization: Bearer
-    <PROMOBOT_HEALTH_TOKEN>`, also the doctor's checks (`checks`; the Graph API's cached for a minute), the
-    worst of them as `status`, and 503 when one fails; without the token, 401 or 403 and nothing else."""
+    """Liveness and readiness, public and cheap; a failing store or flush is named, never described. With
+    `?deep=1` and `Authorization: Bearer <PROMOBOT_HEALTH_TOKEN>`, also the errors' messages, the doctor's
+    checks (`checks`; the Graph API's cached for a minute), the worst of them as `status`, and 503 when one
+    fails; without the token, 401 or 403 and nothing else."""
     runtime: Runtime = request.app.state.runtime
     deep = request.query_params.get("deep", "") not in ("", "0")
     if deep:
@@ -38,11 +39,13 @@ async def healthz(request: Request) -> Response:
         # An unset token matches nothing: the deep checks are off.
         if not expected or not hmac.compare_digest(given.strip().encode(), expected.encode()):
             return PlainTextResponse("forbidden", status_code=403)
+    # The errors' own words name hosts, databases, buckets and paths: only for whoever holds the token.
     try:
         await asyncio.to_thread(runtime.database.check)
         owed = await asyncio.to_thread(runtime.database.owed)
     except DatabaseError as exc:
-        return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
+        store = str(exc) if deep else "the store cannot be reached (see the bot's log)"
+        return JSONResponse({"status": "unavailable", "store": store}, status_code=503)
     answer: dict[str, object] = {
         "status": "ok",
         "campaign": runtime.campaign.id,
@@ -50,7 +53,8 @@ async def healthz(request: Request) -> Response:
     }
     if runtime.flusher.last_error is not None:
         # Events wait in the store meanwhile: the bot still works, the dashboard falls behind.
-        answer["flush_error"] = str(runtime.flusher.last_error)
+        error = runtime.flusher.last_error
+        answer["flush_error"] = str(error) if deep else "events cannot be written (see the bot's log)"
     if not deep:
         return JSONResponse(answer)
     checks: list[health.Check] = []

@@ -164,12 +164,16 @@ def read_signed_request(signed_request: str, app_secret: str) -> dict[str, objec
         raise InvalidSignedRequest("signed_request is not <signature>.<payload>")
     try:
         given = _unpadded_b64decode(signature)
-        document = json.loads(_unpadded_b64decode(payload))
     except (binascii.Error, ValueError) as exc:
         raise InvalidSignedRequest(f"signed_request does not decode: {exc}") from None
+    # The signature first: the payload of a request anyone can post is not parsed until it is Meta's.
     expected = hmac.new(app_secret.encode(), payload.encode(), hashlib.sha256).digest()
     if not hmac.compare_digest(given, expected):
         raise InvalidSignedRequest("signed_request is not signed with the app secret")
+    try:
+        document = json.loads(_unpadded_b64decode(payload))
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        raise InvalidSignedRequest(f"signed_request does not decode: {exc}") from None
     if not isinstance(document, dict) or str(document.get("algorithm", "")).upper() != "HMAC-SHA256":
         raise InvalidSignedRequest("signed_request does not use HMAC-SHA256")
     if not isinstance(document.get("user_id"), str | int) or not str(document["user_id"]):

@@ -23,9 +23,10 @@ MAX_DELETION_BODY_BYTES = 64 * 1024  # a signed_request is a few hundred bytes
 
 
 async def healthz(request: Request) -> Response:
-    """Liveness and readiness, public and cheap. With `?deep=1` and `Authorization: Bearer
-    <PROMOBOT_HEALTH_TOKEN>`, also the doctor's checks (`checks`; the Graph API's cached for a minute), the
-    worst of them as `status`, and 503 when one fails; without the token, 401 or 403 and nothing else."""
+    """Liveness and readiness, public and cheap; a failing store or flush is named, never described. With
+    `?deep=1` and `Authorization: Bearer <PROMOBOT_HEALTH_TOKEN>`, also the errors' messages, the doctor's
+    checks (`checks`; the Graph API's cached for a minute), the worst of them as `status`, and 503 when one
+    fails; without the token, 401 or 403 and nothing else."""
     runtime: Runtime = request.app.state.runtime
     deep = request.query_params.get("deep", "") not in ("", "0")
     if deep:
@@ -38,11 +39,13 @@ async def healthz(request: Request) -> Response:
         # An unset token matches nothing: the deep checks are off.
         if not expected or not hmac.compare_digest(given.strip().encode(), expected.encode()):
             return PlainTextResponse("forbidden", status_code=403)
+    # The errors' own words name hosts, databases, buckets and paths: only for whoever holds the token.
     try:
         await asyncio.to_thread(runtime.database.check)
         owed = await asyncio.to_thread(runtime.database.owed)
     except DatabaseError as exc:
-        return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
+        store = str(exc) if deep else "the store cannot be reached (see the bot's log)"
+        return JSONResponse({"status": "unavailable", "store": store}, status_code=503)
     answer: dict[str, object] = {
         "status": "ok",
         "campaign": runtime.campaign.id,
@@ -50,7 +53,8 @@ async def healthz(request: Request) -> Response:
     }
     if runtime.flusher.last_error is not None:
         # Events wait in the store meanwhile: the bot still works, the dashboard falls behind.
-        answer["flush_error"] = str(runtime.flusher.last_error)
+        error = runtime.flusher.last_error
+        answer["flush_error"] = str(error) if deep else "events cannot be written (see the bot's log)"
     if not deep:
         return JSONResponse(answer)
     checks: list[health.Check] = []
@@ -84,8 +88,8 @@ async def data_deletion(request: Request) -> Response:
     is recorded and answered at once with its status page's URL and confirmation code; the deletion runs
     after the answer. Anything else is 400 and changes nothing."""
     runtime: Runtime = request.app.state.runtime
-    body = await request.body()
-    if len(body) > MAX_DELETION_BODY_BYTES:
+    body = await _small_body(request, MAX_DELETION_BODY_BYTES)
+    if body is None:
         return PlainTextResponse("body too large", status_code=413)
     fields = parse_qs(body.decode("utf-8", errors="replace"))
     try:
@@ -105,6 +109,23 @@ async def data_deletion(request: Request) -> Response:
         {"url": f"{runtime.settings.public_url}{privacy.STATUS_PATH}{code}", "confirmation_code": code},
         background=BackgroundTask(privacy.process_pending, database, files),
     )
+
+
+async def _small_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it is declared or found to be longer than `limit` bytes: the route
+    is public, so a body is never read whole before its size is known."""
+    declared = request.headers.get("content-length", "")
+    # At most twelve ASCII digits: int() refuses thousands of them, and reads digits of other scripts.
+    if declared and not (
+        declared.isascii() and declared.isdigit() and len(declared) <= 12 and int(declared) <= limit
+    ):
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
 
 
 async def deletion_status(request: Request) -> Response:

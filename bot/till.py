@@ -111,7 +111,8 @@ def till_routes(
 
     def signed_in(request: Request) -> bool:
         expires, _, _ = request.cookies.get(SESSION_COOKIE, "").partition(".")
-        if not expires.isdigit() or int(expires) < time.time():
+        # A forged cookie may hold digits int() refuses (non-ASCII ones, thousands of them).
+        if not (expires.isascii() and expires.isdigit() and len(expires) <= 12) or int(expires) < time.time():
             return False
         return hmac.compare_digest(request.cookies.get(SESSION_COOKIE, ""), session_value(int(expires)))
 

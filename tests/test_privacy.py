@@ -5,11 +5,14 @@ deletion callback, and `python -m bot forget`."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import hashlib
+import hmac
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -345,6 +348,46 @@ async def test_a_forged_deletion_callback_is_refused_and_deletes_nothing(tmp_pat
         recorded = app.state.runtime.database.query("SELECT count(*) FROM deletion_requests")
     assert recorded == [(0,)]
     assert file_rows(files) == before
+
+
+@pytest.mark.anyio
+async def test_a_deletion_callback_nested_too_deeply_is_400_signed_or_not(tmp_path):
+    data = make_home(tmp_path)
+    app = create_app(settings_for(data), graph_transport=httpx.MockTransport(platform))
+    nested = base64.urlsafe_b64encode(b"[" * 40_000).rstrip(b"=").decode()
+    forged = f"{nested[:43]}.{nested}"
+    genuine = privacy.sign_request({}, APP_SECRET).split(".")[0]  # a signature of something else
+    proof = hmac.new(APP_SECRET.encode(), nested.encode(), hashlib.sha256).digest()
+    signed_nested = f"{base64.urlsafe_b64encode(proof).rstrip(b'=').decode()}.{nested}"
+    async with running(app) as client:
+        for signed_request in (forged, f"{genuine}.{nested}", signed_nested):
+            answer = await client.post("/data-deletion", data={"signed_request": signed_request})
+            assert answer.status_code == 400, answer.text
+        assert (await client.get("/healthz")).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_an_oversized_deletion_callback_is_413_before_it_is_read_whole(tmp_path):
+    # The route is public: anyone can post to it, so a body is cut off at the limit, never held whole.
+    data = make_home(tmp_path)
+    app = create_app(settings_for(data), graph_transport=httpx.MockTransport(platform))
+    read = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal read
+        for _ in range(256):  # 256 MiB, if nothing stops it
+            read += 1 << 20
+            yield b"a" * (1 << 20)
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with running(app) as client:
+        streamed = await client.post("/data-deletion", content=endless(), headers=form)
+        declared = await client.post(
+            "/data-deletion", content=b"signed_request=x", headers={**form, "Content-Length": str(1 << 30)}
+        )
+    assert streamed.status_code == 413
+    assert read <= 2 << 20
+    assert declared.status_code == 413
 
 
 @pytest.mark.anyio

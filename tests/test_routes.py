@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -164,6 +165,14 @@ async def test_a_signed_body_that_is_not_a_notification_is_400(client, body, rea
     assert answer.text.startswith(reason)
 
 
+@pytest.mark.parametrize("path", ["/webhook", "/data-deletion"])
+async def test_a_content_length_of_thousands_of_digits_is_413(client, path):
+    # uvicorn's parser refuses such a header; an app behind another server (Mangum on Lambda) reads it itself.
+    answer = await client.post(path, content=b"{}", headers={"Content-Length": "1" * 5_000})
+
+    assert_text(answer, 413, "body too large")
+
+
 async def test_a_client_that_goes_away_midway_is_answered_400(data):
     app = create_app(settings_for(data), graph_transport=httpx.MockTransport(platform))
     sent: list[dict] = []
@@ -203,7 +212,7 @@ async def test_a_client_that_goes_away_midway_is_answered_400(data):
 async def test_a_notification_the_store_cannot_take_is_503_with_retry_after(tmp_path, postgres_database_url):
     data = make_home(tmp_path)
     app = create_app(
-        settings_for(data, PROMOBOT_DATABASE_URL=postgres_database_url),
+        settings_for(data, PROMOBOT_DATABASE_URL=postgres_database_url, PROMOBOT_HEALTH_TOKEN=HEALTH_TOKEN),
         graph_transport=httpx.MockTransport(platform),
     )
     body = payloads.envelope(payloads.postback("9102", "GET_STARTED"))
@@ -211,13 +220,19 @@ async def test_a_notification_the_store_cannot_take_is_503_with_retry_after(tmp_
         with refusing_connections(postgres_database_url):
             refused = await post(client, body)
             health = await client.get("/healthz")
+            deep = await client.get(DEEP, headers=BEARER)
         again = await post(client, body)
 
     assert_text(refused, 503, "events could not be recorded")
     assert refused.headers["retry-after"] == "5"
     assert (health.status_code, health.headers["content-type"]) == (503, "application/json")
     assert health.json()["status"] == "unavailable"
-    assert postgres_database_url.rsplit("/", 1)[1] in health.json()["store"]
+    # Where the database runs is for the monitor with the token, not for anyone who asks.
+    database_name, host = postgres_database_url.rsplit("/", 1)[1], urlsplit(postgres_database_url).hostname
+    assert database_name not in health.text
+    assert host not in health.text
+    assert deep.status_code == 503
+    assert database_name in deep.json()["store"]
     assert_text(again, 200, "EVENT_RECEIVED")  # the platform's redelivery, once the store is back
 
 
@@ -289,6 +304,29 @@ async def test_shallow_health_is_json_with_the_campaign_and_the_replies_owed(cli
 
     assert (answer.status_code, answer.headers["content-type"]) == (200, "application/json")
     assert answer.json() == {"status": "ok", "campaign": "spring-sale", "replies_owed": 0}
+
+
+async def test_a_failing_flush_is_named_in_plain_health_and_described_only_with_the_token(data):
+    (data / "events").write_text("a file where the partitions' folder should be")
+    app = create_app(
+        settings_for(data, PROMOBOT_HEALTH_TOKEN=HEALTH_TOKEN, PROMOBOT_FLUSH_SECONDS="0.1"),
+        graph_transport=httpx.MockTransport(platform),
+    )
+    async with running(app) as client:
+        assert_text(
+            await post(client, payloads.envelope(payloads.postback("9103", "GET_STARTED"))),
+            200,
+            "EVENT_RECEIVED",
+        )
+        deadline = time.monotonic() + 10
+        while "flush_error" not in (plain := (await client.get("/healthz")).json()):
+            assert time.monotonic() < deadline, plain
+            await asyncio.sleep(0.05)
+        deep = (await client.get(DEEP, headers=BEARER)).json()
+
+    assert plain["status"] == "ok"
+    assert str(data) not in json.dumps(plain)
+    assert str(data) in deep["flush_error"]
 
 
 async def test_plain_health_is_unchanged_by_a_health_token(data):

@@ -20,7 +20,7 @@ from bot.database import Database
 from bot.facts import ButtonStep, EventName
 from bot.flow import button_payload
 from bot.redemption import find_code, redeem
-from bot.till import CLIENT_FAILURES, CSRF_COOKIE
+from bot.till import CLIENT_FAILURES, CSRF_COOKIE, SESSION_COOKIE
 from tests.support import payloads
 from tests.support.bot_process import run_bot, stored_events
 from tests.support.builders import Clock
@@ -171,6 +171,26 @@ async def test_a_form_without_its_csrf_token_is_refused(till):
         assert forged_use.status_code == 403
         assert "<h1>Valid</h1>" in (await client.get(link)).text  # still unused
         assert page.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "session",
+    [
+        pytest.param("\u00b2.0" * 2, id="a digit int() cannot read"),
+        pytest.param("1" * 5_000 + ".0", id="more digits than int() reads"),
+        pytest.param("99999999999999999999.0", id="a year past any clock"),
+    ],
+)
+async def test_a_forged_session_cookie_is_the_sign_in_page_not_a_server_error(till, session):
+    app, platform, data = till
+    async with running(app) as client:
+        link = await handed_out(client, platform, data, "9304")
+        # Sent as raw bytes: a cookie's value is whatever a client puts there.
+        cookie = {"Cookie": f"{SESSION_COOKIE}={session}".encode("latin-1")}
+        for path in ("/redeem", link):
+            answer = await client.get(path, headers=cookie)  # type: ignore[arg-type]
+            assert answer.status_code == 200
+            assert "Staff sign-in" in answer.text
 
 
 async def test_without_a_staff_pin_the_till_is_off(tmp_path):

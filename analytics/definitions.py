@@ -253,7 +253,10 @@ def customer_steps(labelled: bool = False, several: bool = True) -> str:
     campaigns is under the source of their earliest entry, and has a variant only with one journey.
     `several=False` when no customer is in several campaigns (MULTI_CAMPAIGN_CUSTOMERS is empty): the
     same answer, without looking them up."""
-    labels = ("source, variant, ", " arg_min(source, entry), case when count(*) = 1 then min(variant) end,")
+    # Entries at the same µs in two campaigns (never from one bot, but possible in data): the smallest source.
+    earliest = "lpad(cast(entry as varchar), 20, '0') || source"
+    one_variant = "case when count(*) = 1 then min(variant) end"
+    labels = ("source, variant, ", f" arg_min(source, {earliest}), {one_variant},")
     single, grouped = labels if labelled else ("", "")
     steps = ", ".join(f"{step} as {step}_at, {_offset(step)} as {step}_us" for step in STEPS)
     ones = f"""

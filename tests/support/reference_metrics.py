@@ -258,7 +258,7 @@ def sources(events, **filters) -> dict[str, dict]:
                 titles[e.source] = title  # the latest
     out: dict = {}
     for journeys_of in by_customer.values():
-        _, source = min(journeys_of, key=lambda pair: pair[0]["reached"])
+        _, source = min(journeys_of, key=lambda pair: (pair[0]["reached"], pair[1]))  # a tie: the smallest
         row = out.setdefault(source, {"title": titles.get(source), **dict.fromkeys(STEPS, 0)})
         for step in STEPS:
             row[step] += any(steps[step] is not None for steps, _ in journeys_of)

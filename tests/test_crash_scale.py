@@ -92,6 +92,10 @@ class Load:
                 status: int | None = self.bots[n % len(self.bots)].post(click.body).status_code
             except httpx.TransportError:
                 status = None
+            except RuntimeError as exc:  # posted after a kill closed the bot's client: no answer either
+                if "client has been closed" not in str(exc):
+                    raise
+                status = None
             with self._lock:
                 self.answers.append((click, status))
 

@@ -19,12 +19,15 @@ def serve(data: str | None = None, host: str = "127.0.0.1", port: int = 8866) ->
     # Our Voilà template (the lab one, minus its CDN stylesheets) lives in analytics/share.
     jupyter_path = os.pathsep.join(filter(None, [str(SHARE), os.environ.get("JUPYTER_PATH")]))
     env = {**os.environ, "PROMOBOT_DATA": source, "JUPYTER_PATH": jupyter_path}
-    token = os.environ.get("PROMOBOT_DASHBOARD_TOKEN", "")
+    token = os.environ.get("PROMOBOT_DASHBOARD_TOKEN", "").strip()
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        # As `python -m bot serve` without its secrets: never open by mistake.
         print(
-            "The dashboard is exposed beyond this machine: set PROMOBOT_DASHBOARD_TOKEN to protect it.",
+            f"promobot dashboard: not listening on {host} without PROMOBOT_DASHBOARD_TOKEN: whoever reaches"
+            " it would see the shop's figures. Set the token, or listen on 127.0.0.1 (the default).",
             file=sys.stderr,
         )
+        raise SystemExit(2)
     command = [
         sys.executable,
         "-m",

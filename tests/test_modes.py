@@ -160,3 +160,23 @@ def test_make_run_fails_when_the_bot_refuses_its_campaign(tmp_path):
     assert "coupon.revael: unknown key" in run.stderr + run.stdout
     assert run.returncode == 1, run.stdout
     assert "the bot could not run" in run.stderr
+
+
+@pytest.mark.parametrize("token", ["", "   "])
+def test_the_dashboard_refuses_to_listen_beyond_this_machine_without_its_token(tmp_path, token):
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PROMOBOT_")}
+
+    run = subprocess.run(
+        [sys.executable, "-m", "analytics", "dashboard", "--host", "0.0.0.0", "--port", str(port)],
+        cwd=REPO,
+        env={**clean, "PROMOBOT_DATA": str(tmp_path), "PROMOBOT_DASHBOARD_TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert run.returncode == 2
+    assert "not listening on 0.0.0.0 without PROMOBOT_DASHBOARD_TOKEN" in run.stderr
+    assert not accepts_connections("127.0.0.1", port)

@@ -34,6 +34,8 @@ _PLATFORM_SECRETS = ("PROMOBOT_APP_SECRET", "PROMOBOT_VERIFY_TOKEN", "PROMOBOT_P
 
 SQLITE_FILE = "promobot.sqlite3"  # the store's file, in the data directory unless a URL says otherwise
 LOCAL_STAFF_PIN = "0000"  # local mode's till PIN, unless PROMOBOT_STAFF_PIN says otherwise
+# A PIN of 6 digits takes some 58 days of guessing at the till's limit of wrong tries (bot.till.Attempts).
+STAFF_PIN_MIN_DIGITS = 6
 HEALTH_TOKEN_MIN_LENGTH = 16  # PROMOBOT_HEALTH_TOKEN guards what the deep health check tells
 MESSAGING_WINDOW_S = 24 * 3600.0  # how long after a customer's message the page may answer it (RESPONSE)
 DEFAULT_OPT_OUT_WORDS = ("stop", "unsubscribe")  # a message that is one of these opts the customer out
@@ -68,7 +70,7 @@ class Settings:
     # How old buffered events may grow before they are written as Parquet: how fresh the dashboard is.
     flush_seconds: float = 60.0
     log_level: str = "INFO"
-    # Staff sign in to the till page with this PIN (4 to 12 digits); "" turns redemption at the till off.
+    # Staff sign in to the till page with this PIN (6 to 12 digits); "" turns redemption at the till off.
     staff_pin: str = ""
     # A monitor asks `/healthz?deep=1` with `Authorization: Bearer <this>`; "" turns the deep checks off.
     health_token: str = ""
@@ -190,8 +192,13 @@ class Settings:
                 f"PROMOBOT_DATABASE_URL has scheme {scheme!r}: use postgresql://… or sqlite:///path"
             )
         staff_pin = get("PROMOBOT_STAFF_PIN") or (LOCAL_STAFF_PIN if mode is Mode.LOCAL else "")
-        if staff_pin and not (staff_pin.isdigit() and staff_pin.isascii() and 4 <= len(staff_pin) <= 12):
-            raise ConfigError("PROMOBOT_STAFF_PIN must be 4 to 12 digits")
+        digits = staff_pin.isdigit() and staff_pin.isascii() and STAFF_PIN_MIN_DIGITS <= len(staff_pin) <= 12
+        throwaway = mode is Mode.LOCAL and staff_pin == LOCAL_STAFF_PIN  # local mode's, on 127.0.0.1 only
+        if staff_pin and not (digits or throwaway):
+            raise ConfigError(
+                f"PROMOBOT_STAFF_PIN must be {STAFF_PIN_MIN_DIGITS} to 12 digits: the till allows 30 wrong"
+                " tries in 5 minutes, which would find 4 digits within a day"
+            )
         health_token = get("PROMOBOT_HEALTH_TOKEN") or ""
         if health_token and len(health_token) < HEALTH_TOKEN_MIN_LENGTH:
             raise ConfigError(

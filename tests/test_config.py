@@ -93,6 +93,10 @@ def test_the_database_url_comes_from_promobot_or_heroku_naming():
         ({"PROMOBOT_REPLY_MAX_AGE": "-1"}, "PROMOBOT_REPLY_MAX_AGE"),
         ({"PROMOBOT_REPLY_MAX_AGE": "nan"}, "PROMOBOT_REPLY_MAX_AGE"),
         ({"PROMOBOT_REPLY_MAX_AGE": "172800"}, "PROMOBOT_REPLY_MAX_AGE='172800' is not between 0 and 86400"),
+        ({"PROMOBOT_STAFF_PIN": "4826"}, "PROMOBOT_STAFF_PIN must be 6 to 12 digits"),
+        ({"PROMOBOT_STAFF_PIN": "48261"}, "PROMOBOT_STAFF_PIN must be 6 to 12 digits"),
+        ({"PROMOBOT_STAFF_PIN": "4826130000000"}, "PROMOBOT_STAFF_PIN must be 6 to 12 digits"),
+        ({"PROMOBOT_STAFF_PIN": "48261²"}, "PROMOBOT_STAFF_PIN must be 6 to 12 digits"),
     ],
 )
 def test_malformed_settings_are_refused_by_name(env, name):
@@ -159,3 +163,10 @@ def test_opt_out_and_opt_in_words_handover_and_app_id_are_read_and_checked():
 def test_a_bad_reach_setting_is_refused_naming_it(name, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.from_env({name: value}, mode=Mode.LOCAL)
+
+
+def test_a_staff_pin_of_six_digits_is_taken_and_local_mode_keeps_its_own():
+    assert Settings.from_env({**SECRETS, "PROMOBOT_STAFF_PIN": "482613"}).staff_pin == "482613"
+    assert Settings.from_env({}, Mode.LOCAL).staff_pin == "0000"  # a throwaway, on 127.0.0.1 only
+    with pytest.raises(ConfigError, match="PROMOBOT_STAFF_PIN"):
+        Settings.from_env({"PROMOBOT_STAFF_PIN": "4826"}, Mode.LOCAL)

@@ -38,7 +38,7 @@ TOO_BIG = 4 * 1024 * 1024 + 1  # one byte past the webhook's limit
 HEALTH_TOKEN = "health-token-of-the-monitor-0001"
 DEEP = "/healthz?deep=1"
 BEARER = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
-PIN = "4826"
+PIN = "482613"
 
 
 @pytest.fixture

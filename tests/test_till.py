@@ -33,7 +33,7 @@ from tests.support.mock_graph import Platform
 HANDED_OUT = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)  # the bot's clock when a test's codes are handed out
 
 pytestmark = pytest.mark.anyio
-PIN = "4826"
+PIN = "482613"
 
 
 def csrf(page: httpx.Response) -> str:

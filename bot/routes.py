@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from bot import health, page_checks, privacy
+from bot.bodies import read_body
 from bot.config import Mode
 from bot.database import DatabaseError
 from bot.deletions import deletion_request
@@ -88,7 +89,7 @@ async def data_deletion(request: Request) -> Response:
     is recorded and answered at once with its status page's URL and confirmation code; the deletion runs
     after the answer. Anything else is 400 and changes nothing."""
     runtime: Runtime = request.app.state.runtime
-    body = await _small_body(request, MAX_DELETION_BODY_BYTES)
+    body = await read_body(request, MAX_DELETION_BODY_BYTES)
     if body is None:
         return PlainTextResponse("body too large", status_code=413)
     fields = parse_qs(body.decode("utf-8", errors="replace"))
@@ -109,23 +110,6 @@ async def data_deletion(request: Request) -> Response:
         {"url": f"{runtime.settings.public_url}{privacy.STATUS_PATH}{code}", "confirmation_code": code},
         background=BackgroundTask(privacy.process_pending, database, files),
     )
-
-
-async def _small_body(request: Request, limit: int) -> bytes | None:
-    """The request's body, or None once it is declared or found to be longer than `limit` bytes: the route
-    is public, so a body is never read whole before its size is known."""
-    declared = request.headers.get("content-length", "")
-    # At most twelve ASCII digits: int() refuses thousands of them, and reads digits of other scripts.
-    if declared and not (
-        declared.isascii() and declared.isdigit() and len(declared) <= 12 and int(declared) <= limit
-    ):
-        return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return body
 
 
 async def deletion_status(request: Request) -> Response:

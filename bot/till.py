@@ -33,6 +33,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from bot import redemption
+from bot.bodies import read_body
 from bot.campaign import Campaign
 from bot.database import Database, DatabaseError
 from bot.pool import CodeState
@@ -278,11 +279,9 @@ async def _form(request: Request) -> dict[str, str] | None:
     """A small url-encoded form's fields; None for anything else."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
         return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return None
+    body = await read_body(request, MAX_FORM_BYTES)
+    if body is None:
+        return None
     try:
         fields = parse_qs(body.decode("utf-8"), strict_parsing=False)
     except (UnicodeDecodeError, ValueError):

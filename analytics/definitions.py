@@ -18,6 +18,16 @@ def _earliest(a: str, b: str) -> str:
     return f"case when {a} is null then {b} when {b} is null or {a} <= {b} then {a} else {b} end"
 
 
+_SHARE_DECIMALS = 4
+
+
+def _share(part: str, whole: str) -> str:
+    """`part / whole` to _SHARE_DECIMALS places, rounded half up on the exact ratio in integers: the same in
+    every engine (a double's rounding differs between DuckDB and Spark on ties such as 17/160)."""
+    scale = 10**_SHARE_DECIMALS
+    return f"cast(({2 * scale} * ({part}) + ({whole})) // (2 * ({whole})) as double) / {scale}"
+
+
 def _local_day(micros: str) -> str:
     """The day, in the question's zone, of a time held as µs since the epoch."""
     return f"cast(make_timestamp({micros})::timestamptz at time zone $tz as date)"
@@ -376,7 +386,7 @@ def cohorts(period: str, step: str = FunnelStep.COUPON_REVEALED) -> str:
     )
     select cast(g.cohort as date) as cohort, cast(g.k as integer) as period,
            count(m.customer) as customers,
-           round(count(m.customer) / g.cohort_size, 4) as share,
+           {_share("count(m.customer)", "g.cohort_size")} as share,
            g.cohort + to_{period}s(cast(g.k + 1 as integer)) <= (select last_ts from horizon) as complete,
            g.cohort_size
     from grid g left join members m on m.cohort = g.cohort and m.converted_in = g.k
@@ -401,7 +411,7 @@ with clicks as (
       and epoch_us(ts) >= $start_us and epoch_us(ts) < $end_us{_OF_CUSTOMERS if labelled else ""}
     group by button, event
 )
-select button, clicks, customers, round(clicks / sum(clicks) over (), 4) as share, step
+select button, clicks, customers, {_share("clicks", "sum(clicks) over ()")} as share, step
 from clicks
 order by clicks desc, button
 """

@@ -197,3 +197,20 @@ def test_the_session_has_room_for_the_compiled_code_of_many_questions(spark):
     pools = spark._jvm.java.lang.management.ManagementFactory.getMemoryPoolMXBeans()
     reserved = sum(pool.getUsage().getMax() for pool in pools if "Code" in pool.getName())
     assert reserved >= 240 * 1024 * 1024
+
+
+def test_a_share_on_a_rounding_tie_is_the_same_on_both_engines(tmp_path, spark):
+    # 17 of 160 clicks is 0.10625: DuckDB and Spark rounded the double quotient apart (0.1063, 0.1062).
+    start = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    clicks = [
+        customer_event(
+            f"c{n}", n, EventName.COUPON_REQUESTED, start=start, button="yes" if n < 17 else "GET_STARTED"
+        )
+        for n in range(160)
+    ]
+    write_events(FileStore(str(tmp_path)), clicks, "writer-00000001")
+
+    duckdb_buttons = Events(str(tmp_path)).buttons()
+    assert_same(SparkEvents(str(tmp_path), spark=spark).buttons(), duckdb_buttons)
+    shares = {row["button"]: row["share"] for row in duckdb_buttons.to_pylist()}
+    assert shares == {"GET_STARTED": 0.8938, "yes": 0.1063}  # 143 and 17 of 160: 0.89375 and 0.10625, half up

@@ -182,6 +182,11 @@ def _add_periods(a: date, n: int, period: str) -> date:
     return a + timedelta(days=n * (7 if period == "week" else 1))
 
 
+def share(part: int, whole: int) -> float:
+    """part / whole to 4 places, rounded half up on the exact ratio (as the metric definitions round)."""
+    return ((20_000 * part + whole) // (2 * whole)) / 10_000
+
+
 def cohorts(
     events, period="week", tz="UTC", step="coupon_revealed", **filters
 ) -> dict[tuple[date, int], dict]:
@@ -212,7 +217,7 @@ def cohorts(
             end_of_k = datetime.combine(_add_periods(cohort, k + 1, period), datetime.min.time())
             out[(cohort, k)] = {
                 "customers": len(converted),
-                "share": round(len(converted) / len(steps_of), 4),
+                "share": share(len(converted), len(steps_of)),
                 "complete": end_of_k <= last,
             }
     return out
@@ -234,7 +239,7 @@ def buttons(events, campaign=None, start=None, end=None, tz="UTC") -> dict[tuple
         out[key] = {
             "clicks": len(mine),
             "customers": len({e.customer_id for e in mine}),
-            "share": round(len(mine) / len(clicks), 4),
+            "share": share(len(mine), len(clicks)),
         }
     return out
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -71,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "report":
         import analytics
+        from analytics.query import store_source
         from analytics.report import metric_tables, render_report, write_csv
 
         if args.out is None and args.csv is None:
             parser.error("give --out FILE.html, --csv DIR, or both")
-        data = args.data or os.environ.get("PROMOBOT_DATA", "data")
+        data = store_source(args.data)
         events = analytics.open(data)
         if not events.campaigns().num_rows:
             print(f"promobot report: no events in {data}: every figure is 0", file=sys.stderr)

@@ -6,6 +6,7 @@ events.funnel(campaign="spring-sale")    # pyarrow.Table
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -23,6 +24,11 @@ _CACHED_QUESTIONS = 16
 _READ_ATTEMPTS = 3
 
 Signature = dict[str, tuple[int, int]]  # a file's path -> (size, modification time in ns)
+
+
+def store_source(data: str | None = None) -> str:
+    """The store a command reads: `data` when given, else PROMOBOT_DATA, else ./data."""
+    return data or os.environ.get("PROMOBOT_DATA", "data")
 
 
 def open(source: str | Path = "data") -> Events:  # the documented `analytics.open(...)`

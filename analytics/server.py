@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from analytics.dashboard import NOTEBOOK, SHARE
+from analytics.query import store_source
 
 
 def serve(data: str | None = None, host: str = "127.0.0.1", port: int = 8866) -> NoReturn:
     """`python -m analytics dashboard`: this process becomes Voilà on `host:port`, protected by
     PROMOBOT_DASHBOARD_TOKEN if set."""
-    source = data or os.environ.get("PROMOBOT_DATA", "data")
+    source = store_source(data)
     if not source.startswith("s3://"):
         source = str(Path(source).resolve())  # the notebook's kernel runs in the notebook's directory
     # Our Voilà template (the lab one, minus its CDN stylesheets) lives in analytics/share.

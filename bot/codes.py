@@ -32,9 +32,8 @@ class CodesError(ValueError):
 def load_codes(path: Path) -> list[str]:
     """The codes in a codes file, in file order. Raises CodesError."""
     try:
-        text = path.read_text(
-            encoding="utf-8-sig"
-        )  # a spreadsheet's "CSV UTF-8" starts with a byte order mark
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte order mark.
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise CodesError(f"{path}: no such codes file") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -13,9 +13,7 @@ from bot.database import Database
 from bot.events import Event
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
-from bot.rows import INSERT_EVENT, INSERT_REPLY, Cursor, event_values, micros, moment, reply_values
-
-_US = timedelta(microseconds=1)
+from bot.rows import INSERT_EVENT, INSERT_REPLY, US, Cursor, event_values, micros, moment, reply_values
 
 
 def redeemed_event(state: pool.CodeState, at: datetime) -> Event:
@@ -79,13 +77,13 @@ def redeem_codes(
         hand-out by more than TILL_CLOCK_SKEW (stored, it would never count as used at the till).
     """
     counts = {"new": 0, "already": 0, "unknown": 0}
-    late = database.clock() + TILL_CLOCK_SKEW
-    wrong = [f"{code} at {at.isoformat()} (later than now)" for code, at in used if at > late]
+    late, wrong = database.clock() + TILL_CLOCK_SKEW, []
     with database.transaction() as cursor:
         for code, at in used:
             if at > late:
+                wrong.append(f"{code} at {at.isoformat()} (later than now)")
                 continue
-            outcome, state = pool.redeem_code(cursor, campaign_id, code, micros(at), TILL_CLOCK_SKEW // _US)
+            outcome, state = pool.redeem_code(cursor, campaign_id, code, micros(at), TILL_CLOCK_SKEW // US)
             if outcome == "early":
                 wrong.append(f"{code} at {at.isoformat()} (before the code was handed out)")
             else:

@@ -7,6 +7,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from analytics.server import KERNEL_IDLE_S
+
 
 def command_line() -> argparse.ArgumentParser:
     """The parser of `python -m analytics`: its commands and their options."""
@@ -41,6 +43,13 @@ def command_line() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)"
     )
     dashboard.add_argument("--port", type=int, default=8866, help="the port to listen on (default: 8866)")
+    dashboard.add_argument(
+        "--kernel-idle-s",
+        type=int,
+        default=KERNEL_IDLE_S,
+        help="stop a closed page's kernel after it has been idle this many seconds"
+        f" (default: {KERNEL_IDLE_S}); an open page keeps its kernel",
+    )
 
     statements = commands.add_parser(
         "sql", help="print the metrics of one question as Athena or Trino SQL (docs/scale.md)"
@@ -109,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dashboard":
         from analytics.server import serve
 
-        return serve(data=args.data, host=args.host, port=args.port)
+        if args.kernel_idle_s < 1:
+            parser.error("--kernel-idle-s must be at least 1")
+        return serve(data=args.data, host=args.host, port=args.port, kernel_idle_s=args.kernel_idle_s)
     parser.error(f"unknown command {args.command}")
 
 

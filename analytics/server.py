@@ -7,13 +7,22 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from analytics.dashboard import NOTEBOOK, SHARE
-from analytics.query import store_source
+# A closed page's kernel (about 250 MB) is stopped this long after its last activity; so is the kernel of a
+# request that never opened the page's connection (a script, a link preview).
+KERNEL_IDLE_S = 60
 
 
-def serve(data: str | None = None, host: str = "127.0.0.1", port: int = 8866) -> NoReturn:
+def serve(
+    data: str | None = None, host: str = "127.0.0.1", port: int = 8866, kernel_idle_s: int = KERNEL_IDLE_S
+) -> NoReturn:
     """`python -m analytics dashboard`: this process becomes Voilà on `host:port`, protected by
-    PROMOBOT_DASHBOARD_TOKEN if set."""
+    PROMOBOT_DASHBOARD_TOKEN if set.
+
+    Parameters: `kernel_idle_s` how long a kernel no page is connected to may stay idle before it is
+    stopped; a page that is open keeps its kernel however long it is idle."""
+    from analytics.dashboard import NOTEBOOK, SHARE  # here: the command line reads KERNEL_IDLE_S cheaply
+    from analytics.query import store_source
+
     source = store_source(data)
     if not source.startswith("s3://"):
         source = str(Path(source).resolve())  # the notebook's kernel runs in the notebook's directory
@@ -46,9 +55,12 @@ def serve(data: str | None = None, host: str = "127.0.0.1", port: int = 8866) ->
         "--theme=light",
         f"--token={token}",
         "--VoilaConfiguration.multi_kernel_manager_class=analytics.kernels.PromptKernelManager",
-        # Each open page holds a kernel: stop the ones nobody looks at.
-        "--MappingKernelManager.cull_idle_timeout=900",
-        "--MappingKernelManager.cull_interval=60",
+        # Each page opened starts a kernel of its own, which outlives the page: stop those no page is
+        # connected to once idle (an open page's kernel is kept: `cull_connected` stays off; the pooled
+        # kernel waiting for the next visitor is never culled, Voilà sees to that).
+        f"--MappingKernelManager.cull_idle_timeout={kernel_idle_s}",
+        "--MappingKernelManager.cull_connected=False",
+        f"--MappingKernelManager.cull_interval={max(1, min(10, kernel_idle_s))}",
     ]
     # Become Voilà: signals (Ctrl-C, SIGTERM from a supervisor) reach the server itself.
     os.execve(sys.executable, command, env)  # noqa: S606 - a fixed argv, no shell involved

@@ -14,7 +14,7 @@ import analytics
 from analytics.report import kpis
 from analytics.sample import write_sample
 from tests.support.browser import ARTIFACTS, chromium_page
-from tests.support.dashboard import running_dashboard, shown_kpis
+from tests.support.dashboard import dashboard_process, kernels, running_dashboard, shown_kpis
 from tests.support.paths import REPO
 from tests.support.ports import free_port
 
@@ -124,6 +124,41 @@ def test_a_token_protects_the_dashboard(tmp_path):
         assert httpx.get(url + "/", timeout=120).status_code in (302, 403)
         assert httpx.get(url + "/", params={"token": "wrong"}, timeout=120).status_code in (302, 403)
         assert httpx.get(url + "/", params={"token": "s3cret-token"}, timeout=120).status_code == 200
+
+
+def wait_until(condition, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_closed_page_gives_its_kernel_back_and_an_open_one_keeps_it(tmp_path):
+    # Each page opened takes a kernel (about 250 MB) that outlived the page by 15 minutes: a few reloads
+    # took gigabytes. A kernel no page is connected to is now stopped once idle; an open page's is kept.
+    data = tmp_path / "data"
+    write_sample(data, customers=300, days=10, seed=2, progress=False)
+    idle_s = 3
+    with dashboard_process(data, "--kernel-idle-s", str(idle_s)) as (url, process):
+        wait_until(lambda: len(kernels(process)) == 1)  # the pooled kernel, waiting for a visitor
+        (pages_kernel,) = kernels(process)  # the next page gets it
+        all_time = shown_kpis(kpis(analytics.open(data).funnel()))
+        with chromium_page(offline_except=url) as page:
+            page.goto(url + "/", timeout=60_000)
+            page.get_by_role("button", name="All time").wait_for(timeout=60_000)
+            time.sleep(idle_s + 12)  # past the idle time and a culler's round: the page's kernel stays
+            assert pages_kernel in kernels(process)
+            page.get_by_role("button", name="All time").click()  # and still answers
+            wait_for_reached(page, all_time["reached"])
+            wait_until(lambda: len(kernels(process)) == 2)  # the pool has a new kernel
+            (scripts_kernel,) = kernels(process) - {pages_kernel}
+            page.close()
+            wait_until(lambda: pages_kernel not in kernels(process), timeout_s=30)  # the closed page's
+
+        # A request that never runs the page's scripts (a script, a link preview) holds no kernel either.
+        assert httpx.get(url + "/", timeout=120).status_code == 200
+        wait_until(lambda: scripts_kernel not in kernels(process), timeout_s=30)
+        wait_until(lambda: len(kernels(process)) == 1)  # and the pool is full again
 
 
 def test_stopping_the_dashboard_while_its_kernel_warms_up_is_quiet(tmp_path):

@@ -30,9 +30,19 @@ def shown_kpis(figures: dict) -> dict[str, str]:
 @contextmanager
 def running_dashboard(data: Path, token: str = "") -> Iterator[str]:
     """`python -m analytics dashboard` on a free port; yields its URL once it listens."""
+    with dashboard_process(data, token=token) as (url, _process):
+        yield url
+
+
+@contextmanager
+def dashboard_process(
+    data: Path, *options: str, token: str = ""
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m analytics dashboard` with `options` on a free port; yields its URL and process once it
+    listens."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "analytics", "dashboard", "--data", str(data), "--port", str(port)],
+        [sys.executable, "-m", "analytics", "dashboard", "--data", str(data), "--port", str(port), *options],
         cwd=REPO,
         env={**os.environ, "PROMOBOT_DASHBOARD_TOKEN": token},
         stdout=subprocess.PIPE,
@@ -42,10 +52,18 @@ def running_dashboard(data: Path, token: str = "") -> Iterator[str]:
         if not listening(port, process):
             process.kill()
             raise AssertionError(process.stdout.read().decode(errors="replace"))
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def kernels(process: subprocess.Popen[bytes]) -> set[int]:
+    """The process ids of the notebook kernels the dashboard's process runs."""
+    import psutil
+
+    children = psutil.Process(process.pid).children()
+    return {child.pid for child in children if "ipykernel_launcher" in " ".join(child.cmdline())}
 
 
 def listening(port: int, process: subprocess.Popen, timeout_s: float = 60) -> bool:

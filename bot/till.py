@@ -40,9 +40,13 @@ from bot.pool import CodeState
 
 SESSION_COOKIE = "promobot_staff"
 CSRF_COOKIE = "promobot_csrf"
+# Given at a sign-in: this browser knew the PIN once. Wrong PINs elsewhere never lock it out.
+DEVICE_COOKIE = "promobot_till_device"
 SESSION_S = 12 * 3600  # a shift
+DEVICE_S = 365 * 24 * 3600
 MAX_FORM_BYTES = 4096
-# Wrong PINs: at most this many per client, and this many from everyone, in the window.
+# Wrong PINs: at most this many per client (an address, or a known device), and this many from every
+# address together, in the window.
 CLIENT_FAILURES, ALL_FAILURES, FAILURE_WINDOW_S = 5, 30, 300.0
 MAX_CLIENTS = 10_000
 
@@ -52,14 +56,19 @@ _R = TypeVar("_R")
 
 
 class Attempts:
-    """Wrong PINs in the last `window_s` seconds, per client and overall; memory bounded."""
+    """Wrong PINs in the last FAILURE_WINDOW_S seconds, per client and overall; memory bounded.
+
+    A known device (one that signed in before) is limited on its own only: its wrong PINs do not count
+    overall, and the overall limit does not hold it back. So whoever tries PINs from many addresses, or from
+    behind the proxy the shop's phones share, cannot keep staff who signed in before out of the till.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._clients: OrderedDict[str, deque[float]] = OrderedDict()
         self._all: deque[float] = deque()
 
-    def blocked_for(self, client: str) -> float:
+    def blocked_for(self, client: str, known_device: bool = False) -> float:
         """Seconds until `client` may try again (0: now)."""
         now = self.clock()
         self._forget(now)
@@ -67,15 +76,16 @@ class Attempts:
         waits = [0.0]
         if len(mine) >= CLIENT_FAILURES:
             waits.append(mine[0] + FAILURE_WINDOW_S - now)
-        if len(self._all) >= ALL_FAILURES:
+        if not known_device and len(self._all) >= ALL_FAILURES:
             waits.append(self._all[0] + FAILURE_WINDOW_S - now)
         return max(waits)
 
-    def failed(self, client: str) -> None:
+    def failed(self, client: str, known_device: bool = False) -> None:
         now = self.clock()
         self._clients.setdefault(client, deque()).append(now)
         self._clients.move_to_end(client)
-        self._all.append(now)
+        if not known_device:
+            self._all.append(now)
         while len(self._clients) > MAX_CLIENTS:
             self._clients.popitem(last=False)
 
@@ -109,6 +119,19 @@ def till_routes(
         # The PIN is part of what is signed: changing the PIN ends every session.
         mac = hmac.new(key, f"{expires}|{pin}".encode(), hashlib.sha256).hexdigest()
         return f"{expires}.{mac}"
+
+    def device_value(device: str) -> str:
+        # Signed with the PIN too: a new PIN makes every device unknown again.
+        mac = hmac.new(key, f"device|{device}|{pin}".encode(), hashlib.sha256).hexdigest()
+        return f"{device}.{mac}"
+
+    def known_device(request: Request) -> str | None:
+        """The id of the device cookie the request carries, if this bot signed it; else None."""
+        value = request.cookies.get(DEVICE_COOKIE, "")
+        device = value.partition(".")[0]
+        if not device or not hmac.compare_digest(value.encode(), device_value(device).encode()):
+            return None
+        return device
 
     def signed_in(request: Request) -> bool:
         expires = small_number(request.cookies.get(SESSION_COOKIE, "").partition(".")[0])  # maybe forged
@@ -194,17 +217,23 @@ def till_routes(
         next_path = form.get("next", "/redeem")
         if not next_path.startswith("/redeem") or next_path.startswith("//"):
             next_path = "/redeem"
-        client = request.client.host if request.client else "unknown"
-        wait = attempts.blocked_for(client)
+        device = known_device(request)
+        if device is not None:
+            client = f"device {device}"
+        else:
+            client = request.client.host if request.client else "unknown"
+        wait = attempts.blocked_for(client, known_device=device is not None)
         if wait > 0:
             error = f"Too many wrong PINs: try again in {int(wait // 60) + 1} minutes."
             return pin_page(request, next_path, error, status=429)
         if not hmac.compare_digest(form.get("pin", "").encode(), pin.encode()):
-            attempts.failed(client)
+            attempts.failed(client, known_device=device is not None)
             return pin_page(request, next_path, "Wrong PIN.", status=403)
         response = RedirectResponse(next_path, status_code=303, headers={"Cache-Control": "no-store"})
         expires = int(time.time()) + SESSION_S
         _set_cookie(response, SESSION_COOKIE, session_value(expires), SESSION_S, secure_cookies)
+        device_cookie = device_value(device or secrets.token_urlsafe(12))  # no "." in its id
+        _set_cookie(response, DEVICE_COOKIE, device_cookie, DEVICE_S, secure_cookies)
         return response
 
     async def use(request: Request, form: dict[str, str]) -> Response:

@@ -20,7 +20,7 @@ from bot.database import Database
 from bot.facts import ButtonStep, EventName
 from bot.flow import button_payload
 from bot.redemption import find_code, redeem
-from bot.till import CLIENT_FAILURES, CSRF_COOKIE, SESSION_COOKIE
+from bot.till import ALL_FAILURES, CLIENT_FAILURES, CSRF_COOKIE, DEVICE_COOKIE, SESSION_COOKIE
 from tests.support import payloads
 from tests.support.bot_process import run_bot, stored_events
 from tests.support.builders import Clock
@@ -155,6 +155,64 @@ async def test_wrong_pins_are_refused_then_rate_limited(till):
         limited = await sign_in(client, "/redeem", pin=PIN)  # even the right one, for a while
         assert limited.status_code == 429
         assert "Too many wrong PINs" in limited.text
+
+
+def client_at(app: Starlette, address: str) -> httpx.AsyncClient:
+    """A client of `app` (already started) from `address`."""
+    transport = httpx.ASGITransport(app=app, client=(address, 40_000))
+    return httpx.AsyncClient(transport=transport, base_url="http://promobot.test")
+
+
+async def signed_in(client: httpx.AsyncClient, pin: str = PIN) -> int:
+    """Sign in to the till afresh (a new shift); the status of the answer, 200 once signed in."""
+    client.cookies.delete(SESSION_COOKIE)
+    answer = await sign_in(client, "/redeem", pin=pin)
+    assert (answer.status_code == 200) == ("Staff sign-in" not in answer.text)
+    return answer.status_code
+
+
+async def guess_from_everywhere(app: Starlette) -> None:
+    """Wrong PINs from many addresses, up to the limit for every address together."""
+    for n in range(ALL_FAILURES // CLIENT_FAILURES):
+        async with client_at(app, f"203.0.113.{n}") as guesser:
+            for _ in range(CLIENT_FAILURES):
+                assert await signed_in(guesser, pin="000000") == 403
+
+
+async def test_wrong_pins_from_everywhere_do_not_lock_out_a_phone_that_signed_in_before(till):
+    # Whoever tried thirty PINs from six addresses (or five from behind the proxy the shop's phones share)
+    # locked every member of staff out of the till, again and again.
+    app, _, _ = till
+    started = app.router.lifespan_context(app)
+    async with started, client_at(app, "198.51.100.7") as phone, client_at(app, "198.51.100.8") as forged:
+        assert await signed_in(phone) == 200  # yesterday's shift: the phone is known since
+        device = phone.cookies[DEVICE_COOKIE]
+        forged.cookies.set(DEVICE_COOKIE, device.split(".")[0] + "." + "0" * 64, path="/redeem")
+        await guess_from_everywhere(app)
+        async with client_at(app, "198.51.100.9") as new_phone:
+            assert await signed_in(new_phone) == 429  # an unknown device waits
+        assert await signed_in(forged) == 429  # and so does one with a device cookie not ours
+        assert await signed_in(phone) == 200
+        assert phone.cookies[DEVICE_COOKIE] == device  # the same device still
+
+
+async def test_a_known_phone_has_its_own_limit_and_a_new_pin_makes_it_unknown(tmp_path):
+    data = single_use_home(tmp_path, ["SPR-AAAA2222"])
+    app, _ = till_app(data)
+    async with app.router.lifespan_context(app), client_at(app, "198.51.100.7") as phone:
+        assert await signed_in(phone) == 200
+        for _ in range(CLIENT_FAILURES):
+            assert await signed_in(phone, pin="000000") == 403
+        assert await signed_in(phone) == 429  # its own wrong PINs still count
+        device = phone.cookies[DEVICE_COOKIE]
+    new_pin = create_app(
+        settings_for(data, PROMOBOT_STAFF_PIN="905132"), graph_transport=httpx.MockTransport(Platform())
+    )
+    async with new_pin.router.lifespan_context(new_pin):
+        await guess_from_everywhere(new_pin)
+        async with client_at(new_pin, "198.51.100.7") as phone:
+            phone.cookies.set(DEVICE_COOKIE, device, path="/redeem")
+            assert await signed_in(phone, pin="905132") == 429  # known to the old PIN only
 
 
 async def test_a_form_without_its_csrf_token_is_refused(till):

@@ -108,10 +108,12 @@ class ReferralEvent(Inbound):
 @dataclass(frozen=True, slots=True)
 class TextMessage(Inbound):
     """A message the customer wrote (text or attachments). Its `text` is held in memory only, for the flow to
-    match opt-out and opt-in words: it is never recorded, nor shown in a repr (logs)."""
+    match opt-out and opt-in words: it is never recorded, nor shown in a repr (logs). `referral` is set on the
+    first message after a Click-to-Messenger ad (the `messages` reference's "Message with Ads referral")."""
 
     mid: str | None = None
     text: str | None = field(default=None, repr=False)
+    referral: Referral | None = None
 
     @property
     def kind(self) -> str:
@@ -260,7 +262,12 @@ def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | Non
                 title=_text(message.get("text")),
                 mid=_text(message.get("mid")),
             )
-        return TextMessage(**base, mid=_text(message.get("mid")), text=_text(message.get("text")))
+        return TextMessage(
+            **base,
+            mid=_text(message.get("mid")),
+            text=_text(message.get("text")),
+            referral=_message_referral(message.get("referral")),
+        )
     if isinstance(postback := item.get("postback"), dict):
         return Postback(
             **base,
@@ -352,6 +359,15 @@ def _referral(value: object) -> Referral | None:
         ad_id=_text(value.get("ad_id")) or None,
         ad_title=_text(ads.get("ad_title")) if isinstance(ads, dict) else None,
     )
+
+
+def _message_referral(value: object) -> Referral | None:
+    """A message's referral: an ad's (`source` ADS, its `ad_id`, an optional `ref`); None for one naming no
+    origin, such as a Shops product page's (only a `product`)."""
+    referral = _referral(value)
+    if referral is None or not (referral.ref or referral.source or referral.ad_id):
+        return None
+    return referral
 
 
 # -- outbound (Send API bodies) --------------------------------------------------------------------------

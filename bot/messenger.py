@@ -399,7 +399,12 @@ def image_message(url: str, *, reusable: bool = True) -> dict[str, object]:
     return {"attachment": {"type": "image", "payload": {"url": url, "is_reusable": reusable}}}
 
 
-def send_body(recipient_id: str, message: Mapping[str, object] | Encoded) -> dict[str, object]:
-    """A Send API request body: a `RESPONSE` to the customer's own action, inside the 24-hour window; the
-    message as a JSON object, or encoded once for many customers."""
-    return {"recipient": {"id": recipient_id}, "messaging_type": "RESPONSE", "message": message}
+def send_body(
+    recipient_id: str, message: Mapping[str, object] | Encoded, messaging_type: str = "RESPONSE"
+) -> dict[str, object]:
+    """A Send API request body, the message as a JSON object or encoded once for many customers.
+
+    `messaging_type` is `RESPONSE` for an answer to the customer's own action, `UPDATE` for a message the
+    page sends of itself (not in response to a received message); both only inside the customer's window.
+    """
+    return {"recipient": {"id": recipient_id}, "messaging_type": messaging_type, "message": message}

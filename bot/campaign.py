@@ -285,6 +285,14 @@ def parse_campaign(
                     f"above {key} it makes {len(disclosure) + 2 + len(text)} characters; Messenger allows "
                     f"{room} here (with room for a first name)",
                 )
+    for key, text in _welcome_texts(values["welcome.text"], variants):
+        longest = _longest_welcome(text, disclosure)
+        if longest > TEMPLATE_TEXT_LIMIT:
+            raise fail(
+                key,
+                f"with a first name of {FIRST_NAME_ROOM} characters in each {{first_name}} it makes "
+                f"{longest} characters; Messenger allows {TEMPLATE_TEXT_LIMIT} in a button template's text",
+            )
     if variants and "variant" in values:
         raise fail(
             "variant", "give either a `variant` label or [variants.NAME] tables (an A/B test), not both"
@@ -309,6 +317,20 @@ def parse_campaign(
         deletion_text=values.get("privacy.deleted", DEFAULT_DELETION_TEXT),
         **coupon,
     )
+
+
+def _welcome_texts(welcome: str, variants: Sequence[Variant]) -> list[tuple[str, str]]:
+    """Every welcome text of the file, with its key: the campaign's and its variants' own."""
+    return [("welcome.text", welcome)] + [
+        (f"variants.{v.name}.welcome.text", v.welcome_text) for v in variants if v.welcome_text
+    ]
+
+
+def _longest_welcome(text: str, disclosure: str | None) -> int:
+    """How long a welcome of `text` can be once sent: each {first_name} as long as a name is let be (the
+    length check counts the placeholder itself, not the name), under the disclosure line if there is one."""
+    above = len(disclosure) + 2 if disclosure else 0
+    return above + len(text.format(first_name="x" * FIRST_NAME_ROOM))
 
 
 def _checked_text(key: str, value: object, fail: _FailAt) -> str:

@@ -337,11 +337,12 @@ def record(campaign: Campaign, inbound: Inbound, rules: PageRules = DEFAULT_RULE
         case ReferralEvent(referral=referral):
             # An entry link or ad opened in a thread that exists: a new journey, from there.
             return [_started(campaign, event, "referral", referral)]
-        case TextMessage(text=text):
-            # The words themselves are matched here and never recorded.
+        case TextMessage(text=text, referral=referral):
+            # The words themselves are matched here and never recorded. A first message after a
+            # Click-to-Messenger ad carries the ad's referral: the journey comes from the ad.
             said = keyword(text) if text else ""
             received = event(EventName.TEXT_RECEIVED)
-            started = _started(campaign, event, "text", None, event_id=f"{inbound.event_id}.s")
+            started = _started(campaign, event, "text", referral, event_id=f"{inbound.event_id}.s")
             if said in rules.opt_out_words:
                 opted = event(EventName.OPTED_OUT, event_id=f"{inbound.event_id}.o", detail=_TEXT_TRIGGER)
                 return [received, opted]

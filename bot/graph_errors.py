@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Graph API error codes worth retrying: 1 unknown, 2 service unavailable, 4 / 17 / 32 / 613 rate limits.
-TRANSIENT_CODES = frozenset({1, 2, 4, 17, 32, 613})
+# Graph API error codes worth retrying: 1 unknown, 2 service unavailable, 1200 the Send API's "temporary send
+# message failure", the rate limits: 4 / 17 / 32 / 613, and 80001 / 80006 (the Pages and Messenger business
+# use case limits, which page tokens count against).
+TRANSIENT_CODES = frozenset({1, 2, 4, 17, 32, 613, 1200, 80001, 80006})
 TOKEN_INVALID = 190
 
 

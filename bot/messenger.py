@@ -108,10 +108,12 @@ class ReferralEvent(Inbound):
 @dataclass(frozen=True, slots=True)
 class TextMessage(Inbound):
     """A message the customer wrote (text or attachments). Its `text` is held in memory only, for the flow to
-    match opt-out and opt-in words: it is never recorded, nor shown in a repr (logs)."""
+    match opt-out and opt-in words: it is never recorded, nor shown in a repr (logs). `referral` is set on the
+    first message after a Click-to-Messenger ad (the `messages` reference's "Message with Ads referral")."""
 
     mid: str | None = None
     text: str | None = field(default=None, repr=False)
+    referral: Referral | None = None
 
     @property
     def kind(self) -> str:
@@ -260,7 +262,12 @@ def _parse_messaging(item: Mapping[str, Any], entry_id: object) -> Inbound | Non
                 title=_text(message.get("text")),
                 mid=_text(message.get("mid")),
             )
-        return TextMessage(**base, mid=_text(message.get("mid")), text=_text(message.get("text")))
+        return TextMessage(
+            **base,
+            mid=_text(message.get("mid")),
+            text=_text(message.get("text")),
+            referral=_message_referral(message.get("referral")),
+        )
     if isinstance(postback := item.get("postback"), dict):
         return Postback(
             **base,
@@ -354,6 +361,15 @@ def _referral(value: object) -> Referral | None:
     )
 
 
+def _message_referral(value: object) -> Referral | None:
+    """A message's referral: an ad's (`source` ADS, its `ad_id`, an optional `ref`); None for one naming no
+    origin, such as a Shops product page's (only a `product`)."""
+    referral = _referral(value)
+    if referral is None or not (referral.ref or referral.source or referral.ad_id):
+        return None
+    return referral
+
+
 # -- outbound (Send API bodies) --------------------------------------------------------------------------
 
 
@@ -383,7 +399,12 @@ def image_message(url: str, *, reusable: bool = True) -> dict[str, object]:
     return {"attachment": {"type": "image", "payload": {"url": url, "is_reusable": reusable}}}
 
 
-def send_body(recipient_id: str, message: Mapping[str, object] | Encoded) -> dict[str, object]:
-    """A Send API request body: a `RESPONSE` to the customer's own action, inside the 24-hour window; the
-    message as a JSON object, or encoded once for many customers."""
-    return {"recipient": {"id": recipient_id}, "messaging_type": "RESPONSE", "message": message}
+def send_body(
+    recipient_id: str, message: Mapping[str, object] | Encoded, messaging_type: str = "RESPONSE"
+) -> dict[str, object]:
+    """A Send API request body, the message as a JSON object or encoded once for many customers.
+
+    `messaging_type` is `RESPONSE` for an answer to the customer's own action, `UPDATE` for a message the
+    page sends of itself (not in response to a received message); both only inside the customer's window.
+    """
+    return {"recipient": {"id": recipient_id}, "messaging_type": messaging_type, "message": message}

@@ -163,7 +163,7 @@ class Replier:
             return
         else:
             message = self._message(reply.kind, reply.answers.variant, first_name)
-        body = send_body(reply.customer_id, message)
+        body = send_body(reply.customer_id, message, _messaging_type(reply))
         answer.attempts = self.graph.send_soon(
             reply.customer_id, body, lambda outcome: self._sent(answer, reply, outcome)
         )
@@ -244,6 +244,12 @@ class Replier:
                 answer.attempts.abandon()
             if answer.done is not None:
                 answer.done()  # whoever waits for them (`send`) waits no more
+
+
+def _messaging_type(reply: Reply) -> str:
+    """`UPDATE` for the thanks sent when a code is used at the till (the till's doing, not a message the
+    customer sent: the Send API's "sent proactively"); `RESPONSE` for every answer to a customer's action."""
+    return "UPDATE" if reply.kind is ReplyKind.REDEEMED else "RESPONSE"
 
 
 def by_event(replies: Iterable[Reply]) -> list[list[Reply]]:

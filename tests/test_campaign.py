@@ -86,6 +86,34 @@ def test_a_disclosure_line_goes_above_every_welcome_and_must_leave_it_room():
         parse_campaign({**raw, "welcome": long_welcome})
 
 
+@pytest.mark.parametrize("where", ["welcome", "variant"])
+def test_a_welcome_naming_the_customer_twice_must_leave_room_for_both_names(where):
+    # 598 characters: under the 605 a welcome may have, but each {first_name} becomes up to 35 characters.
+    text = "Hi {first_name}! " + "x" * 564 + " Bye {first_name}"
+    raw = example()
+    if where == "welcome":
+        raw["welcome"]["text"] = text
+        key = "welcome.text"
+    else:
+        raw = with_variants(A={"welcome": {"text": text}}, B={})
+        key = "variants.A.welcome.text"
+
+    with pytest.raises(CampaignError) as refused:
+        parse_campaign(raw, where="data/campaign.toml", data_dir=REPO / "data")
+
+    assert str(refused.value).startswith(f"data/campaign.toml: {key}: ")
+    assert "it makes 644 characters; Messenger allows 640" in str(refused.value)
+
+
+def test_a_welcome_naming_the_customer_twice_fits_when_both_names_do():
+    raw = example()
+    raw["welcome"]["text"] = "Hi {first_name}! " + "x" * 550 + " Bye {first_name}"
+
+    campaign = parse_campaign(raw, data_dir=REPO / "data")
+
+    assert len(render_welcome_text(campaign, "A" * 500)) <= 640
+
+
 def test_literal_braces_reach_customers_unescaped():
     raw = example()
     raw["thanks"]["text"] = "Thanks {{and}} bye"

@@ -112,6 +112,20 @@ def test_a_referral_starts_the_conversation_and_records_the_ref():
         assert reply.kind is ReplyKind.WELCOME
 
 
+def test_a_first_message_after_an_ad_starts_a_journey_from_the_ad():
+    item = payloads.text("42", "Is the sale still on?")
+    item["message"]["referral"] = payloads.ad_referral("42", ad_id="77")["referral"]
+
+    events, [reply] = act(item)
+
+    assert names(events) == ["text_received", "conversation_started"]
+    started = events[1]
+    assert started.source == "ad:77"
+    assert json.loads(started.detail)["source"] == "ADS"  # what opens the 7-day window of an ad
+    assert json.loads(started.detail)["ad_id"] == "77"
+    assert reply.kind is ReplyKind.WELCOME
+
+
 def test_free_text_starts_the_conversation():
     events, [reply] = act(payloads.text("42", "do you have coupons?"))
 

@@ -167,6 +167,42 @@ def test_get_started_from_an_ad_carries_the_ad_id_and_title():
     assert (click.referral.ad_id, click.referral.ad_title) == ("77", "Ad")
 
 
+def ad_message(customer: str, referral: dict) -> dict:
+    """A customer's first message after a Click-to-Messenger ad, shaped as the `messages` reference's
+    "Message with Ads referral information" shows it."""
+    item = payloads.text(customer, "Is the sale still on?")
+    item["message"]["referral"] = referral
+    return item
+
+
+def test_a_message_after_an_ad_carries_the_ads_referral():
+    referral = {
+        "ref": "spring.ad",
+        "ad_id": "6045246247433",
+        "source": "ADS",
+        "type": "OPEN_THREAD",
+        "ads_context_data": {"ad_title": "Spring sale", "post_id": "1", "product_id": "2"},
+    }
+
+    [message] = parse_body(payloads.envelope(ad_message("42", referral)))
+
+    assert isinstance(message, TextMessage)
+    assert (message.referral.ref, message.referral.ad_id, message.referral.ad_title) == (
+        "spring.ad",
+        "6045246247433",
+        "Spring sale",
+    )
+    assert (message.referral.source, message.referral.type) == ("ADS", "OPEN_THREAD")
+
+
+@pytest.mark.parametrize("referral", [{"product": {"id": "123"}}, None, "ADS", []])
+def test_a_message_referral_naming_no_origin_is_none(referral):
+    [message] = parse_body(payloads.envelope(ad_message("42", referral)))
+
+    assert isinstance(message, TextMessage)
+    assert message.referral is None
+
+
 @pytest.mark.parametrize(
     "odd",
     [

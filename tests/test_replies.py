@@ -12,11 +12,13 @@ import pytest
 
 from bot.events import message_digest
 from bot.facts import ButtonStep
-from bot.flow import Reply, button_payload
+from bot.flow import Reply, ReplyKind, button_payload
 from bot.graph_batch import read_batch
+from bot.pool import CodeState
+from bot.redemption import redeemed_event
 from bot.replies import Replier
 from tests.support import payloads
-from tests.support.campaigns import CAMPAIGN, act
+from tests.support.campaigns import CAMPAIGN, SINGLE_USE, act, reveal
 from tests.support.mock_graph import graph_over
 
 pytestmark = pytest.mark.anyio
@@ -103,3 +105,35 @@ async def test_replies_still_unsent_when_the_drain_times_out_get_no_outcome():
     assert outcomes == []  # owed: sent at the next start
     assert replier.pending == 0
     await replier.graph.aclose()
+
+
+async def test_the_thanks_for_a_code_used_at_the_till_is_an_update_and_answers_are_responses():
+    # The Send API's messaging types: RESPONSE answers a received message; UPDATE is sent proactively.
+    bodies: list[dict] = []
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return sent_ok(request)
+
+    [revealed] = [event for event in reveal("7001")[0] if event.event == "coupon_revealed"]
+    redeemed = redeemed_event(
+        CodeState(
+            code="ABC",
+            campaign_id=revealed.campaign_id,
+            customer_id="7001",
+            page_id=revealed.page_id,
+            variant=revealed.variant,
+            token="t",
+            expires_at=None,
+            redeemed_at=None,
+        ),
+        datetime.now(UTC),
+    )
+    replier = Replier(SINGLE_USE, graph_over(platform), image_url="", max_age_s=1e9)
+    outcomes = []
+
+    await replier.send([Reply(ReplyKind.REDEEMED, redeemed)], lambda reply, event: outcomes.append(event))
+    await replier.send(coupon_replies(1), lambda reply, event: outcomes.append(event))
+
+    assert [body["messaging_type"] for body in bodies] == ["UPDATE", "RESPONSE"]
+    assert [str(event.event) for event in outcomes] == ["thanks_sent", "coupon_sent"]

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 # room left for the bot's own replies to customers who answer.
 DEFAULT_RATE = 60
 MAX_RATE = 600  # per minute; past this a broadcast competes with the replies to the customers it wakes
-RATE_LIMIT_CODES = frozenset({4, 17, 32, 613})  # the Graph API's "slow down" codes
 FIRST_BACKOFF_S = 60.0  # the first pause after the platform asked to slow down (or failed for now)
 MAX_BACKOFF_S = 900.0
 STRANDED_POLL_S = 1.0  # how often a resumed broadcast looks whether a dead run's welcome was settled

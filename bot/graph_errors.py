@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Graph API error codes worth retrying: 1 unknown, 2 service unavailable, 1200 the Send API's "temporary send
-# message failure", the rate limits: 4 / 17 / 32 / 613, and 80001 / 80006 (the Pages and Messenger business
+# The Graph API's "slow down" codes: 4 / 17 / 32 / 613, and 80001 / 80006 (the Pages and Messenger business
 # use case limits, which page tokens count against).
-TRANSIENT_CODES = frozenset({1, 2, 4, 17, 32, 613, 1200, 80001, 80006})
+RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, 80001, 80006})
+# Worth retrying: those; 1 unknown, 2 service unavailable, 1200 the Send API's "temporary send message
+# failure".
+TRANSIENT_CODES = RATE_LIMIT_CODES | {1, 2, 1200}
 TOKEN_INVALID = 190
 
 

@@ -241,14 +241,20 @@ def test_the_pacer_spaces_sends_evenly_and_never_waits_past_the_next_slot():
     assert pacer.due_in() == 0.25
 
 
-async def test_the_broadcast_pauses_when_the_platform_asks_to_slow_down_then_goes_on(graph, data):
+@pytest.mark.parametrize(
+    "slow_down",
+    [
+        pytest.param(graph_error(613), id="the app's rate limit"),
+        pytest.param(graph_error(80006), id="the page's Messenger business use case limit"),
+        pytest.param(dataclasses.replace(graph_error(613), delay_s=0.1), id="no answer at all"),
+    ],
+)
+async def test_the_broadcast_pauses_when_the_platform_asks_to_slow_down_then_goes_on(graph, data, slow_down):
     with opened(None, data) as database:
         for customer in ("3001", "3002", "3003"):
             put_customer(database, customer, last_action_at=ago(hours=1))
-        # "Calls to this api have exceeded the rate limit", each answer 0.1 s coming: the Graph client's own
-        # retries (QUICK_RETRY, 0.3 s in all) get through at most three attempts, so its send fails and the
-        # broadcast, not the client, must try again.
-        slow_down = dataclasses.replace(graph_error(613), delay_s=0.1)
+        # The Graph client's own retries (QUICK_RETRY, 0.3 s in all) get through at most two of the three
+        # refusals, so its send fails for now and the broadcast, not the client, must try again.
         graph.script_sends("3002", slow_down, slow_down, slow_down)
 
         tally = await run_broadcast(database, graph, data, None, rate=600, first_backoff_s=1.0)

@@ -20,8 +20,10 @@ import dataclasses
 import json
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,6 +55,13 @@ from bot.rows import (
 )
 
 SEEN_RETENTION = timedelta(days=7)  # Messenger redelivers an unacknowledged webhook for at most a day
+# Messenger gives a webhook 5 s: a store that has not answered by then (a server frozen, a network that drops
+# packets) gets the webhook a 503 it can act on, instead of an answer the platform no longer waits for.
+RECORD_TIMEOUT_S = 4.0
+CHECK_TIMEOUT_S = 2.0  # a health check's answer within a load balancer's patience
+# A full disk refuses a webhook's commit while the small write of a health check still fits in pages the
+# file already has: after a failed commit, the store reads as failing until one succeeds, or for this long.
+WRITE_FAILURE_HOLD_S = 60.0
 
 
 class DatabaseError(RuntimeError):
@@ -61,6 +70,12 @@ class DatabaseError(RuntimeError):
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _retrieve(future: asyncio.Future[list[Event]]) -> None:
+    """Take a future's exception, which its caller stopped waiting for (asyncio would log it as lost)."""
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +120,8 @@ class Database:
         self._connections: list[Any] = []
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(1, "promobot-database")  # runs `record`'s commits, one at a time
+        self._checker = ThreadPoolExecutor(1, "promobot-health")  # `check`: a frozen server holds it alone
+        self._write_failure: tuple[float, DatabaseError] | None = None  # (monotonic time, error) of a commit
         self._waiting: list[_Waiting] = []
         self._committer: asyncio.Task[None] | None = None
         self._closed = False
@@ -159,13 +176,25 @@ class Database:
         """Close every connection; call once `record`'s callers have their answers."""
         self._closed = True
         self._writer.shutdown(wait=True)
+        self._checker.shutdown(wait=True)
         with self._lock:
             connections, self._connections = self._connections, []
         for connection in connections:
             connection.close()
 
-    def check(self) -> None:
-        """Raise DatabaseError unless the database takes a write transaction (for health checks)."""
+    def check(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
+        """Raise DatabaseError unless the database takes a write transaction within `timeout_s` and the
+        latest commit of webhooks did not fail (a full disk) in the last WRITE_FAILURE_HOLD_S (for health
+        checks)."""
+        failure = self._write_failure
+        if failure is not None and time.monotonic() - failure[0] < WRITE_FAILURE_HOLD_S:
+            raise DatabaseError(f"the latest webhooks could not be recorded: {failure[1]}")
+        try:
+            self._checker.submit(self._take_write_transaction).result(timeout_s)
+        except FutureTimeout:
+            raise DatabaseError(f"{self.engine.where} did not answer within {timeout_s:g} s") from None
+
+    def _take_write_transaction(self) -> None:
         with self.transaction() as cursor:
             cursor.execute("SELECT 1 FROM schema_migrations LIMIT 1")
 
@@ -228,18 +257,30 @@ class Database:
 
     # -- recording webhooks --------------------------------------------------------------------------------
 
-    async def record(self, events: Sequence[Event], replies: Sequence[Reply]) -> list[Event]:
+    async def record(
+        self, events: Sequence[Event], replies: Sequence[Reply], *, timeout_s: float = RECORD_TIMEOUT_S
+    ) -> list[Event]:
         """Record a webhook's events and the replies they call for, once committed.
 
         Events whose id was recorded before (a redelivery, by this process or another) are left out, and so
         are their replies. Callers that arrive while a commit runs share the next transaction.
-        Returns: the events that were new, in order. Raises: DatabaseError (nothing of it was recorded).
+        Returns: the events that were new, in order. Raises: DatabaseError, when the commit failed (nothing
+        of it was recorded) or did not end within `timeout_s` (a commit under way may still record it: the
+        platform's redelivery then finds it seen, and its replies owed once).
         """
         future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((events, replies, future))
+        waiting = (events, replies, future)
+        self._waiting.append(waiting)
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_waiting())
-        return await future
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            # Not in a commit yet: it never will be.
+            self._waiting = [entry for entry in self._waiting if entry is not waiting]
+            future.add_done_callback(_retrieve)  # a commit under way ends later: its outcome is no one's
+            raise DatabaseError(f"{self.engine.where} did not answer within {timeout_s:g} s") from None
 
     async def _commit_waiting(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,10 +290,13 @@ class Database:
                 try:
                     news = await loop.run_in_executor(self._writer, self._commit, group)
                 except Exception as exc:
+                    if isinstance(exc, DatabaseError):
+                        self._write_failure = (time.monotonic(), exc)
                     for _, _, future in group:
                         if not future.done():
                             future.set_exception(exc)
                     continue
+                self._write_failure = None
                 self.commits += 1
                 for (_, _, future), new in zip(group, news, strict=True):
                     if not future.done():  # its caller may have been cancelled meanwhile

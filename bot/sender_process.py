@@ -15,7 +15,8 @@ import sys
 
 from bot.campaign import Campaign
 from bot.config import Mode, Settings
-from bot.sender import CLAIM_INTERVAL_S, RESTARTS, release_leases
+from bot.database import Database, DatabaseError
+from bot.sender import CLAIM_INTERVAL_S, RESTARTS, Sender, release_leases
 from bot.startup import (
     SHUTDOWN_REPLY_GRACE_S,
     build_sender,
@@ -26,6 +27,9 @@ from bot.startup import (
 )
 
 log = logging.getLogger(__name__)
+
+OPEN_RETRY_FIRST_S = 0.5  # a store unreachable at start: the first pause before trying again
+OPEN_RETRY_MAX_S = 10.0
 
 
 class SenderProcess:
@@ -112,30 +116,49 @@ class SenderProcess:
 async def run_process(settings: Settings, campaign: Campaign) -> None:
     """The sender process: claim and send until SIGTERM, or until the server's end of stdin closes. The server
     writes to stdin when it recorded replies (SenderProcess.wake); the sender also looks by itself now and
-    then (replies retried later, leases run out, other instances' replies)."""
-    database = await asyncio.to_thread(open_database, settings)
-    sender = build_sender(settings, campaign, database)
+    then (replies retried later, leases run out, other instances' replies). A store that cannot be reached
+    at start is waited for: the replies wait in it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     stdin = sys.stdin.fileno()
+    sender: Sender | None = None
 
     def read_stdin() -> None:
-        if os.read(stdin, 4096):
-            sender.wake()
-        else:  # EOF: the server is gone
+        if not os.read(stdin, 4096):  # EOF: the server is gone
             stop.set()
+        elif sender is not None:
+            sender.wake()
 
     loop.add_reader(stdin, read_stdin)
-    await release_leases(database)
-    sender.start()
+    database = await open_when_reachable(settings, stop)
+    if database is None:
+        return
+    sender = build_sender(settings, campaign, database)
     try:
+        await release_leases(database)
+        sender.start()
         await stop.wait()
     finally:
         await sender.close(SHUTDOWN_REPLY_GRACE_S)
         await sender.replier.graph.aclose()
         await asyncio.to_thread(database.close)
+
+
+async def open_when_reachable(settings: Settings, stop: asyncio.Event) -> Database | None:
+    """The store of `settings`, opened as soon as it can be (trying again after a pause that grows to
+    OPEN_RETRY_MAX_S); None when `stop` is set first. Raises: MigrationError (a schema newer than this)."""
+    pause = OPEN_RETRY_FIRST_S
+    while not stop.is_set():
+        try:
+            return await asyncio.to_thread(open_database, settings)
+        except DatabaseError as exc:
+            log.error("the sender cannot open the store, trying again in %g s: %s", pause, exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), pause)
+        pause = min(OPEN_RETRY_MAX_S, 2 * pause)
+    return None
 
 
 def main() -> None:

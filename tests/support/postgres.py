@@ -150,6 +150,21 @@ class PostgresServer:
                 raise PostgresError(f"backends outlived SIGKILL: {backends}")
             time.sleep(0.01)
 
+    def pause(self) -> None:
+        """Stop the postmaster and every backend (SIGSTOP): the server takes connections into the kernel's
+        backlog and answers nothing, as a frozen machine or a network that drops packets would."""
+        postmaster = psutil.Process(self.pid)
+        postmaster.suspend()  # first: it forks no new backend meanwhile
+        for backend in postmaster.children():
+            backend.suspend()
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT), its backends first."""
+        postmaster = psutil.Process(self.pid)
+        for backend in postmaster.children():
+            backend.resume()
+        postmaster.resume()
+
     def stop(self) -> None:
         """Shut the server down (`pg_ctl stop -m fast`) if it runs, and remove its directory."""
         try:

@@ -53,6 +53,9 @@ def serve(
         "--pool_size=1",
         "--VoilaKernelManager.fill_delay=5",
         "--theme=light",
+        # Kernels talk to Voilà over Unix sockets in its private directory, not TCP ports any local user
+        # can reach (each kernel warned of that in the log, every page).
+        "--KernelManager.transport=ipc",
         f"--token={token}",
         "--VoilaConfiguration.multi_kernel_manager_class=analytics.kernels.PromptKernelManager",
         # Each page opened starts a kernel of its own, which outlives the page: stop those no page is

@@ -53,9 +53,6 @@ def serve(
         "--pool_size=1",
         "--VoilaKernelManager.fill_delay=5",
         "--theme=light",
-        # Kernels talk to Voilà over Unix sockets in its private directory, not TCP ports any local user
-        # can reach (each kernel warned of that in the log, every page).
-        "--KernelManager.transport=ipc",
         f"--token={token}",
         "--VoilaConfiguration.multi_kernel_manager_class=analytics.kernels.PromptKernelManager",
         # Each page opened starts a kernel of its own, which outlives the page: stop those no page is
@@ -65,5 +62,10 @@ def serve(
         "--MappingKernelManager.cull_connected=False",
         f"--MappingKernelManager.cull_interval={max(1, min(10, kernel_idle_s))}",
     ]
+    if os.name == "posix":
+        # Kernels talk to Voilà over Unix sockets in a private directory, not TCP ports any local user can
+        # reach (each kernel warned of that in the log, every page). Under /tmp: a socket's path may not
+        # pass about 100 bytes, and macOS's own temporary directory is long.
+        command += ["--KernelManager.transport=ipc", "--Voila.connection_dir_root=/tmp"]
     # Become Voilà: signals (Ctrl-C, SIGTERM from a supervisor) reach the server itself.
     os.execve(sys.executable, command, env)  # noqa: S606 - a fixed argv, no shell involved

@@ -32,16 +32,29 @@ OPEN_RETRY_FIRST_S = 0.5  # a store unreachable at start: the first pause before
 OPEN_RETRY_MAX_S = 10.0
 
 
+HEALTHY_RUN_S = 60.0  # a sender process that ran this long before it died was not dying in a row
+FIRST_RESTART_S = 1.0  # the pause before starting it again, doubling with each death in a row
+
+
 class SenderProcess:
-    """`python -m bot.sender_process` beside the server, started again when it dies (RESTARTS times in a row).
+    """`python -m bot.sender_process` beside the server, started again when it dies (RESTARTS times in a row:
+    a death after HEALTHY_RUN_S or more of running starts the count again).
 
     It gets the server's environment; its own session, so that Ctrl-C in a terminal reaches the server only,
     which then stops it.
     """
 
-    def __init__(self, wake_interval_s: float = CLAIM_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        wake_interval_s: float = CLAIM_INTERVAL_S,
+        *,
+        healthy_run_s: float = HEALTHY_RUN_S,
+        first_restart_s: float = FIRST_RESTART_S,
+    ) -> None:
         self.command = [sys.executable, "-m", "bot.sender_process"]
         self.wake_interval_s = wake_interval_s
+        self.healthy_run_s = healthy_run_s
+        self.first_restart_s = first_restart_s
         self.process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
@@ -56,17 +69,20 @@ class SenderProcess:
             self._watcher = asyncio.create_task(self._watch(), name="promobot-sender-watch")
 
     async def _watch(self) -> None:
-        deaths = 0
+        loop = asyncio.get_running_loop()
+        deaths, started = 0, loop.time()
         while not self._closing and self.process is not None:
             status = await self.process.wait()
             if self._closing:
                 return
-            deaths += 1
+            # Counted in a row only: five deaths over weeks of running must not leave replies unsent for good.
+            deaths = 1 if loop.time() - started >= self.healthy_run_s else deaths + 1
             if deaths > RESTARTS:
                 log.error("the sender process keeps stopping (status %s): replies wait in the outbox", status)
                 return
             log.error("the sender process stopped (status %s); starting another", status)
-            await asyncio.sleep(min(30.0, 0.5 * 2**deaths))
+            await asyncio.sleep(min(30.0, self.first_restart_s * 2 ** (deaths - 1)))
+            started = loop.time()
             if not self._closing:
                 await self.start()
 

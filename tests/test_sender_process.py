@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.sender import RESTARTS
 from bot.sender_process import SenderProcess
 
 pytestmark = pytest.mark.anyio
@@ -85,3 +86,24 @@ async def test_a_wake_within_the_interval_comes_after_it_not_never(tmp_path):
     process.wake()
     process.wake()  # recorded just after the first: the sender must still hear of it
     assert await bytes_read(process, tmp_path / "read") == 2
+
+
+async def test_a_sender_process_is_started_again_after_deaths_in_a_row_only(tmp_path):
+    # Its deaths were counted over the bot's whole life: after five, spread over weeks, no sender was ever
+    # started again and replies waited in the outbox until the bot was restarted.
+    runs = tmp_path / "runs"
+    script = (
+        "import pathlib, time\n"
+        f"runs = pathlib.Path({str(runs)!r})\n"
+        "run = len(runs.read_text()) + 1 if runs.exists() else 1\n"
+        "runs.write_text('x' * run)\n"
+        "time.sleep(1.0 if run == 4 else 0)  # the fourth one runs a good while, then dies too\n"
+    )
+    process = SenderProcess(healthy_run_s=0.5, first_restart_s=0.01)
+    process.command = [sys.executable, "-c", script]
+    await process.start()
+    assert process._watcher is not None
+    await asyncio.wait_for(process._watcher, 60)  # it gives up at last: deaths in a row still count
+    await process.close(grace_s=1)
+    # Three quick deaths; one after a good run, the first of a new row; then RESTARTS more.
+    assert len(runs.read_text()) == 3 + 1 + RESTARTS

@@ -23,6 +23,9 @@ IDLE_POLL_S = 1.0  # how often an idle sender looks for replies it was not told 
 CLAIM_INTERVAL_S = 0.02  # at most one claim this often: a busy sender's wake-ups share one
 RESTARTS = 5  # a sender process that dies this many times in a row is not started again
 LEASE_MARGIN_S = 10.0  # on top of the time a reply can take: scheduling, storing its outcome
+# Outcomes the store refused (it restarts, another process holds its lock): tried again after these pauses,
+# while the replies are still this sender's, then left: the replies are sent again when their lease ends.
+STORE_RETRY_PAUSES_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
 class Sender:
@@ -141,7 +144,10 @@ class Sender:
 
     async def _store_outcomes(self) -> None:
         """Store the outcomes that arrived, one transaction per round; the replies due after them (a
-        thank-you's image after its text) can then be claimed."""
+        thank-you's image after its text) can then be claimed. A round the store refuses is tried again
+        (after STORE_RETRY_PAUSES_S; once more and at once while closing): a reply sent and not marked so is
+        sent twice."""
+        failures = 0
         try:
             while self._outcomes or self._retries:
                 outcomes, self._outcomes = self._outcomes, []
@@ -149,10 +155,24 @@ class Sender:
                 try:
                     await asyncio.to_thread(self.database.complete_many, outcomes, retries)
                 except DatabaseError as exc:
+                    if failures < len(STORE_RETRY_PAUSES_S) and not (self._closing and failures):
+                        pause = 0.0 if self._closing else STORE_RETRY_PAUSES_S[failures]
+                        failures += 1
+                        log.error(
+                            "could not store the outcome of %d replies, trying again in %g s: %s",
+                            len(outcomes) + len(retries),
+                            pause,
+                            exc,
+                        )
+                        self._outcomes[:0], self._retries[:0] = outcomes, retries
+                        await asyncio.sleep(pause)
+                        continue
                     # The replies stay claimed: when their leases run out they are sent again. A duplicate
                     # message is the lesser harm than a reply never sent.
                     log.error("could not store the outcome of %d replies: %s", len(outcomes), exc)
+                    failures = 0
                     continue
+                failures = 0
                 self._wake.set()
         finally:
             self._storing = None

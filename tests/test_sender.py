@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,8 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from bot import engines
+from bot.config import SQLITE_FILE
 from bot.database import Database
 from bot.events import Event
 from bot.facts import ButtonStep
@@ -265,3 +268,38 @@ async def test_wake_ups_close_together_share_a_claim(database_url, tmp_path):
         await asyncio.to_thread(database.close)
     assert len(platform.messages) == 40
     assert claims <= elapsed / CLAIM_INTERVAL_S + 2, (claims, elapsed)
+
+
+async def test_an_outcome_the_store_refused_is_stored_later_and_the_reply_not_sent_again(
+    tmp_path, monkeypatch, caplog
+):
+    # The outcome of a sent reply was dropped when the store refused it: the reply stayed claimed, and went
+    # out a second time when its lease ran out.
+    monkeypatch.setattr(engines, "BUSY_TIMEOUT_S", 0.2)  # another process's lock: refused sooner
+    database = await asyncio.to_thread(Database.open, None, tmp_path)
+    other_process = sqlite3.connect(tmp_path / SQLITE_FILE, isolation_level=None)
+
+    class LockedAsItSends(Platform):
+        def _send(self, body: dict) -> tuple[int, dict]:
+            other_process.execute("BEGIN IMMEDIATE")  # holds the write lock as the reply goes out
+            return super()._send(body)
+
+    platform = LockedAsItSends()
+    sender = sender_for(database, platform)
+    sender.start()
+    try:
+        await click(database, "7010")
+        sender.wake()
+        async with asyncio.timeout(10):
+            while "could not store the outcome" not in caplog.text:  # noqa: ASYNC110 - the sender's work
+                await asyncio.sleep(0.02)
+        other_process.execute("COMMIT")
+        await outbox_empty(database)
+    finally:
+        await sender.close(5)
+        other_process.close()
+
+    assert len(platform.messages["7010"]) == 1
+    stored = await asyncio.to_thread(buffered, database)
+    assert [str(e.event) for e in stored] == ["conversation_started", "welcome_sent"]
+    await asyncio.to_thread(database.close)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.campaign import Campaign
 from bot.events import Event
+from bot.facts import EventName
 from bot.flow import IssuedCode, Reply, ReplyKind, render, render_code, render_code_qr
 from bot.graph import Attempts, GraphClient
 from bot.graph_batch import Encoded
@@ -247,9 +248,11 @@ class Replier:
 
 
 def _messaging_type(reply: Reply) -> str:
-    """`UPDATE` for the thanks sent when a code is used at the till (the till's doing, not a message the
-    customer sent: the Send API's "sent proactively"); `RESPONSE` for every answer to a customer's action."""
-    return "UPDATE" if reply.kind is ReplyKind.REDEEMED else "RESPONSE"
+    """`UPDATE` for what the page sends of itself (the Send API's "sent proactively and not in response to
+    a received message"): a broadcast's welcome, the thanks when a code is used at the till; `RESPONSE` for
+    every answer to a customer's action. Both only inside the customer's window."""
+    proactive = reply.kind is ReplyKind.REDEEMED or reply.answers.event is EventName.BROADCAST_SENT
+    return "UPDATE" if proactive else "RESPONSE"
 
 
 def by_event(replies: Iterable[Reply]) -> list[list[Reply]]:

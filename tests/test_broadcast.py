@@ -178,7 +178,7 @@ async def test_each_customer_counts_under_the_first_reason_that_applies(
 # -- the broadcast -----------------------------------------------------------------------------------------
 
 
-async def test_the_welcome_goes_to_the_eligible_as_a_response_with_the_broadcast_as_its_source(
+async def test_the_welcome_goes_to_the_eligible_as_an_update_with_the_broadcast_as_its_source(
     database, graph, data, database_url
 ):
     graph.names["1001"] = "Ada"
@@ -191,7 +191,8 @@ async def test_the_welcome_goes_to_the_eligible_as_a_response_with_the_broadcast
     assert (tally.sent, tally.skipped) == (2, {Reason.WINDOW_CLOSED: 1})
     bodies = [send["body"] for send in graph.sent]
     assert [body["recipient"]["id"] for body in bodies] == ["1001", "1002"]
-    assert all(body["messaging_type"] == "RESPONSE" and "tag" not in body for body in bodies)
+    # Sent of the page's own accord, not in answer to a message: an UPDATE, never a tag (no promotions).
+    assert all(body["messaging_type"] == "UPDATE" and "tag" not in body for body in bodies)
     first = bodies[0]["message"]["attachment"]["payload"]
     assert first["text"].startswith("Hi Ada! We have a little gift")
     assert [button["payload"] for button in first["buttons"]] == ["spring-sale||yes", "spring-sale||no"]

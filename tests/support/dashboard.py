@@ -62,8 +62,14 @@ def kernels(process: subprocess.Popen[bytes]) -> set[int]:
     """The process ids of the notebook kernels the dashboard's process runs."""
     import psutil
 
-    children = psutil.Process(process.pid).children()
-    return {child.pid for child in children if "ipykernel_launcher" in " ".join(child.cmdline())}
+    found = set()
+    for child in psutil.Process(process.pid).children():
+        try:
+            if "ipykernel_launcher" in " ".join(child.cmdline()):
+                found.add(child.pid)
+        except psutil.Error:  # stopped meanwhile, or a zombie not yet reaped: not a kernel any more
+            pass
+    return found
 
 
 def listening(port: int, process: subprocess.Popen, timeout_s: float = 60) -> bool:

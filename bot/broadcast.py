@@ -155,7 +155,8 @@ class Broadcaster:
             if isinstance(outcome, SendError) or _token_rejected(outcome):
                 # Not sent: back to pending, so that it is checked again when its turn comes back.
                 await asyncio.to_thread(release_recipient, self.database, broadcast_id, taken)
-                if not isinstance(outcome, SendError):
+                # The token rejected: recorded as failed, or put off by the Replier (the page's failure).
+                if not isinstance(outcome, SendError) or outcome.code == TOKEN_INVALID:
                     raise TokenRejected(
                         "the Graph API rejects the page access token (code 190): reconnect the page and set "
                         "PROMOBOT_PAGE_TOKEN, then run the same command again to resume"

@@ -18,7 +18,7 @@ from bot.facts import EventName
 from bot.flow import IssuedCode, Reply, ReplyKind, render, render_code, render_code_qr
 from bot.graph import Attempts, GraphClient
 from bot.graph_batch import Encoded
-from bot.graph_errors import SendError
+from bot.graph_errors import TOKEN_INVALID, SendError
 from bot.messenger import send_body
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,13 @@ class Replier:
         return message
 
     def _sent(self, answer: _Answer, reply: Reply, outcome: str | SendError | None) -> None:
-        if isinstance(outcome, SendError) and outcome.transient and answer.postpone is not None:
+        # A rejected page token is the page's failure, not the customer's: their reply waits for a new token
+        # (and the restart that brings it) as it would for the platform to come back.
+        if (
+            isinstance(outcome, SendError)
+            and (outcome.transient or outcome.code == TOKEN_INVALID)
+            and answer.postpone is not None
+        ):
             log.info("%s reply not sent for now (%s): trying again later", reply.kind, outcome.reason)
             answer.attempts = None
             answer.index = len(answer.replies)  # the event's later replies wait for this one

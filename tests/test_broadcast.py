@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from bot.audience import Reason
-from bot.broadcast import Broadcaster, Pacer, Tally
+from bot.broadcast import Broadcaster, Pacer, Tally, TokenRejected
 from bot.broadcast_command import audience_command, broadcast_command
 from bot.campaign import load_campaign
 from bot.config import Mode, Settings
@@ -276,6 +276,21 @@ async def test_the_broadcast_pauses_when_the_platform_asks_to_slow_down_then_goe
     # Paused at least the first backoff before trying again, and sent no one else meanwhile.
     assert accepted["3002"] - first_refusal >= 1.0
     assert accepted["3001"] < first_refusal < accepted["3002"] < accepted["3003"]
+
+
+async def test_a_rejected_page_token_stops_the_broadcast_and_fails_no_one(database, graph, data):
+    for customer in ("3101", "3102"):
+        put_customer(database, customer, last_action_at=ago(hours=1))
+    graph.script_sends("3101", graph_error(190, 460))  # the page's token expired
+
+    async with asyncio.timeout(30):
+        with pytest.raises(TokenRejected, match="reconnect the page"):
+            await run_broadcast(database, graph, data, None, retry=ONE_ATTEMPT)
+
+    assert graph.sent == []  # nobody after the first either
+    events = await asyncio.to_thread(buffered, database)
+    assert [str(e.event) for e in events if e.customer_id == "3101"] == []  # not recorded as failed
+    assert await asyncio.to_thread(database.owed) == 0
 
 
 async def test_a_customer_whose_window_closes_or_who_opts_out_meanwhile_is_skipped(

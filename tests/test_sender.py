@@ -213,13 +213,28 @@ async def test_a_sender_woken_as_it_is_closed_stops(database):
         await asyncio.wait_for(sender.close(1), 5)
 
 
-async def test_a_reply_the_graph_api_cannot_take_for_now_is_sent_later_not_failed(database_url, tmp_path):
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        pytest.param(
+            {"error": {"code": 2, "message": "Service temporarily unavailable", "is_transient": True}},
+            id="the platform down",
+        ),
+        # Recorded as failed for good, every customer's reply was lost until the page was reconnected.
+        pytest.param(
+            {"error": {"code": 190, "error_subcode": 460, "message": "Error validating access token"}},
+            id="the page token rejected",
+        ),
+    ],
+)
+async def test_a_reply_the_graph_api_cannot_take_for_now_is_sent_later_not_failed(
+    database_url, tmp_path, refusal
+):
     from tests.support.builders import Clock
 
     clock = Clock(datetime.now(UTC))
     database = await asyncio.to_thread(Database.open, database_url, tmp_path, clock=clock)
-    down = {"error": {"code": 2, "message": "Service temporarily unavailable", "is_transient": True}}
-    platform = Platform(refuse=down)
+    platform = Platform(refuse=refusal)
     replier = Replier(CAMPAIGN, graph_over(platform), image_url="", max_age_s=3600, clock=clock)
     sender = Sender(database, replier, lease=LEASE)
     await click(database, "7010")
@@ -229,7 +244,7 @@ async def test_a_reply_the_graph_api_cannot_take_for_now_is_sent_later_not_faile
     assert await asyncio.to_thread(database.owed) == 1
     assert not await asyncio.to_thread(database.due)  # not before its pause
     clock.advance(timedelta(seconds=11))
-    platform.refuse = None  # the platform is back
+    platform.refuse = None  # the platform is back, or the page has a new token
     await sender.send_due()
     await sender.close(1)
     stored = await asyncio.to_thread(buffered, database)

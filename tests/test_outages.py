@@ -136,9 +136,13 @@ def postgres() -> Iterator[PostgresServer]:
 # -- PostgreSQL ----------------------------------------------------------------------------------------------
 
 
+def on_postgres(postgres: PostgresServer) -> dict[str, str]:
+    """The bot's environment for a fresh database on `postgres`, flushing often."""
+    return {"PROMOBOT_DATABASE_URL": postgres.create_database("promobot"), "PROMOBOT_FLUSH_SECONDS": "0.2"}
+
+
 def test_a_postgresql_restart_is_answered_503_and_ridden_out_without_a_restart(tmp_path, graph, postgres):
-    data = make_home(tmp_path)
-    env = {"PROMOBOT_DATABASE_URL": postgres.create_database("promobot"), "PROMOBOT_FLUSH_SECONDS": "0.2"}
+    data, env = make_home(tmp_path), on_postgres(postgres)
     new_clicks = clicks("61")
     with BotProcess(data, graph.url, **env) as bot:
         drill = Drill(bot)
@@ -179,8 +183,7 @@ def test_a_postgresql_restart_is_answered_503_and_ridden_out_without_a_restart(t
 
 
 def test_a_frozen_postgresql_gets_webhooks_and_health_answered_503_in_bounded_time(tmp_path, graph, postgres):
-    data = make_home(tmp_path)
-    env = {"PROMOBOT_DATABASE_URL": postgres.create_database("promobot"), "PROMOBOT_FLUSH_SECONDS": "0.2"}
+    data, env = make_home(tmp_path), on_postgres(postgres)
     new_clicks = clicks("62")
     with BotProcess(data, graph.url, **env) as bot:
         drill = Drill(bot)

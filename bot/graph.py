@@ -24,6 +24,7 @@ import httpx
 
 from bot.graph_batch import batch_entry, form_quote, plain
 from bot.graph_errors import (
+    RATE_LIMIT_CODES,
     TOKEN_INVALID,
     TRANSIENT_CODES,
     PermanentSendError,
@@ -175,6 +176,8 @@ class GraphClient:
         self._pump_due: asyncio.AbstractEventLoop | None = None
         self._last_dispatch = float("-inf")
         self._dispatches: set[asyncio.Task[None]] = set()
+        self._hold_until = float("-inf")  # time.monotonic() before which no call goes out (rate-limited)
+        self._hold_s = 0.0
         params = {"access_token": page_token}
         if app_secret:
             # Accepted always, required when the app enables "Require App Secret".
@@ -338,8 +341,11 @@ class GraphClient:
         if self._pump_due is loop or not self._waiting:
             return
         self._pump_due = loop  # (a loop, not a flag: a loop that ended with a pump due leaves none behind)
-        idle = self._requests == 0 and time.monotonic() - self._last_dispatch > self._window_s
-        if idle or len(self._waiting) >= self._batch_size:
+        now = time.monotonic()
+        idle = self._requests == 0 and now - self._last_dispatch > self._window_s
+        if now < self._hold_until:
+            loop.call_later(self._hold_until - now, self._pump)
+        elif idle or len(self._waiting) >= self._batch_size:
             loop.call_soon(self._pump)
         else:
             loop.call_later(self._window_s, self._pump)
@@ -347,6 +353,9 @@ class GraphClient:
     def _pump(self) -> None:
         self._pump_due = None
         now = time.monotonic()
+        if now < self._hold_until:  # asked to slow down since this pump was due
+            self._schedule()
+            return
         while self._waiting and self._requests < self._max_requests:
             calls: list[_Call] = []
             while self._waiting and len(calls) < self._batch_size:
@@ -372,16 +381,33 @@ class GraphClient:
 
     async def _dispatch(self, calls: list[_Call]) -> None:
         try:
-            outcomes = await (self._alone(calls[0]) if len(calls) == 1 else self._batch(calls))
-        except Exception as exc:  # a bug must not leave callers waiting: they retry, then record a failure
-            log.exception("Graph API request failed unexpectedly")
-            outcomes = [TransientSendError(f"unexpected error: {type(exc).__name__}") for _ in calls]
+            try:
+                outcomes = await (self._alone(calls[0]) if len(calls) == 1 else self._batch(calls))
+            except Exception as exc:  # a bug must not leave callers waiting: they retry, then record failure
+                log.exception("Graph API request failed unexpectedly")
+                outcomes = [TransientSendError(f"unexpected error: {type(exc).__name__}") for _ in calls]
+            self._slow_down_if_asked(outcomes)
         finally:
             self._requests -= 1
             self._schedule()
         for call, outcome in itertools.zip_longest(calls, outcomes[: len(calls)]):
             if not call.abandoned:
                 _answer(call, TransientSendError("no answer for this call") if outcome is None else outcome)
+
+    def _slow_down_if_asked(self, outcomes: list[object]) -> None:
+        """Hold every call of this client when the platform answered with a rate limit: each call's own
+        retries alone would keep knocking (and a page's limits are shared by all its calls)."""
+        limited = [o for o in outcomes if isinstance(o, SendError) and o.code in RATE_LIMIT_CODES]
+        if not limited:
+            if any(not isinstance(o, SendError) for o in outcomes):
+                self._hold_s = 0.0  # a call got through
+            return
+        retry = self.retry
+        self._hold_s = min(retry.max_hold_s, 2 * self._hold_s) if self._hold_s else retry.first_hold_s
+        self._hold_until = max(self._hold_until, time.monotonic() + self._hold_s)
+        log.warning(
+            "the Graph API asks to slow down (code %s): no call for %g s", limited[0].code, self._hold_s
+        )
 
     def _timeout(self, deadline: float) -> httpx.Timeout:
         return httpx.Timeout(max(0.05, min(self.retry.request_timeout_s, deadline - time.monotonic())))

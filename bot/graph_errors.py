@@ -49,3 +49,7 @@ class RetryPolicy:
     first_backoff_s: float = 0.25
     max_backoff_s: float = 4.0
     request_timeout_s: float = 5.0  # one attempt, connect to last byte
+    # The platform asked to slow down: no call of the client goes out for this long, doubling while it keeps
+    # asking (its advice: pause until the usage drops), back to the first once a call gets through.
+    first_hold_s: float = 1.0
+    max_hold_s: float = 60.0

@@ -132,7 +132,9 @@ async def test_retries_stop_at_the_deadline():
     graph = client(
         graph_error(613),
         seen=requests,
-        policy=RetryPolicy(deadline_s=0.3, first_backoff_s=0.02, max_backoff_s=0.05),
+        policy=RetryPolicy(
+            deadline_s=0.3, first_backoff_s=0.02, max_backoff_s=0.05, first_hold_s=0.02, max_hold_s=0.05
+        ),
     )
 
     with pytest.raises(TransientSendError) as failed:
@@ -412,3 +414,38 @@ async def test_no_more_than_fifty_calls_go_in_one_batch():
 def test_form_fields_read_back_exactly_as_sent(text):
     form = f"batch={form_quote(text)}&include_headers=false"
     assert parse_qs(form, keep_blank_values=True) == {"batch": [text], "include_headers": ["false"]}
+
+
+@pytest.mark.parametrize("limit", [613, 80006])
+async def test_a_rate_limit_holds_every_call_of_the_client_for_a_while(limit):
+    # Each call backed off on its own: the other calls kept knocking at a page the platform had asked to
+    # slow down, and the call itself came back after a few milliseconds of jitter.
+    hold_s = 0.5
+    policy = RetryPolicy(deadline_s=5.0, first_backoff_s=0.01, max_backoff_s=0.02, first_hold_s=hold_s)
+    sent: list[tuple[float, str]] = []
+    limited = [True]
+    refused = asyncio.Event()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        now = asyncio.get_running_loop().time()
+        batched = request.headers["content-type"].startswith("application/x-www-form-urlencoded")
+        bodies = [e.body for e in read_batch(dict(parse_qsl(request.content.decode())))] if batched else []
+        for body in bodies or [json.loads(request.content)]:
+            sent.append((now, body["recipient"]["id"]))
+        if limited.pop() if limited else False:
+            refused.set()
+            return graph_error(limit)  # the whole request refused, batch or not
+        if batched:
+            return httpx.Response(200, json=[{"code": 200, "body": json.dumps(OK)} for _ in bodies])
+        return httpx.Response(200, json=OK)
+
+    graph = graph_over(handle, policy=policy)
+    first = asyncio.create_task(graph.send("1", {**BODY, "recipient": {"id": "1"}}))
+    await refused.wait()
+    await asyncio.sleep(0.05)  # another customer's reply, a moment later
+    second = asyncio.create_task(graph.send("2", {**BODY, "recipient": {"id": "2"}}))
+    await asyncio.gather(first, second)
+
+    refused_at = sent[0][0]
+    assert sorted(customer for _, customer in sent[1:]) == ["1", "2"]
+    assert all(at - refused_at >= hold_s * 0.95 for at, _ in sent[1:])  # nothing during the hold

@@ -15,7 +15,14 @@ from bot.graph_errors import RetryPolicy
 from bot.page_checks import NEEDED_FIELDS
 
 # Retries in a blink, so that tests of the client's retries take no time.
-FAST = RetryPolicy(deadline_s=2.0, first_backoff_s=0.01, max_backoff_s=0.05, request_timeout_s=0.5)
+FAST = RetryPolicy(
+    deadline_s=2.0,
+    first_backoff_s=0.01,
+    max_backoff_s=0.05,
+    request_timeout_s=0.5,
+    first_hold_s=0.01,
+    max_hold_s=0.05,
+)
 
 
 def platform(request: httpx.Request) -> httpx.Response:

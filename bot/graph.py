@@ -402,9 +402,12 @@ class GraphClient:
             if any(not isinstance(o, SendError) for o in outcomes):
                 self._hold_s = 0.0  # a call got through
             return
+        now = time.monotonic()
+        if now < self._hold_until:
+            return  # the refusals of requests already under way when the hold began do not lengthen it
         retry = self.retry
         self._hold_s = min(retry.max_hold_s, 2 * self._hold_s) if self._hold_s else retry.first_hold_s
-        self._hold_until = max(self._hold_until, time.monotonic() + self._hold_s)
+        self._hold_until = now + self._hold_s
         log.warning(
             "the Graph API asks to slow down (code %s): no call for %g s", limited[0].code, self._hold_s
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from urllib.parse import parse_qs, parse_qsl
@@ -449,3 +450,24 @@ async def test_a_rate_limit_holds_every_call_of_the_client_for_a_while(limit):
     refused_at = sent[0][0]
     assert sorted(customer for _, customer in sent[1:]) == ["1", "2"]
     assert all(at - refused_at >= hold_s * 0.95 for at, _ in sent[1:])  # nothing during the hold
+
+
+async def test_the_hold_doubles_while_the_platform_keeps_asking_and_ends_with_a_call_through():
+    policy = RetryPolicy(deadline_s=5.0, first_backoff_s=0.01, max_backoff_s=0.02, first_hold_s=0.2)
+    requests: list[httpx.Request] = []
+    times: list[float] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        times.append(asyncio.get_running_loop().time())
+        return graph_error(613) if len(requests) in (1, 2, 4) else httpx.Response(200, json=OK)
+
+    graph = graph_over(handle, policy=policy)
+    await graph.send("42", BODY)  # refused, held 0.2 s, refused, held 0.4 s, sent
+    await graph.send("42", BODY)  # refused: held 0.2 s again, since a call got through meanwhile
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert len(requests) == 5
+    assert gaps[0] >= 0.19, gaps
+    assert gaps[1] >= 0.38, gaps  # doubled
+    assert 0.19 <= gaps[3] < 0.75, gaps  # the first hold again, not 0.8 s

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from bot.audience import (
     SEND_FAILED,
@@ -152,11 +150,11 @@ class Broadcaster:
                 continue  # nothing sent: the slot is still free
             pacer.sent()
             outcome = await self._send(taken)
-            if isinstance(outcome, SendError) or _token_rejected(outcome):
+            if isinstance(outcome, SendError):
                 # Not sent: back to pending, so that it is checked again when its turn comes back.
                 await asyncio.to_thread(release_recipient, self.database, broadcast_id, taken)
-                # The token rejected: recorded as failed, or put off by the Replier (the page's failure).
-                if not isinstance(outcome, SendError) or outcome.code == TOKEN_INVALID:
+                # A rejected token is put off by the Replier like a failure for now (the page's failure).
+                if outcome.code == TOKEN_INVALID:
                     raise TokenRejected(
                         "the Graph API rejects the page access token (code 190): reconnect the page and set "
                         "PROMOBOT_PAGE_TOKEN, then run the same command again to resume"
@@ -199,12 +197,3 @@ class Broadcaster:
         while await asyncio.to_thread(reclaim_stranded, self.database, broadcast_id):
             if await stopped_within(stop, STRANDED_POLL_S):
                 return
-
-
-def _detail(event: Event) -> dict[str, Any]:
-    detail: dict[str, Any] = json.loads(event.detail or "{}")
-    return detail
-
-
-def _token_rejected(outcome: Event) -> bool:
-    return outcome.event is EventName.SEND_FAILED and _detail(outcome).get("code") == TOKEN_INVALID

@@ -274,18 +274,17 @@ def parse_campaign(
     _check_image(image, data_dir, lambda reason: fail("thanks.image_url", reason))
     variants = _variants(raw.get("variants"), data_dir, fail)
     disclosure = values.get("privacy.disclosure")
+    welcomes = _welcome_texts(values["welcome.text"], variants)
     if disclosure is not None:
         room = TEMPLATE_TEXT_LIMIT - FIRST_NAME_ROOM
-        for key, text in [("welcome.text", values["welcome.text"])] + [
-            (f"variants.{v.name}.welcome.text", v.welcome_text) for v in variants if v.welcome_text
-        ]:
+        for key, text in welcomes:
             if len(disclosure) + 2 + len(text) > room:
                 raise fail(
                     "privacy.disclosure",
                     f"above {key} it makes {len(disclosure) + 2 + len(text)} characters; Messenger allows "
                     f"{room} here (with room for a first name)",
                 )
-    for key, text in _welcome_texts(values["welcome.text"], variants):
+    for key, text in welcomes:
         longest = _longest_welcome(text, disclosure)
         if longest > TEMPLATE_TEXT_LIMIT:
             raise fail(

@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 
 OPEN_RETRY_FIRST_S = 0.5  # a store unreachable at start: the first pause before trying again
 OPEN_RETRY_MAX_S = 10.0
-
-
 HEALTHY_RUN_S = 60.0  # a sender process that ran this long before it died was not dying in a row
 FIRST_RESTART_S = 1.0  # the pause before starting it again, doubling with each death in a row
 

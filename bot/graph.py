@@ -31,6 +31,8 @@ from bot.graph_errors import (
     RetryPolicy,
     SendError,
     TransientSendError,
+    Usage,
+    usage_of,
 )
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,9 @@ class GraphClient:
         self._last_dispatch = float("-inf")
         self._dispatches: set[asyncio.Task[None]] = set()
         self._hold_until = float("-inf")  # time.monotonic() before which no call goes out (rate-limited)
-        self._hold_s = 0.0
+        self._hold_began = float("-inf")  # when that hold was decided
+        self._hold_s = 0.0  # the last hold guessed from refusals that stated no time
+        self._near_limit = False  # the last usage read is past `retry.slow_at_usage_pct`: one request at once
         params = {"access_token": page_token}
         if app_secret:
             # Accepted always, required when the app enables "Require App Secret".
@@ -328,8 +332,26 @@ class GraphClient:
     # -- the queue: each call alone when the way is clear, batched when calls wait together ------------------
 
     def _enqueue(self, call: _Call) -> None:
+        if call.deadline <= self._hold_until:
+            # Held past its deadline: it fails now, not at the end of a hold that may last minutes (on the
+            # loop's next turn: never before `send_soon` has returned).
+            asyncio.get_running_loop().call_soon(self._held_too_long, call)
+            return
         self._waiting.append(call)
         self._schedule()
+
+    @staticmethod
+    def _held_too_long(call: _Call) -> None:
+        if not call.abandoned:
+            _answer(call, _TurnTooLate("the Graph API asks to wait past its deadline"))
+
+    def _fail_those_the_hold_outlasts(self) -> None:
+        """Answer now the waiting calls whose deadline passes before the hold ends."""
+        late = [call for call in self._waiting if call.deadline <= self._hold_until]
+        if late:
+            self._waiting = deque(call for call in self._waiting if call.deadline > self._hold_until)
+            for call in late:  # (after the queue is whole: their callers may call again at once)
+                self._held_too_long(call)
 
     def _schedule(self) -> None:
         """Send what waits: at once when the client is idle or a batch is full; else after a short window.
@@ -356,7 +378,8 @@ class GraphClient:
         if now < self._hold_until:  # asked to slow down since this pump was due
             self._schedule()
             return
-        while self._waiting and self._requests < self._max_requests:
+        most = 1 if self._near_limit else self._max_requests
+        while self._waiting and self._requests < most:
             calls: list[_Call] = []
             while self._waiting and len(calls) < self._batch_size:
                 call = self._waiting.popleft()
@@ -380,13 +403,15 @@ class GraphClient:
             task.add_done_callback(self._dispatches.discard)
 
     async def _dispatch(self, calls: list[_Call]) -> None:
+        sent_at = time.monotonic()
         try:
+            usage: Usage | None = None
             try:
-                outcomes = await (self._alone(calls[0]) if len(calls) == 1 else self._batch(calls))
+                outcomes, usage = await (self._alone(calls[0]) if len(calls) == 1 else self._batch(calls))
             except Exception as exc:  # a bug must not leave callers waiting: they retry, then record failure
                 log.exception("Graph API request failed unexpectedly")
                 outcomes = [TransientSendError(f"unexpected error: {type(exc).__name__}") for _ in calls]
-            self._slow_down_if_asked(outcomes)
+            self._slow_down_if_asked(outcomes, usage, sent_at)
         finally:
             self._requests -= 1
             self._schedule()
@@ -394,28 +419,52 @@ class GraphClient:
             if not call.abandoned:
                 _answer(call, TransientSendError("no answer for this call") if outcome is None else outcome)
 
-    def _slow_down_if_asked(self, outcomes: list[object]) -> None:
-        """Hold every call of this client when the platform answered with a rate limit: each call's own
-        retries alone would keep knocking (and a page's limits are shared by all its calls)."""
-        limited = [o for o in outcomes if isinstance(o, SendError) and o.code in RATE_LIMIT_CODES]
-        if not limited:
-            if any(not isinstance(o, SendError) for o in outcomes):
-                self._hold_s = 0.0  # a call got through
-            return
-        now = time.monotonic()
-        if now < self._hold_until:
-            return  # the refusals of requests already under way when the hold began do not lengthen it
+    def _slow_down_if_asked(self, outcomes: list[object], usage: Usage | None, sent_at: float) -> None:
+        """Hold every call of this client when the platform asks to slow down: each call's own retries alone
+        would keep knocking (and a page's limits are shared by all its calls).
+
+        A time the platform states (usage headers, on any answer) is kept, up to a day; a refusal that states
+        none holds `first_hold_s`, doubling while refusals go on, up to `max_hold_s`. Usage past
+        `slow_at_usage_pct` sends one request at a time, `first_hold_s` apart, until an answer reports less.
+        """
         retry = self.retry
-        self._hold_s = min(retry.max_hold_s, 2 * self._hold_s) if self._hold_s else retry.first_hold_s
-        self._hold_until = now + self._hold_s
-        log.warning(
-            "the Graph API asks to slow down (code %s): no call for %g s", limited[0].code, self._hold_s
-        )
+        limited = [o for o in outcomes if isinstance(o, SendError) and o.code in RATE_LIMIT_CODES]
+        if not limited and any(not isinstance(o, SendError) for o in outcomes):
+            self._hold_s = 0.0  # a call got through
+        percent = usage.percent if usage is not None else None
+        if percent is not None and (percent >= retry.slow_at_usage_pct) != self._near_limit:
+            self._near_limit = not self._near_limit
+            if self._near_limit:
+                log.warning(
+                    "Graph API usage at %g%% of a rate limit: one request at a time, %g s apart",
+                    percent,
+                    retry.first_hold_s,
+                )
+            else:
+                log.info("Graph API usage back under %g%% of its rate limits", retry.slow_at_usage_pct)
+        if sent_at < self._hold_began:
+            return  # under way when the hold began: its answer does not lengthen the hold
+        now = time.monotonic()
+        if usage is not None and usage.regain_s > 0:
+            hold_s = usage.regain_s
+            log.warning("the Graph API refuses calls for %g min more: no call until then", hold_s / 60)
+        elif limited:
+            self._hold_s = min(retry.max_hold_s, 2 * self._hold_s) if self._hold_s else retry.first_hold_s
+            hold_s = self._hold_s
+            log.warning(
+                "the Graph API asks to slow down (code %s): no call for %g s", limited[0].code, hold_s
+            )
+        elif percent is not None and self._near_limit:
+            hold_s = retry.first_hold_s  # the pace near the limit (logged once, above)
+        else:
+            return
+        self._hold_began, self._hold_until = now, now + hold_s
+        self._fail_those_the_hold_outlasts()
 
     def _timeout(self, deadline: float) -> httpx.Timeout:
         return httpx.Timeout(max(0.05, min(self.retry.request_timeout_s, deadline - time.monotonic())))
 
-    async def _alone(self, call: _Call) -> list[object]:
+    async def _alone(self, call: _Call) -> tuple[list[object], Usage | None]:
         try:
             response = await self._client.request(
                 call.method,
@@ -425,13 +474,16 @@ class GraphClient:
                 timeout=self._timeout(call.deadline),
             )
         except httpx.HTTPError as exc:
-            return [_transport_error(exc)]
+            return [_transport_error(exc)], None
+        usage = usage_of(response.headers)
         try:
-            return [self._check(response)]
+            return [self._check(response)], usage
         except SendError as exc:
-            return [exc]
+            return [exc], usage
 
-    async def _batch(self, calls: list[_Call]) -> list[object]:
+    async def _batch(self, calls: list[_Call]) -> tuple[list[object], Usage | None]:
+        """The calls' outcomes, and the usage the batch request's answer reports (the calls' own answers carry
+        no headers: `include_headers=false`)."""
         batch = json.dumps(
             [batch_entry(call.method, call.path, call.params, call.body) for call in calls],
             separators=(",", ":"),
@@ -443,15 +495,19 @@ class GraphClient:
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
                 timeout=self._timeout(max(call.deadline for call in calls)),
             )
-            answers = self._check(response)
         except httpx.TimeoutException:
             # Maybe one call the platform is slow to do: the others should not wait for it again.
-            return [_BatchTimedOut("timed out in a batch request") for _ in calls]
-        except (httpx.HTTPError, SendError) as exc:
+            return [_BatchTimedOut("timed out in a batch request") for _ in calls], None
+        except httpx.HTTPError as exc:
+            return [_transport_error(exc) for _ in calls], None
+        usage = usage_of(response.headers)
+        try:
+            answers = self._check(response)
+        except SendError as exc:
             # The batch as a whole failed (bad token, rate limit, 5xx): so did each call in it.
-            return [_transport_error(exc) if isinstance(exc, httpx.HTTPError) else _copy(exc) for _ in calls]
+            return [_copy(exc) for _ in calls], usage
         if not isinstance(answers, list) or len(answers) != len(calls):
-            return [TransientSendError("a batch answer that does not match its calls") for _ in calls]
+            return [TransientSendError("a batch answer that does not match its calls") for _ in calls], usage
         outcomes: list[object] = []
         for answer in answers:
             if not isinstance(answer, dict) or not isinstance(answer.get("code"), int):
@@ -466,7 +522,7 @@ class GraphClient:
                 outcomes.append(self._classify(answer["code"], payload, f"code {answer['code']}"))
             except SendError as exc:
                 outcomes.append(exc)
-        return outcomes
+        return outcomes, usage
 
     @classmethod
     def _check(cls, response: httpx.Response) -> object:

@@ -13,7 +13,7 @@ import pytest
 
 from bot.graph import GraphClient
 from bot.graph_batch import Encoded, form_quote, read_batch
-from bot.graph_errors import PermanentSendError, RetryPolicy, TransientSendError
+from bot.graph_errors import PermanentSendError, RetryPolicy, TransientSendError, Usage, usage_of
 from tests.support.mock_graph import FAST, graph_over
 from tests.support.paths import MESSENGER_FIXTURES
 
@@ -471,3 +471,231 @@ async def test_the_hold_doubles_while_the_platform_keeps_asking_and_ends_with_a_
     assert gaps[0] >= 0.19, gaps
     assert gaps[1] >= 0.38, gaps  # doubled
     assert 0.19 <= gaps[3] < 0.75, gaps  # the first hold again, not 0.8 s
+
+
+# -- the platform's usage headers -------------------------------------------------------------------------
+
+PAGE_ID = "112130216863063"
+
+
+def business_use_case(minutes: float = 0, percent: float = 10, kind: str = "messenger") -> dict[str, str]:
+    """An X-Business-Use-Case-Usage header as the platform sends it to page tokens: per business object id, a
+    list of {type, call_count, total_cputime, total_time, estimated_time_to_regain_access (minutes)}."""
+    usage = {
+        "type": kind,
+        "call_count": percent,
+        "total_cputime": 5,
+        "total_time": 5,
+        "estimated_time_to_regain_access": minutes,
+    }
+    return {"X-Business-Use-Case-Usage": json.dumps({PAGE_ID: [usage]})}
+
+
+def app_usage(percent: float) -> dict[str, str]:
+    return {"X-App-Usage": json.dumps({"call_count": 3, "total_cputime": percent, "total_time": 7})}
+
+
+def with_headers(response: httpx.Response, headers: dict[str, str]) -> httpx.Response:
+    return httpx.Response(response.status_code, headers=headers, content=response.content)
+
+
+def test_the_usage_headers_read_as_the_platform_means_them():
+    headers = httpx.Headers(
+        {
+            **app_usage(41),
+            "X-Page-Usage": json.dumps({"call_count": 12, "total_cputime": 2, "total_time": 3}),
+            "X-Business-Use-Case-Usage": json.dumps(
+                {
+                    PAGE_ID: [
+                        {
+                            "type": "pages",
+                            "call_count": 97,
+                            "total_cputime": 1,
+                            "total_time": 1,
+                            "estimated_time_to_regain_access": 0,
+                        },
+                        {
+                            "type": "messenger",
+                            "call_count": 100,
+                            "total_cputime": 20,
+                            "total_time": 30,
+                            "estimated_time_to_regain_access": 19,
+                        },
+                    ]
+                }
+            ),
+            "X-Ad-Account-Usage": json.dumps({"acc_id_util_pct": 100, "reset_time_duration": 3600}),
+        }
+    )
+
+    assert usage_of(headers) == Usage(percent=100, regain_s=19 * 60)
+    assert usage_of(httpx.Headers(app_usage(41))) == Usage(percent=41, regain_s=0)
+    assert usage_of(httpx.Headers(business_use_case(minutes=100_000))) == Usage(10, regain_s=24 * 3600)
+    assert usage_of(httpx.Headers({"X-Ad-Account-Usage": '{"acc_id_util_pct": 100}'})) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "not json",
+        "[1, 2]",
+        '"100"',
+        "null",
+        '{"call_count": "100"}',
+        '{"call_count": true, "estimated_time_to_regain_access": true}',
+        '{"call_count": -5, "estimated_time_to_regain_access": -3}',
+        '{"call_count": NaN, "estimated_time_to_regain_access": Infinity}',
+        '{"call_count": 1e400, "estimated_time_to_regain_access": 1' + "0" * 400 + "}",
+        '{"call_count": null, "estimated_time_to_regain_access": {}}',
+        json.dumps({PAGE_ID: [None, 3, "x", [], {"estimated_time_to_regain_access": "19"}]}),
+        json.dumps({PAGE_ID: {"call_count": 100}}),
+        "[" * 100_000 + "]" * 100_000,
+        '{"call_count": 100',
+    ],
+)
+async def test_a_malformed_usage_header_changes_nothing(value):
+    headers = {name: value for name in ("X-App-Usage", "X-Page-Usage", "X-Business-Use-Case-Usage")}
+    requests: list[httpx.Request] = []
+    graph = client(with_headers(httpx.Response(200, json=OK), headers), seen=requests)
+
+    assert usage_of(httpx.Headers(headers)) is None
+    async with asyncio.timeout(1):
+        assert await graph.send("42", BODY) == OK["message_id"]
+        assert await graph.send("42", BODY) == OK["message_id"]
+        assert (
+            await graph.get("me", deadline_s=0.2) == OK
+        )  # no hold, whatever a value could have been read as
+
+
+async def held(graph: GraphClient, deadline_s: float) -> bool:
+    """Whether a call of `deadline_s` is held (still waiting, a moment later) rather than failed at once: a
+    hold that outlasts a call's deadline fails it at once, without a request."""
+    call = asyncio.ensure_future(graph.get("me", deadline_s=deadline_s))
+    done, _ = await asyncio.wait([call], timeout=0.1)
+    if not done:
+        call.cancel()
+        return True
+    with pytest.raises(TransientSendError, match="asks to wait past its deadline"):
+        call.result()
+    return False
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [graph_error(80006), graph_error(613), httpx.Response(200, json=OK)],
+    ids=["refused-messenger-buc", "refused-613", "sent"],
+)
+async def test_a_time_the_platform_states_holds_every_call_that_long(answer):
+    requests: list[httpx.Request] = []
+    graph = client(with_headers(answer, business_use_case(minutes=19, percent=100)), seen=requests)
+
+    async with asyncio.timeout(2):
+        await asyncio.gather(graph.send("42", BODY), return_exceptions=True)
+        assert not await held(graph, deadline_s=18 * 60)  # no use waiting: fails at once, as FAST's 0.05 s
+        assert await held(
+            graph, deadline_s=20 * 60
+        )  # max_hold_s does not cut the platform's 19 minutes short
+
+    assert len(requests) == 1  # the refused call's own retry was held too
+
+
+async def test_a_stated_hold_past_a_day_is_cut_to_a_day():
+    graph = client(with_headers(graph_error(80006), business_use_case(minutes=7 * 24 * 60)))
+
+    async with asyncio.timeout(2):
+        with pytest.raises(TransientSendError, match="80006"):
+            await graph.send("42", BODY)
+        assert not await held(graph, deadline_s=23 * 3600)
+        assert await held(graph, deadline_s=25 * 3600)
+
+
+async def test_calls_waiting_when_a_stated_hold_begins_fail_at_once_when_it_outlasts_their_deadline():
+    arrived, answer = asyncio.Event(), asyncio.Event()
+    requests: list[httpx.Request] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        arrived.set()
+        await answer.wait()
+        return with_headers(graph_error(80006), business_use_case(minutes=19, percent=100))
+
+    graph = GraphClient(
+        base_url="https://graph.test",
+        version="v25.0",
+        page_token="TOKEN",
+        retry=FAST,
+        transport=httpx.MockTransport(handle),
+        max_connections=1,
+    )
+    async with asyncio.timeout(1):
+        first = asyncio.ensure_future(graph.send("1", BODY))
+        await arrived.wait()
+        second = asyncio.ensure_future(graph.send("2", BODY))  # waits for the one connection
+        await asyncio.sleep(0)  # it joins the queue
+        answer.set()
+        results = await asyncio.gather(first, second, return_exceptions=True)
+
+    assert all(isinstance(r, TransientSendError) for r in results), results
+    assert len(requests) == 1
+
+
+async def test_answers_to_requests_under_way_when_a_stated_hold_began_do_not_lengthen_it(caplog):
+    answers = iter([business_use_case(minutes=2, percent=100), business_use_case(minutes=30, percent=100)])
+    one, both = asyncio.Event(), asyncio.Event()
+    requests: list[httpx.Request] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        (both if len(requests) == 2 else one).set()
+        await both.wait()
+        return with_headers(graph_error(80006), next(answers))
+
+    graph = graph_over(handle)
+    with caplog.at_level(logging.DEBUG):
+        async with asyncio.timeout(2):
+            first = asyncio.ensure_future(graph.send("1", BODY))
+            await one.wait()
+            second = asyncio.ensure_future(graph.send("2", BODY))  # its own request, the first under way
+            await asyncio.gather(first, second, return_exceptions=True)
+            assert await held(graph, deadline_s=3 * 60)  # 2 minutes, not 30
+
+    assert len(requests) == 2
+    holds = [r for r in caplog.records if r.levelno >= logging.WARNING and "refuses calls" in r.getMessage()]
+    assert len(holds) == 1  # logged once
+    assert "TOKEN" not in caplog.text
+    assert PAGE_ID not in caplog.text
+
+
+async def test_near_a_rate_limit_requests_go_one_at_a_time_until_the_usage_drops(caplog):
+    # Left at full speed, every waiting call would go out at once, in up to max_connections requests, and
+    # tip the page over its limit before the next reading came back.
+    pace_s = 0.1
+    policy = RetryPolicy(deadline_s=5.0, first_backoff_s=0.01, max_backoff_s=0.02, first_hold_s=pace_s)
+    assert policy.slow_at_usage_pct == 90
+    readings = [95, 95, 95, 40]  # one per request; then 40
+    requests: list[tuple[float, int]] = []  # (when, how many calls)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        batched = request.url.path == "/v25.0/"
+        entries = read_batch(dict(parse_qsl(request.content.decode()))) if batched else []
+        requests.append((asyncio.get_running_loop().time(), len(entries) or 1))
+        headers = app_usage(readings.pop(0) if readings else 40)
+        return httpx.Response(200, headers=headers, json=[sent(e) for e in entries] if batched else OK)
+
+    graph = graph_over(handle, policy=policy)
+    with caplog.at_level(logging.INFO):
+        async with asyncio.timeout(5):
+            await graph.send("0", body_to("0"))  # reads 95 %
+            near = await asyncio.gather(*(graph.send(str(c), body_to(str(c))) for c in range(1, 121)))
+            far = await asyncio.gather(*(graph.send(str(c), body_to(str(c))) for c in range(121, 241)))
+
+    assert near == far == ["m_x"] * 120
+    near_requests, far_requests = requests[1:4], requests[4:]
+    assert [calls for _, calls in near_requests] == [50, 50, 20]
+    starts = [at for at, _ in requests[:4]]
+    assert all(later - earlier >= pace_s * 0.95 for earlier, later in itertools.pairwise(starts)), starts
+    assert sorted(calls for _, calls in far_requests) == [20, 50, 50]
+    assert max(at for at, _ in far_requests) - min(at for at, _ in far_requests) < pace_s / 2  # all at once
+    slow = [r for r in caplog.records if "one request at a time" in r.getMessage()]
+    assert len(slow) == 1

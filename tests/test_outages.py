@@ -110,13 +110,14 @@ def senders(bot: BotProcess) -> list[int]:
 
 
 def settled(bot: BotProcess, graph: FakeGraph, customers: set[str]) -> bool:
-    """Whether each of `customers` got their welcome, their events are in Parquet, and nothing is owed."""
+    """Whether each of `customers` got their welcome, their events are in Parquet, and nothing is owed (by a
+    health answer of 200: one 503 still may come while the bot's connections recover from an outage)."""
     stored = {row["customer_id"] for row in stored_events(bot.data)}
     health = bot.client.get("/healthz").json()
     return (
         all(welcomes(graph, customers).values())
         and customers <= stored
-        and not health["replies_owed"]
+        and health.get("replies_owed") == 0
         and "flush_error" not in health
     )
 

@@ -135,11 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_line()
     args = parser.parse_args(argv)
     if args.command == "serve":
-        from bot.config import Mode
-        from bot.server import serve as run_server
-
-        run_server(Mode.SERVER, host=args.host, port=args.port)
-        return 0
+        return serve(args.host, args.port)
     if args.command == "migrate":
         return migrate()
     if args.command == "codes":
@@ -188,20 +184,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"unknown command {args.command}")
 
 
+def serve(host: str, port: int) -> int:
+    """Run the server once its store can be opened: a PostgreSQL server that does not answer yet (restarting,
+    starting after the bot) is waited for, PROMOBOT_DATABASE_WAIT seconds at most."""
+    from bot.config import Mode
+    from bot.database import DatabaseError
+    from bot.migrations import MigrationError
+    from bot.server import serve as run_server
+    from bot.startup import configure_logging, load_settings, open_database
+
+    settings, _ = load_settings(Mode.SERVER)
+    # Only a server can be out of reach for a moment, not a SQLite file on this machine's disk. The wait
+    # comes before the server takes over SIGTERM and SIGINT, which then end it at once; the server's start
+    # opens the store again, its schema up to date.
+    if settings.database.startswith(("postgresql://", "postgres://")):
+        configure_logging(settings.log_level)
+        try:
+            open_database(settings, wait_s=settings.database_wait_s).close()
+        except (DatabaseError, MigrationError) as exc:
+            print(f"promobot cannot start: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130  # Ctrl-C while waiting
+    run_server(Mode.SERVER, host=host, port=port)
+    return 0
+
+
 def migrate() -> int:
     """Open the store named by the environment (PROMOBOT_DATABASE_URL, DATABASE_URL, or the SQLite file in
-    PROMOBOT_DATA), applying the schema steps it lacks; it needs none of the platform's secrets."""
+    PROMOBOT_DATA), applying the schema steps it lacks; it needs none of the platform's secrets. A PostgreSQL
+    server that does not answer is waited for as `serve` waits: a release phase runs this unattended."""
 
     from bot.config import ConfigError
     from bot.database import DatabaseError
     from bot.migrations import MigrationError
-    from bot.startup import command_settings, open_database
+    from bot.startup import command_settings, configure_logging, open_database
 
     try:
-        open_database(command_settings()).close()
+        settings = command_settings()
+        configure_logging(settings.log_level)
+        open_database(settings, wait_s=settings.database_wait_s).close()
     except (ConfigError, DatabaseError, MigrationError) as exc:
         print(f"promobot migrate: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C while waiting for the store
     print("promobot migrate: the schema is up to date")
     return 0
 

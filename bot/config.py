@@ -60,6 +60,10 @@ class Settings:
     # `sqlite:///path` one. None: an SQLite file in the data directory, or, when events go to object
     # storage, in `.promobot/` (on Lambda: /tmp/promobot, which a cold start does not keep).
     database_url: str | None = None
+    # How long `serve` and `migrate` try again to reach a PostgreSQL server that does not answer at start-up
+    # (a restart for maintenance, a database container starting after the bot) before giving up: within the
+    # 60 s Heroku gives a dyno to bind its port, with room for the start itself and a last attempt.
+    database_wait_s: float = 45.0
     # A reply owed for an acknowledged click is still sent after a restart if it is younger than this;
     # older ones are recorded as `send_failed` (a coupon an hour late only confuses). At most a day: the
     # platform's window for a RESPONSE.
@@ -183,6 +187,7 @@ class Settings:
 
         graph_timeout_s = seconds("PROMOBOT_GRAPH_TIMEOUT", cls.graph_timeout_s, minimum=0.1)
         flush_seconds = seconds("PROMOBOT_FLUSH_SECONDS", cls.flush_seconds, minimum=0.1)
+        database_wait_s = seconds("PROMOBOT_DATABASE_WAIT", cls.database_wait_s, minimum=0)
         database_url = get("PROMOBOT_DATABASE_URL") or get("DATABASE_URL")  # Heroku names it DATABASE_URL
         if database_url is not None and not database_url.startswith(
             ("postgresql://", "postgres://", "sqlite:///")
@@ -246,6 +251,7 @@ class Settings:
             campaign=Path(get("PROMOBOT_CAMPAIGN") or cls.campaign),
             public_url=public_url,
             database_url=database_url,
+            database_wait_s=database_wait_s,
             reply_max_age_s=reply_max_age_s,
             graph_timeout_s=graph_timeout_s,
             flush_seconds=flush_seconds,

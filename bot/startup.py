@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ import httpx
 from bot.campaign import Campaign, CampaignError, load_campaign
 from bot.codes import CodesError, load_codes
 from bot.config import ConfigError, Mode, Settings
-from bot.database import Database
+from bot.database import Database, DatabaseError
 from bot.graph import GraphClient
 from bot.graph_errors import RetryPolicy
 from bot.pool import LOW_POOL_SHARE
@@ -31,6 +32,24 @@ log = logging.getLogger("promobot")
 SHUTDOWN_REPLY_GRACE_S = 10  # how long a stop waits for the replies in flight
 # Replies are sent before a Lambda's webhook is answered, and Messenger expects the answer within seconds.
 INLINE_RETRY = RetryPolicy(deadline_s=3.0, request_timeout_s=1.5, first_backoff_s=0.1, max_backoff_s=1.0)
+DATABASE_RETRY_FIRST_S = 0.5  # a store unreachable at start-up: the first pause before trying again
+DATABASE_RETRY_MAX_S = 5.0
+# How libpq and psycopg word a PostgreSQL server that did not answer, or answered that it cannot take
+# connections yet or any more (SQLSTATE 57P03; psycopg gives no SQLSTATE for a failed connection, only the
+# message): such a store may be back in a moment. Any other refusal, as a wrong password, an unknown
+# database or role, or SSL required, is one that waiting does not mend.
+UNREACHABLE = (
+    "Connection refused",  # nothing listens on the port (yet)
+    "timeout expired",  # nothing answers: a host frozen or restarting, packets dropped
+    "failed to resolve host",  # the name is not known (yet): a compose file's database not created yet
+    "could not translate host name",  # libpq's words for the same
+    "No route to host",
+    "Network is unreachable",
+    "Connection reset",
+    "server closed the connection unexpectedly",
+    "SSL connection has been closed unexpectedly",
+    "the database system is",  # starting up, not yet accepting connections, shutting down, in recovery
+)
 
 
 def load_settings(mode: Mode) -> tuple[Settings, Campaign]:
@@ -96,12 +115,37 @@ def graph_client(
     )
 
 
-def open_database(settings: Settings) -> Database:
+def open_database(settings: Settings, *, wait_s: float = 0.0) -> Database:
     """The transactional store of `settings`, its schema brought up to date.
 
-    Raises: DatabaseError (cannot be reached), MigrationError (a schema newer than this promobot).
+    Parameters: `wait_s` how long to keep trying while the store cannot be reached (`unreachable`), after
+    pauses that grow from DATABASE_RETRY_FIRST_S to DATABASE_RETRY_MAX_S, each attempt logged.
+    Raises: DatabaseError (cannot be reached, still after `wait_s`; refused the settings), MigrationError (a
+    schema newer than this promobot).
     """
-    return Database.open(settings.database, Path(settings.data))
+    deadline = time.monotonic() + wait_s
+    pause = DATABASE_RETRY_FIRST_S
+    while True:
+        try:
+            return Database.open(settings.database, Path(settings.data))
+        except DatabaseError as exc:
+            left = deadline - time.monotonic()
+            if not unreachable(exc) or not wait_s:
+                raise
+            if left <= 0:
+                raise DatabaseError(f"{exc}\ngave up after {wait_s:g} s (PROMOBOT_DATABASE_WAIT)") from exc
+            pause = min(pause, left)
+            reason = str(exc).splitlines()[0]  # libpq's hint on the next line would not say more
+            log.warning("%s; trying again in %.1f s (giving up in %.1f s)", reason, pause, left)
+        time.sleep(pause)
+        pause = min(DATABASE_RETRY_MAX_S, 2 * pause)
+
+
+def unreachable(error: DatabaseError) -> bool:
+    """Whether `error` says the store could not be reached (no server answered, or it is starting up or
+    shutting down): which may pass in a moment, unlike a refusal of the settings (a wrong password, an
+    unknown database or role)."""
+    return any(words in str(error) for words in UNREACHABLE)
 
 
 def file_store(settings: Settings) -> FileStore:

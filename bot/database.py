@@ -99,19 +99,6 @@ WHERE seq IN (SELECT seq FROM events WHERE batch IS NULL ORDER BY seq LIMIT ? {s
 
 # A webhook for the next commit: its events, their replies, and the future that gets the new events.
 _Waiting = tuple[Sequence[Event], Sequence[Reply], asyncio.Future[list[Event]]]
-# A caller's future and the outcome of the commit that held its webhook: its new events, or the error.
-_Answer = tuple[asyncio.Future[list[Event]], list[Event] | BaseException]
-
-
-def _answer(answered: list[_Answer]) -> None:
-    """On the event loop: give each of `record`'s callers the outcome of its commit."""
-    for future, outcome in answered:
-        if future.done():  # its caller timed out or was cancelled meanwhile
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
 
 
 class Database:
@@ -126,13 +113,11 @@ class Database:
         self._local = threading.local()
         self._connections: list[Any] = []
         self._lock = threading.Lock()
-        # `record`'s commits run one at a time on a thread of their own, which takes the next group itself
-        # as soon as a commit ends: the writer never waits for the event loop to hand work over.
-        self._writer: threading.Thread | None = None
-        self._pending = threading.Condition(threading.Lock())  # guards `_waiting`; wakes the writer
+        self._writer = ThreadPoolExecutor(1, "promobot-database")  # runs `record`'s commits, one at a time
         self._checker = ThreadPoolExecutor(1, "promobot-health")  # `check`: a frozen server holds it alone
         self._write_failure: tuple[float, DatabaseError] | None = None  # (monotonic time, error) of a commit
         self._waiting: list[_Waiting] = []
+        self._committer: asyncio.Task[None] | None = None
         self._closed = False
         # Campaigns with single-use codes, and when a code handed out at a reveal's time stops being valid.
         self._expiry: dict[str, Callable[[datetime], datetime | None]] = {}
@@ -183,11 +168,8 @@ class Database:
 
     def close(self) -> None:
         """Close every connection; call once `record`'s callers have their answers."""
-        with self._pending:
-            self._closed = True
-            self._pending.notify()
-        if self._writer is not None:
-            self._writer.join()
+        self._closed = True
+        self._writer.shutdown(wait=True)
         self._checker.shutdown(wait=True)
         with self._lock:
             connections, self._connections = self._connections, []
@@ -283,14 +265,9 @@ class Database:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Event]] = loop.create_future()
         waiting = (events, replies, future)
-        with self._pending:
-            if self._closed:
-                raise DatabaseError(f"{self.engine.where} is closed")
-            self._waiting.append(waiting)
-            self._pending.notify()
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write, name="promobot-database", daemon=True)
-                self._writer.start()
+        self._waiting.append(waiting)
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_waiting())
         # A timer handle, not asyncio.timeout with a shield: this is every webhook's path (6 µs against 1).
         expiry = loop.call_later(timeout_s, self._expire, waiting, timeout_s)
         try:
@@ -300,38 +277,34 @@ class Database:
 
     def _expire(self, waiting: _Waiting, timeout_s: float) -> None:
         """`record`'s caller waited `timeout_s`: answer it with an error. A commit under way that holds its
-        webhook ends later, and its outcome is no one's (`_answer` leaves a done future alone)."""
+        webhook ends later, and its outcome is no one's (`_commit_waiting` leaves a done future alone)."""
         future = waiting[2]
         if future.done():
             return
-        with self._pending:  # not in a commit yet: it is left out of the next
-            self._waiting = [entry for entry in self._waiting if entry is not waiting]
+        self._waiting = [entry for entry in self._waiting if entry is not waiting]  # not in a commit yet
         future.set_exception(DatabaseError(f"{self.engine.where} did not answer within {timeout_s:g} s"))
 
-    def _write(self) -> None:
-        """The writer thread: commit whatever is waiting, one group at a time, until closed."""
-        while True:
-            with self._pending:
-                while not self._waiting and not self._closed:
-                    self._pending.wait()
-                if not self._waiting:
-                    return
+    async def _commit_waiting(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
                 group, self._waiting = self._waiting, []
-            try:
-                outcomes: Sequence[list[Event] | BaseException] = self._commit(group)
-            except Exception as exc:
-                if isinstance(exc, DatabaseError):
-                    self._write_failure = (time.monotonic(), exc)
-                outcomes = [exc] * len(group)
-            else:
+                try:
+                    news = await loop.run_in_executor(self._writer, self._commit, group)
+                except Exception as exc:
+                    if isinstance(exc, DatabaseError):
+                        self._write_failure = (time.monotonic(), exc)
+                    for _, _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
                 self._write_failure = None
                 self.commits += 1
-            answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
-            for (_, _, future), outcome in zip(group, outcomes, strict=True):
-                answers.setdefault(future.get_loop(), []).append((future, outcome))
-            for loop, answered in answers.items():
-                with contextlib.suppress(RuntimeError):  # that loop is closed: no one waits for these
-                    loop.call_soon_threadsafe(_answer, answered)
+                for (_, _, future), new in zip(group, news, strict=True):
+                    if not future.done():  # its caller may have been cancelled meanwhile
+                        future.set_result(new)
+        finally:
+            self._committer = None
 
     def _commit(self, group: list[_Waiting]) -> list[list[Event]]:
         """One transaction for every webhook of `group`; the new events of each.

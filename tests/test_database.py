@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -205,45 +204,6 @@ def test_concurrent_webhooks_share_transactions_and_each_returns_once_committed(
     assert database.commits < 10  # 100 webhooks, a handful of transactions
     assert store.rows("SELECT count(*) FROM events") == [(200,)]
     assert store.rows("SELECT count(*) FROM outbox") == [(100,)]
-
-
-def test_the_writer_commits_the_next_webhooks_while_the_event_loop_is_busy(store: Store) -> None:
-    """A commit ends while the event loop is running a long callback: the webhooks that arrived meanwhile
-    are committed at once by the writer, not when the loop comes round to hand them over."""
-    database = store.open()
-    release = threading.Event()
-    commit = database._commit
-
-    def first_held(group: list) -> list[list[Event]]:
-        release.wait(5)  # the first commit ends only once the second webhook waits for the next
-        return commit(group)
-
-    database._commit = first_held  # type: ignore[method-assign]
-
-    async def main() -> bool:
-        first = asyncio.create_task(record(database, webhook("c1")))
-        await asyncio.sleep(0.05)  # the first webhook's commit is under way, held
-        second = asyncio.create_task(record(database, webhook("c2")))
-        await asyncio.sleep(0.05)  # the second waits for the next commit
-        release.set()
-        stored = busy_until(lambda: store.rows("SELECT count(*) FROM events") == [(4,)])
-        await asyncio.gather(first, second)
-        return stored
-
-    stored = asyncio.run(main())
-    database.close()
-
-    assert stored
-
-
-def busy_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    """Keep the calling thread (an event loop's) busy until `condition` holds; whether it did in time."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_one_webhook_delivered_to_two_instances_at_once_is_recorded_once(store: Store) -> None:

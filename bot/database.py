@@ -202,7 +202,7 @@ class Database:
             try:
                 connection = self.engine.connect()
             except self.engine.error as exc:
-                raise DatabaseError(f"{self.engine.where} is unreachable: {exc}") from exc
+                raise DatabaseError(f"{self.engine.where}: could not connect: {exc}") from exc
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)

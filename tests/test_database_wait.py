@@ -16,20 +16,20 @@ AT = 'connection failed: connection to server at "127.0.0.1", port 5432 failed:'
 
 # What psycopg 3 raised against PostgreSQL 15, word for word: no SQLSTATE, only the message tells them apart.
 NOT_ANSWERING = [
-    f"{WHERE} is unreachable: {AT} Connection refused\n\tIs the server running on that host and accepting "
-    "TCP/IP connections?",
-    f"{WHERE} is unreachable: connection timeout expired",  # a server paused (SIGSTOP)
-    f"{WHERE} is unreachable: failed to resolve host 'db': [Errno -2] Name or service not known",
-    f"{WHERE} is unreachable: {AT} FATAL:  the database system is starting up",
-    f"{WHERE} is unreachable: {AT} FATAL:  the database system is not yet accepting connections",
-    f"{WHERE} is unreachable: {AT} FATAL:  the database system is shutting down",
+    f"{WHERE}: could not connect: {AT} Connection refused\n\tIs the server running on that host and "
+    "accepting TCP/IP connections?",
+    f"{WHERE}: could not connect: connection timeout expired",  # a server paused (SIGSTOP)
+    f"{WHERE}: could not connect: failed to resolve host 'db': [Errno -2] Name or service not known",
+    f"{WHERE}: could not connect: {AT} FATAL:  the database system is starting up",
+    f"{WHERE}: could not connect: {AT} FATAL:  the database system is not yet accepting connections",
+    f"{WHERE}: could not connect: {AT} FATAL:  the database system is shutting down",
 ]
 REFUSING = [
-    f'{WHERE} is unreachable: {AT} FATAL:  password authentication failed for user "promobot"',
-    f'{WHERE} is unreachable: {AT} FATAL:  database "promobot" does not exist',
-    f'{WHERE} is unreachable: {AT} FATAL:  role "promobot" does not exist',
-    f"{WHERE} is unreachable: {AT} fe_sendauth: no password supplied",
-    f"{WHERE} is unreachable: {AT} server does not support SSL, but SSL was required",
+    f'{WHERE}: could not connect: {AT} FATAL:  password authentication failed for user "promobot"',
+    f'{WHERE}: could not connect: {AT} FATAL:  database "promobot" does not exist',
+    f'{WHERE}: could not connect: {AT} FATAL:  role "promobot" does not exist',
+    f"{WHERE}: could not connect: {AT} fe_sendauth: no password supplied",
+    f"{WHERE}: could not connect: {AT} server does not support SSL, but SSL was required",
     "database URL scheme 'mysql' is not supported: use postgresql:// or sqlite:///",
     "SQLite data/promobot.sqlite3 could not be opened: unable to open database file",
 ]

@@ -291,7 +291,7 @@ def test_serve_started_while_postgresql_is_down_waits_for_it_then_answers(tmp_pa
             graph.wait_for(click.customer, 1)
             assert bot.stop() == 0
 
-    assert f"PostgreSQL 127.0.0.1:{postgres.port}/promobot is unreachable" in bot.log()
+    assert f"PostgreSQL 127.0.0.1:{postgres.port}/promobot: could not connect" in bot.log()
     assert "Connection refused" + WAITING in bot.log()
     assert "promobot ready" in bot.log()
 
@@ -312,7 +312,7 @@ def test_a_database_still_unreachable_after_the_wait_fails_naming_it(tmp_path, c
 
     assert done.returncode == 1
     where = url.rsplit("@", 1)[1]
-    assert f"{failure}: PostgreSQL {where} is unreachable" in done.stderr
+    assert f"{failure}: PostgreSQL {where}: could not connect" in done.stderr
     assert "Connection refused" in done.stderr
     assert "gave up after 1.5 s (PROMOBOT_DATABASE_WAIT)" in done.stderr
     assert done.stderr.count(WAITING) >= 2

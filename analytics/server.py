@@ -62,6 +62,7 @@ def serve(
         "--MappingKernelManager.cull_connected=False",
         f"--MappingKernelManager.cull_interval={max(1, min(10, kernel_idle_s))}",
     ]
+    trust(NOTEBOOK)
     if os.name == "posix":
         # Kernels talk to Voilà over Unix sockets in a private directory, not TCP ports any local user can
         # reach (each kernel warned of that in the log, every page). Under /tmp: a socket's path may not
@@ -69,3 +70,20 @@ def serve(
         command += ["--KernelManager.transport=ipc", "--Voila.connection_dir_root=/tmp"]
     # Become Voilà: signals (Ctrl-C, SIGTERM from a supervisor) reach the server itself.
     os.execve(sys.executable, command, env)  # noqa: S606 - a fixed argv, no shell involved
+
+
+def trust(notebook: Path) -> None:
+    """Record `notebook` as trusted in Jupyter's signature store, as `jupyter trust` does: Voilà warned at
+    every page that it was not. It is promobot's own notebook, which the dashboard runs anyway. A store that
+    cannot be written (a read-only home) leaves the warning, and nothing else changes."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    try:
+        notary = NotebookNotary()  # type: ignore[no-untyped-call]
+        try:
+            notary.sign(nbformat.read(notebook, as_version=4))  # type: ignore[no-untyped-call]
+        finally:
+            notary.store.close()
+    except Exception as exc:  # only a warning is at stake
+        print(f"promobot dashboard: could not mark the notebook as trusted: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -60,12 +61,23 @@ SEEN_RETENTION = timedelta(days=7)  # Messenger redelivers an unacknowledged web
 RECORD_TIMEOUT_S = 4.0
 CHECK_TIMEOUT_S = 2.0  # a health check's answer within a load balancer's patience
 # A full disk refuses a webhook's commit while the small write of a health check still fits in pages the
-# file already has: after a failed commit, the store reads as failing until one succeeds, or for this long.
+# file already has: after a commit refused for want of room, the store reads as failing until one succeeds,
+# or for this long. Any other failure (a server restarting) is the health check's own transaction's to tell.
 WRITE_FAILURE_HOLD_S = 60.0
+DISK_FULL_SQLSTATE = "53100"  # PostgreSQL's disk_full
 
 
 class DatabaseError(RuntimeError):
     """The database could not do what was asked (unreachable, locked too long, full, closed)."""
+
+
+def out_of_room(error: DatabaseError) -> bool:
+    """Whether `error` was the engine's refusal for want of room: SQLite's SQLITE_FULL ("database or disk is
+    full"), PostgreSQL's disk_full."""
+    cause = error.__cause__
+    if isinstance(cause, sqlite3.Error):
+        return getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return getattr(cause, "sqlstate", None) == DISK_FULL_SQLSTATE
 
 
 def utc_now() -> datetime:
@@ -178,8 +190,8 @@ class Database:
 
     def check(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         """Raise DatabaseError unless the database takes a write transaction within `timeout_s` and the
-        latest commit of webhooks did not fail (a full disk) in the last WRITE_FAILURE_HOLD_S (for health
-        checks)."""
+        latest commit of webhooks was not refused for want of room (a full disk) in the last
+        WRITE_FAILURE_HOLD_S (for health checks)."""
         failure = self._write_failure
         if failure is not None and time.monotonic() - failure[0] < WRITE_FAILURE_HOLD_S:
             raise DatabaseError(f"the latest webhooks could not be recorded: {failure[1]}")
@@ -292,7 +304,7 @@ class Database:
                 try:
                     news = await loop.run_in_executor(self._writer, self._commit, group)
                 except Exception as exc:
-                    if isinstance(exc, DatabaseError):
+                    if isinstance(exc, DatabaseError) and out_of_room(exc):
                         self._write_failure = (time.monotonic(), exc)
                     for _, _, future in group:
                         if not future.done():

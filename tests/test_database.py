@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.database import Batch, Database, DatabaseError
+from bot.database import Batch, Database, DatabaseError, out_of_room
 from bot.events import Event, detail_json, message_digest
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind, plan_replies
@@ -483,6 +483,21 @@ def test_a_webhook_whose_commit_fails_is_not_acknowledged(postgres_database_url:
     store.execute("DROP TRIGGER one_read ON events")
     assert asyncio.run(record(database, events)) == events  # the platform's redelivery
     database.close()
+
+
+def test_only_a_commit_refused_for_want_of_room_holds_the_health_check_at_failing() -> None:
+    # SQLite's full disk is tests/test_outages.py's, on a real filesystem; PostgreSQL's by its SQLSTATE.
+    import psycopg
+
+    def failed(cause: Exception) -> DatabaseError:
+        try:
+            raise DatabaseError("PostgreSQL 127.0.0.1:5432/promobot failed") from cause
+        except DatabaseError as error:
+            return error
+
+    assert out_of_room(failed(psycopg.errors.DiskFull("could not extend file: No space left on device")))
+    assert not out_of_room(failed(psycopg.OperationalError("server closed the connection unexpectedly")))
+    assert not out_of_room(failed(psycopg.errors.AdminShutdown("terminating connection")))
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])

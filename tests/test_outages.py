@@ -46,6 +46,7 @@ ANSWER_BOUND_S = 5.0  # Messenger's budget for a webhook's answer, store or no s
 HEALTH_BOUND_S = 5.0  # a load balancer's patience with a health check
 OUTAGE_S = 8.0  # how long PostgreSQL stays down while webhooks arrive
 SETTLE_S = 20.0
+HEALTH_BACK_S = 15.0  # from the store's start to a health answer of 200: its recovery, a reconnection
 STOP_BOUND_S = 2.0  # a stop signal ends a wait for the store within this
 REFUSED = "webhook not acknowledged, events could not be recorded"
 
@@ -169,6 +170,10 @@ def test_a_postgresql_restart_is_answered_503_and_ridden_out_without_a_restart(t
             health_during.append(timed_health(bot))
             time.sleep(0.2)  # pacing the platform's deliveries, not waiting for anything
         postgres.start()  # crash recovery, on the same port
+        # Healthy again as soon as the store is back, before any webhook commits (a load balancer that took
+        # the bot out of its rotation sends none): a failed commit held /healthz at 503 for 60 s.
+        poll(lambda: timed_health(bot)[0] == 200, timeout_s=HEALTH_BACK_S)
+        health_back = timed_health(bot)[0]
 
         drill.redeliver_refused()
         for _ in range(5):
@@ -183,6 +188,7 @@ def test_a_postgresql_restart_is_answered_503_and_ridden_out_without_a_restart(t
     assert drill.slowest() < ANSWER_BOUND_S
     assert {status for status, _ in health_during} == {503}
     assert max(seconds for _, seconds in health_during) < HEALTH_BOUND_S
+    assert health_back == 200
     assert health_after == {"status": "ok", "campaign": "spring-sale", "replies_owed": 0}
     assert senders_after == [sender]  # the sender rode the outage out
     assert drill.acknowledged() == everyone

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 from starlette.applications import Starlette
@@ -44,9 +44,11 @@ def create_app(
     *,
     graph_transport: httpx.AsyncBaseTransport | None = None,
     retry: RetryPolicy | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> Starlette:
     """The bot for `settings.mode`. `graph_transport` replaces the network under the Graph client (tests);
-    `retry` its retry policy.
+    `retry` its retry policy; `on_ready` is called once the start-up has made everything, before the first
+    request.
 
     In local mode the app talks to a stand-in Graph API and serves the Messenger simulator at `/`; in any
     other mode those routes do not exist. In Lambda mode replies are sent before the webhook is answered.
@@ -103,6 +105,8 @@ def create_app(
             rules=flow.PageRules.from_settings(settings),
             sender_process=process,
         )
+        if on_ready is not None:
+            on_ready()
         try:
             log.info(
                 "promobot ready: campaign %r, state in %s, events in %s",

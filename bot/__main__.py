@@ -135,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_line()
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args.host, args.port)
+        from bot.config import Mode
+        from bot.server import serve as run_server
+
+        run_server(Mode.SERVER, host=args.host, port=args.port)  # waits for an unreachable store first
+        return 0
     if args.command == "migrate":
         return migrate()
     if args.command == "codes":
@@ -182,32 +186,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_local()
     parser.error(f"unknown command {args.command}")
-
-
-def serve(host: str, port: int) -> int:
-    """Run the server once its store can be opened: a PostgreSQL server that does not answer yet (restarting,
-    starting after the bot) is waited for, PROMOBOT_DATABASE_WAIT seconds at most."""
-    from bot.config import Mode
-    from bot.database import DatabaseError
-    from bot.migrations import MigrationError
-    from bot.server import serve as run_server
-    from bot.startup import configure_logging, load_settings, open_database
-
-    settings, _ = load_settings(Mode.SERVER)
-    # Only a server can be out of reach for a moment, not a SQLite file on this machine's disk. The wait
-    # comes before the server takes over SIGTERM and SIGINT, which then end it at once; the server's start
-    # opens the store again, its schema up to date.
-    if settings.database.startswith(("postgresql://", "postgres://")):
-        configure_logging(settings.log_level)
-        try:
-            open_database(settings, wait_s=settings.database_wait_s).close()
-        except (DatabaseError, MigrationError) as exc:
-            print(f"promobot cannot start: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130  # Ctrl-C while waiting
-    run_server(Mode.SERVER, host=host, port=port)
-    return 0
 
 
 def migrate() -> int:

@@ -60,7 +60,9 @@ def table_of_rows(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     columns = ", ".join(f"unnest(${f.name}::{_SQL_TYPES[f.type]}[]) as {f.name}" for f in schema)
     values = {f.name: [row[f.name] for row in rows] for f in schema}
     with _rows_database().cursor() as cursor:
-        return cursor.sql(f"select {columns}", params=values).to_arrow_table().cast(schema)
+        built = cursor.sql(f"select {columns}", params=values).to_arrow_table()
+    # The columns already have the schema's types; Table.cast would import pyarrow.compute (0.08 s cold).
+    return pa.Table.from_arrays(built.columns, schema=schema)
 
 
 def funnel_table(row: dict[str, Any]) -> pa.Table:

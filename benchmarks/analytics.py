@@ -6,7 +6,7 @@ DuckDB, and the updated funnel after a new flush file lands in an opened store.
 Cold: every measurement is a fresh Python process that imports its libraries (timed apart), then is timed from
 before reading the files to the answer in hand. Contenders: promobot (`analytics.open(root).funnel()`, also
 cohorts and timeline), pandas, Polars (lazy), a plain DuckDB query, all computing the funnel of
-/work/notes/metrics-spec.md (every campaign, every day, a 7-day window, UTC), and a baseline DuckDB pass that
+docs/metrics.md (every campaign, every day, a 7-day window, UTC), and a baseline DuckDB pass that
 only groups every journey's rows. The peers' figures must equal promobot's, or the run fails. The files are in
 the OS's page cache (read once before timing), as on the machine that wrote them.
 

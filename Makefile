@@ -4,14 +4,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench lint chromium postgresql lambda clean
+.PHONY: install run test bench lint lock chromium postgresql lambda clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Within constraints.txt: the versions of every package the suite last passed with (`make lock` renews it).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 # Browser tests drive Debian's Chromium; Playwright never downloads a browser of its own.
@@ -42,6 +43,16 @@ bench: $(STAMP) postgresql
 	$(PY) benchmarks/webhook.py
 	$(PY) benchmarks/routing.py
 
+# constraints.txt anew: the newest releases pyproject.toml allows, in a venv of their own; then `make test`.
+lock:
+	rm -rf build/lock
+	$(PYTHON) -m venv build/lock
+	build/lock/bin/python -m pip install --quiet --upgrade pip
+	build/lock/bin/python -m pip install --quiet '.[test]'
+	{ sed -n '/^#/p' constraints.txt; build/lock/bin/python -m pip freeze --exclude promobot; } > build/constraints.txt
+	mv build/constraints.txt constraints.txt
+	rm -rf build/lock
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -58,7 +69,7 @@ LAMBDA_ZIP      ?= build/promobot-lambda.zip
 lambda: $(STAMP)
 	rm -rf $(LAMBDA_DIR) $(LAMBDA_ZIP) build/wheel
 	$(PY) -m pip wheel --quiet --no-deps --wheel-dir build/wheel .
-	$(PY) -m pip install --quiet --no-compile --target $(LAMBDA_DIR) \
+	$(PY) -m pip install --quiet --no-compile --target $(LAMBDA_DIR) -c constraints.txt \
 	  $(addprefix --platform ,$(LAMBDA_PLATFORMS)) --implementation cp --python-version $(LAMBDA_PYTHON) --only-binary=:all: \
 	  "$$(ls build/wheel/promobot-*.whl)[lambda]"
 	rm -rf $(LAMBDA_DIR)/bin

@@ -133,6 +133,7 @@ def create_app(
             secret=settings.app_secret,
             secure_cookies=settings.public_url.startswith("https://"),
             public_url=settings.public_url,
+            proxies=settings.proxies,
             replies_owed=lambda: app.state.runtime.replies_owed(),
         )
         if campaign.single_use

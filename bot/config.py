@@ -36,6 +36,7 @@ SQLITE_FILE = "promobot.sqlite3"  # the store's file, in the data directory unle
 LOCAL_STAFF_PIN = "0000"  # local mode's till PIN, unless PROMOBOT_STAFF_PIN says otherwise
 # A PIN of 6 digits takes some 58 days of guessing at the till's limit of wrong tries (bot.till.Attempts).
 STAFF_PIN_MIN_DIGITS = 6
+MAX_PROXIES = 5
 HEALTH_TOKEN_MIN_LENGTH = 16  # PROMOBOT_HEALTH_TOKEN guards what the deep health check tells
 MESSAGING_WINDOW_S = 24 * 3600.0  # how long after a customer's message the page may answer it (RESPONSE)
 DEFAULT_OPT_OUT_WORDS = ("stop", "unsubscribe")  # a message that is one of these opts the customer out
@@ -76,6 +77,10 @@ class Settings:
     log_level: str = "INFO"
     # Staff sign in to the till page with this PIN (6 to 12 digits); "" turns redemption at the till off.
     staff_pin: str = ""
+    # How many proxies in front of the bot each add the address they were reached from to X-Forwarded-For
+    # (Heroku's router: 1). The till counts wrong PINs per address: without this, every phone behind them
+    # would have the address of the last one.
+    proxies: int = 0
     # A monitor asks `/healthz?deep=1` with `Authorization: Bearer <this>`; "" turns the deep checks off.
     health_token: str = ""
     # Messages that opt a customer out of promotions, and back in (matched whole, case and punctuation
@@ -204,6 +209,12 @@ class Settings:
                 f"PROMOBOT_STAFF_PIN must be {STAFF_PIN_MIN_DIGITS} to 12 digits: the till allows 30 wrong"
                 " tries in 5 minutes, which would find 4 digits within a day"
             )
+        raw_proxies = get("PROMOBOT_PROXIES") or "0"
+        if not (raw_proxies.isdigit() and raw_proxies.isascii() and int(raw_proxies) <= MAX_PROXIES):
+            raise ConfigError(
+                f"PROMOBOT_PROXIES={raw_proxies!r} is not a number of proxies from 0 to {MAX_PROXIES}"
+                " (how many proxies in front of the bot add to X-Forwarded-For; Heroku's router: 1)"
+            )
         health_token = get("PROMOBOT_HEALTH_TOKEN") or ""
         if health_token and len(health_token) < HEALTH_TOKEN_MIN_LENGTH:
             raise ConfigError(
@@ -241,6 +252,7 @@ class Settings:
             app_id=app_id,
             handover_minutes=handover_minutes,
             staff_pin=staff_pin,
+            proxies=int(raw_proxies),
             health_token=health_token,
             app_secret=platform["PROMOBOT_APP_SECRET"],
             verify_token=platform["PROMOBOT_VERIFY_TOKEN"],

@@ -44,8 +44,9 @@ def serve(mode: Mode, host: str = "127.0.0.1", port: int = 8000) -> None:
         log_level=settings.log_level.lower(),
         lifespan="on",
         timeout_graceful_shutdown=SHUTDOWN_REPLY_GRACE_S,
-        # Nothing is built from a request's client address or scheme (links use PROMOBOT_PUBLIC_URL): the
-        # X-Forwarded-* headers of a proxy in front need no reading.
+        # Links are built from PROMOBOT_PUBLIC_URL, not from a request's scheme or host; the one use of a
+        # client's address, the till's count of wrong PINs, reads X-Forwarded-For itself, as far as
+        # PROMOBOT_PROXIES says it can be believed (bot.till.client_address).
         proxy_headers=False,
         access_log=False,
         server_header=False,  # no need to tell the world which server answers

@@ -97,6 +97,19 @@ class Attempts:
             del self._clients[client]
 
 
+def client_address(request: Request, proxies: int = 0) -> str:
+    """The address a request came from, as the till counts wrong PINs: the connection's; or, behind
+    `proxies` proxies that each add the address they were reached from to X-Forwarded-For, the one the
+    first of them was reached from. What stands left of it was sent by the client, who may have made it up;
+    a header shorter than `proxies` (a request that did not come through them all) is not believed."""
+    if proxies:
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for")).split(",")
+        hops = [hop.strip() for hop in forwarded if hop.strip()]
+        if len(hops) >= proxies:
+            return hops[-proxies]
+    return request.client.host if request.client else "unknown"
+
+
 def till_routes(
     database: Callable[[], Database],
     campaign: Campaign,
@@ -105,13 +118,15 @@ def till_routes(
     secret: str,
     secure_cookies: bool,
     public_url: str,
+    proxies: int = 0,
     replies_owed: Callable[[], None] = lambda: None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> list[Route]:
     """The till's routes. `database` gives the open store (it is opened after the routes are made); `pin`
     the staff PIN ("" turns redemption off); `secret` signs sessions; `secure_cookies` for an https bot;
-    `public_url` the bot's address, which till links and their QR codes start with; `replies_owed` tells
-    the sender of a thank-you recorded."""
+    `public_url` the bot's address, which till links and their QR codes start with; `proxies` how many
+    proxies in front add to X-Forwarded-For (client_address); `replies_owed` tells the sender of a thank-you
+    recorded."""
     attempts = Attempts()
     key = hmac.new(secret.encode(), b"promobot till sessions", hashlib.sha256).digest()
 
@@ -218,10 +233,7 @@ def till_routes(
         if not next_path.startswith("/redeem") or next_path.startswith("//"):
             next_path = "/redeem"
         device = known_device(request)
-        if device is not None:
-            client = f"device {device}"
-        else:
-            client = request.client.host if request.client else "unknown"
+        client = f"device {device}" if device is not None else client_address(request, proxies)
         wait = attempts.blocked_for(client, known_device=device is not None)
         if wait > 0:
             error = f"Too many wrong PINs: try again in {int(wait // 60) + 1} minutes."

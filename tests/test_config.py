@@ -97,11 +97,19 @@ def test_the_database_url_comes_from_promobot_or_heroku_naming():
         ({"PROMOBOT_STAFF_PIN": "48261"}, "PROMOBOT_STAFF_PIN must be 6 to 12 digits"),
         ({"PROMOBOT_STAFF_PIN": "4826130000000"}, "PROMOBOT_STAFF_PIN must be 6 to 12 digits"),
         ({"PROMOBOT_STAFF_PIN": "48261²"}, "PROMOBOT_STAFF_PIN must be 6 to 12 digits"),
+        ({"PROMOBOT_PROXIES": "yes"}, "PROMOBOT_PROXIES='yes' is not a number of proxies"),
+        ({"PROMOBOT_PROXIES": "-1"}, "PROMOBOT_PROXIES"),
+        ({"PROMOBOT_PROXIES": "6"}, "PROMOBOT_PROXIES"),
     ],
 )
 def test_malformed_settings_are_refused_by_name(env, name):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({**SECRETS, **env})
+
+
+def test_proxies_in_front_are_none_unless_told():
+    assert Settings.from_env(SECRETS).proxies == 0
+    assert Settings.from_env({**SECRETS, "PROMOBOT_PROXIES": "1"}).proxies == 1
 
 
 def test_graph_timeout_and_flush_interval_are_seconds():

@@ -1,4 +1,4 @@
-"""The docs name what the code names: steps, KPIs, events and the clock allowance, from bot.facts."""
+"""The docs name what the code names: steps, KPIs, events, the clock allowance and the settings."""
 
 from __future__ import annotations
 
@@ -79,3 +79,14 @@ def test_every_option_of_the_command_lines_says_what_it_is():
 
     assert unexplained(bot_command_line(), "python -m bot") == []
     assert unexplained(analytics_command_line(), "python -m analytics") == []
+
+
+def test_every_setting_read_from_the_environment_is_in_the_readmes_configuration():
+    code = "".join(path.read_text(encoding="utf-8") for path in [REPO / "bot" / "config.py", *ANALYTICS])
+    settings = set(re.findall(r"\"(PROMOBOT_[A-Z_]+)\"", code))
+    assert {"PROMOBOT_APP_SECRET", "PROMOBOT_PROXIES", "PROMOBOT_DASHBOARD_TOKEN"} <= settings
+    configuration = section((REPO / "README.md").read_text(encoding="utf-8"), "Configuration")
+    assert sorted(name for name in settings if f"`{name}`" not in configuration) == []
+
+
+ANALYTICS = sorted((REPO / "analytics").glob("*.py"))

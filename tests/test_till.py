@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.requests import Request
 
 from bot.app import create_app
 from bot.campaign import load_campaign
@@ -20,7 +21,14 @@ from bot.database import Database
 from bot.facts import ButtonStep, EventName
 from bot.flow import button_payload
 from bot.redemption import find_code, redeem
-from bot.till import ALL_FAILURES, CLIENT_FAILURES, CSRF_COOKIE, DEVICE_COOKIE, SESSION_COOKIE
+from bot.till import (
+    ALL_FAILURES,
+    CLIENT_FAILURES,
+    CSRF_COOKIE,
+    DEVICE_COOKIE,
+    SESSION_COOKIE,
+    client_address,
+)
 from tests.support import payloads
 from tests.support.bot_process import run_bot, stored_events
 from tests.support.builders import Clock
@@ -57,10 +65,10 @@ async def sign_in(client: httpx.AsyncClient, path: str, pin: str = PIN) -> httpx
     )
 
 
-def till_app(data: Path) -> tuple[Starlette, Platform]:
-    """The bot on `data` with the staff PIN, and the Graph API it sends to."""
+def till_app(data: Path, **env: str) -> tuple[Starlette, Platform]:
+    """The bot on `data` with the staff PIN (and `env`), and the Graph API it sends to."""
     platform = Platform()
-    settings = settings_for(data, PROMOBOT_STAFF_PIN=PIN)
+    settings = settings_for(data, PROMOBOT_STAFF_PIN=PIN, **env)
     return create_app(settings, graph_transport=httpx.MockTransport(platform)), platform
 
 
@@ -157,10 +165,12 @@ async def test_wrong_pins_are_refused_then_rate_limited(till):
         assert "Too many wrong PINs" in limited.text
 
 
-def client_at(app: Starlette, address: str) -> httpx.AsyncClient:
-    """A client of `app` (already started) from `address`."""
+def client_at(app: Starlette, address: str, forwarded_for: str | None = None) -> httpx.AsyncClient:
+    """A client of `app` (already started) from `address`; `forwarded_for`: the X-Forwarded-For header
+    that reaches the bot, as the proxies in front made it."""
     transport = httpx.ASGITransport(app=app, client=(address, 40_000))
-    return httpx.AsyncClient(transport=transport, base_url="http://promobot.test")
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for is not None else None
+    return httpx.AsyncClient(transport=transport, base_url="http://promobot.test", headers=headers)
 
 
 async def signed_in(client: httpx.AsyncClient, pin: str = PIN) -> int:
@@ -194,6 +204,41 @@ async def test_wrong_pins_from_everywhere_do_not_lock_out_a_phone_that_signed_in
         assert await signed_in(forged) == 429  # and so does one with a device cookie not ours
         assert await signed_in(phone) == 200
         assert phone.cookies[DEVICE_COOKIE] == device  # the same device still
+
+
+ROUTER = "10.1.2.3"  # the proxy in front (Heroku's router): every request's connection comes from it
+
+
+@pytest.mark.parametrize(("proxies", "new_phone_waits"), [("0", True), ("1", False)])
+async def test_behind_a_proxy_wrong_pins_count_against_the_address_it_was_reached_from(
+    tmp_path, proxies, new_phone_waits
+):
+    # On Heroku every request came from the router's address: five wrong PINs from anyone kept every new
+    # phone out of the till for five minutes. With PROMOBOT_PROXIES=1 the guesser waits alone, whatever
+    # they put in X-Forwarded-For themselves (the router adds the address it was reached from after it).
+    app, _ = till_app(single_use_home(tmp_path, ["SPR-AAAA2222"]), PROMOBOT_PROXIES=proxies)
+    async with app.router.lifespan_context(app):
+        for n in range(CLIENT_FAILURES):
+            async with client_at(app, ROUTER, f"192.0.2.{n}, 203.0.113.66") as guesser:
+                assert await signed_in(guesser, pin="000000") == 403
+        async with client_at(app, ROUTER, "192.0.2.99, 203.0.113.66") as guesser:
+            assert await signed_in(guesser) == 429
+        async with client_at(app, ROUTER, "198.51.100.20") as new_phone:
+            assert await signed_in(new_phone) == (429 if new_phone_waits else 200)
+
+
+def test_the_client_address_is_the_one_the_first_proxy_was_reached_from():
+    def address(proxies: int, *forwarded_for: str) -> str:
+        headers = [(b"x-forwarded-for", value.encode()) for value in forwarded_for]
+        scope = {"type": "http", "headers": headers, "client": ("10.1.2.3", 40_000)}
+        return client_address(Request(scope), proxies)
+
+    assert address(0, "192.0.2.1") == "10.1.2.3"  # no proxy in front: the header is the client's own
+    assert address(1) == "10.1.2.3"  # not through the proxy
+    assert address(1, "192.0.2.1, 203.0.113.66") == "203.0.113.66"
+    assert address(1, "192.0.2.1", "203.0.113.66") == "203.0.113.66"  # headers in the order they came
+    assert address(2, "192.0.2.1, 203.0.113.66 , 10.9.9.9") == "203.0.113.66"
+    assert address(2, "10.9.9.9") == "10.1.2.3"  # shorter than the proxies make it: not believed
 
 
 async def test_a_known_phone_has_its_own_limit_and_a_new_pin_makes_it_unknown(tmp_path):

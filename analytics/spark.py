@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 _READ_ATTEMPTS = 3
 _CACHED_QUESTIONS = 16
+_LOST_ROWS = "CHECKPOINT_RDD_BLOCK_ID_NOT_FOUND"  # Spark's error for a local checkpoint's part gone
 
 
 # -- a local Spark session -----------------------------------------------------------------------------------
@@ -164,8 +165,19 @@ class SparkEvents(Metrics):
             labelled = labelled or filters.labelled
             if labelled and self._welcomes is None:
                 self._welcomes = self._cache("welcomes", sql.WELCOMES)
-            self._steps_for(filters, labelled).createOrReplaceTempView("customer_steps")
-            return _arrow(self._frame(query, filters.params()))
+            from py4j.protocol import Py4JJavaError
+
+            for attempt in range(2):
+                self._steps_for(filters, labelled).createOrReplaceTempView("customer_steps")
+                try:
+                    return _arrow(self._frame(query, filters.params()))
+                except Py4JJavaError as error:
+                    # The question's rows are kept by the executors that computed them: a cluster's
+                    # executor gone takes its part along, and the question is computed again, once.
+                    if attempt or _LOST_ROWS not in str(error):
+                        raise
+                    del self._questions[(filters, labelled)]
+            raise AssertionError("unreachable")
 
     def _steps_for(self, filters: Filters, labelled: bool) -> DataFrame:
         """This question's customers and their steps (`labelled`: with the source and variant of their

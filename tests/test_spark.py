@@ -224,3 +224,22 @@ def test_a_questions_steps_are_computed_once_not_at_each_use(engines):
     count = spark_events._spark.sql("select count(*) from customer_steps")  # the view the metrics read
     plan = count._jdf.queryExecution().executedPlan().toString()
     assert plan.count("Scan") == 1, plan  # of the question's rows: not of the files, nor of the journeys
+
+
+def test_a_question_whose_rows_an_executor_took_along_is_computed_again(store, spark):
+    # A question's rows live on the executors that computed them (a local checkpoint). Losing them, as a
+    # cluster does with an executor, failed every later metric of that question.
+    spark_events, duckdb_events = SparkEvents(str(store), spark=spark), Events(str(store))
+    question = QUESTIONS["a date range in a time zone"]
+    assert_same(spark_events.funnel(question), duckdb_events.funnel(question))
+    persistent = spark.sparkContext._jsc.sc().getPersistentRDDs().values().iterator()
+    checkpoints = []
+    while persistent.hasNext():
+        rdd = persistent.next()
+        if "localCheckpoint" in rdd.toString():
+            checkpoints.append(rdd)
+    assert checkpoints
+    for rdd in checkpoints:
+        rdd.unpersist(True)
+    assert_same(spark_events.timeline(question), duckdb_events.timeline(question))
+    assert_same(spark_events.funnel(question), duckdb_events.funnel(question))

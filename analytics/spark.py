@@ -167,17 +167,20 @@ class SparkEvents(Metrics):
                 self._welcomes = self._cache("welcomes", sql.WELCOMES)
             from py4j.protocol import Py4JJavaError
 
-            for attempt in range(2):
-                self._steps_for(filters, labelled).createOrReplaceTempView("customer_steps")
-                try:
-                    return _arrow(self._frame(query, filters.params()))
-                except Py4JJavaError as error:
-                    # The question's rows are kept by the executors that computed them: a cluster's
-                    # executor gone takes its part along, and the question is computed again, once.
-                    if attempt or _LOST_ROWS not in str(error):
-                        raise
-                    del self._questions[(filters, labelled)]
-            raise AssertionError("unreachable")
+            try:
+                return self._over_steps(query, filters, labelled)
+            except Py4JJavaError as error:
+                # The question's rows are kept by the executors that computed them: a cluster's executor
+                # gone takes its part along, and the question is computed again, once.
+                if _LOST_ROWS not in str(error):
+                    raise
+                del self._questions[(filters, labelled)]
+                return self._over_steps(query, filters, labelled)
+
+    def _over_steps(self, query: str, filters: Filters, labelled: bool) -> pa.Table:
+        """`query` over this question's `customer_steps`."""
+        self._steps_for(filters, labelled).createOrReplaceTempView("customer_steps")
+        return _arrow(self._frame(query, filters.params()))
 
     def _steps_for(self, filters: Filters, labelled: bool) -> DataFrame:
         """This question's customers and their steps (`labelled`: with the source and variant of their

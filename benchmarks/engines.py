@@ -16,12 +16,15 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analytics.filters import Filters
 from analytics.metrics import Metrics
 from analytics.query import Events
 from benchmarks.bench_data import dataset
+from tests.support.engines import assert_same
 
 QUESTIONS = {
     "every campaign": Filters(),
@@ -35,12 +38,9 @@ def timed(call):
     return time.perf_counter() - start, result
 
 
-def question(events: Metrics, filters: Filters) -> tuple:
-    """A new question's funnel, timeline and weekly cohorts, as rows to compare between engines."""
-    return tuple(
-        table.to_pylist()
-        for table in (events.funnel(filters), events.timeline(filters), events.cohorts("week", filters))
-    )
+def question(events: Metrics, filters: Filters) -> list[pa.Table]:
+    """A new question's funnel, timeline and weekly cohorts."""
+    return [events.funnel(filters), events.timeline(filters), events.cohorts("week", filters)]
 
 
 def main() -> None:
@@ -60,7 +60,7 @@ def main() -> None:
             "DuckDB": Events(str(store)),
             "Spark": SparkEvents(str(store), spark=spark),
         }
-        answers: dict[str, list[tuple]] = {}
+        answers: dict[str, list[pa.Table]] = {}
         print(f"\n{store.name}")
         for name, events in engines.items():
             read_s, _ = timed(lambda events=events: events.funnel(Filters()))
@@ -69,24 +69,16 @@ def main() -> None:
             for filters in QUESTIONS.values():
                 seconds, answer = timed(lambda events=events, filters=filters: question(events, filters))
                 times.append(seconds)
-                answers[name].append(answer)
+                answers[name] += answer
             shown = ", ".join(
                 f"{label} {seconds:.2f} s" for label, seconds in zip(QUESTIONS, times, strict=True)
             )
             print(f"  {name:7} read + funnel {read_s:6.2f} s; a question: {shown}", flush=True)
-        if not same(answers["DuckDB"], answers["Spark"]):
-            sys.exit("the engines' figures differ")
-
-
-def same(a: object, b: object) -> bool:
-    """Equal, floats to within rounding (the engines sum in other orders)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1.0)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
+        try:
+            for spark_table, duckdb_table in zip(answers["Spark"], answers["DuckDB"], strict=True):
+                assert_same(spark_table, duckdb_table)
+        except AssertionError as difference:
+            sys.exit(f"the engines' figures differ: {difference}")
 
 
 if __name__ == "__main__":

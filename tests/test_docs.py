@@ -82,11 +82,9 @@ def test_every_option_of_the_command_lines_says_what_it_is():
 
 
 def test_every_setting_read_from_the_environment_is_in_the_readmes_configuration():
-    code = "".join(path.read_text(encoding="utf-8") for path in [REPO / "bot" / "config.py", *ANALYTICS])
+    readers = [REPO / "bot" / "config.py", *sorted((REPO / "analytics").glob("*.py"))]
+    code = "".join(path.read_text(encoding="utf-8") for path in readers)
     settings = set(re.findall(r"\"(PROMOBOT_[A-Z_]+)\"", code))
     assert {"PROMOBOT_APP_SECRET", "PROMOBOT_PROXIES", "PROMOBOT_DASHBOARD_TOKEN"} <= settings
     configuration = section((REPO / "README.md").read_text(encoding="utf-8"), "Configuration")
     assert sorted(name for name in settings if f"`{name}`" not in configuration) == []
-
-
-ANALYTICS = sorted((REPO / "analytics").glob("*.py"))

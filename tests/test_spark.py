@@ -7,7 +7,6 @@ bot's own event writer, with one file copied under another name (a replayed flus
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from analytics.spark import SparkEvents, local_session
 from bot.facts import STEPS, EventName
 from bot.store import FileStore, write_events
 from tests.support.builders import customer_event
+from tests.support.engines import assert_same
 
 TODAY = datetime.now(UTC).date()
 
@@ -69,19 +69,6 @@ def spark():
 @pytest.fixture(scope="module")
 def engines(store, spark) -> tuple[Events, SparkEvents]:
     return Events(str(store)), SparkEvents(str(store), spark=spark)
-
-
-def assert_same(spark_table: pa.Table, duckdb_table: pa.Table) -> None:
-    """Equal columns, types and rows; floats to within rounding (Spark and DuckDB sum in another order)."""
-    assert spark_table.schema == duckdb_table.schema
-    assert spark_table.num_rows == duckdb_table.num_rows
-    for spark_row, duckdb_row in zip(spark_table.to_pylist(), duckdb_table.to_pylist(), strict=True):
-        for column, expected in duckdb_row.items():
-            value = spark_row[column]
-            if isinstance(expected, float) and isinstance(value, float):
-                assert math.isclose(value, expected, rel_tol=1e-9), (column, spark_row, duckdb_row)
-            else:
-                assert value == expected, (column, spark_row, duckdb_row)
 
 
 @pytest.mark.parametrize("question", QUESTIONS.values(), ids=QUESTIONS.keys())

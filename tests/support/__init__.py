@@ -17,4 +17,5 @@
 - browser: headless Chromium through Playwright
 - ports: a free TCP port on loopback
 - reference_metrics: the metrics computed in plain Python, for the DuckDB queries to agree with
+- engines: Spark's figures against DuckDB's, equal to within rounding
 """

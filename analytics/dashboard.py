@@ -37,6 +37,8 @@ from bot.facts import STEP_LABELS, FunnelStep
 # them too. notebooks/dashboard.ipynb links here for analysts who open it in JupyterLab.
 SHARE = Path(__file__).resolve().with_name("share")
 NOTEBOOK = SHARE / "dashboard.ipynb"
+# The value of a filter's "All …" choice: ipywidgets shows a Dropdown whose value is None as blank.
+ALL = ""
 PRESETS = ("Last 7 days", "Last 30 days", "All time", "Custom")
 COHORT_STEPS = (FunnelStep.COUPON_REVEALED, FunnelStep.REDEEMED)
 
@@ -118,8 +120,8 @@ class Dashboard:
 
         self.events = events
         self.code_pools = pools if pools is not None else CodePools.of(events.source)
-        self.campaign = w.Dropdown(description="Campaign", options=[("All campaigns", None)])
-        self.source = w.Dropdown(description="Source", options=[("All sources", None)])
+        self.campaign = w.Dropdown(description="Campaign", options=[("All campaigns", ALL)])
+        self.source = w.Dropdown(description="Source", options=[("All sources", ALL)])
         self.preset = w.ToggleButtons(options=PRESETS, value="Last 30 days", description="Dates")
         self.start = w.DatePicker(description="From", disabled=True)
         self.end = w.DatePicker(description="To", disabled=True)
@@ -235,10 +237,10 @@ class Dashboard:
         sources = self.events.sources().column("source").to_pylist()
         current, source = self.campaign.value, self.source.value
         with self._setting_controls():
-            self.campaign.options = [("All campaigns", None), *((c, c) for c in campaigns)]
-            self.campaign.value = current if current in campaigns else None
-            self.source.options = [("All sources", None), *((s, s) for s in sorted(sources))]
-            self.source.value = source if source in sources else None
+            self.campaign.options = [("All campaigns", ALL), *((c, c) for c in campaigns)]
+            self.campaign.value = current if current in campaigns else ALL
+            self.source.options = [("All sources", ALL), *((s, s) for s in sorted(sources))]
+            self.source.value = source if source in sources else ALL
 
     def is_current(self) -> bool:
         """Whether the figures on show are those of the store's files and of today's date presets."""
@@ -306,7 +308,12 @@ class Dashboard:
         start, end = date_range(self.preset.value, self.start.value, self.end.value)
         if start is not None and end is not None and start > end:
             start, end = end, start
-        return {"campaign": self.campaign.value, "source": self.source.value, "start": start, "end": end}
+        return {
+            "campaign": self.campaign.value or None,
+            "source": self.source.value or None,
+            "start": start,
+            "end": end,
+        }
 
     def update(self) -> None:
         """Compute everything first, then show it all at once: tiles and charts never disagree on screen."""

@@ -40,6 +40,14 @@ def wait_for_reached(page, value: str) -> None:
     )
 
 
+def shown_choices(page) -> list[str]:
+    """What the campaign and source filters show (a select with no option chosen shows nothing)."""
+    shown = page.locator("select").evaluate_all(
+        "selects => selects.map(s => s.selectedIndex < 0 ? '' : s.options[s.selectedIndex].text)"
+    )
+    return [text.replace("\xa0", " ") for text in shown]  # ipywidgets writes spaces as no-break ones
+
+
 def test_the_dashboard_shows_the_apis_numbers_and_follows_the_filters(dashboard):
     url, data = dashboard
     events = analytics.open(data)
@@ -59,6 +67,7 @@ def test_the_dashboard_shows_the_apis_numbers_and_follows_the_filters(dashboard)
         print(f"charts shown {time.perf_counter() - started:.2f} s after opening the page")
 
         assert {key: tile(page, key) for key in last_30} == last_30  # the default: last 30 days
+        assert shown_choices(page) == ["All campaigns", "All sources"]
         assert page.locator("svg.marks").count() >= 4  # funnel, buttons, timeline, cohorts
         assert page.locator("text=import analytics").count() == 0  # no code on the page
 
@@ -80,6 +89,12 @@ def test_the_dashboard_shows_the_apis_numbers_and_follows_the_filters(dashboard)
         page.locator("select").nth(1).select_option(label="till")
         wait_for_reached(page, spring_till["reached"])
         assert {key: tile(page, key) for key in spring_till} == spring_till
+        assert shown_choices(page) == ["spring-sale", "till"]
+
+        page.locator("select").first.select_option(label="All campaigns")
+        page.locator("select").nth(1).select_option(label="All sources")
+        wait_for_reached(page, all_time["reached"])
+        assert shown_choices(page) == ["All campaigns", "All sources"]
 
         assert page.locator(".pb-first-paint").is_hidden()  # the live widgets took its place
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -297,6 +298,9 @@ class Dashboard:
                     + self.links.value
                 )
             status = self.status.value + self.health.value
+        # The page keeps this, hidden, once the widgets show the same charts: its ids (a legend's gradient,
+        # clip paths) must not be theirs, or the widgets' references would find the hidden ones: drawn empty.
+        figures = re.sub(r'(\bid="|url\(#|href="#)', r"\1first-paint-", figures)
         note = "Newer events are being read; the figures update in a moment." if stale else ""
         return (
             f'<div class="pb-first-paint">{STYLE}<h2>Promotion dashboard</h2>'

@@ -9,6 +9,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import ipywidgets
 import pytest
 
 import analytics
@@ -62,6 +63,21 @@ def test_the_first_paint_shows_the_widgets_figures_and_charts(store):
     assert first_paint.count('class="marks"') == 6
     assert "data-kpi=" not in first_paint  # the live tiles are the only ones with that name
     assert 'class="pb-first-paint"' in first_paint
+
+
+def test_every_id_on_the_page_is_unique_and_every_reference_finds_its_own(store):
+    # The cohorts' legend is a gradient, drawn by reference (`fill="url(#…)"`); a page resolves a reference
+    # to the first element of that id, and the first paint, hidden once the widgets are drawn, holds the
+    # same charts: a shared id would draw the live legend with the hidden one's gradient, i.e. not at all.
+    dashboard = Dashboard(analytics.open(store))
+    page = dashboard.first_paint_html() + "".join(
+        widget.value for widget in vars(dashboard).values() if isinstance(widget, ipywidgets.HTML)
+    )
+
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert "url(#" in page
+    assert len(ids) == len(set(ids)) > 0
+    assert set(re.findall(r"url\(#([^)]+)\)", page)) <= set(ids)
 
 
 def test_files_written_after_it_was_built_are_read_when_it_is_brought_up_to_date(store):

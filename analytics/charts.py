@@ -5,6 +5,7 @@ save(funnel_chart(events.funnel()), "funnel.svg")
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,14 @@ STEP_LABELS: dict[str, str] = {
 }
 _ORDER = [*STEPS, EventName.CONVERSATION_STARTED]
 _FONT = "system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
+# A day axis: a label every few days rather than labels that run into each other.
+_DAYS = alt.Axis(format="%b %d", labelOverlap=True, labelSeparation=12)
 
 
-def _step_color(field: str = "step", *, legend: bool = True) -> alt.Color:
-    domain = [s for s in _ORDER if s in STEP_COLORS]
+def _step_color(field: str = "step", *, legend: bool = True, steps: Iterable[str] | None = None) -> alt.Color:
+    """Each step's colour; the legend names `steps` (those the chart draws) only, in the funnel's order."""
+    shown = set(_ORDER if steps is None else steps)
+    domain = [s for s in _ORDER if s in STEP_COLORS and s in shown]
     return alt.Color(
         f"{field}:N",
         scale=alt.Scale(domain=domain, range=[STEP_COLORS[s] for s in domain]),
@@ -100,13 +105,14 @@ def funnel_chart(funnel: pa.Table) -> Chart:
 
 def timeline_chart(timeline: pa.Table) -> Chart:
     """Each step per day."""
+    rows = _records(timeline)
     chart = (
-        alt.Chart(alt.InlineData(values=_records(timeline)))
+        alt.Chart(alt.InlineData(values=rows))
         .mark_line(point=True)
         .encode(
-            x=alt.X("day:T", title=None, axis=alt.Axis(format="%b %d")),
+            x=alt.X("day:T", title=None, axis=_DAYS),
             y=alt.Y("customers:Q", title="Customers"),
-            color=_step_color(),
+            color=_step_color(steps={row["step"] for row in rows}),
             tooltip=["day:T", alt.Tooltip("label:N", title="Step"), "customers:Q"],
         )
     )
@@ -120,7 +126,7 @@ def cohort_heatmap(cohorts: pa.Table, step: str = FunnelStep.COUPON_REVEALED) ->
     for row in rows:
         row["text"] = f"{row['share'] * 100:.0f}%"
     base = alt.Chart(alt.InlineData(values=rows)).encode(
-        x=alt.X("period:O", title="Periods after first reach"),
+        x=alt.X("period:O", title="Periods after first reach", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("cohort:O", title="Cohort (first reached)", sort="ascending"),
     )
     cells = base.mark_rect().encode(
@@ -135,7 +141,9 @@ def cohort_heatmap(cohorts: pa.Table, step: str = FunnelStep.COUPON_REVEALED) ->
     )
     text = base.mark_text(fontSize=11).encode(text="text:N")
     title = f"Cohorts: {STEP_LABELS[step].lower()}"
-    return _style(alt.LayerChart(layer=[cells, text]), title, width=420)
+    # Rows tall enough for the cohorts' axis title to stand beside them, not above the chart.
+    height = max(24 * len({row["cohort"] for row in rows}), 160)
+    return _style(alt.LayerChart(layer=[cells, text]).properties(height=height), title, width=420)
 
 
 def buttons_chart(buttons: pa.Table) -> Chart:
@@ -177,7 +185,7 @@ def sources_chart(sources: pa.Table) -> Chart:
             y=alt.Y("source:N", title=None, sort=None, axis=alt.Axis(labelLimit=220)),
             yOffset=alt.YOffset("step:N", sort=[str(s) for s in SOURCE_STEPS]),
             x=alt.X("customers:Q", title="Customers"),
-            color=_step_color(),
+            color=_step_color(steps=SOURCE_STEPS),
             tooltip=[
                 alt.Tooltip("source:N", title="Source"),
                 alt.Tooltip("label:N", title="Step"),
@@ -191,9 +199,8 @@ def sources_chart(sources: pa.Table) -> Chart:
 def experiment_chart(timeline: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> Chart:
     """Each variant's cumulative rate of `step` by entry day (Events.experiment_timeline), with its 95 %
     interval as a band: rates that settle, and intervals that narrow, as customers come."""
-    base = alt.Chart(alt.InlineData(values=_records(timeline))).encode(
-        x=alt.X("day:T", title=None, axis=alt.Axis(format="%b %d"))
-    )
+    rows = _records(timeline)
+    base = alt.Chart(alt.InlineData(values=rows)).encode(x=alt.X("day:T", title=None, axis=_DAYS))
     band = base.mark_area(opacity=0.18).encode(
         y="rate_low:Q", y2="rate_high:Q", color=alt.Color("variant:N", legend=None)
     )

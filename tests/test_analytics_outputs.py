@@ -15,6 +15,7 @@ from nbclient import NotebookClient
 import analytics
 from analytics import charts
 from analytics.sample import write_sample
+from bot.facts import EventName
 from tests.support.paths import REPO
 
 
@@ -134,19 +135,35 @@ def test_charts_render_offline_to_svg_png_and_html(sample, tmp_path):
         charts.save(made[0], tmp_path / "chart.pdf")
 
 
-def test_one_colour_per_step_in_every_chart(sample):
-    events = analytics.open(sample)
-    specs = [
-        charts.funnel_chart(events.funnel()).to_dict(),
-        charts.timeline_chart(events.timeline()).to_dict(),
-        charts.buttons_chart(events.buttons()).to_dict(),
-    ]
+def step_scales(spec: object) -> list[dict]:
+    """Every colour scale of a chart's spec that names steps."""
+    if isinstance(spec, list):
+        return [scale for item in spec for scale in step_scales(item)]
+    if not isinstance(spec, dict):
+        return []
+    scale = spec.get("scale")
+    own = [scale] if spec.get("field") == "step" and isinstance(scale, dict) else []
+    return own + [scale for value in spec.values() for scale in step_scales(value)]
 
-    for spec in specs:
-        text = str(spec)
-        for step, colour in charts.STEP_COLORS.items():
-            if f"'{step}'" in text:
-                assert colour in text
+
+def test_one_colour_per_step_in_every_chart_and_legends_name_what_is_drawn(sample):
+    events = analytics.open(sample)
+    timeline = events.timeline()
+    drawn = {
+        "funnel": (charts.funnel_chart(events.funnel()), None),
+        "timeline": (charts.timeline_chart(timeline), set(timeline.column("step").to_pylist())),
+        "buttons": (charts.buttons_chart(events.buttons()), None),
+        "sources": (charts.sources_chart(events.sources()), set(charts.SOURCE_STEPS)),
+    }
+
+    for name, (chart, steps) in drawn.items():
+        scales = step_scales(chart.to_dict())
+        assert len(scales) == 1, name
+        domain, colours = scales[0]["domain"], scales[0]["range"]
+        assert colours == [charts.STEP_COLORS[step] for step in domain], name
+        if steps is not None:  # a chart with a legend: it names the steps drawn, no other
+            assert set(domain) == steps, name
+    assert EventName.CONVERSATION_STARTED not in drawn["timeline"][1]
 
 
 @pytest.mark.parametrize("name", ["dashboard.ipynb", "explore.ipynb"])

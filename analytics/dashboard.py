@@ -21,13 +21,13 @@ from analytics.entry_links import links_html, stored_links
 from analytics.experiment_card import experiment_html
 from analytics.filters import AnalyticsError
 from analytics.panels import (
+    campaigns_html,
     csv_link,
     health_html,
     kpi_tiles_html,
     pools_html,
     reach_html,
     sources_html,
-    table_html,
 )
 from analytics.pools import CodePools
 from analytics.query import Events
@@ -399,7 +399,7 @@ class Dashboard:
             self.experiment: ""
             if experiment is None
             else experiment_html(experiment, experiment_step) + experiment_chart,
-            self.comparison: "<h3>Campaigns</h3>" + table_html(comparison),
+            self.comparison: "<h3>Campaigns</h3>" + campaigns_html(comparison),
             self.downloads: '<div class="pb-downloads">Download: '
             + " ".join(csv_link(name, table) for name, table in tables.items())
             + "</div>",

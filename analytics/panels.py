@@ -14,6 +14,7 @@ import pyarrow.csv as pacsv
 from analytics.pools import PoolLevel
 from analytics.report import kpi_texts
 from bot.audience import REASONS, AudienceCounts, BroadcastResult
+from bot.facts import KPIS
 from bot.health import Check, Status, worst
 
 
@@ -77,13 +78,15 @@ def csv_link(name: str, table: pa.Table) -> str:
     return f'<a download="{name}.csv" href="data:text/csv;base64,{encoded}">{html.escape(name)}.csv</a>'
 
 
-def table_html(table: pa.Table, limit: int = 50) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.column_names)
+def campaigns_html(comparison: pa.Table) -> str:
+    """Each campaign's headline figures (a row of analytics.report.kpis' figures per campaign), named and
+    written as the tiles are."""
+    head = "<th>Campaign</th>" + "".join(f"<th>{html.escape(kpi.label)}</th>" for kpi in KPIS)
     rows = "".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row.values())
+        f'<tr data-campaign="{html.escape(row["campaign"])}"><td>{html.escape(row["campaign"])}</td>'
+        + "".join(f"<td>{text}</td>" for _, text in kpi_texts(row))
         + "</tr>"
-        for row in table.slice(0, limit).to_pylist()
+        for row in comparison.to_pylist()
     )
     return f'<div class="pb-table"><table><tr>{head}</tr>{rows}</table></div>'
 
@@ -138,7 +141,11 @@ def reach_html(audiences: dict[str, AudienceCounts], broadcasts: list[BroadcastR
         )
         lines.append(
             f'<div class="pb-pool" data-audience="{html.escape(campaign)}"><b>{html.escape(campaign)}</b>: '
-            f"{counts.eligible:,} customers may be sent it now (their Messenger window is open)"
+            + (
+                "1 customer may be sent it now (their Messenger window is open)"
+                if counts.eligible == 1
+                else f"{counts.eligible:,} customers may be sent it now (their Messenger windows are open)"
+            )
             + (f"; not the others: {html.escape(others)}" if others else "")
             + ".</div>"
         )

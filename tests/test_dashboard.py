@@ -21,7 +21,7 @@ from bot.campaign import parse_campaign
 from bot.config import SQLITE_FILE
 from bot.database import Database
 from bot.events import Event
-from bot.facts import ButtonStep, EventName
+from bot.facts import KPIS, ButtonStep, EventName
 from bot.flow import button_payload, plan_replies, record
 from bot.links import links_command
 from bot.messenger import parse_body
@@ -78,6 +78,22 @@ def test_every_id_on_the_page_is_unique_and_every_reference_finds_its_own(store)
     assert "url(#" in page
     assert len(ids) == len(set(ids)) > 0
     assert set(re.findall(r"url\(#([^)]+)\)", page)) <= set(ids)
+
+
+def test_the_campaigns_table_names_and_writes_each_figure_as_the_tiles_do(store):
+    dashboard = Dashboard(analytics.open(store))
+    dashboard.preset.value = "All time"
+    events = analytics.open(store)
+    campaigns = events.campaigns().column("campaign_id").to_pylist()
+    table = dashboard.comparison.value
+
+    assert re.findall(r"<th>([^<]*)</th>", table) == ["Campaign", *(kpi.label for kpi in KPIS)]
+    assert len(campaigns) > 1
+    for campaign in campaigns:
+        row = re.search(rf'<tr data-campaign="{campaign}">(.*?)</tr>', table)
+        assert row is not None, campaign
+        shown = shown_kpis(kpis(events.funnel(campaign=campaign)))
+        assert re.findall(r"<td>([^<]*)</td>", row.group(1)) == [campaign, *shown.values()]
 
 
 def test_files_written_after_it_was_built_are_read_when_it_is_brought_up_to_date(store):
@@ -259,13 +275,14 @@ def test_the_audience_now_and_the_broadcasts_of_the_chosen_campaign(store):
     broadcast = create_broadcast(database, "spring-sale", 60)
 
     dashboard = Dashboard(analytics.open(store))
+    one_open = "1 customer may be sent it now (their Messenger window is open)"
 
-    assert "<b>spring-sale</b>: 1 customers may be sent it now" in dashboard.reach.value
+    assert f"<b>spring-sale</b>: {one_open}" in dashboard.reach.value
     assert "1 window closed" in dashboard.reach.value
     assert f'data-broadcast="{broadcast}"' in dashboard.reach.value
     dashboard.campaign.value = "summer-sale"
     assert "data-broadcast" not in dashboard.reach.value
-    assert "<b>summer-sale</b>: 1 customers may be sent it now" in dashboard.reach.value
+    assert f"<b>summer-sale</b>: {one_open}" in dashboard.reach.value
     database.close()
 
 

@@ -120,7 +120,8 @@ def count_audience(customers: Iterable[Customer], now: datetime) -> AudienceCoun
 
 def describe_audience(campaign_id: str, counts: AudienceCounts) -> str:
     """The audience as `python -m bot audience` prints it: the counts, what each reason means, what to do."""
-    lines = [f"Campaign {campaign_id!r}: {counts.eligible} customers can be sent the welcome now."]
+    who = "1 customer" if counts.eligible == 1 else f"{counts.eligible:,} customers"
+    lines = [f"Campaign {campaign_id!r}: {who} can be sent the welcome now."]
     for reason in REASONS:
         meaning, action = REASON_HELP[reason]
         lines.append(f"  {counts.skipped.get(reason, 0):>6} {reason}: {meaning}; {action}.")

@@ -145,6 +145,16 @@ def broadcast_command(
         database.close()
 
 
+def sending_time(customers: int, rate_per_minute: int) -> str:
+    """How long sending to `customers` takes at `rate_per_minute`, in words."""
+    minutes = customers / rate_per_minute
+    if minutes < 1:
+        return "under a minute"
+    if minutes < 90:
+        return f"about {minutes:.0f} min"
+    return f"about {minutes / 60:.1f} h"
+
+
 def _dry_run(database: Database, campaign: Campaign, rate_per_minute: int | None) -> int:
     counts = audience_now(database, campaign.id)
     unfinished = unfinished_broadcast(database, campaign.id)
@@ -152,7 +162,7 @@ def _dry_run(database: Database, campaign: Campaign, rate_per_minute: int | None
     print(describe_audience(campaign.id, counts))
     what = f"resume broadcast {unfinished[0]}" if unfinished else "start a broadcast"
     print(
-        f"A run now would {what} at {rate} a minute: about {counts.eligible / rate:.0f} min. It would send:\n"
+        f"A run now would {what} at {rate} a minute: {sending_time(counts.eligible, rate)}. It would send:\n"
         f"  {render_welcome_text(campaign, None)!r} [{campaign.yes}] [{campaign.no}]\n"
         "Dry run: nothing was sent or recorded."
     )

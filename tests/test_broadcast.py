@@ -23,7 +23,7 @@ import pytest
 
 from bot.audience import Reason
 from bot.broadcast import Broadcaster, Pacer, Tally, TokenRejected
-from bot.broadcast_command import audience_command, broadcast_command
+from bot.broadcast_command import audience_command, broadcast_command, sending_time
 from bot.campaign import load_campaign
 from bot.config import Mode, Settings
 from bot.database import Database
@@ -362,8 +362,24 @@ async def test_a_dry_run_sends_nothing_and_records_nothing(graph, data, capsys):
         assert buffered(database) == []
         assert database.owed() == 0
     out = capsys.readouterr().out
-    assert "1 customers can be sent the welcome now" in out
+    assert "1 customer can be sent the welcome now" in out
+    assert "at 30 a minute: under a minute." in out
     assert "nothing was sent or recorded" in out
+
+
+@pytest.mark.parametrize(
+    ("customers", "rate", "words"),
+    [
+        (0, 60, "under a minute"),
+        (59, 60, "under a minute"),
+        (60, 60, "about 1 min"),
+        (600, 30, "about 20 min"),
+        (5_340, 60, "about 89 min"),
+        (5_400, 60, "about 1.5 h"),
+    ],
+)
+def test_the_dry_run_says_how_long_the_sending_takes(customers, rate, words):
+    assert sending_time(customers, rate) == words
 
 
 # -- crashes: real processes -------------------------------------------------------------------------------

@@ -36,9 +36,11 @@ STEP_LABELS: dict[str, str] = {
     EventName.CONVERSATION_STARTED: "Get Started",
 }
 _ORDER = [*STEPS, EventName.CONVERSATION_STARTED]
-_FONT = "system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
-# A day axis: a label every few days rather than labels that run into each other.
-_DAYS = alt.Axis(format="%b %d", labelOverlap=True, labelSeparation=12)
+# vl-convert lays labels out with the widths it measures; a browser then draws them in its own font. Arial,
+# Liberation Sans and Helvetica have the same widths, and every system has one of them: labels stay where
+# they were laid out. With `system-ui` (DejaVu Sans on Debian, wider) they ran into each other.
+_FONT = "Arial, Liberation Sans, Helvetica, sans-serif"
+_DAYS = alt.Axis(format="%b %d")
 
 
 def _step_color(field: str = "step", *, legend: bool = True, steps: Iterable[str] | None = None) -> alt.Color:
@@ -75,6 +77,9 @@ def _style(chart: Chart, title: str, width: int = 560) -> Chart:
         .configure(font=_FONT)
         .configure_title(fontSize=15, anchor="start")
         .configure_axis(labelFontSize=12, titleFontSize=12, grid=False)
+        # Fewer labels rather than labels that run into each other.
+        .configure_axisQuantitative(labelOverlap=True, labelSeparation=8)
+        .configure_axisTemporal(labelOverlap=True, labelSeparation=12)
         .configure_view(stroke=None)
     )
     return styled

@@ -13,7 +13,7 @@ import pytest
 import analytics
 from analytics.report import kpis
 from analytics.sample import write_sample
-from tests.support.browser import ARTIFACTS, chromium_page
+from tests.support.browser import ARTIFACTS, chromium_page, overlapping_labels
 from tests.support.dashboard import dashboard_process, kernels, running_dashboard, shown_kpis
 from tests.support.paths import REPO
 from tests.support.ports import free_port
@@ -68,6 +68,9 @@ def test_the_dashboard_shows_the_apis_numbers_and_follows_the_filters(dashboard)
 
         assert {key: tile(page, key) for key in last_30} == last_30  # the default: last 30 days
         assert shown_choices(page) == ["All campaigns", "All sources"]
+        page.locator(".widget-html svg.marks").first.wait_for()
+        assert page.locator(".widget-html svg.marks").count() >= 5
+        assert overlapping_labels(page) == []  # the charts' font: what vl-convert measured is what is drawn
         assert page.locator("svg.marks").count() >= 4  # funnel, buttons, timeline, cohorts
         assert page.locator("text=import analytics").count() == 0  # no code on the page
 

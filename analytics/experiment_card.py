@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from analytics.panels import percent
 from bot.facts import STEP_LABELS, FunnelStep
+from bot.words import count
 
 SRM_ALPHA = 0.001  # below this, the exposed counts are not in the planned shares
 MIN_CUSTOMERS = 100  # per variant, before a comparison says anything
@@ -91,8 +92,8 @@ def experiment_html(table: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> 
     excluded = ""
     if mixed or forced:
         excluded = (
-            f'<p class="pb-note" data-excluded="{mixed + forced}">Not counted: {mixed:,} customers who saw '
-            f"two variants, {forced:,} who came through a link that chose their variant.</p>"
+            f'<p class="pb-note" data-excluded="{mixed + forced}">Not counted: {count(mixed, "customer")} who'
+            f" saw two variants, {forced:,} who came through a link that chose their variant.</p>"
         )
     head = "".join(
         f"<th>{html.escape(name)}</th>"

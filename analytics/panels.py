@@ -16,6 +16,7 @@ from analytics.report import kpi_texts
 from bot.audience import REASONS, AudienceCounts, BroadcastResult
 from bot.facts import KPIS
 from bot.health import Check, Status, worst
+from bot.words import count
 
 
 def percent(share: float | None) -> str:
@@ -54,8 +55,9 @@ def pools_html(levels: list[PoolLevel], empty: pa.Table, problem: str | None = N
     for campaign, row in refused.items():
         known = next((i for i, (c, _, _) in enumerate(lines) if c == campaign), None)
         told = (
-            f"{row['reveals']:,} reveals found no code left ({row['customers']:,} customers got the "
-            f"“all gone” message), the first at {row['first_seen']:%Y-%m-%d %H:%M} UTC"
+            f"{count(row['reveals'], 'reveal')} found no code left"
+            f" ({count(row['customers'], 'customer')} got the “all gone” message),"
+            f" the first at {row['first_seen']:%Y-%m-%d %H:%M} UTC"
         )
         if known is None:
             lines.append((campaign, "gone", f"<b>{html.escape(campaign)}</b>: {told}"))
@@ -139,13 +141,11 @@ def reach_html(audiences: dict[str, AudienceCounts], broadcasts: list[BroadcastR
         others = ", ".join(
             f"{n:,} {reason.replace('_', ' ')}" for reason in REASONS if (n := counts.skipped.get(reason, 0))
         )
+        windows = "their Messenger window is" if counts.eligible == 1 else "their Messenger windows are"
         lines.append(
             f'<div class="pb-pool" data-audience="{html.escape(campaign)}"><b>{html.escape(campaign)}</b>: '
-            + (
-                "1 customer may be sent it now (their Messenger window is open)"
-                if counts.eligible == 1
-                else f"{counts.eligible:,} customers may be sent it now (their Messenger windows are open)"
-            )
+            + f"{count(counts.eligible, 'customer')} may be sent it now"
+            + f" ({windows} open)"
             + (f"; not the others: {html.escape(others)}" if others else "")
             + ".</div>"
         )

@@ -13,6 +13,7 @@ from enum import StrEnum
 from bot.events import Event, detail_json
 from bot.facts import EventName
 from bot.flow import Reply, ReplyKind
+from bot.words import count
 
 WINDOW = timedelta(hours=24)  # after a customer's own action
 AD_WINDOW = timedelta(days=7)  # after the referral of a Click-to-Messenger (`ADS`) ad
@@ -120,8 +121,7 @@ def count_audience(customers: Iterable[Customer], now: datetime) -> AudienceCoun
 
 def describe_audience(campaign_id: str, counts: AudienceCounts) -> str:
     """The audience as `python -m bot audience` prints it: the counts, what each reason means, what to do."""
-    who = "1 customer" if counts.eligible == 1 else f"{counts.eligible:,} customers"
-    lines = [f"Campaign {campaign_id!r}: {who} can be sent the welcome now."]
+    lines = [f"Campaign {campaign_id!r}: {count(counts.eligible, 'customer')} can be sent the welcome now."]
     for reason in REASONS:
         meaning, action = REASON_HELP[reason]
         lines.append(f"  {counts.skipped.get(reason, 0):>6} {reason}: {meaning}; {action}.")

@@ -9,6 +9,7 @@ from enum import StrEnum
 
 from bot.database import SEEN_RETENTION, Database, DatabaseError
 from bot.rows import moment
+from bot.words import count
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,7 @@ def store_checks(figures: HealthFigures, now: datetime, *, flush_seconds: float 
         )
 
     overdue = now - figures.oldest_due if figures.oldest_due is not None else timedelta(0)
-    owed = f"{figures.outbox_rows} {'reply' if figures.outbox_rows == 1 else 'replies'} owed"
+    owed = count(figures.outbox_rows, "reply", "replies") + " owed"
     if figures.outbox_rows == 0:
         checks.append(Check(Name.OUTBOX, Status.OK, "no reply owed"))
     elif overdue <= OVERDUE_WARNING:
@@ -147,7 +148,7 @@ def store_checks(figures: HealthFigures, now: datetime, *, flush_seconds: float 
         checks.append(Check(Name.FLUSH, Status.OK, "no event waiting"))
     else:
         lag = now - figures.oldest_buffered
-        waiting = f"{figures.buffered_events} events waiting, the oldest for {_age(lag)}"
+        waiting = f"{count(figures.buffered_events, 'event')} waiting, the oldest for {_age(lag)}"
         warn_after = timedelta(seconds=3 * flush_seconds)
         status = (
             Status.FAIL

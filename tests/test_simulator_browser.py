@@ -124,6 +124,33 @@ def test_three_customers_play_the_conversation_in_the_simulator(tmp_path):
     assert json.loads(bob_start["detail"])["ref"] == "till-qr"
 
 
+def test_a_long_conversation_scrolls_and_keeps_every_message_whole(tmp_path):
+    # The thread is a column that scrolls: once it overflowed, its messages were squeezed to fit, and a
+    # welcome's card showed a sliver of its text and none of its buttons.
+    data = make_home(tmp_path)
+    with BotProcess(data, "https://graph.invalid", Mode.LOCAL) as bot:
+        with chromium_page(offline_except=bot.url) as page:
+            page.goto(bot.url + "/")
+            page.fill("#name", "Ada")
+            page.click("#get-started")
+            page.get_by_text(re.compile("^Hi Ada! ")).wait_for()
+            for n in range(6):  # each message a customer writes is answered with the welcome
+                page.fill("#message", f"hello {n}")
+                page.click("#send")
+                expect(page.locator(".card")).to_have_count(n + 2)
+            page.wait_for_function("window.simulatorIdle()")
+
+            clipped = page.locator("#thread > *").evaluate_all(
+                "items => items.filter(i => i.scrollHeight > i.clientHeight + 1).map(i => i.textContent)"
+            )
+            assert clipped == []
+            thread = page.locator("#thread").evaluate("t => [t.scrollHeight, t.clientHeight]")
+            assert thread[0] > thread[1]  # it overflows, and scrolls
+            for card in page.locator(".card").all():
+                assert card.get_by_role("button", name="No, thanks").bounding_box()["height"] > 20
+        assert bot.stop() == 0
+
+
 def test_a_single_use_codes_till_link_opens_the_till_page_from_the_simulator(tmp_path):
     data = single_use_home(tmp_path, ["SPR-7KQ4M9XH"])
     campaign = data / "campaign.toml"

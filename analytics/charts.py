@@ -13,6 +13,7 @@ import altair as alt
 import pyarrow as pa
 import vl_convert
 
+from analytics.definitions import PERIODS
 from bot.facts import STEP_LABELS as STEP_NAMES
 from bot.facts import STEPS, EventName, FunnelStep
 
@@ -124,15 +125,17 @@ def timeline_chart(timeline: pa.Table) -> Chart:
     return _style(chart, "By day")
 
 
-def cohort_heatmap(cohorts: pa.Table, step: str = FunnelStep.COUPON_REVEALED) -> Chart:
-    """Share of each cohort who reached `step` (the cohorts' step: revealed the code by default), period by
-    period; incomplete periods are faded."""
+def cohort_heatmap(cohorts: pa.Table, step: str = FunnelStep.COUPON_REVEALED, period: str = "week") -> Chart:
+    """Share of each cohort who reached `step` (the cohorts' step: revealed the code by default), `period`
+    (the cohorts' own: day, week or month) by period; incomplete periods are faded."""
+    if period not in PERIODS:
+        raise ValueError(f"unknown period {period!r}: one of {', '.join(PERIODS)}")
     rows = _records(cohorts)
     for row in rows:
         row["text"] = f"{row['share'] * 100:.0f}%"
     base = alt.Chart(alt.InlineData(values=rows)).encode(
-        x=alt.X("period:O", title="Periods after first reach", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("cohort:O", title="Cohort (first reached)", sort="ascending"),
+        x=alt.X("period:O", title=f"{period.title()}s after first reach", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("cohort:O", title=f"{period.title()} of first reach", sort="ascending"),
     )
     cells = base.mark_rect().encode(
         color=alt.Color(
@@ -146,9 +149,11 @@ def cohort_heatmap(cohorts: pa.Table, step: str = FunnelStep.COUPON_REVEALED) ->
     )
     text = base.mark_text(fontSize=11).encode(text="text:N")
     title = f"Cohorts: {STEP_LABELS[step].lower()}"
-    # Rows tall enough for the cohorts' axis title to stand beside them, not above the chart.
+    # Rows tall enough for the cohorts' axis title to stand beside them, not above the chart; cells wide
+    # enough for their share.
     height = max(24 * len({row["cohort"] for row in rows}), 160)
-    return _style(alt.LayerChart(layer=[cells, text]).properties(height=height), title, width=420)
+    width = max(36 * len({row["period"] for row in rows}), 420)
+    return _style(alt.LayerChart(layer=[cells, text]).properties(height=height), title, width=width)
 
 
 def buttons_chart(buttons: pa.Table) -> Chart:

@@ -135,6 +135,19 @@ def test_charts_render_offline_to_svg_png_and_html(sample, tmp_path):
         charts.save(made[0], tmp_path / "chart.pdf")
 
 
+@pytest.mark.parametrize("period", ["day", "week", "month"])
+def test_the_cohorts_chart_names_its_period_and_gives_each_cell_room(sample, period):
+    cohorts = analytics.open(sample).cohorts(period)
+    spec = charts.cohort_heatmap(cohorts, period=period).to_dict()
+
+    encoding = spec["layer"][0]["encoding"]
+    assert encoding["x"]["title"] == f"{period.title()}s after first reach"
+    assert encoding["y"]["title"] == f"{period.title()} of first reach"
+    assert spec["width"] >= 36 * len(set(cohorts.column("period").to_pylist()))
+    with pytest.raises(ValueError, match="unknown period 'year'"):
+        charts.cohort_heatmap(cohorts, period="year")
+
+
 def step_scales(spec: object) -> list[dict]:
     """Every colour scale of a chart's spec that names steps."""
     if isinstance(spec, list):

@@ -49,6 +49,7 @@ STYLE = """
 .pb-tile { background: #f0f2f5; border-radius: 12px; padding: 12px 16px; min-width: 150px; }
 .pb-tile .pb-value { font-size: 28px; font-weight: 700; color: #1c1e21; }
 .pb-tile .pb-name { color: #65676b; font-size: 13px; }
+.pb-tile .pb-base { color: #65676b; font-size: 12px; }
 .pb-empty { padding: 32px; border-radius: 12px; background: #f7f8fa; color: #4b4f56; font-size: 15px; }
 .pb-downloads a { margin-right: 14px; }
 .pb-table table { border-collapse: collapse; font-size: 13px; }

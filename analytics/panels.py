@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from analytics.pools import PoolLevel
-from analytics.report import kpi_texts
+from analytics.report import kpi_base, kpi_texts
 from bot.audience import REASONS, AudienceCounts, BroadcastResult
 from bot.facts import KPIS
 from bot.health import Check, Status, worst
@@ -28,13 +28,15 @@ def percent(share: float | None) -> str:
 
 def kpi_tiles_html(figures: dict[str, float | int], attribute: str = "data-kpi") -> str:
     """The KPI tiles (analytics.report.kpis' figures), each marked with `attribute`."""
-    tiles = [(kpi.key, kpi.label, text) for kpi, text in kpi_texts(figures)]
+    tiles = [(kpi.key, kpi.label, text, kpi_base(kpi)) for kpi, text in kpi_texts(figures)]
     return (
         '<div class="pb-tiles">'
         + "".join(
             f'<div class="pb-tile" {attribute}="{key}"><div class="pb-value">{value}</div>'
-            f'<div class="pb-name">{name}</div></div>'
-            for key, name, value in tiles
+            f'<div class="pb-name">{name}</div>'
+            + (f'<div class="pb-base">{base}</div>' if base else "")
+            + "</div>"
+            for key, name, value, base in tiles
         )
         + "</div>"
     )

@@ -14,7 +14,7 @@ import pyarrow.csv as pacsv
 from analytics import charts
 from analytics.filters import AnalyticsError, Filters
 from analytics.metrics import Metrics
-from bot.facts import KPIS, FunnelStep, Kpi
+from bot.facts import KPIS, STEP_LABELS, FunnelStep, Kpi
 
 
 def kpis(funnel: pa.Table) -> dict[str, float | int]:
@@ -30,6 +30,13 @@ def kpis(funnel: pa.Table) -> dict[str, float | int]:
         kpi.key: counts.get(FunnelStep.REACHED, 0) if kpi.step is FunnelStep.REACHED else pct(kpi)
         for kpi in KPIS
     }
+
+
+def kpi_base(kpi: Kpi) -> str:
+    """What a KPI's percentage is a share of, when not of the customers reached ("" then), in words."""
+    if kpi.step is FunnelStep.REACHED or kpi.share_of is FunnelStep.REACHED:
+        return ""
+    return f"of those who {STEP_LABELS[kpi.share_of].lower()}"
 
 
 def kpi_texts(figures: dict[str, float | int]) -> list[tuple[Kpi, str]]:
@@ -83,7 +90,7 @@ def render_report(events: Metrics, **filters: Any) -> str:
     """One self-contained HTML page of every metric of the question the keywords name (Filters' fields)."""
     tables = metric_tables(events, **filters)
     figures = kpis(tables["funnel"])
-    tiles = [(kpi.label, text) for kpi, text in kpi_texts(figures)]
+    tiles = [(kpi.label, text, kpi_base(kpi)) for kpi, text in kpi_texts(figures)]
     chart_svgs = [
         charts.to_svg(charts.funnel_chart(tables["funnel"])),
         charts.to_svg(charts.timeline_chart(tables["timeline"])),
@@ -103,6 +110,7 @@ body {{ font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
 .tile {{ background: #f0f2f5; border-radius: 12px; padding: 14px 18px; min-width: 150px; }}
 .tile .value {{ font-size: 26px; font-weight: 700; }}
 .tile .name {{ color: #65676b; }}
+.tile .base {{ color: #65676b; font-size: 12px; }}
 .charts {{ display: flex; flex-wrap: wrap; gap: 24px; }}
 table {{ border-collapse: collapse; margin-bottom: 16px; }}
 td, th {{ border-bottom: 1px solid #e4e6eb; padding: 4px 10px; text-align: left; }}
@@ -111,8 +119,10 @@ td, th {{ border-bottom: 1px solid #e4e6eb; padding: 4px 10px; text-align: left;
 <p>{html.escape(scope)} · generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>
 <div class="tiles">{
         "".join(
-            f'<div class="tile"><div class="value">{v}</div><div class="name">{n}</div></div>'
-            for n, v in tiles
+            f'<div class="tile"><div class="value">{v}</div><div class="name">{n}</div>'
+            + (f'<div class="base">{b}</div>' if b else "")
+            + "</div>"
+            for n, v, b in tiles
         )
     }</div>
 <div class="charts">{"".join(chart_svgs)}</div>

@@ -85,6 +85,10 @@ def test_the_report_is_one_self_contained_file_and_csv_holds_every_table(sample,
     assert not re.search(r"""<(script|link|img)[^>]+(src|href)=["']https?://""", page)
     reached = analytics.open(sample).funnel().column("customers")[0].as_py()
     assert f"{reached:,}" in page
+    # "Used at the till" is a share of the reveals, beside tiles that are shares of everyone reached.
+    assert re.findall(r'<div class="name">([^<]*)</div><div class="base">([^<]*)</div>', page) == [
+        ("Used at the till", "of those who revealed the code")
+    ]
     tables = sorted(p.name for p in (tmp_path / "csv").iterdir())
     assert tables == [
         f"{name}.csv"

@@ -62,6 +62,10 @@ def test_the_first_paint_shows_the_widgets_figures_and_charts(store):
     # one campaign with variants), cohorts
     assert first_paint.count('class="marks"') == 6
     assert "data-kpi=" not in first_paint  # the live tiles are the only ones with that name
+    # "Used at the till" is a share of the reveals, beside tiles that are shares of everyone reached.
+    for markup in (dashboard.kpis.value, first_paint):
+        bases = re.findall(r'<div class="pb-name">([^<]*)</div><div class="pb-base">([^<]*)</div>', markup)
+        assert bases == [("Used at the till", "of those who revealed the code")]
     assert 'class="pb-first-paint"' in first_paint
 
 

@@ -34,7 +34,7 @@ def kpis(funnel: pa.Table) -> dict[str, float | int]:
 
 def kpi_base(kpi: Kpi) -> str:
     """What a KPI's percentage is a share of, when not of the customers reached ("" then), in words."""
-    if kpi.step is FunnelStep.REACHED or kpi.share_of is FunnelStep.REACHED:
+    if kpi.share_of is FunnelStep.REACHED:
         return ""
     return f"of those who {STEP_LABELS[kpi.share_of].lower()}"
 
